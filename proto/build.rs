@@ -1,0 +1,23 @@
+//! Generates the tonic/prost code from `proto/photon/*.proto`.
+//!
+//! A fresh machine has no system `protoc`, so we use the one vendored by the
+//! `protoc-bin-vendored` crate unless the user points `PROTOC` at their own.
+
+use std::path::PathBuf;
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let protoc = match std::env::var_os("PROTOC") {
+        Some(path) => PathBuf::from(path),
+        None => protoc_bin_vendored::protoc_bin_path()?,
+    };
+    let mut prost_config = tonic_prost_build::Config::new();
+    prost_config.protoc_executable(protoc);
+    tonic_prost_build::configure().compile_with_config(
+        prost_config,
+        &["proto/photon/v1/common.proto"],
+        &["proto"],
+    )?;
+    println!("cargo:rerun-if-changed=proto");
+    println!("cargo:rerun-if-env-changed=PROTOC");
+    Ok(())
+}

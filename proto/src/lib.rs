@@ -1,0 +1,18 @@
+//! Photon's wire protocol.
+//!
+//! This crate owns every `.proto` file (under `proto/`), the tonic/prost code
+//! generated from them, the ID newtypes and [`PROTOCOL_VERSION`]. It holds no
+//! behaviour beyond conversions: services are implemented by the crates that
+//! own them (head, raylet, SDK).
+
+mod ids;
+mod version;
+
+pub use ids::{ActorId, InvalidId, JobId, NodeId, ObjectId, TaskId, WorkerId};
+pub use version::{PROTOCOL_VERSION, VersionMismatch, check_protocol_version};
+
+/// Generated protobuf messages and gRPC stubs for `photon.v1`.
+#[allow(missing_docs, clippy::all, clippy::pedantic)]
+pub mod v1 {
+    tonic::include_proto!("photon.v1");
+}
