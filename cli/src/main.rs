@@ -1,1 +1,47 @@
-fn main() {}
+//! The `photon` command. Thin: parses arguments once and hands them to the
+//! library code of the subcommand.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+mod microbenchmark;
+
+/// Photon: distributed batch inference and embedding jobs.
+#[derive(Debug, Parser)]
+#[command(name = "photon", version, about, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Measure Photon's building blocks on this machine against references
+    /// measured in the same run.
+    Microbenchmark {
+        #[command(subcommand)]
+        which: microbenchmark::Which,
+    },
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("PHOTON_LOG")
+                .unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Microbenchmark { which } => microbenchmark::run(which),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -79,6 +79,13 @@ impl Segment {
         self.mmap.as_mut_ptr()
     }
 
+    /// Faults in `[offset, offset+len)` ahead of a write; see [`populate_range`].
+    pub fn populate(&self, offset: u64, len: u64) -> std::io::Result<()> {
+        debug_assert!(offset + len <= self.len());
+        // SAFETY: the range is inside the mapping (checked by the caller).
+        populate_range(unsafe { self.base().add(offset as usize) }, len as usize)
+    }
+
     /// Length of the mapping.
     pub fn len(&self) -> u64 {
         self.mmap.len() as u64
@@ -122,22 +129,28 @@ fn map_segment(path: &Path, capacity: u64, prefault: bool) -> Result<(File, Mmap
     Ok((file, mmap))
 }
 
-/// Faults in every page for writing, in the kernel, without a trap per page.
+/// Faults in every page for writing (see [`populate_range`]).
 fn populate(mmap: &MmapRaw) -> std::io::Result<()> {
+    populate_range(mmap.as_mut_ptr(), mmap.len())
+}
+
+/// Faults in the pages of `[start, start+len)` for writing in one kernel call
+/// (`MADV_POPULATE_WRITE`) instead of one trap per 4 KiB page on first write.
+/// Page contents do not change.
+fn populate_range(start: *mut u8, len: usize) -> std::io::Result<()> {
     const MADV_POPULATE_WRITE: libc::c_int = 23;
-    // SAFETY: the range is exactly our live mapping; populating pages does not
-    // change their contents.
-    let rc = unsafe { libc::madvise(mmap.as_mut_ptr().cast(), mmap.len(), MADV_POPULATE_WRITE) };
+    // SAFETY: the caller passes a range inside a live mapping; populating pages
+    // does not change their contents.
+    let rc = unsafe { libc::madvise(start.cast(), len, MADV_POPULATE_WRITE) };
     if rc == 0 {
         return Ok(());
     }
-    // Kernels before 5.14: touch one byte per page instead.
-    let page = 4096;
-    for offset in (0..mmap.len()).step_by(page) {
-        // SAFETY: offset is inside the mapping; nothing else uses the store yet.
-        unsafe { mmap.as_mut_ptr().add(offset).write_volatile(0) };
+    let err = std::io::Error::last_os_error();
+    if err.raw_os_error() == Some(libc::EINVAL) {
+        // Kernels before 5.14 lack MADV_POPULATE_WRITE: pages fault in on first write instead.
+        return Ok(());
     }
-    Ok(())
+    Err(err)
 }
 
 fn lock_exclusive(file: &File) -> std::io::Result<()> {
@@ -199,6 +212,8 @@ fn available_bytes(root: &Path) -> std::io::Result<u64> {
     if unsafe { libc::access(c_path.as_ptr(), libc::W_OK) } != 0 {
         return Err(std::io::Error::last_os_error());
     }
+    // The field types differ between platforms; on x86_64 they are already u64.
+    #[allow(clippy::unnecessary_cast)]
     Ok(stat.f_bavail as u64 * stat.f_frsize as u64)
 }
 

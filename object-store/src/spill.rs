@@ -123,10 +123,10 @@ impl Drop for Spiller {
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }
-        if let Some(dir) = &self.owned_dir {
-            if let Err(err) = std::fs::remove_dir_all(dir) {
-                warn!(dir = %dir.display(), %err, "could not remove spill directory");
-            }
+        if let Some(dir) = &self.owned_dir
+            && let Err(err) = std::fs::remove_dir_all(dir)
+        {
+            warn!(dir = %dir.display(), %err, "could not remove spill directory");
         }
     }
 }

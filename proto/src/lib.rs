@@ -4,6 +4,15 @@
 //! generated from them, the ID newtypes and [`PROTOCOL_VERSION`]. It holds no
 //! behaviour beyond conversions: services are implemented by the crates that
 //! own them (head, raylet, SDK).
+//!
+//! ```
+//! use photon_proto::{JobId, ObjectId, TaskId};
+//!
+//! let task = TaskId::for_child(TaskId::for_driver(JobId::from_u32(3)), 1);
+//! let object = ObjectId::for_return(task, 0);
+//! assert_eq!(object.task_id(), task); // re-running the task recreates this id
+//! assert_eq!(object.to_string().parse::<ObjectId>().unwrap(), object);
+//! ```
 
 mod ids;
 mod version;

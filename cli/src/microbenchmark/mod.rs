@@ -1,0 +1,104 @@
+//! `photon microbenchmark`: programs that print figures, each next to a
+//! reference measured in the same run. Not tests: nothing here asserts speed.
+
+use clap::Subcommand;
+use serde::Serialize;
+
+mod store;
+
+/// Which microbenchmark to run.
+#[derive(Debug, Subcommand)]
+pub enum Which {
+    /// The shared-memory object store: puts, gets, cross-process reads, against memcpy.
+    Store {
+        /// One JSON object per line instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Internal: the second process of the cross-process read benchmark.
+    #[command(hide = true)]
+    StoreReader {
+        /// The object descriptor, as JSON.
+        descriptor: String,
+        /// Map lazily instead of pre-faulting the whole object.
+        #[arg(long)]
+        lazy: bool,
+    },
+}
+
+/// Runs the chosen microbenchmark.
+pub fn run(which: Which) -> anyhow::Result<()> {
+    match which {
+        Which::Store { json } => {
+            let mut report = Report::new(json);
+            store::run(&mut report)
+        }
+        Which::StoreReader { descriptor, lazy } => store::read_in_child(&descriptor, lazy),
+    }
+}
+
+/// One measured figure.
+#[derive(Debug, Serialize)]
+pub struct Figure {
+    /// Stable name, e.g. `store_put_100mib_gbps`.
+    pub name: String,
+    /// The measurement.
+    pub value: f64,
+    /// Unit of `value`.
+    pub unit: &'static str,
+}
+
+/// Prints figures as they are measured: JSON lines or a table.
+pub struct Report {
+    json: bool,
+    header_printed: bool,
+}
+
+impl Report {
+    fn new(json: bool) -> Self {
+        Self {
+            json,
+            header_printed: false,
+        }
+    }
+
+    /// Prints one figure now, so a long run shows progress.
+    pub fn figure(&mut self, name: &str, value: f64, unit: &'static str) {
+        let figure = Figure {
+            name: name.to_string(),
+            value: (value * 1000.0).round() / 1000.0,
+            unit,
+        };
+        let mut line = String::new();
+        if self.json {
+            line = serde_json::to_string(&figure).expect("figures serialize");
+        } else {
+            if !self.header_printed {
+                line = format!("{:<44} {:>14}  unit\n", "name", "value");
+                self.header_printed = true;
+            }
+            line += &format!(
+                "{:<44} {:>14.3}  {}",
+                figure.name, figure.value, figure.unit
+            );
+        }
+        print_line(&line);
+    }
+}
+
+/// Prints a line; a closed pipe (`| head`) ends the program quietly.
+fn print_line(line: &str) {
+    use std::io::Write;
+    if let Err(err) = writeln!(std::io::stdout(), "{line}") {
+        if err.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+        panic!("cannot write to stdout: {err}");
+    }
+}
+
+/// Median of a non-empty sample.
+pub fn median(mut sample: Vec<f64>) -> f64 {
+    sample.sort_by(f64::total_cmp);
+    sample[sample.len() / 2]
+}
