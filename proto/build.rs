@@ -14,7 +14,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     prost_config.protoc_executable(protoc);
     tonic_prost_build::configure().compile_with_config(
         prost_config,
-        &["proto/photon/v1/common.proto"],
+        &["proto/photon/v1/common.proto", "proto/photon/v1/head.proto"],
         &["proto"],
     )?;
     println!("cargo:rerun-if-changed=proto");

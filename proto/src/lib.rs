@@ -3,7 +3,8 @@
 //! This crate owns every `.proto` file (under `proto/`), the tonic/prost code
 //! generated from them, the ID newtypes and [`PROTOCOL_VERSION`]. It holds no
 //! behaviour beyond conversions: services are implemented by the crates that
-//! own them (head, raylet, SDK).
+//! own them (head, raylet, SDK). Resource quantities live here too, because
+//! they are part of the wire format and every layer does arithmetic on them.
 //!
 //! ```
 //! use photon_proto::{JobId, ObjectId, TaskId};
@@ -14,11 +15,16 @@
 //! assert_eq!(object.to_string().parse::<ObjectId>().unwrap(), object);
 //! ```
 
+pub mod auth;
 mod ids;
+mod resources;
 mod version;
+mod version_service;
 
 pub use ids::{ActorId, InvalidId, JobId, NodeId, ObjectId, TaskId, WorkerId};
+pub use resources::{InvalidQuantity, Quantity, ResourceSet, UNITS_PER_WHOLE, names};
 pub use version::{PROTOCOL_VERSION, VersionMismatch, check_protocol_version};
+pub use version_service::VersionService;
 
 /// Generated protobuf messages and gRPC stubs for `photon.v1`.
 #[allow(missing_docs, clippy::all, clippy::pedantic)]

@@ -1,0 +1,337 @@
+//! `photon start`: a head (with a raylet unless `--no-raylet`) or a raylet
+//! joining a head. With `--block` it runs in the foreground until SIGTERM or
+//! SIGINT; without, it starts itself detached and returns once ready.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant, SystemTime};
+
+use anyhow::{Context, bail};
+use clap::Args;
+use photon_head::HeadConfig;
+use photon_object_store::StoreConfig;
+use photon_raylet::{RayletConfig, RayletInfo, ResourceOverrides};
+use tokio::net::TcpListener;
+
+use crate::session::{self, ClusterFile, PidFile};
+
+/// Default port of a head.
+pub const DEFAULT_HEAD_PORT: u16 = 6380;
+/// How long a detached start waits for its process to be ready.
+const READY_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Arguments of `photon start`.
+#[derive(Debug, Clone, Args)]
+pub struct StartArgs {
+    /// Start a head node.
+    #[arg(long, conflicts_with = "address")]
+    head: bool,
+    /// Join the head at HOST:PORT as a raylet.
+    #[arg(long, required_unless_present = "head")]
+    address: Option<String>,
+    /// Interface to listen on. Loopback by default: set it to expose the node.
+    #[arg(long, default_value = "127.0.0.1")]
+    host: String,
+    /// Head port (0 picks a free one). Raylets always pick a free port.
+    #[arg(long, default_value_t = DEFAULT_HEAD_PORT)]
+    port: u16,
+    /// Session directory of the head (database, token, logs). Reusing one
+    /// restarts that cluster's head with its state.
+    #[arg(long)]
+    session_dir: Option<PathBuf>,
+    /// Run only the head's control plane, no raylet on this node.
+    #[arg(long, requires = "head")]
+    no_raylet: bool,
+    /// Logical CPUs of this node (default: detected).
+    #[arg(long)]
+    num_cpus: Option<f64>,
+    /// GPUs of this node (default: discovered through the CUDA driver).
+    #[arg(long)]
+    num_gpus: Option<u32>,
+    /// Custom resources as JSON, e.g. '{"accel": 2}'.
+    #[arg(long, value_name = "JSON")]
+    resources: Option<String>,
+    /// Shared memory for the object store, in bytes (default 30% of RAM).
+    #[arg(long, value_name = "BYTES")]
+    object_store_memory: Option<u64>,
+    /// Cluster token for joining (default: PHOTON_TOKEN or this machine's head).
+    #[arg(long)]
+    token: Option<String>,
+    /// Silence after which the head declares a node dead, in milliseconds.
+    #[arg(long, default_value_t = 3000, requires = "head")]
+    node_timeout_ms: u64,
+    /// Stay in the foreground until SIGTERM/SIGINT.
+    #[arg(long)]
+    block: bool,
+}
+
+/// Runs `photon start`.
+pub fn run(args: StartArgs) -> anyhow::Result<()> {
+    // Check flags before anything starts, so a typo never leaves a half-started node.
+    let overrides = resource_overrides(&args)?;
+    if args.block {
+        let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+        return runtime.block_on(run_blocking(args, overrides));
+    }
+    start_detached(&args)
+}
+
+fn resource_overrides(args: &StartArgs) -> anyhow::Result<ResourceOverrides> {
+    let custom: BTreeMap<String, f64> = match &args.resources {
+        None => BTreeMap::new(),
+        Some(json) => serde_json::from_str(json).with_context(|| {
+            format!("--resources {json:?} is not a JSON object of names to numbers, e.g. '{{\"accel\": 2}}'")
+        })?,
+    };
+    let overrides = ResourceOverrides {
+        num_cpus: args.num_cpus,
+        num_gpus: args.num_gpus,
+        memory: None,
+        custom,
+    };
+    overrides.validate()?;
+    Ok(overrides)
+}
+
+/// Re-runs this command with `--block`, detached, and waits until it is ready.
+fn start_detached(args: &StartArgs) -> anyhow::Result<()> {
+    use std::os::unix::process::CommandExt;
+    let logs = session::home().join("logs");
+    session::create_private_dir(&logs)?;
+    let role = if args.head { "head" } else { "raylet" };
+    let nanos = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let log_path = logs.join(format!("{role}-{nanos}.log"));
+    let log = std::fs::File::create(&log_path)
+        .with_context(|| format!("cannot create {}", log_path.display()))?;
+    let mut child = Command::new(std::env::current_exe()?)
+        .args(std::env::args_os().skip(1))
+        .arg("--block")
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .process_group(0)
+        .spawn()
+        .context("cannot start the detached photon process")?;
+    let pid = child.id();
+    let started = Instant::now();
+    loop {
+        if let Some(ready) = PidFile::read(pid) {
+            println!(
+                "photon {} started: pid {pid}, serving {}",
+                ready.role, ready.address
+            );
+            if args.head {
+                println!(
+                    "join more nodes:   photon start --address {}",
+                    ready.address
+                );
+                println!("cluster status:    photon status");
+            }
+            println!("log:               {}", log_path.display());
+            return Ok(());
+        }
+        if let Some(status) = child.try_wait()? {
+            let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+            bail!("photon start failed ({status}):\n{}", log.trim_end());
+        }
+        if started.elapsed() > READY_TIMEOUT {
+            bail!(
+                "photon start did not become ready within {READY_TIMEOUT:?}; see {}",
+                log_path.display()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+async fn bind(host: &str, port: u16) -> anyhow::Result<TcpListener> {
+    let address: SocketAddr = format!("{host}:{port}")
+        .parse()
+        .with_context(|| format!("--host {host:?} is not an IP address"))?;
+    TcpListener::bind(address).await.map_err(|err| {
+        if err.kind() == std::io::ErrorKind::AddrInUse {
+            anyhow::anyhow!(
+                "port {port} on {host} is in use (another photon head?): stop it or choose --port"
+            )
+        } else {
+            anyhow::anyhow!("cannot listen on {address}: {err}")
+        }
+    })
+}
+
+async fn run_blocking(args: StartArgs, overrides: ResourceOverrides) -> anyhow::Result<()> {
+    let stop = tokio_util_shutdown();
+    let pid = std::process::id();
+    let store = StoreConfig {
+        capacity: args
+            .object_store_memory
+            .unwrap_or_else(photon_object_store::default_capacity),
+        ..StoreConfig::default()
+    };
+    let result = if args.head {
+        run_head(&args, overrides, store, stop).await
+    } else {
+        let head = args
+            .address
+            .clone()
+            .expect("clap requires --address without --head");
+        let token = session::resolve_token(args.token.clone())?;
+        let mut config = RayletConfig::new(head, token);
+        config.advertise_host = args.host.clone();
+        config.resources = overrides;
+        config.store = store;
+        let listener = bind(&args.host, 0).await?;
+        photon_raylet::run(
+            config,
+            listener,
+            |info| announce_raylet(info, "raylet", &info.address),
+            stop.cancelled_owned(),
+        )
+        .await
+        .map_err(anyhow::Error::from)
+    };
+    PidFile::remove(pid);
+    ClusterFile::remove_if_owned_by(pid);
+    result
+}
+
+/// Prints the raylet and records this process for `photon stop`; `serving` is
+/// the address to join (the head's, on a head node).
+fn announce_raylet(info: &RayletInfo, role: &str, serving: &str) {
+    println!(
+        "raylet {} at {} with {}{}",
+        info.node_id,
+        info.address,
+        info.resources.total,
+        if info.resources.gpus.is_empty() {
+            String::new()
+        } else {
+            format!(
+                " ({})",
+                info.resources
+                    .gpus
+                    .iter()
+                    .map(|g| g.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        }
+    );
+    let record = PidFile {
+        role: role.to_string(),
+        pid: std::process::id(),
+        address: serving.to_string(),
+    };
+    if let Err(err) = record.write() {
+        eprintln!("warning: {err:#}");
+    }
+}
+
+async fn run_head(
+    args: &StartArgs,
+    overrides: ResourceOverrides,
+    store: StoreConfig,
+    stop: tokio_util::sync::CancellationToken,
+) -> anyhow::Result<()> {
+    let session_dir = match &args.session_dir {
+        Some(dir) => dir.clone(),
+        None => session::home().join(format!("session-{}-{}", unix_secs(), std::process::id())),
+    };
+    session::create_private_dir(&session_dir)?;
+    let token = session::session_token(&session_dir)?;
+    let listener = bind(&args.host, args.port).await?;
+    let address = listener.local_addr()?.to_string();
+    let mut config = HeadConfig::new(&session_dir, token.clone());
+    config.node_timeout = Duration::from_millis(args.node_timeout_ms);
+    // The head stops after the raylet, so the raylet's goodbye reaches it.
+    let head_stop = tokio_util::sync::CancellationToken::new();
+    let mut head = tokio::spawn(photon_head::run(
+        config,
+        listener,
+        head_stop.clone().cancelled_owned(),
+    ));
+
+    ClusterFile {
+        address: address.clone(),
+        session_dir: session_dir.clone(),
+        pid: std::process::id(),
+    }
+    .write()?;
+    println!("head at {address}, session {}", session_dir.display());
+    let raylet = if args.no_raylet {
+        PidFile {
+            role: "head".into(),
+            pid: std::process::id(),
+            address: address.clone(),
+        }
+        .write()?;
+        None
+    } else {
+        let mut config = RayletConfig::new(address.clone(), token);
+        config.advertise_host = args.host.clone();
+        config.resources = overrides;
+        config.store = StoreConfig {
+            fallback_root: session_dir.clone(),
+            ..store
+        };
+        let listener = bind(&args.host, 0).await?;
+        let stop = stop.clone();
+        let head_address = address.clone();
+        Some(tokio::spawn(async move {
+            let announce = |info: &RayletInfo| announce_raylet(info, "head+raylet", &head_address);
+            photon_raylet::run(config, listener, announce, stop.cancelled_owned()).await
+        }))
+    };
+    let raylet_done = async {
+        match raylet {
+            Some(handle) => handle
+                .await
+                .expect("raylet task panicked")
+                .map_err(anyhow::Error::from),
+            None => {
+                stop.cancelled().await;
+                Ok(())
+            }
+        }
+    };
+    tokio::pin!(raylet_done);
+    let raylet_result = tokio::select! {
+        result = &mut head => {
+            // The head ended by itself: it failed (e.g. its database is locked).
+            stop.cancel();
+            let _ = raylet_done.await;
+            result.expect("head task panicked")?;
+            bail!("the head stopped unexpectedly");
+        }
+        result = &mut raylet_done => result,
+    };
+    head_stop.cancel();
+    head.await.expect("head task panicked")?;
+    raylet_result
+}
+
+/// A token cancelled on SIGTERM or SIGINT.
+fn tokio_util_shutdown() -> tokio_util::sync::CancellationToken {
+    let token = tokio_util::sync::CancellationToken::new();
+    let cancel = token.clone();
+    tokio::spawn(async move {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("cannot install the SIGTERM handler");
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+        cancel.cancel();
+    });
+    token
+}
+
+fn unix_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}

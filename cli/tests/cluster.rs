@@ -1,0 +1,520 @@
+//! Multi-process cluster tests on loopback: a head and raylets as real
+//! `photon` processes in temp dirs, killed on drop.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+const PHOTON: &str = env!("CARGO_BIN_EXE_photon");
+const STORE: &str = "33554432"; // 32 MiB per node keeps tests light
+
+/// Polls `condition` every 20 ms until it holds or `timeout` passes.
+fn wait_until<T>(timeout: Duration, what: &str, mut condition: impl FnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(value) = condition() {
+            return value;
+        }
+        assert!(
+            start.elapsed() < timeout,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A cluster whose processes are SIGKILLed on drop.
+struct Cluster {
+    home: tempfile::TempDir,
+    session: PathBuf,
+    children: Vec<Child>,
+    address: String,
+    token: String,
+}
+
+impl Cluster {
+    /// A head without a raylet.
+    fn start() -> Self {
+        let home = tempfile::tempdir().unwrap();
+        let session = home.path().join("session");
+        let mut cluster = Self {
+            home,
+            session,
+            children: Vec::new(),
+            address: String::new(),
+            token: String::new(),
+        };
+        cluster.start_head(0);
+        cluster
+    }
+
+    fn command(&self) -> Command {
+        let mut command = Command::new(PHOTON);
+        command
+            .env("PHOTON_HOME", self.home.path())
+            .env_remove("PHOTON_TOKEN")
+            .env_remove("PHOTON_ADDRESS");
+        command
+    }
+
+    fn start_head(&mut self, port: u16) {
+        let cluster_file = self.home.path().join("cluster.json");
+        let _ = std::fs::remove_file(&cluster_file);
+        let child = self
+            .command()
+            .args([
+                "start",
+                "--head",
+                "--block",
+                "--no-raylet",
+                "--port",
+                &port.to_string(),
+            ])
+            .arg("--session-dir")
+            .arg(&self.session)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        self.children.push(child);
+        let file: Value = wait_until(Duration::from_secs(20), "the head's cluster.json", || {
+            serde_json::from_slice(&std::fs::read(&cluster_file).ok()?).ok()
+        });
+        self.address = file["address"].as_str().unwrap().to_string();
+        self.token = std::fs::read_to_string(self.session.join("token")).unwrap();
+    }
+
+    /// Starts a raylet and waits until the head lists it alive; returns its pid.
+    fn add_raylet(&mut self, extra: &[&str]) -> u32 {
+        let before = self.alive_nodes().len();
+        let child = self
+            .command()
+            .args([
+                "start",
+                "--block",
+                "--address",
+                &self.address,
+                "--token",
+                &self.token,
+            ])
+            .args(["--object-store-memory", STORE, "--num-cpus", "1"])
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let pid = child.id();
+        self.children.push(child);
+        wait_until(Duration::from_secs(20), "the raylet to register", || {
+            (self.alive_nodes().len() > before).then_some(())
+        });
+        pid
+    }
+
+    fn status(&self) -> Value {
+        let output = self
+            .command()
+            .args([
+                "status",
+                "--json",
+                "--address",
+                &self.address,
+                "--token",
+                &self.token,
+            ])
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "photon status failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        serde_json::from_slice(&output.stdout).unwrap()
+    }
+
+    fn nodes(&self) -> Vec<Value> {
+        self.status()["nodes"].as_array().unwrap().clone()
+    }
+
+    fn alive_nodes(&self) -> Vec<Value> {
+        self.nodes()
+            .into_iter()
+            .filter(|n| n["state"] == "alive")
+            .collect()
+    }
+
+    fn node_by_pid(&self, pid: u32) -> Value {
+        self.nodes()
+            .into_iter()
+            .find(|n| n["pid"] == pid)
+            .expect("node with pid")
+    }
+
+    fn kill(&mut self, pid: u32, signal: &str) {
+        let status = Command::new("kill")
+            .args([signal, &pid.to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let ends_process = signal == "-9" || signal == "-TERM";
+        if let Some(child) = self
+            .children
+            .iter_mut()
+            .find(|c| ends_process && c.id() == pid)
+        {
+            let _ = child.wait();
+        }
+    }
+
+    fn head_pid(&self) -> u32 {
+        self.children[0].id()
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for child in &mut self.children {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn failure(output: &Output) -> String {
+    assert!(
+        !output.status.success(),
+        "expected failure, got success: {}",
+        String::from_utf8_lossy(&output.stdout)
+    );
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+#[test]
+fn three_raylets_register_with_their_resources() {
+    let mut cluster = Cluster::start();
+    for _ in 0..2 {
+        cluster.add_raylet(&["--num-gpus", "1"]);
+    }
+    let special = cluster.add_raylet(&["--num-gpus", "1", "--resources", r#"{"special": 2.5}"#]);
+    let nodes = cluster.alive_nodes();
+    assert_eq!(nodes.len(), 3);
+    for node in &nodes {
+        assert_eq!(node["total"]["GPU"], 1.0);
+        assert_eq!(node["total"]["CPU"], 1.0);
+        assert_eq!(node["object_store_capacity"], 33554432);
+        assert!(node["last_heartbeat_age_ms"].as_u64().unwrap() < 2000);
+    }
+    assert_eq!(cluster.node_by_pid(special)["total"]["special"], 2.5);
+    let ids: std::collections::HashSet<&str> = nodes
+        .iter()
+        .map(|n| n["node_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids.len(), 3, "distinct node ids");
+}
+
+#[test]
+fn a_killed_raylet_is_declared_dead_within_3_seconds() {
+    let mut cluster = Cluster::start();
+    let victim = cluster.add_raylet(&[]);
+    let survivor = cluster.add_raylet(&[]);
+    let killed_at = Instant::now();
+    cluster.kill(victim, "-9");
+    let reason = wait_until(
+        Duration::from_secs(3),
+        "the head to declare the node dead",
+        || {
+            let node = cluster.node_by_pid(victim);
+            (node["state"] == "dead").then(|| node["death_reason"].as_str().unwrap().to_string())
+        },
+    );
+    let detected_in = killed_at.elapsed();
+    eprintln!("dead node detected in {detected_in:?}: {reason}");
+    assert!(detected_in < Duration::from_secs(3), "took {detected_in:?}");
+    assert!(
+        reason.contains("probe") || reason.contains("missed heartbeats"),
+        "{reason}"
+    );
+    assert_eq!(cluster.node_by_pid(survivor)["state"], "alive");
+}
+
+#[test]
+fn a_silent_raylet_is_declared_dead_after_the_heartbeat_timeout() {
+    let mut cluster = Cluster::start();
+    let frozen = cluster.add_raylet(&[]);
+    // SIGSTOP keeps the connection open but stops heartbeats: only the timeout can tell.
+    cluster.kill(frozen, "-STOP");
+    let stopped_at = Instant::now();
+    let reason = wait_until(Duration::from_secs(6), "the heartbeat timeout", || {
+        let node = cluster.node_by_pid(frozen);
+        (node["state"] == "dead").then(|| node["death_reason"].as_str().unwrap().to_string())
+    });
+    let waited = stopped_at.elapsed();
+    assert!(
+        reason.contains("missed heartbeats") && reason.contains("timeout 3.0 s"),
+        "{reason}"
+    );
+    assert!(
+        waited >= Duration::from_millis(2500) && waited < Duration::from_secs(5),
+        "{waited:?}"
+    );
+    cluster.kill(frozen, "-CONT");
+    let frozen_child = cluster
+        .children
+        .iter_mut()
+        .find(|c| c.id() == frozen)
+        .unwrap();
+    let status = wait_until(
+        Duration::from_secs(10),
+        "the refused raylet to exit",
+        || frozen_child.try_wait().unwrap(),
+    );
+    assert!(
+        !status.success(),
+        "a node declared dead exits with an error"
+    );
+}
+
+#[test]
+fn a_cleanly_stopped_raylet_leaves_at_once() {
+    let mut cluster = Cluster::start();
+    let pid = cluster.add_raylet(&[]);
+    cluster.kill(pid, "-TERM");
+    let node = cluster.node_by_pid(pid);
+    assert_eq!(node["state"], "dead");
+    assert!(
+        node["death_reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("stopped"),
+        "{node}"
+    );
+}
+
+#[test]
+fn head_restart_after_kill_9_keeps_its_tables_and_raylets_come_back() {
+    let mut cluster = Cluster::start();
+    let first = cluster.add_raylet(&["--num-gpus", "1"]);
+    let second = cluster.add_raylet(&[]);
+    let gone = cluster.add_raylet(&[]);
+    cluster.kill(gone, "-TERM");
+    let before = cluster.status();
+    let port: u16 = cluster.address.rsplit(':').next().unwrap().parse().unwrap();
+
+    let head = cluster.head_pid();
+    cluster.kill(head, "-9");
+    cluster.children.remove(0).wait().unwrap(); // already reaped by kill(); returns at once
+    cluster.start_head(port);
+    let after = cluster.status();
+    assert_eq!(after["cluster_id"], before["cluster_id"], "same cluster");
+    assert_eq!(
+        after["nodes"].as_array().unwrap().len(),
+        3,
+        "no node record lost: {after}"
+    );
+    let dead = cluster.node_by_pid(gone);
+    assert_eq!(dead["state"], "dead");
+    assert!(
+        dead["death_reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("stopped")
+    );
+
+    // The raylets re-register by themselves and keep heartbeating.
+    wait_until(Duration::from_secs(10), "raylets to re-register", || {
+        let node = cluster.node_by_pid(first);
+        (node["state"] == "alive" && node["last_heartbeat_age_ms"].as_u64().unwrap() < 1000)
+            .then_some(())
+    });
+    // Stay past one full node timeout: re-registered raylets must keep heartbeating.
+    std::thread::sleep(Duration::from_millis(3500));
+    for pid in [first, second] {
+        let node = cluster.node_by_pid(pid);
+        assert_eq!(node["state"], "alive", "{node}");
+        assert!(
+            node["last_heartbeat_age_ms"].as_u64().unwrap() < 1500,
+            "{node}"
+        );
+    }
+    assert_eq!(cluster.node_by_pid(first)["total"]["GPU"], 1.0);
+}
+
+#[test]
+fn wrong_or_missing_token_is_refused_clearly() {
+    let cluster = Cluster::start();
+    let output = cluster
+        .command()
+        .args([
+            "start",
+            "--block",
+            "--address",
+            &cluster.address,
+            "--token",
+            "not-the-token",
+            "--object-store-memory",
+            STORE,
+        ])
+        .output()
+        .unwrap();
+    let stderr = failure(&output);
+    assert!(
+        stderr.contains("refused this node") && stderr.contains("wrong cluster token"),
+        "{stderr}"
+    );
+
+    let output = cluster
+        .command()
+        .args(["status", "--address", &cluster.address, "--token", "nope"])
+        .output()
+        .unwrap();
+    assert!(failure(&output).contains("wrong cluster token"));
+    assert!(cluster.alive_nodes().is_empty(), "nothing joined");
+}
+
+#[test]
+fn bad_flags_and_busy_ports_fail_before_anything_starts() {
+    let home = tempfile::tempdir().unwrap();
+    let run = |args: &[&str]| {
+        Command::new(PHOTON)
+            .env("PHOTON_HOME", home.path())
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let stderr = failure(&run(&[
+        "start",
+        "--head",
+        "--block",
+        "--resources",
+        "{not json",
+    ]));
+    assert!(
+        stderr.contains("--resources") && stderr.contains("not a JSON object"),
+        "{stderr}"
+    );
+    let stderr = failure(&run(&["start", "--head", "--block", "--num-cpus=-2"]));
+    assert!(stderr.contains("must not be negative"), "{stderr}");
+    let stderr = failure(&run(&[
+        "start",
+        "--head",
+        "--block",
+        "--resources",
+        r#"{"GPU": 1}"#,
+        "--port",
+        "0",
+    ]));
+    assert!(
+        stderr.contains("built-in name") && stderr.contains("--num-gpus"),
+        "{stderr}"
+    );
+    let stderr = failure(&run(&["start"]));
+    assert!(stderr.contains("--address"), "{stderr}");
+
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = busy.local_addr().unwrap().port().to_string();
+    let stderr = failure(&run(&[
+        "start",
+        "--head",
+        "--block",
+        "--no-raylet",
+        "--port",
+        &port,
+    ]));
+    assert!(
+        stderr.contains(&format!("port {port} on 127.0.0.1 is in use")),
+        "{stderr}"
+    );
+    assert!(
+        !home.path().join("cluster.json").exists(),
+        "a failed start publishes nothing"
+    );
+
+    let stderr = failure(&run(&[
+        "start",
+        "--block",
+        "--address",
+        "127.0.0.1:1",
+        "--token",
+        "t",
+        "--object-store-memory",
+        STORE,
+    ]));
+    assert!(
+        stderr.contains("cannot reach the head at 127.0.0.1:1"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn start_detaches_and_stop_stops_everything() {
+    let home = tempfile::tempdir().unwrap();
+    let run = |args: &[&str]| {
+        let output = Command::new(PHOTON)
+            .env("PHOTON_HOME", home.path())
+            .env_remove("PHOTON_TOKEN")
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    };
+    let started = run(&[
+        "start",
+        "--head",
+        "--port",
+        "0",
+        "--num-gpus",
+        "2",
+        "--object-store-memory",
+        STORE,
+    ]);
+    assert!(
+        started.contains("join more nodes:   photon start --address 127.0.0.1:"),
+        "{started}"
+    );
+    let address = started
+        .split("--address ")
+        .nth(1)
+        .unwrap()
+        .lines()
+        .next()
+        .unwrap()
+        .to_string();
+    run(&[
+        "start",
+        "--address",
+        &address,
+        "--object-store-memory",
+        STORE,
+    ]);
+    let status: Value = serde_json::from_str(&run(&["status", "--json"])).unwrap();
+    let nodes = status["nodes"].as_array().unwrap();
+    assert_eq!(nodes.len(), 2);
+    assert_eq!(nodes[0]["total"]["GPU"], 2.0);
+    let human = run(&["status"]);
+    assert!(
+        human.contains("2 node(s) alive") && human.contains("GPU"),
+        "{human}"
+    );
+    let pids: Vec<u32> = nodes
+        .iter()
+        .map(|n| n["pid"].as_u64().unwrap() as u32)
+        .collect();
+
+    let stopped = run(&["stop"]);
+    assert_eq!(stopped.matches("stopped ").count(), 2, "{stopped}");
+    for pid in pids {
+        assert!(
+            !Path::new(&format!("/proc/{pid}")).exists(),
+            "process {pid} is gone"
+        );
+    }
+    assert!(!home.path().join("cluster.json").exists());
+    assert!(run(&["stop"]).contains("no photon processes"));
+}

@@ -1,0 +1,136 @@
+//! Photon's head: the global control store.
+//!
+//! Owns the cluster's tables — today nodes (resources, liveness) and a named
+//! KV; jobs, actors, the object directory and lineage join them — persisted in
+//! redb under the session directory so that a `kill -9` and restart of the head
+//! loses nothing registered. Decides node liveness: a node is dead when its
+//! heartbeats stop for `node_timeout` (default 3 s), or at once when its
+//! heartbeat stream breaks and a TCP probe of its raylet fails.
+//!
+//! It does not schedule work or touch objects' bytes: raylets do.
+
+mod error;
+mod nodes;
+mod persist;
+mod service;
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use photon_proto::VersionService;
+use photon_proto::auth::RequireToken;
+use photon_proto::v1::head_server::HeadServer;
+use photon_proto::v1::version_server::VersionServer;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::info;
+
+pub use error::{Error, Result};
+pub use persist::Persistence;
+
+use crate::nodes::NodeTable;
+use crate::service::{HeadService, HeadState};
+
+/// How often the failure detector looks for silent nodes.
+const DETECTOR_PERIOD: Duration = Duration::from_millis(100);
+
+/// Configuration of a head.
+#[derive(Debug, Clone)]
+pub struct HeadConfig {
+    /// Where the head keeps its database (`head.redb`).
+    pub data_dir: PathBuf,
+    /// The cluster token every RPC must carry.
+    pub token: String,
+    /// How often raylets heartbeat (told to them at registration).
+    pub heartbeat_interval: Duration,
+    /// Silence after which a node is declared dead.
+    pub node_timeout: Duration,
+}
+
+impl HeadConfig {
+    /// Defaults: heartbeats every 500 ms, dead after 3 s.
+    pub fn new(data_dir: impl Into<PathBuf>, token: impl Into<String>) -> Self {
+        Self {
+            data_dir: data_dir.into(),
+            token: token.into(),
+            heartbeat_interval: Duration::from_millis(500),
+            node_timeout: Duration::from_secs(3),
+        }
+    }
+}
+
+/// Runs the head on `listener` until `shutdown` completes, then stops
+/// accepting, cancels its background tasks and waits for them.
+pub async fn run(
+    config: HeadConfig,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()>,
+) -> Result<()> {
+    let address = listener
+        .local_addr()
+        .map_or_else(|_| "?".to_string(), |a| a.to_string());
+    let data_dir = config.data_dir.clone();
+    let (persistence, records, cluster_id) = tokio::task::spawn_blocking(move || {
+        let persistence = Persistence::open(&data_dir)?;
+        let records = persistence.load_nodes()?;
+        let cluster_id = persistence.cluster_id()?;
+        Ok::<_, Error>((persistence, records, cluster_id))
+    })
+    .await
+    .expect("head store task panicked")?;
+    let nodes = NodeTable::default();
+    let restored = records.len();
+    nodes.restore(records);
+    let state = Arc::new(HeadState {
+        nodes,
+        persistence,
+        cluster_id,
+        heartbeat_interval: config.heartbeat_interval,
+        started: Instant::now(),
+        tasks: TaskTracker::new(),
+        cancel: CancellationToken::new(),
+    });
+    info!(%address, restored_nodes = restored, cluster = %state.cluster_id, "head started");
+
+    let detector = state
+        .tasks
+        .spawn(detect_failures(state.clone(), config.node_timeout));
+    let auth = RequireToken::new(config.token.clone());
+    let service = HeadService {
+        state: state.clone(),
+    };
+    let served = tonic::transport::Server::builder()
+        .add_service(HeadServer::with_interceptor(service, auth.clone()))
+        .add_service(VersionServer::with_interceptor(VersionService, auth))
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .await;
+    // Fence (stopped accepting) → cancel → wait.
+    state.cancel.cancel();
+    state.tasks.close();
+    drop(detector);
+    state.tasks.wait().await;
+    info!(%address, "head stopped");
+    served.map_err(|source| Error::Serve { address, source })
+}
+
+async fn detect_failures(state: Arc<HeadState>, timeout: Duration) {
+    let mut ticks = tokio::time::interval(DETECTOR_PERIOD);
+    loop {
+        tokio::select! {
+            () = state.cancel.cancelled() => return,
+            _ = ticks.tick() => {}
+        }
+        for (id, silent_for) in state.nodes.overdue(timeout) {
+            let reason = format!(
+                "missed heartbeats for {:.1} s (timeout {:.1} s)",
+                silent_for.as_secs_f64(),
+                timeout.as_secs_f64()
+            );
+            state.mark_dead(id, reason).await;
+        }
+    }
+}

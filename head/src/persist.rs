@@ -1,0 +1,182 @@
+//! The head's tables on disk: an embedded transactional store (redb) under the
+//! session directory, so a `kill -9` of the head loses nothing registered.
+//! Every write is one committed transaction; calls block, so async callers use
+//! `spawn_blocking`.
+
+// redb::Error is large, but these calls are rare and already block on disk I/O.
+#![allow(clippy::result_large_err)]
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use photon_proto::NodeId;
+use photon_proto::v1::NodeRecord;
+use prost::Message;
+use redb::{Database, ReadableTable, TableDefinition};
+
+use crate::error::{Error, Result};
+
+const NODES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("nodes");
+const KV: TableDefinition<&str, &[u8]> = TableDefinition::new("kv");
+const META: TableDefinition<&str, &str> = TableDefinition::new("meta");
+
+/// Handle to the head's database. Cheap to clone.
+#[derive(Clone)]
+pub struct Persistence {
+    db: Arc<Database>,
+    path: PathBuf,
+}
+
+impl Persistence {
+    /// Opens (or creates) `dir/head.redb` and its tables.
+    pub fn open(dir: &Path) -> Result<Self> {
+        let path = dir.join("head.redb");
+        let error = |message: String| Error::Store {
+            path: path.display().to_string(),
+            message,
+        };
+        std::fs::create_dir_all(dir)
+            .map_err(|err| error(format!("cannot create {}: {err}", dir.display())))?;
+        let db = Database::create(&path).map_err(|err| error(err.to_string()))?;
+        let persistence = Self {
+            db: Arc::new(db),
+            path: path.clone(),
+        };
+        persistence.write(|txn| {
+            txn.open_table(NODES)?;
+            txn.open_table(KV)?;
+            txn.open_table(META)?;
+            Ok(())
+        })?;
+        Ok(persistence)
+    }
+
+    fn error(&self, err: impl std::fmt::Display) -> Error {
+        Error::Store {
+            path: self.path.display().to_string(),
+            message: err.to_string(),
+        }
+    }
+
+    fn write<T>(
+        &self,
+        body: impl FnOnce(&redb::WriteTransaction) -> Result<T, redb::Error>,
+    ) -> Result<T> {
+        let txn = self.db.begin_write().map_err(|e| self.error(e))?;
+        let value = body(&txn).map_err(|e| self.error(e))?;
+        txn.commit().map_err(|e| self.error(e))?;
+        Ok(value)
+    }
+
+    fn read<T>(
+        &self,
+        body: impl FnOnce(&redb::ReadTransaction) -> Result<T, redb::Error>,
+    ) -> Result<T> {
+        let txn = self.db.begin_read().map_err(|e| self.error(e))?;
+        body(&txn).map_err(|e| self.error(e))
+    }
+
+    /// The cluster's id, created on first start and kept across restarts.
+    pub fn cluster_id(&self) -> Result<String> {
+        self.write(|txn| {
+            let mut meta = txn.open_table(META)?;
+            if let Some(id) = meta.get("cluster_id")? {
+                return Ok(id.value().to_string());
+            }
+            let id = photon_proto::auth::generate_token();
+            meta.insert("cluster_id", id.as_str())?;
+            Ok(id)
+        })
+    }
+
+    /// Writes one node record.
+    pub fn save_node(&self, node_id: NodeId, record: &NodeRecord) -> Result<()> {
+        let bytes = record.encode_to_vec();
+        self.write(|txn| {
+            txn.open_table(NODES)?
+                .insert(node_id.as_bytes().as_slice(), bytes.as_slice())?;
+            Ok(())
+        })
+    }
+
+    /// Every node record.
+    pub fn load_nodes(&self) -> Result<Vec<NodeRecord>> {
+        let rows: Vec<Vec<u8>> = self.read(|txn| {
+            let table = txn.open_table(NODES)?;
+            let mut rows = Vec::new();
+            for row in table.iter()? {
+                rows.push(row?.1.value().to_vec());
+            }
+            Ok(rows)
+        })?;
+        rows.iter()
+            .map(|bytes| {
+                NodeRecord::decode(bytes.as_slice())
+                    .map_err(|e| self.error(format!("corrupt node record: {e}")))
+            })
+            .collect()
+    }
+
+    /// Stores `value` under `namespace`/`key`; returns false if it existed and
+    /// `overwrite` is off.
+    pub fn kv_put(
+        &self,
+        namespace: &str,
+        key: &str,
+        value: &[u8],
+        overwrite: bool,
+    ) -> Result<bool> {
+        let full_key = kv_key(namespace, key);
+        self.write(|txn| {
+            let mut table = txn.open_table(KV)?;
+            if !overwrite && table.get(full_key.as_str())?.is_some() {
+                return Ok(false);
+            }
+            table.insert(full_key.as_str(), value)?;
+            Ok(true)
+        })
+    }
+
+    /// The value under `namespace`/`key`.
+    pub fn kv_get(&self, namespace: &str, key: &str) -> Result<Option<Vec<u8>>> {
+        let full_key = kv_key(namespace, key);
+        self.read(|txn| {
+            Ok(txn
+                .open_table(KV)?
+                .get(full_key.as_str())?
+                .map(|v| v.value().to_vec()))
+        })
+    }
+}
+
+/// Namespaces cannot contain NUL, so `ns\0key` never collides.
+fn kv_key(namespace: &str, key: &str) -> String {
+    format!("{namespace}\0{key}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn everything_survives_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        let node = NodeId::random();
+        let cluster_id = {
+            let db = Persistence::open(dir.path()).unwrap();
+            let record = NodeRecord {
+                death_reason: "test".into(),
+                ..Default::default()
+            };
+            db.save_node(node, &record).unwrap();
+            assert!(db.kv_put("ns", "k", b"v1", false).unwrap());
+            assert!(!db.kv_put("ns", "k", b"v2", false).unwrap(), "no overwrite");
+            db.cluster_id().unwrap()
+        };
+        let db = Persistence::open(dir.path()).unwrap();
+        assert_eq!(db.cluster_id().unwrap(), cluster_id);
+        assert_eq!(db.load_nodes().unwrap()[0].death_reason, "test");
+        assert_eq!(db.kv_get("ns", "k").unwrap().as_deref(), Some(&b"v1"[..]));
+        assert_eq!(db.kv_get("other", "k").unwrap(), None);
+    }
+}

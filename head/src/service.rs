@@ -1,0 +1,224 @@
+//! The `photon.v1.Head` gRPC service.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use photon_proto::v1::head_server::Head;
+use photon_proto::v1::{
+    GetClusterStatusRequest, GetClusterStatusResponse, Heartbeat, HeartbeatReply, KvGetRequest,
+    KvGetResponse, KvPutRequest, KvPutResponse, RegisterNodeRequest, RegisterNodeResponse,
+};
+use photon_proto::{NodeId, PROTOCOL_VERSION, check_protocol_version};
+use tokio::sync::mpsc;
+use tokio_stream::Stream;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tonic::{Request, Response, Status, Streaming};
+use tracing::{debug, info};
+
+use crate::nodes::NodeTable;
+use crate::persist::Persistence;
+
+/// How long a probe of a raylet whose stream broke may take.
+const PROBE_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// State shared by the service and the failure detector.
+pub struct HeadState {
+    pub(crate) nodes: NodeTable,
+    pub(crate) persistence: Persistence,
+    pub(crate) cluster_id: String,
+    pub(crate) heartbeat_interval: Duration,
+    pub(crate) started: Instant,
+    pub(crate) tasks: TaskTracker,
+    pub(crate) cancel: CancellationToken,
+}
+
+impl HeadState {
+    /// Declares a node dead and persists it (off the async runtime).
+    pub(crate) async fn mark_dead(&self, id: NodeId, reason: String) {
+        if let Some(record) = self.nodes.mark_dead(id, &reason) {
+            self.persist_node(id, record).await;
+        }
+    }
+
+    async fn persist_node(&self, id: NodeId, record: photon_proto::v1::NodeRecord) {
+        let persistence = self.persistence.clone();
+        let result = tokio::task::spawn_blocking(move || persistence.save_node(id, &record)).await;
+        if let Ok(Err(err)) | Err(err) = result.map_err(|e| crate::Error::Store {
+            path: "head.redb".into(),
+            message: e.to_string(),
+        }) {
+            tracing::error!(node = %id, %err, "cannot persist node record");
+        }
+    }
+
+    /// A heartbeat stream ended without a drain: probe the raylet at once; if
+    /// it does not answer, it is dead now rather than after the timeout.
+    async fn probe(&self, id: NodeId) {
+        let Some(address) = self.nodes.address(id) else {
+            return;
+        };
+        let outcome =
+            tokio::time::timeout(PROBE_TIMEOUT, tokio::net::TcpStream::connect(&address)).await;
+        let failure = match outcome {
+            Ok(Ok(_)) => {
+                debug!(node = %id, %address, "heartbeat stream broke but the raylet answers");
+                return;
+            }
+            Ok(Err(err)) => err.to_string(),
+            Err(_) => format!("no answer within {PROBE_TIMEOUT:?}"),
+        };
+        self.mark_dead(
+            id,
+            format!("its heartbeat stream broke and a probe of {address} failed: {failure}"),
+        )
+        .await;
+    }
+}
+
+/// The gRPC service over [`HeadState`].
+#[derive(Clone)]
+pub struct HeadService {
+    pub(crate) state: Arc<HeadState>,
+}
+
+fn store_status(err: crate::Error) -> Status {
+    Status::internal(err.to_string())
+}
+
+async fn blocking<T: Send + 'static>(
+    body: impl FnOnce() -> crate::Result<T> + Send + 'static,
+) -> Result<T, Status> {
+    tokio::task::spawn_blocking(body)
+        .await
+        .map_err(|e| Status::internal(format!("head store task failed: {e}")))?
+        .map_err(store_status)
+}
+
+#[tonic::async_trait]
+impl Head for HeadService {
+    async fn register_node(
+        &self,
+        request: Request<RegisterNodeRequest>,
+    ) -> Result<Response<RegisterNodeResponse>, Status> {
+        let request = request.into_inner();
+        let node = request
+            .node
+            .ok_or_else(|| Status::invalid_argument("register_node needs a node"))?;
+        let peer = format!("raylet at {}", node.address);
+        check_protocol_version(&peer, request.protocol_version)
+            .map_err(|err| Status::failed_precondition(err.to_string()))?;
+        let id = NodeId::from_slice(&node.node_id)
+            .map_err(|err| Status::invalid_argument(err.to_string()))?;
+        let address = node.address.clone();
+        let record = self
+            .state
+            .nodes
+            .register(id, node)
+            .map_err(|err| Status::failed_precondition(err.to_string()))?;
+        let persistence = self.state.persistence.clone();
+        blocking(move || persistence.save_node(id, &record)).await?;
+        info!(node = %id, %address, "node registered");
+        Ok(Response::new(RegisterNodeResponse {
+            cluster_id: self.state.cluster_id.clone(),
+            heartbeat_interval_ms: self.state.heartbeat_interval.as_millis() as u64,
+        }))
+    }
+
+    type HeartbeatsStream = Pin<Box<dyn Stream<Item = Result<HeartbeatReply, Status>> + Send>>;
+
+    async fn heartbeats(
+        &self,
+        request: Request<Streaming<Heartbeat>>,
+    ) -> Result<Response<Self::HeartbeatsStream>, Status> {
+        let mut inbound = request.into_inner();
+        let (replies, receiver) = mpsc::channel(4);
+        let state = self.state.clone();
+        self.state.tasks.spawn(async move {
+            let mut node = None;
+            let mut draining = false;
+            loop {
+                let message = tokio::select! {
+                    () = state.cancel.cancelled() => return,
+                    message = inbound.message() => message,
+                };
+                let Ok(Some(heartbeat)) = message else { break };
+                let verdict = NodeId::from_slice(&heartbeat.node_id)
+                    .map_err(|err| err.to_string())
+                    .and_then(|id| state.nodes.heartbeat(id, &heartbeat).map(|()| id));
+                match verdict {
+                    Ok(id) => {
+                        node = Some(id);
+                        draining |= heartbeat.draining;
+                    }
+                    Err(message) => {
+                        let _ = replies
+                            .send(Ok(HeartbeatReply {
+                                unknown_node: true,
+                                message,
+                            }))
+                            .await;
+                        return;
+                    }
+                }
+            }
+            if let Some(id) = node {
+                if draining {
+                    state
+                        .mark_dead(id, "stopped: its raylet shut down cleanly".into())
+                        .await;
+                } else {
+                    state.probe(id).await;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(receiver))))
+    }
+
+    async fn get_cluster_status(
+        &self,
+        _: Request<GetClusterStatusRequest>,
+    ) -> Result<Response<GetClusterStatusResponse>, Status> {
+        Ok(Response::new(GetClusterStatusResponse {
+            cluster_id: self.state.cluster_id.clone(),
+            protocol_version: PROTOCOL_VERSION,
+            nodes: self.state.nodes.snapshot(),
+            head_uptime_ms: self.state.started.elapsed().as_millis() as u64,
+        }))
+    }
+
+    async fn kv_put(
+        &self,
+        request: Request<KvPutRequest>,
+    ) -> Result<Response<KvPutResponse>, Status> {
+        let request = request.into_inner();
+        if request.namespace.contains('\0') {
+            return Err(Status::invalid_argument(
+                "kv namespace must not contain NUL",
+            ));
+        }
+        let persistence = self.state.persistence.clone();
+        let written = blocking(move || {
+            persistence.kv_put(
+                &request.namespace,
+                &request.key,
+                &request.value,
+                request.overwrite,
+            )
+        })
+        .await?;
+        Ok(Response::new(KvPutResponse { written }))
+    }
+
+    async fn kv_get(
+        &self,
+        request: Request<KvGetRequest>,
+    ) -> Result<Response<KvGetResponse>, Status> {
+        let request = request.into_inner();
+        let persistence = self.state.persistence.clone();
+        let value = blocking(move || persistence.kv_get(&request.namespace, &request.key)).await?;
+        Ok(Response::new(KvGetResponse { value }))
+    }
+}

@@ -1,0 +1,128 @@
+//! The head's gRPC service, in-process: version checks, token, KV.
+
+use photon_head::HeadConfig;
+use photon_proto::auth::AttachToken;
+use photon_proto::v1::head_client::HeadClient;
+use photon_proto::v1::{KvGetRequest, KvPutRequest, NodeInfo, RegisterNodeRequest};
+use photon_proto::{NodeId, PROTOCOL_VERSION};
+use tonic::Code;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::Channel;
+
+type Client = HeadClient<InterceptedService<Channel, AttachToken>>;
+
+async fn start_head(dir: &std::path::Path) -> (String, tokio::sync::oneshot::Sender<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap().to_string();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let config = HeadConfig::new(dir, "secret");
+    tokio::spawn(photon_head::run(config, listener, async {
+        let _ = stopped.await;
+    }));
+    (address, stop)
+}
+
+async fn client(address: &str, token: &str) -> Client {
+    let channel = Channel::from_shared(format!("http://{address}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    HeadClient::with_interceptor(channel, AttachToken::new(token).unwrap())
+}
+
+fn node() -> NodeInfo {
+    NodeInfo {
+        node_id: NodeId::random().to_vec(),
+        address: "127.0.0.1:9".into(),
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn protocol_mismatch_is_refused_naming_both_versions() {
+    let dir = tempfile::tempdir().unwrap();
+    let (address, _stop) = start_head(dir.path()).await;
+    let mut head = client(&address, "secret").await;
+    let status = head
+        .register_node(RegisterNodeRequest {
+            protocol_version: PROTOCOL_VERSION + 1,
+            node: Some(node()),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::FailedPrecondition);
+    let message = status.message();
+    assert!(
+        message.contains(&format!("v{}", PROTOCOL_VERSION + 1)),
+        "{message}"
+    );
+    assert!(
+        message.contains(&format!("v{PROTOCOL_VERSION}"))
+            && message.contains("raylet at 127.0.0.1:9"),
+        "{message}"
+    );
+
+    let ok = head
+        .register_node(RegisterNodeRequest {
+            protocol_version: PROTOCOL_VERSION,
+            node: Some(node()),
+        })
+        .await
+        .unwrap();
+    assert_eq!(ok.into_inner().heartbeat_interval_ms, 500);
+}
+
+#[tokio::test]
+async fn kv_survives_a_head_restart_and_needs_the_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let (address, stop) = start_head(dir.path()).await;
+    let mut head = client(&address, "secret").await;
+    let put = |value: &[u8], overwrite| KvPutRequest {
+        namespace: "jobs".into(),
+        key: "k".into(),
+        value: value.to_vec(),
+        overwrite,
+    };
+    assert!(
+        head.kv_put(put(b"one", false))
+            .await
+            .unwrap()
+            .into_inner()
+            .written
+    );
+    assert!(
+        !head
+            .kv_put(put(b"two", false))
+            .await
+            .unwrap()
+            .into_inner()
+            .written
+    );
+    let mut intruder = client(&address, "guess").await;
+    let status = intruder.kv_put(put(b"evil", true)).await.unwrap_err();
+    assert_eq!(status.code(), Code::Unauthenticated);
+    stop.send(()).unwrap();
+    drop(head);
+
+    // Wait for the database to be released by the stopped head.
+    let mut restarted = None;
+    for _ in 0..100 {
+        if photon_head::Persistence::open(dir.path()).is_ok() {
+            restarted = Some(start_head(dir.path()).await);
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let (address, _stop) = restarted.expect("the head's database is released");
+    let mut head = client(&address, "secret").await;
+    let got = head
+        .kv_get(KvGetRequest {
+            namespace: "jobs".into(),
+            key: "k".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(got.value.as_deref(), Some(&b"one"[..]));
+}

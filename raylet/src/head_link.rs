@@ -1,0 +1,200 @@
+//! The raylet's link to the head: register, heartbeat over one stream, and
+//! re-register by itself when the head restarts.
+
+use std::time::Duration;
+
+use photon_object_store::ObjectStore;
+use photon_proto::auth::AttachToken;
+use photon_proto::v1::head_client::HeadClient;
+use photon_proto::v1::{Heartbeat, NodeInfo, RegisterNodeRequest};
+use photon_proto::{NodeId, PROTOCOL_VERSION};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tonic::Code;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::{Channel, Endpoint};
+use tracing::{info, warn};
+
+use crate::error::{Error, Result};
+
+type Client = HeadClient<InterceptedService<Channel, AttachToken>>;
+
+const MAX_BACKOFF: Duration = Duration::from_secs(2);
+/// How long a clean shutdown waits for the head to take note of it.
+const DRAIN_WAIT: Duration = Duration::from_secs(1);
+
+/// A lazily connected client of the head.
+pub struct HeadLink {
+    client: Client,
+    address: String,
+}
+
+impl HeadLink {
+    /// A client for the head at `address` (host:port) using `token`.
+    pub fn new(address: &str, token: &str) -> Result<Self> {
+        let endpoint = Endpoint::from_shared(format!("http://{address}"))
+            .map_err(|err| Error::Config(format!("head address {address:?} is invalid: {err}")))?
+            .connect_timeout(Duration::from_secs(1))
+            .tcp_nodelay(true);
+        let attach = AttachToken::new(token).map_err(Error::Config)?;
+        Ok(Self {
+            client: HeadClient::with_interceptor(endpoint.connect_lazy(), attach),
+            address: address.to_string(),
+        })
+    }
+
+    /// Registers `node`, retrying while the head is unreachable: for at most
+    /// `deadline` if given, else until `stop`. Refusals (version, token, dead
+    /// node) are returned at once. Returns the heartbeat interval.
+    async fn register(
+        &self,
+        node: &NodeInfo,
+        deadline: Option<Duration>,
+        stop: &CancellationToken,
+    ) -> Result<Duration> {
+        let started = tokio::time::Instant::now();
+        let mut backoff = Duration::from_millis(50);
+        let mut attempts = 0u32;
+        loop {
+            let request = RegisterNodeRequest {
+                protocol_version: PROTOCOL_VERSION,
+                node: Some(node.clone()),
+            };
+            match self.client.clone().register_node(request).await {
+                Ok(reply) => {
+                    return Ok(Duration::from_millis(
+                        reply.into_inner().heartbeat_interval_ms.max(10),
+                    ));
+                }
+                Err(status) if is_refusal(status.code()) => {
+                    return Err(Error::Refused {
+                        head: self.address.clone(),
+                        message: status.message().to_string(),
+                    });
+                }
+                Err(status) => {
+                    attempts += 1;
+                    if deadline.is_some_and(|limit| started.elapsed() >= limit) {
+                        return Err(Error::HeadUnreachable {
+                            head: self.address.clone(),
+                            waited: started.elapsed(),
+                            message: status.message().to_string(),
+                        });
+                    }
+                    if attempts == 1 || attempts.is_multiple_of(20) {
+                        warn!(head = %self.address, attempts, error = status.message(), "cannot reach the head, retrying");
+                    }
+                }
+            }
+            tokio::select! {
+                () = stop.cancelled() => return Err(Error::Stopped),
+                () = tokio::time::sleep(backoff) => {}
+            }
+            backoff = (backoff * 2).min(MAX_BACKOFF);
+        }
+    }
+
+    /// Keeps the node registered and heartbeating until `stop`, then tells
+    /// the head it is leaving. Returns an error only when the head refuses the
+    /// node (it was declared dead, wrong version or token).
+    pub async fn stay_registered(
+        &self,
+        node: NodeInfo,
+        store: ObjectStore,
+        initial_deadline: Duration,
+        registered: impl FnOnce(),
+        stop: CancellationToken,
+    ) -> Result<()> {
+        let node_id = NodeId::from_slice(&node.node_id).expect("raylet builds a valid node id");
+        let mut interval = self.register(&node, Some(initial_deadline), &stop).await?;
+        info!(node = %node_id, head = %self.address, "registered with the head");
+        registered();
+        loop {
+            match self.heartbeat(&node, &store, interval, &stop).await? {
+                StreamEnd::Stopped => return Ok(()),
+                StreamEnd::Broken => {
+                    warn!(head = %self.address, "lost the head, registering again");
+                    interval = match self.register(&node, None, &stop).await {
+                        Err(Error::Stopped) => return Ok(()),
+                        other => other?,
+                    };
+                    info!(node = %node_id, "registered again");
+                }
+            }
+        }
+    }
+
+    async fn heartbeat(
+        &self,
+        node: &NodeInfo,
+        store: &ObjectStore,
+        interval: Duration,
+        stop: &CancellationToken,
+    ) -> Result<StreamEnd> {
+        let beat = |draining| Heartbeat {
+            node_id: node.node_id.clone(),
+            available: node.total.clone(),
+            object_store_used: store.stats().used,
+            draining,
+        };
+        let (sender, receiver) = mpsc::channel(4);
+        sender.send(beat(false)).await.expect("receiver is alive");
+        let mut replies = match self
+            .client
+            .clone()
+            .heartbeats(ReceiverStream::new(receiver))
+            .await
+        {
+            Ok(response) => response.into_inner(),
+            Err(status) if is_refusal(status.code()) => {
+                return Err(Error::Refused {
+                    head: self.address.clone(),
+                    message: status.message().to_string(),
+                });
+            }
+            Err(_) => return Ok(StreamEnd::Broken),
+        };
+        let mut ticks = tokio::time::interval(interval);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => {
+                    let _ = sender.send(beat(true)).await;
+                    drop(sender);
+                    // The head ends its side once it has recorded the drain.
+                    let _ = tokio::time::timeout(DRAIN_WAIT, async { while let Ok(Some(_)) = replies.message().await {} }).await;
+                    return Ok(StreamEnd::Stopped);
+                }
+                _ = ticks.tick() => {
+                    if sender.send(beat(false)).await.is_err() {
+                        return Ok(StreamEnd::Broken);
+                    }
+                }
+                reply = replies.message() => match reply {
+                    Ok(Some(reply)) if reply.unknown_node => {
+                        return Err(Error::Refused { head: self.address.clone(), message: reply.message });
+                    }
+                    Ok(Some(_)) => {}
+                    Ok(None) | Err(_) => return Ok(StreamEnd::Broken),
+                },
+            }
+        }
+    }
+}
+
+enum StreamEnd {
+    Stopped,
+    Broken,
+}
+
+/// Codes that retrying cannot fix.
+fn is_refusal(code: Code) -> bool {
+    matches!(
+        code,
+        Code::FailedPrecondition
+            | Code::Unauthenticated
+            | Code::InvalidArgument
+            | Code::PermissionDenied
+    )
+}

@@ -1,0 +1,155 @@
+//! Photon's raylet: the daemon on each node.
+//!
+//! Detects the node's resources (CPUs, memory, GPUs through cudarc or
+//! `--num-gpus`, custom resources), owns the node's shared-memory object store,
+//! registers with the head and keeps heartbeating, re-registering by itself
+//! when the head restarts. Serves `photon.v1.Version` on its own port, which is
+//! also what the head probes when a heartbeat stream breaks.
+//!
+//! Not yet here: task leases and spillback, the worker pool, object transfer
+//! and the memory monitor.
+
+mod error;
+pub mod gpu;
+mod head_link;
+pub mod resources;
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::time::Duration;
+
+use photon_object_store::{ObjectStore, StoreConfig};
+use photon_proto::auth::RequireToken;
+use photon_proto::v1::NodeInfo;
+use photon_proto::v1::version_server::VersionServer;
+use photon_proto::{NodeId, VersionService};
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+use tracing::info;
+
+pub use error::{Error, Result};
+pub use head_link::HeadLink;
+pub use resources::{NodeResources, ResourceOverrides};
+
+/// Configuration of a raylet.
+#[derive(Debug, Clone)]
+pub struct RayletConfig {
+    /// The head's address, host:port.
+    pub head_address: String,
+    /// The cluster token.
+    pub token: String,
+    /// The host other nodes reach this raylet at.
+    pub advertise_host: String,
+    /// Resource flags.
+    pub resources: ResourceOverrides,
+    /// Node labels.
+    pub labels: BTreeMap<String, String>,
+    /// The node's object store.
+    pub store: StoreConfig,
+    /// How long to try reaching the head at start before giving up.
+    pub initial_connect_timeout: Duration,
+}
+
+impl RayletConfig {
+    /// Defaults for a raylet joining `head_address`.
+    pub fn new(head_address: impl Into<String>, token: impl Into<String>) -> Self {
+        Self {
+            head_address: head_address.into(),
+            token: token.into(),
+            advertise_host: "127.0.0.1".into(),
+            resources: ResourceOverrides::default(),
+            labels: BTreeMap::new(),
+            store: StoreConfig::default(),
+            initial_connect_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// What a started raylet is, for the caller to print.
+#[derive(Debug, Clone)]
+pub struct RayletInfo {
+    /// The node's id.
+    pub node_id: NodeId,
+    /// Where the raylet listens.
+    pub address: String,
+    /// The node's resources.
+    pub resources: NodeResources,
+}
+
+/// Runs a raylet on `listener` until `shutdown` completes (then it tells the
+/// head it is leaving) or the head refuses it. `started` is called once the
+/// node is registered.
+pub async fn run(
+    config: RayletConfig,
+    listener: TcpListener,
+    started: impl FnOnce(&RayletInfo),
+    shutdown: impl Future<Output = ()>,
+) -> Result<()> {
+    let resources = resources::detect(&config.resources)?;
+    let store_config = config.store.clone();
+    let store = tokio::task::spawn_blocking(move || ObjectStore::open(store_config))
+        .await
+        .expect("object store task panicked")?;
+    let port = listener
+        .local_addr()
+        .map_err(|err| Error::Config(err.to_string()))?
+        .port();
+    let info = RayletInfo {
+        node_id: NodeId::random(),
+        address: format!("{}:{port}", config.advertise_host),
+        resources,
+    };
+    let node = NodeInfo {
+        node_id: info.node_id.to_vec(),
+        address: info.address.clone(),
+        hostname: hostname(),
+        total: info.resources.total.to_proto(),
+        labels: config.labels.clone().into_iter().collect(),
+        object_store_capacity: store.capacity(),
+        pid: std::process::id(),
+    };
+
+    let stop = CancellationToken::new();
+    let server = tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(VersionServer::with_interceptor(
+                VersionService,
+                RequireToken::new(config.token.clone()),
+            ))
+            .serve_with_incoming_shutdown(
+                TcpListenerStream::new(listener),
+                stop.clone().cancelled_owned(),
+            ),
+    );
+    let link = HeadLink::new(&config.head_address, &config.token)?;
+    let registered = link.stay_registered(
+        node,
+        store.clone(),
+        config.initial_connect_timeout,
+        || started(&info),
+        stop.clone(),
+    );
+    tokio::pin!(registered);
+    let outcome = tokio::select! {
+        outcome = &mut registered => outcome,
+        () = shutdown => {
+            stop.cancel();
+            registered.await
+        }
+    };
+    stop.cancel();
+    let served = server.await.expect("raylet server task panicked");
+    info!(address = %info.address, "raylet stopped");
+    outcome?;
+    served.map_err(|source| Error::Serve {
+        address: info.address.clone(),
+        source,
+    })
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|name| name.trim().to_string())
+        .unwrap_or_default()
+}
