@@ -4,6 +4,7 @@
 use clap::Subcommand;
 use serde::Serialize;
 
+mod head;
 mod store;
 
 /// Which microbenchmark to run.
@@ -14,6 +15,15 @@ pub enum Which {
         /// One JSON object per line instead of a table.
         #[arg(long)]
         json: bool,
+    },
+    /// Head CPU and memory with simulated raylets (heartbeats + resource updates).
+    Head {
+        /// One JSON object per line instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// Cluster sizes to simulate.
+        #[arg(long, value_delimiter = ',', default_values_t = [10, 100, 1000])]
+        nodes: Vec<usize>,
     },
     /// Internal: the second process of the cross-process read benchmark.
     #[command(hide = true)]
@@ -33,6 +43,7 @@ pub fn run(which: Which) -> anyhow::Result<()> {
             let mut report = Report::new(json);
             store::run(&mut report)
         }
+        Which::Head { json, nodes } => head::run(&mut Report::new(json), &nodes),
         Which::StoreReader { descriptor, lazy } => store::read_in_child(&descriptor, lazy),
     }
 }
