@@ -89,25 +89,39 @@ impl Cluster {
     /// Starts a raylet and waits until the head lists it alive; returns its pid.
     fn add_raylet(&mut self, extra: &[&str]) -> u32 {
         let before = self.alive_nodes().len();
-        let child = self
-            .command()
-            .args([
-                "start",
-                "--block",
-                "--address",
-                &self.address,
-                "--token",
-                &self.token,
-            ])
-            .args(["--object-store-memory", STORE, "--num-cpus", "1"])
+        let log_path = self
+            .home
+            .path()
+            .join(format!("raylet-{}.log", self.children.len()));
+        let mut command = self.command();
+        command.args([
+            "start",
+            "--block",
+            "--address",
+            &self.address,
+            "--token",
+            &self.token,
+            "--num-cpus",
+            "1",
+        ]);
+        if !extra.contains(&"--object-store-memory") {
+            command.args(["--object-store-memory", STORE]);
+        }
+        let child = command
             .args(extra)
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(std::fs::File::create(&log_path).unwrap())
             .spawn()
             .unwrap();
         let pid = child.id();
         self.children.push(child);
         wait_until(Duration::from_secs(20), "the raylet to register", || {
+            if let Some(status) = self.children.last_mut().unwrap().try_wait().unwrap() {
+                panic!(
+                    "raylet exited ({status}): {}",
+                    std::fs::read_to_string(&log_path).unwrap()
+                );
+            }
             (self.alive_nodes().len() > before).then_some(())
         });
         pid
@@ -517,4 +531,189 @@ fn start_detaches_and_stop_stops_everything() {
     }
     assert!(!home.path().join("cluster.json").exists());
     assert!(run(&["stop"]).contains("no photon processes"));
+}
+
+mod transfer {
+    use super::*;
+    use bytes::Bytes;
+    use photon_proto::v1::{DeleteObjectRequest, FetchObjectRequest};
+    use photon_proto::{JobId, ObjectId, TaskId};
+    use photon_raylet::transfer::{connect, pull_object, push_object};
+
+    const BIG_STORE: &str = "805306368"; // 768 MiB
+
+    fn object(n: u32) -> ObjectId {
+        ObjectId::for_put(TaskId::for_driver(JobId::from_u32(7)), n)
+    }
+
+    /// 256 MiB with no two 1 MiB blocks alike (built with memcpy: fast in debug builds).
+    fn big_object() -> Bytes {
+        let block: Vec<u8> = (0..1usize << 20)
+            .map(|i| (i * 7 + i / 4093) as u8)
+            .collect();
+        let mut data = Vec::with_capacity(256 << 20);
+        for n in 0..256u32 {
+            data.extend_from_slice(&block);
+            let end = data.len();
+            data[end - 4..].copy_from_slice(&n.to_le_bytes());
+        }
+        Bytes::from(data)
+    }
+
+    #[test]
+    fn a_256_mib_object_moves_between_raylets_intact_and_fetches_are_shared() {
+        let mut cluster = Cluster::start();
+        let holder_pid = cluster.add_raylet(&["--object-store-memory", BIG_STORE]);
+        let fetcher_pid = cluster.add_raylet(&["--object-store-memory", BIG_STORE]);
+        let holder_address = cluster.node_by_pid(holder_pid)["address"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let fetcher_address = cluster.node_by_pid(fetcher_pid)["address"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let data = big_object();
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        runtime.block_on(async {
+            let mut holder = connect(&holder_address, &cluster.token).unwrap();
+            let mut fetcher = connect(&fetcher_address, &cluster.token).unwrap();
+            assert_eq!(
+                push_object(&mut holder, object(1), data.clone())
+                    .await
+                    .unwrap(),
+                256 << 20
+            );
+
+            // Two concurrent fetches, no source given: the head's directory finds
+            // the holder, and only one transfer happens.
+            let request = || FetchObjectRequest {
+                object_id: object(1).to_vec(),
+                source_address: String::new(),
+            };
+            let (mut a, mut b) = (fetcher.clone(), fetcher.clone());
+            let (first, second) =
+                tokio::join!(a.fetch_object(request()), b.fetch_object(request()));
+            let (first, second) = (first.unwrap().into_inner(), second.unwrap().into_inner());
+            assert_eq!((first.size, second.size), (256 << 20, 256 << 20));
+            assert_eq!(
+                u8::from(first.transferred) + u8::from(second.transferred),
+                1,
+                "{first:?} {second:?}"
+            );
+
+            let copy = pull_object(&mut fetcher, object(1)).await.unwrap();
+            assert_eq!(copy.len(), 256 << 20);
+            assert!(copy[..] == data[..], "the copy is intact, byte for byte");
+
+            // Once the holder drops its copy and the fetcher's copy is deleted, nobody has it.
+            holder
+                .delete_object(DeleteObjectRequest {
+                    object_id: object(1).to_vec(),
+                })
+                .await
+                .unwrap();
+            fetcher
+                .delete_object(DeleteObjectRequest {
+                    object_id: object(1).to_vec(),
+                })
+                .await
+                .unwrap();
+            let status = fetcher.fetch_object(request()).await.unwrap_err();
+            assert_eq!(status.code(), tonic::Code::NotFound);
+            assert!(
+                status.message().contains("no live node holds a copy"),
+                "{}",
+                status.message()
+            );
+
+            // A dead holder's copies leave the directory.
+            push_object(&mut holder, object(2), Bytes::from(vec![9u8; 1000]))
+                .await
+                .unwrap();
+        });
+        cluster.kill(holder_pid, "-9");
+        wait_until(
+            Duration::from_secs(3),
+            "the holder to be declared dead",
+            || (cluster.node_by_pid(holder_pid)["state"] == "dead").then_some(()),
+        );
+        runtime.block_on(async {
+            let mut fetcher = connect(&fetcher_address, &cluster.token).unwrap();
+            let request = FetchObjectRequest {
+                object_id: object(2).to_vec(),
+                source_address: String::new(),
+            };
+            let status = fetcher.fetch_object(request).await.unwrap_err();
+            assert!(
+                status.message().contains("no live node holds a copy"),
+                "{}",
+                status.message()
+            );
+        });
+    }
+
+    #[test]
+    fn a_malformed_push_is_refused_and_leaves_nothing_behind() {
+        let mut cluster = Cluster::start();
+        let pid = cluster.add_raylet(&[]);
+        let address = cluster.node_by_pid(pid)["address"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        tokio::runtime::Runtime::new().unwrap().block_on(async {
+            let mut raylet = connect(&address, &cluster.token).unwrap();
+            let chunk = |offset: u64, len: usize| photon_proto::v1::ObjectChunk {
+                object_id: object(3).to_vec(),
+                total_size: 1000,
+                offset,
+                data: Bytes::from(vec![1u8; len]),
+            };
+            // A gap between chunks.
+            let status = raylet
+                .push_object(tokio_stream::iter(vec![chunk(0, 100), chunk(500, 100)]))
+                .await
+                .unwrap_err();
+            assert!(
+                status
+                    .message()
+                    .contains("does not follow byte 100 of 1000"),
+                "{}",
+                status.message()
+            );
+            // A stream that ends early.
+            let status = raylet
+                .push_object(tokio_stream::iter(vec![chunk(0, 100)]))
+                .await
+                .unwrap_err();
+            assert!(
+                status.message().contains("ended after 100 of 1000 bytes"),
+                "{}",
+                status.message()
+            );
+            // Nothing half-written stays: the id is still free.
+            let full = vec![chunk(0, 1000)];
+            assert_eq!(
+                raylet
+                    .push_object(tokio_stream::iter(full))
+                    .await
+                    .unwrap()
+                    .into_inner()
+                    .size,
+                1000
+            );
+            let status = raylet
+                .pull_object(photon_proto::v1::PullObjectRequest {
+                    object_id: object(4).to_vec(),
+                })
+                .await
+                .unwrap_err();
+            assert_eq!(status.code(), tonic::Code::NotFound);
+        });
+        assert_eq!(
+            cluster.node_by_pid(pid)["state"],
+            "alive",
+            "the raylet stays up"
+        );
+    }
 }

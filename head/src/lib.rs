@@ -1,7 +1,8 @@
 //! Photon's head: the global control store.
 //!
-//! Owns the cluster's tables — today nodes (resources, liveness) and a named
-//! KV; jobs, actors, the object directory and lineage join them — persisted in
+//! Owns the cluster's tables — today nodes (resources, liveness), a named KV
+//! and the object directory (in memory, re-reported by raylets); jobs, actors
+//! and lineage join them — persisted in
 //! redb under the session directory so that a `kill -9` and restart of the head
 //! loses nothing registered. Decides node liveness: a node is dead when its
 //! heartbeats stop for `node_timeout` (default 3 s), or at once when its
@@ -11,6 +12,7 @@
 
 mod error;
 mod nodes;
+mod objects;
 mod persist;
 mod service;
 
@@ -33,6 +35,7 @@ pub use error::{Error, Result};
 pub use persist::Persistence;
 
 use crate::nodes::NodeTable;
+use crate::objects::ObjectDirectory;
 use crate::service::{HeadService, HeadState};
 
 /// How often the failure detector looks for silent nodes.
@@ -87,6 +90,7 @@ pub async fn run(
     nodes.restore(records);
     let state = Arc::new(HeadState {
         nodes,
+        objects: ObjectDirectory::default(),
         persistence,
         cluster_id,
         heartbeat_interval: config.heartbeat_interval,

@@ -6,10 +6,12 @@ use std::time::{Duration, Instant};
 
 use photon_proto::v1::head_server::Head;
 use photon_proto::v1::{
-    GetClusterStatusRequest, GetClusterStatusResponse, Heartbeat, HeartbeatReply, KvGetRequest,
-    KvGetResponse, KvPutRequest, KvPutResponse, RegisterNodeRequest, RegisterNodeResponse,
+    GetClusterStatusRequest, GetClusterStatusResponse, GetObjectLocationsReply,
+    GetObjectLocationsRequest, Heartbeat, HeartbeatReply, KvGetRequest, KvGetResponse,
+    KvPutRequest, KvPutResponse, NodeState, ObjectLocation, ObjectLocationUpdate,
+    ObjectLocationUpdateReply, RegisterNodeRequest, RegisterNodeResponse,
 };
-use photon_proto::{NodeId, PROTOCOL_VERSION, check_protocol_version};
+use photon_proto::{NodeId, ObjectId, PROTOCOL_VERSION, check_protocol_version};
 use tokio::sync::mpsc;
 use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
@@ -19,6 +21,7 @@ use tonic::{Request, Response, Status, Streaming};
 use tracing::{debug, info};
 
 use crate::nodes::NodeTable;
+use crate::objects::ObjectDirectory;
 use crate::persist::Persistence;
 
 /// How long a probe of a raylet whose stream broke may take.
@@ -27,6 +30,7 @@ const PROBE_TIMEOUT: Duration = Duration::from_millis(500);
 /// State shared by the service and the failure detector.
 pub struct HeadState {
     pub(crate) nodes: NodeTable,
+    pub(crate) objects: ObjectDirectory,
     pub(crate) persistence: Persistence,
     pub(crate) cluster_id: String,
     pub(crate) heartbeat_interval: Duration,
@@ -39,6 +43,8 @@ impl HeadState {
     /// Declares a node dead and persists it (off the async runtime).
     pub(crate) async fn mark_dead(&self, id: NodeId, reason: String) {
         if let Some(record) = self.nodes.mark_dead(id, &reason) {
+            let dropped = self.objects.drop_node(id);
+            debug!(node = %id, dropped, "dropped the dead node's object locations");
             self.persist_node(id, record).await;
         }
     }
@@ -113,6 +119,12 @@ impl Head for HeadService {
         let id = NodeId::from_slice(&node.node_id)
             .map_err(|err| Status::invalid_argument(err.to_string()))?;
         let address = node.address.clone();
+        let objects = request
+            .objects
+            .iter()
+            .map(|bytes| ObjectId::from_slice(bytes))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|err| Status::invalid_argument(err.to_string()))?;
         let record = self
             .state
             .nodes
@@ -120,7 +132,8 @@ impl Head for HeadService {
             .map_err(|err| Status::failed_precondition(err.to_string()))?;
         let persistence = self.state.persistence.clone();
         blocking(move || persistence.save_node(id, &record)).await?;
-        info!(node = %id, %address, "node registered");
+        info!(node = %id, %address, objects = objects.len(), "node registered");
+        self.state.objects.reset_node(id, objects);
         Ok(Response::new(RegisterNodeResponse {
             cluster_id: self.state.cluster_id.clone(),
             heartbeat_interval_ms: self.state.heartbeat_interval.as_millis() as u64,
@@ -220,5 +233,54 @@ impl Head for HeadService {
         let persistence = self.state.persistence.clone();
         let value = blocking(move || persistence.kv_get(&request.namespace, &request.key)).await?;
         Ok(Response::new(KvGetResponse { value }))
+    }
+
+    async fn update_object_location(
+        &self,
+        request: Request<ObjectLocationUpdate>,
+    ) -> Result<Response<ObjectLocationUpdateReply>, Status> {
+        let update = request.into_inner();
+        let object = ObjectId::from_slice(&update.object_id)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let node = NodeId::from_slice(&update.node_id)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        if update.added {
+            self.state.objects.add(object, node);
+        } else {
+            self.state.objects.remove(object, node);
+        }
+        Ok(Response::new(ObjectLocationUpdateReply {}))
+    }
+
+    async fn get_object_locations(
+        &self,
+        request: Request<GetObjectLocationsRequest>,
+    ) -> Result<Response<GetObjectLocationsReply>, Status> {
+        let object = ObjectId::from_slice(&request.into_inner().object_id)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let alive: std::collections::HashMap<NodeId, String> = self
+            .state
+            .nodes
+            .snapshot()
+            .into_iter()
+            .filter(|r| r.state == NodeState::Alive as i32)
+            .filter_map(|r| {
+                let info = r.info?;
+                Some((NodeId::from_slice(&info.node_id).ok()?, info.address))
+            })
+            .collect();
+        let locations = self
+            .state
+            .objects
+            .holders(object)
+            .into_iter()
+            .filter_map(|node| {
+                alive.get(&node).map(|address| ObjectLocation {
+                    node_id: node.to_vec(),
+                    address: address.clone(),
+                })
+            })
+            .collect();
+        Ok(Response::new(GetObjectLocationsReply { locations }))
     }
 }

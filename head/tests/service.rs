@@ -48,6 +48,7 @@ async fn protocol_mismatch_is_refused_naming_both_versions() {
         .register_node(RegisterNodeRequest {
             protocol_version: PROTOCOL_VERSION + 1,
             node: Some(node()),
+            objects: Vec::new(),
         })
         .await
         .unwrap_err();
@@ -67,6 +68,7 @@ async fn protocol_mismatch_is_refused_naming_both_versions() {
         .register_node(RegisterNodeRequest {
             protocol_version: PROTOCOL_VERSION,
             node: Some(node()),
+            objects: Vec::new(),
         })
         .await
         .unwrap();

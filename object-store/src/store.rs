@@ -495,6 +495,31 @@ impl ObjectStore {
         view.descriptor()
     }
 
+    /// Size of a sealed object, without pinning or restoring it.
+    pub fn object_size(&self, id: ObjectId) -> Result<u64> {
+        let mut state = self.inner.lock();
+        let entry = state.live_entry(id)?;
+        match entry.phase {
+            Phase::Sealed => Ok(entry.size),
+            Phase::Writing { .. } => Err(Error::NotSealed {
+                id,
+                size: entry.size,
+                hint: "wait until its writer seals it",
+            }),
+        }
+    }
+
+    /// Every sealed object in the store (in memory or spilled).
+    pub fn sealed_ids(&self) -> Vec<ObjectId> {
+        self.inner
+            .lock()
+            .objects
+            .iter()
+            .filter(|(_, e)| e.phase == Phase::Sealed && !e.delete_pending)
+            .map(|(id, _)| *id)
+            .collect()
+    }
+
     /// Current sizes and counters.
     pub fn stats(&self) -> StoreStats {
         let state = self.inner.lock();

@@ -6,14 +6,16 @@ use std::time::Duration;
 use photon_object_store::ObjectStore;
 use photon_proto::auth::AttachToken;
 use photon_proto::v1::head_client::HeadClient;
-use photon_proto::v1::{Heartbeat, NodeInfo, RegisterNodeRequest};
-use photon_proto::{NodeId, PROTOCOL_VERSION};
+use photon_proto::v1::{
+    GetObjectLocationsRequest, Heartbeat, NodeInfo, ObjectLocationUpdate, RegisterNodeRequest,
+};
+use photon_proto::{NodeId, ObjectId, PROTOCOL_VERSION};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
-use tonic::Code;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
+use tonic::{Code, Status};
 use tracing::{info, warn};
 
 use crate::error::{Error, Result};
@@ -50,6 +52,7 @@ impl HeadLink {
     async fn register(
         &self,
         node: &NodeInfo,
+        store: &ObjectStore,
         deadline: Option<Duration>,
         stop: &CancellationToken,
     ) -> Result<Duration> {
@@ -60,6 +63,7 @@ impl HeadLink {
             let request = RegisterNodeRequest {
                 protocol_version: PROTOCOL_VERSION,
                 node: Some(node.clone()),
+                objects: store.sealed_ids().iter().map(ObjectId::to_vec).collect(),
             };
             match self.client.clone().register_node(request).await {
                 Ok(reply) => {
@@ -95,6 +99,43 @@ impl HeadLink {
         }
     }
 
+    /// Tells the head that `node` now holds (or dropped) `object`.
+    pub async fn update_location(
+        &self,
+        object: ObjectId,
+        node: NodeId,
+        added: bool,
+    ) -> Result<(), Status> {
+        let update = ObjectLocationUpdate {
+            object_id: object.to_vec(),
+            node_id: node.to_vec(),
+            added,
+        };
+        self.client
+            .clone()
+            .update_object_location(update)
+            .await
+            .map(|_| ())
+    }
+
+    /// Live nodes holding `object`, with their raylet addresses.
+    pub async fn locations(&self, object: ObjectId) -> Result<Vec<(NodeId, String)>, Status> {
+        let request = GetObjectLocationsRequest {
+            object_id: object.to_vec(),
+        };
+        let reply = self
+            .client
+            .clone()
+            .get_object_locations(request)
+            .await?
+            .into_inner();
+        Ok(reply
+            .locations
+            .into_iter()
+            .filter_map(|l| Some((NodeId::from_slice(&l.node_id).ok()?, l.address)))
+            .collect())
+    }
+
     /// Keeps the node registered and heartbeating until `stop`, then tells
     /// the head it is leaving. Returns an error only when the head refuses the
     /// node (it was declared dead, wrong version or token).
@@ -107,7 +148,9 @@ impl HeadLink {
         stop: CancellationToken,
     ) -> Result<()> {
         let node_id = NodeId::from_slice(&node.node_id).expect("raylet builds a valid node id");
-        let mut interval = self.register(&node, Some(initial_deadline), &stop).await?;
+        let mut interval = self
+            .register(&node, &store, Some(initial_deadline), &stop)
+            .await?;
         info!(node = %node_id, head = %self.address, "registered with the head");
         registered();
         loop {
@@ -115,7 +158,7 @@ impl HeadLink {
                 StreamEnd::Stopped => return Ok(()),
                 StreamEnd::Broken => {
                     warn!(head = %self.address, "lost the head, registering again");
-                    interval = match self.register(&node, None, &stop).await {
+                    interval = match self.register(&node, &store, None, &stop).await {
                         Err(Error::Stopped) => return Ok(()),
                         other => other?,
                     };

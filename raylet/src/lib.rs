@@ -6,13 +6,16 @@
 //! when the head restarts. Serves `photon.v1.Version` on its own port, which is
 //! also what the head probes when a heartbeat stream breaks.
 //!
-//! Not yet here: task leases and spillback, the worker pool, object transfer
-//! and the memory monitor.
+//! Serves `photon.v1.Raylet`: objects pushed in, pulled out, and fetched from
+//! other nodes (located through the head's object directory).
+//!
+//! Not yet here: task leases and spillback, the worker pool and the memory monitor.
 
 mod error;
 pub mod gpu;
 mod head_link;
 pub mod resources;
+pub mod transfer;
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -21,6 +24,7 @@ use std::time::Duration;
 use photon_object_store::{ObjectStore, StoreConfig};
 use photon_proto::auth::RequireToken;
 use photon_proto::v1::NodeInfo;
+use photon_proto::v1::raylet_server::RayletServer;
 use photon_proto::v1::version_server::VersionServer;
 use photon_proto::{NodeId, VersionService};
 use tokio::net::TcpListener;
@@ -111,18 +115,32 @@ pub async fn run(
     };
 
     let stop = CancellationToken::new();
+    let link = std::sync::Arc::new(HeadLink::new(&config.head_address, &config.token)?);
+    let auth = RequireToken::new(config.token.clone());
+    let transfers = transfer::TransferService::new(
+        store.clone(),
+        info.node_id,
+        link.clone(),
+        config.token.clone(),
+    );
+    let transfers = RayletServer::new(transfers)
+        .max_decoding_message_size(transfer::MAX_MESSAGE_SIZE)
+        .max_encoding_message_size(transfer::MAX_MESSAGE_SIZE);
     let server = tokio::spawn(
         tonic::transport::Server::builder()
-            .add_service(VersionServer::with_interceptor(
-                VersionService,
-                RequireToken::new(config.token.clone()),
+            .initial_stream_window_size(transfer::STREAM_WINDOW)
+            .initial_connection_window_size(transfer::CONNECTION_WINDOW)
+            .max_frame_size(transfer::MAX_FRAME_SIZE)
+            .add_service(tonic::service::interceptor::InterceptedService::new(
+                transfers,
+                auth.clone(),
             ))
+            .add_service(VersionServer::with_interceptor(VersionService, auth))
             .serve_with_incoming_shutdown(
                 TcpListenerStream::new(listener),
                 stop.clone().cancelled_owned(),
             ),
     );
-    let link = HeadLink::new(&config.head_address, &config.token)?;
     let registered = link.stay_registered(
         node,
         store.clone(),

@@ -3,13 +3,11 @@
 //! real head process; reports the head's CPU and RSS. Reference: the same
 //! head with no nodes, measured in the same run.
 
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail};
+use anyhow::bail;
 use photon_proto::auth::AttachToken;
 use photon_proto::v1::head_client::HeadClient;
 use photon_proto::v1::{Heartbeat, NodeInfo, RegisterNodeRequest};
@@ -19,97 +17,11 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 
 use super::Report;
+use super::processes::ProcessCluster;
 
 const HEARTBEAT: Duration = Duration::from_millis(500);
 const WARM_UP: Duration = Duration::from_secs(2);
 const MEASURE: Duration = Duration::from_secs(5);
-
-/// A head process started for one measurement; killed on drop.
-struct HeadProcess {
-    child: Child,
-    address: String,
-    token: String,
-    _home: tempfile::TempDir,
-}
-
-impl HeadProcess {
-    fn start() -> anyhow::Result<Self> {
-        let home = tempfile::tempdir()?;
-        let child = Command::new(std::env::current_exe()?)
-            .args([
-                "start",
-                "--head",
-                "--block",
-                "--no-raylet",
-                "--port",
-                "0",
-                "--session-dir",
-            ])
-            .arg(home.path().join("session"))
-            .env("PHOTON_HOME", home.path())
-            .env("PHOTON_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .context("cannot start a head process")?;
-        let cluster_file = home.path().join("cluster.json");
-        let started = Instant::now();
-        let address = loop {
-            if let Some(address) = read_address(&cluster_file) {
-                break address;
-            }
-            if started.elapsed() > Duration::from_secs(20) {
-                bail!("the benchmark's head did not start");
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        };
-        let token = std::fs::read_to_string(home.path().join("session/token"))?;
-        Ok(Self {
-            child,
-            address,
-            token,
-            _home: home,
-        })
-    }
-
-    /// CPU seconds (user + system) the head has used so far.
-    fn cpu_seconds(&self) -> anyhow::Result<f64> {
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id()))?;
-        // Fields after the command name (which may contain spaces) start after ')'.
-        let fields: Vec<&str> = stat
-            .rsplit_once(')')
-            .context("bad /proc stat")?
-            .1
-            .split_whitespace()
-            .collect();
-        let ticks: f64 = fields[11].parse::<f64>()? + fields[12].parse::<f64>()?;
-        Ok(ticks / 100.0) // USER_HZ is 100 on Linux
-    }
-
-    fn rss_mib(&self) -> anyhow::Result<f64> {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))?;
-        let kib: f64 = status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .context("no VmRSS")?
-            .trim()
-            .trim_end_matches(" kB")
-            .parse()?;
-        Ok(kib / 1024.0)
-    }
-}
-
-impl Drop for HeadProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn read_address(path: &Path) -> Option<String> {
-    let file: serde_json::Value = serde_json::from_slice(&std::fs::read(path).ok()?).ok()?;
-    Some(file["address"].as_str()?.to_string())
-}
 
 /// One simulated raylet: registers, then heartbeats until `stop`.
 async fn simulated_node(
@@ -141,6 +53,7 @@ async fn simulated_node(
                 total: total.to_proto(),
                 ..Default::default()
             }),
+            objects: Vec::new(),
         })
         .await?;
     let (sender, receiver) = mpsc::channel(4);
@@ -174,7 +87,7 @@ async fn simulated_node(
 
 /// Measures the head with `nodes` simulated raylets: (CPU % of one core, RSS MiB, heartbeats/s).
 fn measure(nodes: usize) -> anyhow::Result<(f64, f64, f64)> {
-    let head = HeadProcess::start()?;
+    let head = ProcessCluster::start_head()?;
     let runtime = tokio::runtime::Runtime::new()?;
     let stop = CancellationToken::new();
     let beats = Arc::new(AtomicU64::new(0));
@@ -194,15 +107,15 @@ fn measure(nodes: usize) -> anyhow::Result<(f64, f64, f64)> {
         bail!("a simulated node failed during warm-up");
     }
     let (cpu_before, beats_before, start) = (
-        head.cpu_seconds()?,
+        head.head_cpu_seconds()?,
         beats.load(Ordering::Relaxed),
         Instant::now(),
     );
     std::thread::sleep(MEASURE);
     let elapsed = start.elapsed().as_secs_f64();
-    let cpu = (head.cpu_seconds()? - cpu_before) / elapsed * 100.0;
+    let cpu = (head.head_cpu_seconds()? - cpu_before) / elapsed * 100.0;
     let rate = (beats.load(Ordering::Relaxed) - beats_before) as f64 / elapsed;
-    let rss = head.rss_mib()?;
+    let rss = head.head_rss_mib()?;
     stop.cancel();
     runtime.shutdown_timeout(Duration::from_secs(1));
     Ok((cpu, rss, rate))

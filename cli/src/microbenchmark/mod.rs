@@ -5,7 +5,9 @@ use clap::Subcommand;
 use serde::Serialize;
 
 mod head;
+mod processes;
 mod store;
+mod transfer;
 
 /// Which microbenchmark to run.
 #[derive(Debug, Subcommand)]
@@ -24,6 +26,12 @@ pub enum Which {
         /// Cluster sizes to simulate.
         #[arg(long, value_delimiter = ',', default_values_t = [10, 100, 1000])]
         nodes: Vec<usize>,
+    },
+    /// Moving a 256 MiB object between two raylets on loopback.
+    Transfer {
+        /// One JSON object per line instead of a table.
+        #[arg(long)]
+        json: bool,
     },
     /// Internal: the second process of the cross-process read benchmark.
     #[command(hide = true)]
@@ -44,6 +52,7 @@ pub fn run(which: Which) -> anyhow::Result<()> {
             store::run(&mut report)
         }
         Which::Head { json, nodes } => head::run(&mut Report::new(json), &nodes),
+        Which::Transfer { json } => transfer::run(&mut Report::new(json)),
         Which::StoreReader { descriptor, lazy } => store::read_in_child(&descriptor, lazy),
     }
 }
