@@ -21,12 +21,15 @@ fn create_write_seal_get_delete() {
     assert_eq!((stats.objects, stats.used, stats.pinned), (1, 1024, 1024));
     drop(view);
     assert_eq!(store.stats().pinned, 0);
-    let _unsealed = store.create(oid(2), 10).unwrap();
+    let unsealed = store.create(oid(2), 10).unwrap();
     assert_eq!(
         store.sealed_ids(),
         vec![oid(1)],
         "only sealed objects are listed"
     );
+    assert!(store.object_size(oid(2)).is_err());
+    assert_eq!(store.object_size(oid(1)).unwrap(), 1000);
+    drop(unsealed);
     store.delete(oid(1)).unwrap();
     assert_eq!(store.stats().used, 0);
     assert!(!store.contains(oid(1)));
