@@ -9,13 +9,17 @@
 //! Serves `photon.v1.Raylet`: objects pushed in, pulled out, and fetched from
 //! other nodes (located through the head's object directory).
 //!
-//! Not yet here: task leases and spillback, the worker pool and the memory monitor.
+//! Its worker pool (`worker_pool`) starts, reuses and reaps worker processes
+//! and kills those over their memory limit with a reported reason.
+//!
+//! Not yet here: task leases and spillback, and wiring the worker pool to them.
 
 mod error;
 pub mod gpu;
 mod head_link;
 pub mod resources;
 pub mod transfer;
+pub mod worker_pool;
 
 use std::collections::BTreeMap;
 use std::future::Future;

@@ -1,0 +1,168 @@
+//! The worker pool with real processes: environment, reuse, and exit reasons.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use photon_proto::NodeId;
+use photon_raylet::worker_pool::{
+    ExitReason, WorkerExit, WorkerPool, WorkerPoolConfig, WorkerSpec,
+};
+
+fn shell(script: &str, env: &[(&str, &str)]) -> WorkerSpec {
+    WorkerSpec {
+        program: "/bin/sh".into(),
+        args: vec!["-c".into(), script.into()],
+        env: env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect::<BTreeMap<_, _>>(),
+    }
+}
+
+fn pool(dir: &tempfile::TempDir, limit: Option<u64>, threshold: f64) -> std::sync::Arc<WorkerPool> {
+    let mut config = WorkerPoolConfig::new(NodeId::random(), "127.0.0.1:7", dir.path());
+    config.worker_memory_limit = limit;
+    config.node_memory_threshold = threshold;
+    config.monitor_period = Duration::from_millis(50);
+    WorkerPool::start(config)
+}
+
+async fn next_exit(exits: &mut tokio::sync::broadcast::Receiver<WorkerExit>) -> WorkerExit {
+    tokio::time::timeout(Duration::from_secs(20), exits.recv())
+        .await
+        .expect("a worker exit")
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workers_get_worker_mode_environment_and_their_own_logs() {
+    let dir = tempfile::tempdir().unwrap();
+    let pool = pool(&dir, None, 1.0);
+    let mut exits = pool.subscribe();
+    let spec = shell(
+        "echo $PHOTON_WORKER $PHOTON_WORKER_ID $PHOTON_RAYLET_ADDRESS $CUDA_VISIBLE_DEVICES; exit 3",
+        &[("CUDA_VISIBLE_DEVICES", "1")],
+    );
+    let worker = pool.lease(&spec).unwrap();
+    let exit = next_exit(&mut exits).await;
+    assert_eq!(
+        (exit.worker_id, exit.reason.clone()),
+        (worker.id, ExitReason::Exited(3))
+    );
+    assert_eq!(exit.reason.to_string(), "exited with code 3");
+    let out =
+        std::fs::read_to_string(dir.path().join(format!("worker-{}.out", worker.id))).unwrap();
+    assert_eq!(out.trim(), format!("1 {} 127.0.0.1:7 1", worker.id));
+    assert_eq!(pool.exit_reason(worker.id), Some(ExitReason::Exited(3)));
+    pool.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prestarted_workers_are_reused_only_for_the_same_spec() {
+    let dir = tempfile::tempdir().unwrap();
+    let pool = pool(&dir, None, 1.0);
+    let gpu0 = shell("sleep 30", &[("CUDA_VISIBLE_DEVICES", "0")]);
+    let gpu1 = shell("sleep 30", &[("CUDA_VISIBLE_DEVICES", "1")]);
+    pool.prestart(&gpu0, 2).unwrap();
+    assert_eq!(pool.idle_count(&gpu0), 2);
+    let first = pool.lease(&gpu0).unwrap();
+    assert_eq!(pool.idle_count(&gpu0), 1, "leased a prestarted worker");
+    let other = pool.lease(&gpu1).unwrap();
+    assert_ne!(other.pid, first.pid);
+    assert_eq!(pool.live().len(), 3, "a new process for another GPU");
+    pool.release(&first);
+    assert_eq!(
+        pool.lease(&gpu0).unwrap().id,
+        first.id,
+        "the released worker is reused"
+    );
+    assert_eq!(pool.live().len(), 3, "no new process");
+    pool.shutdown().await;
+    assert!(pool.live().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_worker_is_reaped_with_its_signal_and_never_reused() {
+    let dir = tempfile::tempdir().unwrap();
+    let pool = pool(&dir, None, 1.0);
+    let mut exits = pool.subscribe();
+    let spec = shell("sleep 30", &[]);
+    let worker = pool.lease(&spec).unwrap();
+    pool.release(&worker);
+    std::process::Command::new("kill")
+        .args(["-9", &worker.pid.to_string()])
+        .status()
+        .unwrap();
+    let exit = next_exit(&mut exits).await;
+    assert_eq!(exit.reason, ExitReason::Signaled(9));
+    assert_eq!(exit.reason.to_string(), "killed by signal 9 (SIGKILL)");
+    assert_ne!(
+        pool.lease(&spec).unwrap().id,
+        worker.id,
+        "a dead idle worker is not handed out"
+    );
+    pool.shutdown().await;
+}
+
+fn python_hog(mib: u32) -> WorkerSpec {
+    WorkerSpec {
+        program: "python3".into(),
+        args: vec![
+            "-c".into(),
+            format!(
+                "import time\nx = bytearray({mib} << 20)\nprint('allocated', flush=True)\ntime.sleep(60)"
+            ),
+        ],
+        env: BTreeMap::new(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_over_its_memory_limit_is_killed_with_the_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let pool = pool(&dir, Some(100 << 20), 1.0);
+    let mut exits = pool.subscribe();
+    let small = pool.lease(&shell("sleep 30", &[])).unwrap();
+    let hog = pool.lease(&python_hog(300)).unwrap();
+    let exit = next_exit(&mut exits).await;
+    assert_eq!(exit.worker_id, hog.id, "only the hog is killed");
+    let ExitReason::KilledForMemory { rss, ref why } = exit.reason else {
+        panic!("{:?}", exit.reason)
+    };
+    assert!(rss > 100 << 20, "rss {rss}");
+    assert!(
+        why.contains("over the worker memory limit of 100 MiB"),
+        "{why}"
+    );
+    assert!(
+        exit.reason
+            .to_string()
+            .starts_with("killed for memory: resident"),
+        "{}",
+        exit.reason
+    );
+    assert!(pool.live().iter().any(|w| w.id == small.id));
+    pool.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn when_the_node_is_short_the_largest_worker_goes_first() {
+    let dir = tempfile::tempdir().unwrap();
+    // Threshold 0: the node always counts as short, so the monitor kills the largest worker.
+    let pool = pool(&dir, None, 0.0);
+    let mut exits = pool.subscribe();
+    // A python interpreter is larger than `sleep` from its start, before it allocates.
+    let hog = pool.lease(&python_hog(200)).unwrap();
+    let small = pool.lease(&shell("exec sleep 30", &[])).unwrap();
+    let exit = next_exit(&mut exits).await;
+    assert_ne!(exit.worker_id, small.id);
+    let ExitReason::KilledForMemory { ref why, .. } = exit.reason else {
+        panic!("{:?}", exit.reason)
+    };
+    assert!(
+        why.contains("threshold 0%") && why.contains("largest worker"),
+        "{why}"
+    );
+    assert_eq!(exit.worker_id, hog.id);
+    pool.shutdown().await;
+}
