@@ -184,6 +184,7 @@ async fn run_blocking(args: StartArgs, overrides: ResourceOverrides) -> anyhow::
         config.advertise_host = args.host.clone();
         config.resources = overrides;
         config.store = store;
+        config.log_dir = session::home().join(format!("worker-logs-{pid}"));
         let listener = bind(&args.host, 0).await?;
         photon_raylet::run(
             config,
@@ -278,6 +279,7 @@ async fn run_head(
             fallback_root: session_dir.clone(),
             ..store
         };
+        config.log_dir = session_dir.join("logs");
         let listener = bind(&args.host, 0).await?;
         let stop = stop.clone();
         let head_address = address.clone();

@@ -6,8 +6,10 @@ use anyhow::Context;
 use clap::Args;
 use photon_proto::auth::AttachToken;
 use photon_proto::v1::head_client::HeadClient;
-use photon_proto::v1::{GetClusterStatusRequest, NodeRecord, NodeState};
-use photon_proto::{NodeId, ResourceSet};
+use photon_proto::v1::{
+    ActorRecord, ActorState, GetClusterStatusRequest, ListActorsRequest, NodeRecord, NodeState,
+};
+use photon_proto::{ActorId, NodeId, ResourceSet};
 use serde::Serialize;
 
 use crate::session;
@@ -42,12 +44,51 @@ struct NodeView {
 }
 
 #[derive(Debug, Serialize)]
+struct ActorView {
+    actor_id: String,
+    name: String,
+    state: &'static str,
+    resources: BTreeMap<String, f64>,
+    node_address: String,
+    cuda_visible_devices: String,
+    pid: u32,
+    restarts: u32,
+    max_restarts: u32,
+    reason: String,
+}
+
+fn actor_view(record: ActorRecord) -> ActorView {
+    let spec = record.spec.unwrap_or_default();
+    let state = match ActorState::try_from(record.state).unwrap_or(ActorState::Unspecified) {
+        ActorState::Pending => "pending",
+        ActorState::Alive => "alive",
+        ActorState::Restarting => "restarting",
+        ActorState::Dead => "dead",
+        ActorState::Unspecified => "unknown",
+    };
+    ActorView {
+        actor_id: ActorId::from_slice(&spec.actor_id)
+            .map_or_else(|_| "?".into(), |id| id.to_string()),
+        name: spec.name,
+        state,
+        resources: amounts(&spec.resources),
+        node_address: record.node_address,
+        cuda_visible_devices: record.cuda_visible_devices,
+        pid: record.pid,
+        restarts: record.restarts,
+        max_restarts: spec.max_restarts,
+        reason: record.reason,
+    }
+}
+
+#[derive(Debug, Serialize)]
 struct ClusterView {
     address: String,
     cluster_id: String,
     protocol_version: u32,
     head_uptime_ms: u64,
     nodes: Vec<NodeView>,
+    actors: Vec<ActorView>,
 }
 
 fn amounts(map: &std::collections::HashMap<String, i64>) -> BTreeMap<String, f64> {
@@ -97,20 +138,27 @@ pub fn run(args: StatusArgs) -> anyhow::Result<()> {
             channel,
             AttachToken::new(&token).map_err(anyhow::Error::msg)?,
         );
-        client
+        let answered = |status: tonic::Status| {
+            anyhow::anyhow!("the head at {address} answered: {}", status.message())
+        };
+        let cluster = client
             .get_cluster_status(GetClusterStatusRequest {})
             .await
-            .map_err(|status| {
-                anyhow::anyhow!("the head at {address} answered: {}", status.message())
-            })
+            .map_err(answered)?;
+        let actors = client
+            .list_actors(ListActorsRequest {})
+            .await
+            .map_err(answered)?;
+        Ok::<_, anyhow::Error>((cluster.into_inner(), actors.into_inner().actors))
     })?;
-    let reply = reply.into_inner();
+    let (reply, actors) = reply;
     let view = ClusterView {
         address,
         cluster_id: reply.cluster_id,
         protocol_version: reply.protocol_version,
         head_uptime_ms: reply.head_uptime_ms,
         nodes: reply.nodes.into_iter().map(node_view).collect(),
+        actors: actors.into_iter().map(actor_view).collect(),
     };
     if args.json {
         println!("{}", serde_json::to_string_pretty(&view)?);
@@ -156,6 +204,26 @@ pub fn run(args: StatusArgs) -> anyhow::Result<()> {
             node.object_store_used as f64 / 1073741824.0,
             node.object_store_capacity as f64 / 1073741824.0
         );
+    }
+    if !view.actors.is_empty() {
+        let count = |state| view.actors.iter().filter(|a| a.state == state).count();
+        println!(
+            "\nactors: {} alive, {} pending, {} restarting, {} dead",
+            count("alive"),
+            count("pending"),
+            count("restarting"),
+            count("dead")
+        );
+        for actor in view
+            .actors
+            .iter()
+            .filter(|a| a.state == "pending" || a.state == "restarting")
+        {
+            println!(
+                "  {} {} ({}): {}",
+                actor.state, actor.name, actor.actor_id, actor.reason
+            );
+        }
     }
     Ok(())
 }

@@ -717,3 +717,280 @@ mod transfer {
         );
     }
 }
+
+mod actors {
+    use super::*;
+    use photon_proto::auth::AttachToken;
+    use photon_proto::v1::head_client::HeadClient;
+    use photon_proto::v1::{ActorSpec, KillActorRequest};
+    use photon_proto::{ActorId, JobId, Quantity, ResourceSet, TaskId};
+
+    fn actor_id(n: u64) -> ActorId {
+        ActorId::for_child(TaskId::for_driver(JobId::from_u32(9)), n)
+    }
+
+    /// An actor that runs `sleep`, requesting `resources`.
+    fn spec(n: u64, resources: &[(&str, f64)], max_restarts: u32) -> ActorSpec {
+        let mut set = ResourceSet::new();
+        for &(name, amount) in resources {
+            set.set(name, Quantity::from_f64(name, amount).unwrap());
+        }
+        ActorSpec {
+            actor_id: actor_id(n).to_vec(),
+            name: format!("actor-{n:02}"),
+            resources: set.to_proto(),
+            max_restarts,
+            program: "/bin/sh".into(),
+            args: vec!["-c".into(), "exec sleep 120".into()],
+            env: Default::default(),
+        }
+    }
+
+    fn create(cluster: &Cluster, runtime: &tokio::runtime::Runtime, spec: ActorSpec) {
+        runtime.block_on(async {
+            let channel =
+                tonic::transport::Endpoint::from_shared(format!("http://{}", cluster.address))
+                    .unwrap()
+                    .connect()
+                    .await
+                    .unwrap();
+            let mut head =
+                HeadClient::with_interceptor(channel, AttachToken::new(&cluster.token).unwrap());
+            head.create_actor(spec).await.unwrap();
+        });
+    }
+
+    fn kill_actor(cluster: &Cluster, runtime: &tokio::runtime::Runtime, n: u64) {
+        runtime.block_on(async {
+            let channel =
+                tonic::transport::Endpoint::from_shared(format!("http://{}", cluster.address))
+                    .unwrap()
+                    .connect()
+                    .await
+                    .unwrap();
+            let mut head =
+                HeadClient::with_interceptor(channel, AttachToken::new(&cluster.token).unwrap());
+            head.kill_actor(KillActorRequest {
+                actor_id: actor_id(n).to_vec(),
+            })
+            .await
+            .unwrap();
+        });
+    }
+
+    fn actor(cluster: &Cluster, n: u64) -> Value {
+        let id = actor_id(n).to_string();
+        cluster.status()["actors"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|a| a["actor_id"] == id.as_str())
+            .unwrap()
+            .clone()
+    }
+
+    /// The environment variable `name` of process `pid`.
+    fn environ(pid: u64, name: &str) -> Option<String> {
+        let environ = std::fs::read(format!("/proc/{pid}/environ")).ok()?;
+        environ
+            .split(|&b| b == 0)
+            .filter_map(|kv| std::str::from_utf8(kv).ok())
+            .find_map(|kv| kv.strip_prefix(&format!("{name}=")).map(str::to_string))
+    }
+
+    #[test]
+    fn quarter_gpu_actors_pack_four_per_gpu_with_their_devices() {
+        let mut cluster = Cluster::start();
+        for _ in 0..3 {
+            cluster.add_raylet(&["--num-gpus", "1"]);
+        }
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        for n in 0..8 {
+            create(&cluster, &runtime, spec(n, &[("GPU", 0.25)], 0));
+        }
+        let mut per_node: std::collections::HashMap<String, usize> = Default::default();
+        for n in 0..8 {
+            let record = actor(&cluster, n);
+            assert_eq!(record["state"], "alive", "{record}");
+            assert_eq!(record["cuda_visible_devices"], "0");
+            let pid = record["pid"].as_u64().unwrap();
+            assert_eq!(
+                environ(pid, "CUDA_VISIBLE_DEVICES").as_deref(),
+                Some("0"),
+                "the worker's own environment"
+            );
+            assert_eq!(
+                environ(pid, "PHOTON_ACTOR_ID"),
+                Some(actor_id(n).to_string())
+            );
+            assert_eq!(environ(pid, "PHOTON_WORKER").as_deref(), Some("1"));
+            *per_node
+                .entry(record["node_address"].as_str().unwrap().to_string())
+                .or_default() += 1;
+        }
+        let mut counts: Vec<usize> = per_node.into_values().collect();
+        counts.sort_unstable();
+        assert_eq!(counts, [4, 4], "two GPUs full, the third untouched");
+        wait_until(
+            Duration::from_secs(5),
+            "heartbeats to report the GPUs in use",
+            || {
+                let used: Vec<f64> = cluster
+                    .alive_nodes()
+                    .iter()
+                    .map(|n| n["available"]["GPU"].as_f64().unwrap_or(0.0))
+                    .collect();
+                (used.iter().filter(|&&free| free == 0.0).count() == 2).then_some(())
+            },
+        );
+    }
+
+    #[test]
+    fn a_third_half_gpu_actor_waits_with_a_reason_until_one_exits() {
+        let mut cluster = Cluster::start();
+        cluster.add_raylet(&["--num-gpus", "1"]);
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        for n in 0..3 {
+            create(&cluster, &runtime, spec(n, &[("GPU", 0.5)], 0));
+        }
+        assert_eq!(actor(&cluster, 0)["state"], "alive");
+        assert_eq!(actor(&cluster, 1)["state"], "alive");
+        let pending = actor(&cluster, 2);
+        assert_eq!(pending["state"], "pending");
+        assert!(
+            pending["reason"]
+                .as_str()
+                .unwrap()
+                .contains("waiting for resources: GPU: 0.5 is not free"),
+            "{pending}"
+        );
+        let human = cluster
+            .command()
+            .args([
+                "status",
+                "--address",
+                &cluster.address,
+                "--token",
+                &cluster.token,
+            ])
+            .output()
+            .unwrap();
+        let human = String::from_utf8_lossy(&human.stdout);
+        assert!(
+            human.contains("1 pending") && human.contains("pending actor-02"),
+            "{human}"
+        );
+
+        kill_actor(&cluster, &runtime, 0);
+        let placed = wait_until(
+            Duration::from_secs(5),
+            "the pending actor to be placed",
+            || {
+                let record = actor(&cluster, 2);
+                (record["state"] == "alive").then_some(record)
+            },
+        );
+        assert_eq!(placed["cuda_visible_devices"], "0");
+        let killed = actor(&cluster, 0);
+        assert_eq!(
+            (killed["state"].as_str(), killed["reason"].as_str()),
+            (Some("dead"), Some("killed by request"))
+        );
+
+        create(&cluster, &runtime, spec(3, &[("GPU", 2.0)], 0));
+        let infeasible = actor(&cluster, 3);
+        assert!(
+            infeasible["reason"]
+                .as_str()
+                .unwrap()
+                .contains("infeasible"),
+            "{infeasible}"
+        );
+    }
+
+    #[test]
+    fn actors_on_a_killed_node_restart_elsewhere_per_max_restarts() {
+        let mut cluster = Cluster::start();
+        let first = cluster.add_raylet(&["--num-gpus", "1"]);
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        create(&cluster, &runtime, spec(0, &[("GPU", 0.5)], 1));
+        create(&cluster, &runtime, spec(1, &[("GPU", 0.5)], 0));
+        let first_address = cluster.node_by_pid(first)["address"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        assert_eq!(actor(&cluster, 0)["node_address"], first_address.as_str());
+        let orphan = actor(&cluster, 1)["pid"].as_u64().unwrap();
+        cluster.add_raylet(&["--num-gpus", "1"]);
+        cluster.kill(first, "-9");
+        wait_until(
+            Duration::from_secs(5),
+            "the dead raylet's workers to go with it",
+            || (!Path::new(&format!("/proc/{orphan}")).exists()).then_some(()),
+        );
+
+        let restarted = wait_until(
+            Duration::from_secs(5),
+            "the actor to restart on the other node",
+            || {
+                let record = actor(&cluster, 0);
+                (record["state"] == "alive").then_some(record)
+            },
+        );
+        assert_ne!(restarted["node_address"], first_address.as_str());
+        assert_eq!(restarted["restarts"], 1);
+        let gone = actor(&cluster, 1);
+        assert_eq!(gone["state"], "dead");
+        let reason = gone["reason"].as_str().unwrap();
+        assert!(
+            reason.contains("died") && reason.contains("max_restarts is 0"),
+            "{reason}"
+        );
+    }
+
+    #[test]
+    fn a_killed_worker_restarts_its_actor_and_custom_resources_pick_the_node() {
+        let mut cluster = Cluster::start();
+        cluster.add_raylet(&[]);
+        let special = cluster.add_raylet(&["--resources", r#"{"special": 1}"#]);
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        create(&cluster, &runtime, spec(0, &[("special", 1.0)], 1));
+        let record = actor(&cluster, 0);
+        assert_eq!(
+            record["node_address"],
+            cluster.node_by_pid(special)["address"]
+        );
+        assert_eq!(
+            environ(record["pid"].as_u64().unwrap(), "CUDA_VISIBLE_DEVICES").as_deref(),
+            Some("")
+        );
+
+        let old_pid = record["pid"].as_u64().unwrap();
+        std::process::Command::new("kill")
+            .args(["-9", &old_pid.to_string()])
+            .status()
+            .unwrap();
+        let restarted = wait_until(Duration::from_secs(5), "the actor's restart", || {
+            let record = actor(&cluster, 0);
+            (record["state"] == "alive" && record["pid"].as_u64() != Some(old_pid))
+                .then_some(record)
+        });
+        assert_eq!(restarted["restarts"], 1);
+
+        let second_pid = restarted["pid"].as_u64().unwrap();
+        std::process::Command::new("kill")
+            .args(["-9", &second_pid.to_string()])
+            .status()
+            .unwrap();
+        let dead = wait_until(Duration::from_secs(5), "the actor to die for good", || {
+            let record = actor(&cluster, 0);
+            (record["state"] == "dead").then_some(record)
+        });
+        let reason = dead["reason"].as_str().unwrap();
+        assert!(
+            reason.contains("killed by signal 9 (SIGKILL)")
+                && reason.contains("all 1 restarts used"),
+            "{reason}"
+        );
+    }
+}

@@ -2,7 +2,8 @@
 //!
 //! Owns the cluster's tables — today nodes (resources, liveness), a named KV
 //! and the object directory (in memory, re-reported by raylets); jobs, actors
-//! and lineage join them — persisted in
+//! and lineage join them. Places actors (best fit for GPUs) and restarts them
+//! per `max_restarts` when their worker or node dies — persisted in
 //! redb under the session directory so that a `kill -9` and restart of the head
 //! loses nothing registered. Decides node liveness: a node is dead when its
 //! heartbeats stop for `node_timeout` (default 3 s), or at once when its
@@ -10,10 +11,12 @@
 //!
 //! It does not schedule work or touch objects' bytes: raylets do.
 
+mod actors;
 mod error;
 mod nodes;
 mod objects;
 mod persist;
+mod placement;
 mod service;
 
 use std::future::Future;
@@ -34,12 +37,15 @@ use tracing::info;
 pub use error::{Error, Result};
 pub use persist::Persistence;
 
+use crate::actors::ActorTable;
 use crate::nodes::NodeTable;
 use crate::objects::ObjectDirectory;
 use crate::service::{HeadService, HeadState};
 
 /// How often the failure detector looks for silent nodes.
 const DETECTOR_PERIOD: Duration = Duration::from_millis(100);
+/// How often waiting actors are retried.
+const PLACEMENT_PERIOD: Duration = Duration::from_millis(200);
 
 /// Configuration of a head.
 #[derive(Debug, Clone)]
@@ -77,14 +83,16 @@ pub async fn run(
         .local_addr()
         .map_or_else(|_| "?".to_string(), |a| a.to_string());
     let data_dir = config.data_dir.clone();
-    let (persistence, records, cluster_id) = tokio::task::spawn_blocking(move || {
-        let persistence = Persistence::open(&data_dir)?;
-        let records = persistence.load_nodes()?;
-        let cluster_id = persistence.cluster_id()?;
-        Ok::<_, Error>((persistence, records, cluster_id))
-    })
-    .await
-    .expect("head store task panicked")?;
+    let (persistence, (records, actor_records), cluster_id) =
+        tokio::task::spawn_blocking(move || {
+            let persistence = Persistence::open(&data_dir)?;
+            let records = persistence.load_nodes()?;
+            let actor_records = persistence.load_actors()?;
+            let cluster_id = persistence.cluster_id()?;
+            Ok::<_, Error>((persistence, (records, actor_records), cluster_id))
+        })
+        .await
+        .expect("head store task panicked")?;
     let nodes = NodeTable::default();
     let restored = records.len();
     nodes.restore(records);
@@ -97,12 +105,18 @@ pub async fn run(
         started: Instant::now(),
         tasks: TaskTracker::new(),
         cancel: CancellationToken::new(),
+        actors: ActorTable::default(),
+        placement: tokio::sync::Mutex::new(()),
+        raylets: Default::default(),
+        token: config.token.clone(),
     });
+    state.actors.restore(actor_records);
     info!(%address, restored_nodes = restored, cluster = %state.cluster_id, "head started");
 
     let detector = state
         .tasks
         .spawn(detect_failures(state.clone(), config.node_timeout));
+    state.tasks.spawn(place_periodically(state.clone()));
     let auth = RequireToken::new(config.token.clone());
     let service = HeadService {
         state: state.clone(),
@@ -136,5 +150,19 @@ async fn detect_failures(state: Arc<HeadState>, timeout: Duration) {
             );
             state.mark_dead(id, reason).await;
         }
+    }
+}
+
+/// Retries waiting actors as resources free up (heartbeats bring new
+/// availability); separate from failure detection so a slow raylet never
+/// delays it.
+async fn place_periodically(state: Arc<HeadState>) {
+    let mut ticks = tokio::time::interval(PLACEMENT_PERIOD);
+    loop {
+        tokio::select! {
+            () = state.cancel.cancelled() => return,
+            _ = ticks.tick() => {}
+        }
+        state.place_waiting().await;
     }
 }

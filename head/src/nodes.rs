@@ -154,6 +154,18 @@ impl NodeTable {
             .collect()
     }
 
+    /// Takes `request` off a node's available resources until its next
+    /// heartbeat reports the raylet's own accounting.
+    pub fn reserve(&self, id: NodeId, request: &photon_proto::ResourceSet) {
+        if let Some(entry) = self.lock().get_mut(&id) {
+            let mut available = photon_proto::ResourceSet::from_proto(&entry.record.available);
+            if available.contains(request) {
+                available.subtract(request);
+                entry.record.available = available.to_proto();
+            }
+        }
+    }
+
     /// The raylet address of a node.
     pub fn address(&self, id: NodeId) -> Option<String> {
         self.lock()

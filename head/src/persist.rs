@@ -9,8 +9,8 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use photon_proto::NodeId;
-use photon_proto::v1::NodeRecord;
+use photon_proto::v1::{ActorRecord, NodeRecord};
+use photon_proto::{ActorId, NodeId};
 use prost::Message;
 use redb::{Database, ReadableTable, TableDefinition};
 
@@ -19,6 +19,7 @@ use crate::error::{Error, Result};
 const NODES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("nodes");
 const KV: TableDefinition<&str, &[u8]> = TableDefinition::new("kv");
 const META: TableDefinition<&str, &str> = TableDefinition::new("meta");
+const ACTORS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("actors");
 
 /// Handle to the head's database. Cheap to clone.
 #[derive(Clone)]
@@ -46,6 +47,7 @@ impl Persistence {
             txn.open_table(NODES)?;
             txn.open_table(KV)?;
             txn.open_table(META)?;
+            txn.open_table(ACTORS)?;
             Ok(())
         })?;
         Ok(persistence)
@@ -113,6 +115,34 @@ impl Persistence {
             .map(|bytes| {
                 NodeRecord::decode(bytes.as_slice())
                     .map_err(|e| self.error(format!("corrupt node record: {e}")))
+            })
+            .collect()
+    }
+
+    /// Writes one actor record.
+    pub fn save_actor(&self, actor_id: ActorId, record: &ActorRecord) -> Result<()> {
+        let bytes = record.encode_to_vec();
+        self.write(|txn| {
+            txn.open_table(ACTORS)?
+                .insert(actor_id.as_bytes().as_slice(), bytes.as_slice())?;
+            Ok(())
+        })
+    }
+
+    /// Every actor record.
+    pub fn load_actors(&self) -> Result<Vec<ActorRecord>> {
+        let rows: Vec<Vec<u8>> = self.read(|txn| {
+            let table = txn.open_table(ACTORS)?;
+            let mut rows = Vec::new();
+            for row in table.iter()? {
+                rows.push(row?.1.value().to_vec());
+            }
+            Ok(rows)
+        })?;
+        rows.iter()
+            .map(|bytes| {
+                ActorRecord::decode(bytes.as_slice())
+                    .map_err(|e| self.error(format!("corrupt actor record: {e}")))
             })
             .collect()
     }

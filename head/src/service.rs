@@ -6,12 +6,18 @@ use std::time::{Duration, Instant};
 
 use photon_proto::v1::head_server::Head;
 use photon_proto::v1::{
+    ActorExit, ActorExitReply, ActorRecord, ActorSpec, ActorState, KillActorRequest,
+    ListActorsReply, ListActorsRequest,
+};
+use photon_proto::v1::{
     GetClusterStatusRequest, GetClusterStatusResponse, GetObjectLocationsReply,
     GetObjectLocationsRequest, Heartbeat, HeartbeatReply, KvGetRequest, KvGetResponse,
     KvPutRequest, KvPutResponse, NodeState, ObjectLocation, ObjectLocationUpdate,
     ObjectLocationUpdateReply, RegisterNodeRequest, RegisterNodeResponse,
 };
-use photon_proto::{NodeId, ObjectId, PROTOCOL_VERSION, check_protocol_version};
+use photon_proto::{
+    ActorId, NodeId, ObjectId, PROTOCOL_VERSION, ResourceSet, check_protocol_version,
+};
 use tokio::sync::mpsc;
 use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
@@ -20,6 +26,7 @@ use tokio_util::task::TaskTracker;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{debug, info};
 
+use crate::actors::ActorTable;
 use crate::nodes::NodeTable;
 use crate::objects::ObjectDirectory;
 use crate::persist::Persistence;
@@ -37,6 +44,14 @@ pub struct HeadState {
     pub(crate) started: Instant,
     pub(crate) tasks: TaskTracker,
     pub(crate) cancel: CancellationToken,
+    pub(crate) actors: ActorTable,
+    /// One placement pass at a time.
+    pub(crate) placement: tokio::sync::Mutex<()>,
+    /// Clients of raylets, by address.
+    pub(crate) raylets:
+        std::sync::Mutex<std::collections::HashMap<String, crate::placement::RayletClientHandle>>,
+    /// The cluster token, for calls to raylets.
+    pub(crate) token: String,
 }
 
 impl HeadState {
@@ -46,6 +61,7 @@ impl HeadState {
             let dropped = self.objects.drop_node(id);
             debug!(node = %id, dropped, "dropped the dead node's object locations");
             self.persist_node(id, record).await;
+            self.node_lost(id, &reason).await;
         }
     }
 
@@ -282,5 +298,90 @@ impl Head for HeadService {
             })
             .collect();
         Ok(Response::new(GetObjectLocationsReply { locations }))
+    }
+
+    async fn create_actor(
+        &self,
+        request: Request<ActorSpec>,
+    ) -> Result<Response<ActorRecord>, Status> {
+        let spec = request.into_inner();
+        let id = ActorId::from_slice(&spec.actor_id)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        if spec.program.is_empty() {
+            return Err(Status::invalid_argument(format!(
+                "actor {id} has no program to run"
+            )));
+        }
+        let request = ResourceSet::from_proto(&spec.resources);
+        if let Some((name, amount)) = request.iter().find(|(_, q)| q.units() < 0) {
+            return Err(Status::invalid_argument(format!(
+                "actor {id} requests a negative amount {amount} of {name}"
+            )));
+        }
+        let gpus = request.get(photon_proto::names::GPU);
+        if gpus > photon_proto::Quantity::whole(1) && !gpus.is_whole() {
+            return Err(Status::invalid_argument(format!(
+                "actor {id} requests {gpus} GPUs: requests above 1 GPU must be whole numbers"
+            )));
+        }
+        let record = ActorRecord {
+            spec: Some(spec),
+            state: ActorState::Pending as i32,
+            reason: "waiting for placement".into(),
+            ..Default::default()
+        };
+        if !self.state.actors.insert(id, record.clone()) {
+            return Err(Status::already_exists(format!("actor {id} already exists")));
+        }
+        self.state.save_actor(id, record).await;
+        self.state.place_waiting().await;
+        Ok(Response::new(
+            self.state.actors.get(id).expect("just inserted"),
+        ))
+    }
+
+    async fn kill_actor(
+        &self,
+        request: Request<KillActorRequest>,
+    ) -> Result<Response<ActorRecord>, Status> {
+        let id = ActorId::from_slice(&request.into_inner().actor_id)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        self.state
+            .kill_actor(id)
+            .await
+            .map(Response::new)
+            .ok_or_else(|| Status::not_found(format!("actor {id} is not known to the head")))
+    }
+
+    async fn list_actors(
+        &self,
+        _: Request<ListActorsRequest>,
+    ) -> Result<Response<ListActorsReply>, Status> {
+        let mut actors = self.state.actors.all();
+        actors.sort_by(|a, b| {
+            let name =
+                |r: &ActorRecord| r.spec.as_ref().map(|s| s.name.clone()).unwrap_or_default();
+            name(a).cmp(&name(b))
+        });
+        Ok(Response::new(ListActorsReply { actors }))
+    }
+
+    async fn report_actor_exit(
+        &self,
+        request: Request<ActorExit>,
+    ) -> Result<Response<ActorExitReply>, Status> {
+        let exit = request.into_inner();
+        let id = ActorId::from_slice(&exit.actor_id)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let current = self.state.actors.get(id);
+        // Only the worker the head placed counts: a late report of an older
+        // incarnation, or of a killed actor, changes nothing.
+        if current
+            .is_some_and(|r| r.state == ActorState::Alive as i32 && r.worker_id == exit.worker_id)
+        {
+            self.state.actor_lost(id, &exit.reason).await;
+            self.state.place_waiting().await;
+        }
+        Ok(Response::new(ActorExitReply {}))
     }
 }

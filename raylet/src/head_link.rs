@@ -7,7 +7,8 @@ use photon_object_store::ObjectStore;
 use photon_proto::auth::AttachToken;
 use photon_proto::v1::head_client::HeadClient;
 use photon_proto::v1::{
-    GetObjectLocationsRequest, Heartbeat, NodeInfo, ObjectLocationUpdate, RegisterNodeRequest,
+    ActorExit, GetObjectLocationsRequest, Heartbeat, NodeInfo, ObjectLocationUpdate,
+    RegisterNodeRequest,
 };
 use photon_proto::{NodeId, ObjectId, PROTOCOL_VERSION};
 use tokio::sync::mpsc;
@@ -118,6 +119,15 @@ impl HeadLink {
             .map(|_| ())
     }
 
+    /// Tells the head an actor's worker ended.
+    pub async fn report_actor_exit(&self, exit: ActorExit) -> Result<(), Status> {
+        self.client
+            .clone()
+            .report_actor_exit(exit)
+            .await
+            .map(|_| ())
+    }
+
     /// Live nodes holding `object`, with their raylet addresses.
     pub async fn locations(&self, object: ObjectId) -> Result<Vec<(NodeId, String)>, Status> {
         let request = GetObjectLocationsRequest {
@@ -143,6 +153,7 @@ impl HeadLink {
         &self,
         node: NodeInfo,
         store: ObjectStore,
+        available: &(dyn Fn() -> photon_proto::ResourceSet + Send + Sync),
         initial_deadline: Duration,
         registered: impl FnOnce(),
         stop: CancellationToken,
@@ -154,7 +165,10 @@ impl HeadLink {
         info!(node = %node_id, head = %self.address, "registered with the head");
         registered();
         loop {
-            match self.heartbeat(&node, &store, interval, &stop).await? {
+            match self
+                .heartbeat(&node, &store, available, interval, &stop)
+                .await?
+            {
                 StreamEnd::Stopped => return Ok(()),
                 StreamEnd::Broken => {
                     warn!(head = %self.address, "lost the head, registering again");
@@ -172,12 +186,13 @@ impl HeadLink {
         &self,
         node: &NodeInfo,
         store: &ObjectStore,
+        available: &(dyn Fn() -> photon_proto::ResourceSet + Send + Sync),
         interval: Duration,
         stop: &CancellationToken,
     ) -> Result<StreamEnd> {
         let beat = |draining| Heartbeat {
             node_id: node.node_id.clone(),
-            available: node.total.clone(),
+            available: available().to_proto(),
             object_store_used: store.stats().used,
             draining,
         };

@@ -14,10 +14,12 @@
 //!
 //! Not yet here: task leases and spillback, and wiring the worker pool to them.
 
+pub mod actors;
 mod error;
 pub mod gpu;
 mod head_link;
 pub mod resources;
+mod service;
 pub mod transfer;
 pub mod worker_pool;
 
@@ -55,6 +57,10 @@ pub struct RayletConfig {
     pub labels: BTreeMap<String, String>,
     /// The node's object store.
     pub store: StoreConfig,
+    /// Where worker logs go.
+    pub log_dir: std::path::PathBuf,
+    /// Memory limit per worker process (killed above it, with the reason reported).
+    pub worker_memory_limit: Option<u64>,
     /// How long to try reaching the head at start before giving up.
     pub initial_connect_timeout: Duration,
 }
@@ -69,6 +75,8 @@ impl RayletConfig {
             resources: ResourceOverrides::default(),
             labels: BTreeMap::new(),
             store: StoreConfig::default(),
+            log_dir: std::env::temp_dir().join("photon-worker-logs"),
+            worker_memory_limit: None,
             initial_connect_timeout: Duration::from_secs(10),
         }
     }
@@ -121,13 +129,27 @@ pub async fn run(
     let stop = CancellationToken::new();
     let link = std::sync::Arc::new(HeadLink::new(&config.head_address, &config.token)?);
     let auth = RequireToken::new(config.token.clone());
+    let mut pool_config =
+        worker_pool::WorkerPoolConfig::new(info.node_id, info.address.clone(), &config.log_dir);
+    pool_config.worker_memory_limit = config.worker_memory_limit;
+    let pool = worker_pool::WorkerPool::start(pool_config);
+    let actors = std::sync::Arc::new(actors::ActorHost::new(
+        &info.resources.total,
+        info.resources.gpu_ids.clone(),
+        pool.clone(),
+    ));
+    let exit_watcher = tokio::spawn(actors.clone().watch_exits(info.node_id, link.clone()));
     let transfers = transfer::TransferService::new(
         store.clone(),
         info.node_id,
         link.clone(),
         config.token.clone(),
     );
-    let transfers = RayletServer::new(transfers)
+    let service = service::RayletService {
+        transfers,
+        actors: actors.clone(),
+    };
+    let transfers = RayletServer::new(service)
         .max_decoding_message_size(transfer::MAX_MESSAGE_SIZE)
         .max_encoding_message_size(transfer::MAX_MESSAGE_SIZE);
     let server = tokio::spawn(
@@ -145,9 +167,11 @@ pub async fn run(
                 stop.clone().cancelled_owned(),
             ),
     );
+    let available = || actors.available();
     let registered = link.stay_registered(
         node,
         store.clone(),
+        &available,
         config.initial_connect_timeout,
         || started(&info),
         stop.clone(),
@@ -162,6 +186,8 @@ pub async fn run(
     };
     stop.cancel();
     let served = server.await.expect("raylet server task panicked");
+    pool.shutdown().await;
+    exit_watcher.abort();
     info!(address = %info.address, "raylet stopped");
     outcome?;
     served.map_err(|source| Error::Serve {

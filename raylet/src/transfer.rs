@@ -13,7 +13,6 @@ use bytes::Bytes;
 use photon_object_store::{CopyKind, ObjectStore, ObjectView};
 use photon_proto::auth::AttachToken;
 use photon_proto::v1::raylet_client::RayletClient;
-use photon_proto::v1::raylet_server::Raylet;
 use photon_proto::v1::{
     DeleteObjectReply, DeleteObjectRequest, FetchObjectReply, FetchObjectRequest, ObjectChunk,
     PullObjectRequest, PushObjectReply,
@@ -283,9 +282,12 @@ impl TransferService {
     }
 }
 
-#[tonic::async_trait]
-impl Raylet for TransferService {
-    async fn push_object(
+/// A stream of object chunks.
+pub type ChunkStream = Pin<Box<dyn Stream<Item = Result<ObjectChunk, Status>> + Send>>;
+
+impl TransferService {
+    /// `photon.v1.Raylet/PushObject`.
+    pub async fn push_object(
         &self,
         request: Request<Streaming<ObjectChunk>>,
     ) -> Result<Response<PushObjectReply>, Status> {
@@ -295,12 +297,11 @@ impl Raylet for TransferService {
         Ok(Response::new(PushObjectReply { size }))
     }
 
-    type PullObjectStream = Pin<Box<dyn Stream<Item = Result<ObjectChunk, Status>> + Send>>;
-
-    async fn pull_object(
+    /// `photon.v1.Raylet/PullObject`.
+    pub async fn pull_object(
         &self,
         request: Request<PullObjectRequest>,
-    ) -> Result<Response<Self::PullObjectStream>, Status> {
+    ) -> Result<Response<ChunkStream>, Status> {
         let id = ObjectId::from_slice(&request.into_inner().object_id).map_err(bad_id)?;
         let store = self.store.clone();
         let view = tokio::task::spawn_blocking(move || store.get(id))
@@ -329,7 +330,8 @@ impl Raylet for TransferService {
         Ok(Response::new(Box::pin(ReceiverStream::new(receiver))))
     }
 
-    async fn fetch_object(
+    /// `photon.v1.Raylet/FetchObject`.
+    pub async fn fetch_object(
         &self,
         request: Request<FetchObjectRequest>,
     ) -> Result<Response<FetchObjectReply>, Status> {
@@ -365,7 +367,8 @@ impl Raylet for TransferService {
         }))
     }
 
-    async fn delete_object(
+    /// `photon.v1.Raylet/DeleteObject`.
+    pub async fn delete_object(
         &self,
         request: Request<DeleteObjectRequest>,
     ) -> Result<Response<DeleteObjectReply>, Status> {

@@ -293,7 +293,20 @@ impl WorkerPool {
             .map_err(error)?;
         let stderr = std::fs::File::create(self.config.log_dir.join(format!("worker-{id}.err")))
             .map_err(error)?;
-        let mut child = Command::new(&spec.program)
+        let mut command = Command::new(&spec.program);
+        // A worker must not outlive its raylet (a kill -9'd raylet would leave
+        // it holding GPUs): the kernel kills it when the spawning thread's
+        // process goes. PDEATHSIG follows the *thread* that forked, so spawn
+        // only from runtime worker threads, which live as long as the raylet.
+        // SAFETY: between fork and exec the closure only calls prctl(2),
+        // which is async-signal-safe.
+        #[allow(unsafe_code)]
+        unsafe {
+            command.pre_exec(|| {
+                nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(std::io::Error::from)
+            });
+        }
+        let mut child = command
             .args(&spec.args)
             .envs(&spec.env)
             .env(env::WORKER, "1")

@@ -1,0 +1,160 @@
+//! Placing waiting actors on raylets and reacting when they are lost.
+
+use std::time::Duration;
+
+use photon_proto::auth::AttachToken;
+use photon_proto::v1::raylet_client::RayletClient;
+use photon_proto::v1::{ActorRecord, ActorState, StopActorRequest};
+use photon_proto::{ActorId, NodeId, ResourceSet};
+use tonic::Code;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::{Channel, Endpoint};
+use tracing::{info, warn};
+
+use crate::actors::{choose_node, on_actor_lost};
+use crate::service::HeadState;
+
+/// A client of one raylet.
+pub type RayletClientHandle = RayletClient<InterceptedService<Channel, AttachToken>>;
+type Raylet = RayletClientHandle;
+
+const START_TIMEOUT: Duration = Duration::from_secs(10);
+
+impl HeadState {
+    fn raylet(&self, address: &str) -> Result<Raylet, String> {
+        let mut clients = self.raylets.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(client) = clients.get(address) {
+            return Ok(client.clone());
+        }
+        let endpoint = Endpoint::from_shared(format!("http://{address}"))
+            .map_err(|e| e.to_string())?
+            .connect_timeout(Duration::from_secs(1))
+            .timeout(START_TIMEOUT);
+        let client =
+            RayletClient::with_interceptor(endpoint.connect_lazy(), AttachToken::new(&self.token)?);
+        clients.insert(address.to_string(), client.clone());
+        Ok(client)
+    }
+
+    pub(crate) async fn save_actor(&self, id: ActorId, record: ActorRecord) {
+        let persistence = self.persistence.clone();
+        match tokio::task::spawn_blocking(move || persistence.save_actor(id, &record)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(err)) => tracing::error!(actor = %id, %err, "cannot persist actor record"),
+            Err(err) => tracing::error!(actor = %id, %err, "actor persistence task failed"),
+        }
+    }
+
+    /// Tries to place every waiting actor, one pass at a time.
+    pub(crate) async fn place_waiting(&self) {
+        let _pass = self.placement.lock().await;
+        let mut waiting = self.actors.waiting();
+        waiting.sort_by_key(|(_, record)| {
+            record
+                .spec
+                .as_ref()
+                .map(|s| s.name.clone())
+                .unwrap_or_default()
+        });
+        for (id, record) in waiting {
+            self.place(id, record).await;
+        }
+    }
+
+    async fn place(&self, id: ActorId, record: ActorRecord) {
+        let spec = record.spec.clone().unwrap_or_default();
+        let request = ResourceSet::from_proto(&spec.resources);
+        let nodes = self.nodes.snapshot();
+        let target = choose_node(&request, &nodes).map(|n| n.info.clone().unwrap_or_default());
+        let node = match target {
+            Ok(node) => node,
+            Err(reason) => {
+                // A restarting actor keeps why it restarts; a pending one shows why it waits.
+                if record.reason != reason
+                    && !record.reason.starts_with("restart")
+                    && let Some(updated) = self.actors.update(id, |r| r.reason = reason.clone())
+                {
+                    self.save_actor(id, updated).await;
+                }
+                return;
+            }
+        };
+        let node_id = NodeId::from_slice(&node.node_id).expect("registered nodes have valid ids");
+        self.nodes.reserve(node_id, &request);
+        let started = match self.raylet(&node.address) {
+            Ok(mut raylet) => raylet
+                .start_actor(spec)
+                .await
+                .map_err(|s| (s.code(), s.message().to_string())),
+            Err(err) => Err((Code::InvalidArgument, err)),
+        };
+        let updated = match started {
+            Ok(reply) => {
+                let reply = reply.into_inner();
+                info!(actor = %id, node = %node_id, pid = reply.pid, gpus = %reply.cuda_visible_devices, "actor placed");
+                self.actors.update(id, |r| {
+                    r.state = ActorState::Alive as i32;
+                    r.node_id = node.node_id.clone();
+                    r.node_address = node.address.clone();
+                    r.worker_id = reply.worker_id;
+                    r.pid = reply.pid;
+                    r.cuda_visible_devices = reply.cuda_visible_devices;
+                    r.reason.clear();
+                })
+            }
+            Err((code, message)) => {
+                // The head's view was stale (or the node is going away): try again next pass.
+                if code != Code::ResourceExhausted {
+                    warn!(actor = %id, node = %node_id, %message, "cannot start actor");
+                }
+                let reason = format!("node {} could not start it: {message}", node.address);
+                self.actors.update(id, |r| {
+                    if !r.reason.starts_with("restart") {
+                        r.reason = reason;
+                    }
+                })
+            }
+        };
+        if let Some(updated) = updated {
+            self.save_actor(id, updated).await;
+        }
+    }
+
+    /// An actor's worker or node ended: restart it or declare it dead.
+    pub(crate) async fn actor_lost(&self, id: ActorId, reason: &str) {
+        let Some(updated) = self.actors.update(id, |r| on_actor_lost(r, reason)) else {
+            return;
+        };
+        warn!(actor = %id, state = updated.state, reason = %updated.reason, "actor lost");
+        self.save_actor(id, updated).await;
+    }
+
+    /// Ends an actor for good and stops its worker.
+    pub(crate) async fn kill_actor(&self, id: ActorId) -> Option<ActorRecord> {
+        let previous = self.actors.get(id)?;
+        let updated = self.actors.update(id, |r| {
+            r.state = ActorState::Dead as i32;
+            r.reason = "killed by request".into();
+        })?;
+        self.save_actor(id, updated.clone()).await;
+        if previous.state == ActorState::Alive as i32
+            && let Ok(mut raylet) = self.raylet(&previous.node_address)
+            && let Err(status) = raylet
+                .stop_actor(StopActorRequest {
+                    actor_id: id.to_vec(),
+                })
+                .await
+        {
+            warn!(actor = %id, error = status.message(), "cannot stop the actor's worker");
+        }
+        Some(updated)
+    }
+
+    /// A node died: its actors are lost with it.
+    pub(crate) async fn node_lost(&self, node: NodeId, reason: &str) {
+        for actor in self.actors.on_node(node) {
+            self.actor_lost(actor, &format!("its node {node} died: {reason}"))
+                .await;
+        }
+    }
+}

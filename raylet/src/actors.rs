@@ -1,0 +1,192 @@
+//! Actors on this node: the resources each holds (GPU instances picked best
+//! fit, so quarter-GPU actors share one GPU before opening the next) and the
+//! worker process that runs it. When a worker ends, its resources come back
+//! and the head hears why.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use photon_proto::v1::{ActorExit, ActorSpec, StartActorReply};
+use photon_proto::{ActorId, NodeId, Quantity, ResourceSet, names};
+use tokio::sync::broadcast::error::RecvError;
+use tonic::Status;
+use tracing::{info, warn};
+
+use crate::gpu::{GpuGrant, GpuPool};
+use crate::head_link::HeadLink;
+use crate::worker_pool::{Worker, WorkerPool, WorkerSpec};
+
+/// Environment variable naming the actor a worker runs.
+pub const ACTOR_ID_ENV: &str = "PHOTON_ACTOR_ID";
+
+struct Running {
+    worker: Worker,
+    request: ResourceSet,
+    grant: Option<GpuGrant>,
+}
+
+struct Ledger {
+    /// Free resources other than GPUs (GPUs are tracked per instance).
+    available: ResourceSet,
+    gpus: GpuPool,
+    actors: HashMap<ActorId, Running>,
+}
+
+/// The actors this node runs.
+pub struct ActorHost {
+    ledger: Mutex<Ledger>,
+    pool: Arc<WorkerPool>,
+}
+
+impl ActorHost {
+    /// A host with `total` resources and GPU instances `gpu_ids`.
+    pub fn new(total: &ResourceSet, gpu_ids: Vec<String>, pool: Arc<WorkerPool>) -> Self {
+        let mut available = total.clone();
+        available.set(names::GPU, Quantity::ZERO);
+        Self {
+            ledger: Mutex::new(Ledger {
+                available,
+                gpus: GpuPool::new(gpu_ids),
+                actors: HashMap::new(),
+            }),
+            pool,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Ledger> {
+        self.ledger
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// What is free now, GPUs included, for heartbeats.
+    pub fn available(&self) -> ResourceSet {
+        let ledger = self.lock();
+        let mut available = ledger.available.clone();
+        available.set(names::GPU, ledger.gpus.free_total());
+        available
+    }
+
+    /// Reserves the actor's resources and starts its worker.
+    pub fn start(&self, spec: &ActorSpec) -> Result<StartActorReply, Status> {
+        let id = ActorId::from_slice(&spec.actor_id)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let request = ResourceSet::from_proto(&spec.resources);
+        let mut ledger = self.lock();
+        if ledger.actors.contains_key(&id) {
+            return Err(Status::already_exists(format!(
+                "actor {id} already runs on this node"
+            )));
+        }
+        let mut others = request.clone();
+        others.set(names::GPU, Quantity::ZERO);
+        if let Some((name, wanted, free)) = ledger.available.shortfall(&others) {
+            return Err(Status::resource_exhausted(format!(
+                "needs {name} {wanted}, this node has {free} free"
+            )));
+        }
+        let gpu_request = request.get(names::GPU);
+        let grant = if gpu_request > Quantity::ZERO {
+            Some(
+                ledger
+                    .gpus
+                    .allocate(gpu_request)
+                    .map_err(|e| Status::resource_exhausted(e.to_string()))?,
+            )
+        } else {
+            None
+        };
+        let devices = grant
+            .as_ref()
+            .map(|g| ledger.gpus.visible_devices(g))
+            .unwrap_or_default();
+        let mut env: std::collections::BTreeMap<String, String> =
+            spec.env.clone().into_iter().collect();
+        env.insert(ACTOR_ID_ENV.into(), id.to_string());
+        // An actor without GPUs sees none, rather than every GPU of the node.
+        env.insert("CUDA_VISIBLE_DEVICES".into(), devices.clone());
+        let worker_spec = WorkerSpec {
+            program: PathBuf::from(&spec.program),
+            args: spec.args.clone(),
+            env,
+        };
+        let worker = match self.pool.lease(&worker_spec) {
+            Ok(worker) => worker,
+            Err(err) => {
+                if let Some(grant) = &grant {
+                    ledger.gpus.release(grant);
+                }
+                return Err(Status::failed_precondition(err.to_string()));
+            }
+        };
+        ledger.available.subtract(&others);
+        info!(actor = %id, worker = %worker.id, pid = worker.pid, gpus = %devices, "actor started");
+        let reply = StartActorReply {
+            worker_id: worker.id.to_vec(),
+            pid: worker.pid,
+            cuda_visible_devices: devices,
+        };
+        ledger.actors.insert(
+            id,
+            Running {
+                worker,
+                request: others,
+                grant,
+            },
+        );
+        Ok(reply)
+    }
+
+    /// Kills an actor's worker; its exit is reported like any other.
+    pub fn stop(&self, id: ActorId) -> Result<(), Status> {
+        let worker = self.lock().actors.get(&id).map(|r| r.worker.id);
+        let worker = worker
+            .ok_or_else(|| Status::not_found(format!("actor {id} does not run on this node")))?;
+        self.pool.kill(worker);
+        Ok(())
+    }
+
+    /// Returns resources of actors whose workers end and tells the head why;
+    /// runs until the pool stops.
+    pub async fn watch_exits(self: Arc<Self>, node_id: NodeId, head: Arc<HeadLink>) {
+        let mut exits = self.pool.subscribe();
+        loop {
+            let exit = match exits.recv().await {
+                Ok(exit) => exit,
+                Err(RecvError::Lagged(missed)) => {
+                    warn!(missed, "missed worker exits");
+                    continue;
+                }
+                Err(RecvError::Closed) => return,
+            };
+            let ended = {
+                let mut ledger = self.lock();
+                let actor = ledger
+                    .actors
+                    .iter()
+                    .find(|(_, r)| r.worker.id == exit.worker_id)
+                    .map(|(id, _)| *id);
+                actor
+                    .and_then(|id| ledger.actors.remove(&id).map(|running| (id, running)))
+                    .map(|(id, running)| {
+                        ledger.available.add(&running.request);
+                        if let Some(grant) = &running.grant {
+                            ledger.gpus.release(grant);
+                        }
+                        id
+                    })
+            };
+            let Some(actor) = ended else { continue };
+            let report = ActorExit {
+                actor_id: actor.to_vec(),
+                node_id: node_id.to_vec(),
+                worker_id: exit.worker_id.to_vec(),
+                reason: format!("its worker (pid {}) {}", exit.pid, exit.reason),
+            };
+            if let Err(status) = head.report_actor_exit(report).await {
+                warn!(%actor, error = status.message(), "cannot tell the head that an actor ended");
+            }
+        }
+    }
+}
