@@ -313,6 +313,10 @@ fn head_restart_after_kill_9_keeps_its_tables_and_raylets_come_back() {
     let second = cluster.add_raylet(&[]);
     let gone = cluster.add_raylet(&[]);
     cluster.kill(gone, "-TERM");
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    actors::create(&cluster, &runtime, actors::spec(0, &[("GPU", 0.5)], 1));
+    let placed = actors::actor(&cluster, 0);
+    assert_eq!(placed["state"], "alive");
     let before = cluster.status();
     let port: u16 = cluster.address.rsplit(':').next().unwrap().parse().unwrap();
 
@@ -353,6 +357,12 @@ fn head_restart_after_kill_9_keeps_its_tables_and_raylets_come_back() {
         );
     }
     assert_eq!(cluster.node_by_pid(first)["total"]["GPU"], 1.0);
+    let kept = actors::actor(&cluster, 0);
+    assert_eq!(
+        (&kept["state"], &kept["pid"], &kept["node_address"]),
+        (&placed["state"], &placed["pid"], &placed["node_address"]),
+        "the actor table survived"
+    );
 }
 
 #[test]
@@ -730,7 +740,7 @@ mod actors {
     }
 
     /// An actor that runs `sleep`, requesting `resources`.
-    fn spec(n: u64, resources: &[(&str, f64)], max_restarts: u32) -> ActorSpec {
+    pub(super) fn spec(n: u64, resources: &[(&str, f64)], max_restarts: u32) -> ActorSpec {
         let mut set = ResourceSet::new();
         for &(name, amount) in resources {
             set.set(name, Quantity::from_f64(name, amount).unwrap());
@@ -746,7 +756,7 @@ mod actors {
         }
     }
 
-    fn create(cluster: &Cluster, runtime: &tokio::runtime::Runtime, spec: ActorSpec) {
+    pub(super) fn create(cluster: &Cluster, runtime: &tokio::runtime::Runtime, spec: ActorSpec) {
         runtime.block_on(async {
             let channel =
                 tonic::transport::Endpoint::from_shared(format!("http://{}", cluster.address))
@@ -778,7 +788,7 @@ mod actors {
         });
     }
 
-    fn actor(cluster: &Cluster, n: u64) -> Value {
+    pub(super) fn actor(cluster: &Cluster, n: u64) -> Value {
         let id = actor_id(n).to_string();
         cluster.status()["actors"]
             .as_array()
