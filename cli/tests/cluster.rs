@@ -734,6 +734,8 @@ mod actors {
     use photon_proto::v1::head_client::HeadClient;
     use photon_proto::v1::{ActorSpec, KillActorRequest};
     use photon_proto::{ActorId, JobId, Quantity, ResourceSet, TaskId};
+    use tonic::service::interceptor::InterceptedService;
+    use tonic::transport::Channel;
 
     fn actor_id(n: u64) -> ActorId {
         ActorId::for_child(TaskId::for_driver(JobId::from_u32(9)), n)
@@ -756,36 +758,32 @@ mod actors {
         }
     }
 
-    pub(super) fn create(cluster: &Cluster, runtime: &tokio::runtime::Runtime, spec: ActorSpec) {
+    fn head(
+        cluster: &Cluster,
+        runtime: &tokio::runtime::Runtime,
+    ) -> HeadClient<InterceptedService<Channel, AttachToken>> {
         runtime.block_on(async {
-            let channel =
-                tonic::transport::Endpoint::from_shared(format!("http://{}", cluster.address))
-                    .unwrap()
-                    .connect()
-                    .await
-                    .unwrap();
-            let mut head =
-                HeadClient::with_interceptor(channel, AttachToken::new(&cluster.token).unwrap());
-            head.create_actor(spec).await.unwrap();
-        });
+            let channel = Channel::from_shared(format!("http://{}", cluster.address))
+                .unwrap()
+                .connect()
+                .await
+                .unwrap();
+            HeadClient::with_interceptor(channel, AttachToken::new(&cluster.token).unwrap())
+        })
+    }
+
+    pub(super) fn create(cluster: &Cluster, runtime: &tokio::runtime::Runtime, spec: ActorSpec) {
+        let mut head = head(cluster, runtime);
+        runtime.block_on(head.create_actor(spec)).unwrap();
     }
 
     fn kill_actor(cluster: &Cluster, runtime: &tokio::runtime::Runtime, n: u64) {
-        runtime.block_on(async {
-            let channel =
-                tonic::transport::Endpoint::from_shared(format!("http://{}", cluster.address))
-                    .unwrap()
-                    .connect()
-                    .await
-                    .unwrap();
-            let mut head =
-                HeadClient::with_interceptor(channel, AttachToken::new(&cluster.token).unwrap());
-            head.kill_actor(KillActorRequest {
+        let mut head = head(cluster, runtime);
+        runtime
+            .block_on(head.kill_actor(KillActorRequest {
                 actor_id: actor_id(n).to_vec(),
-            })
-            .await
+            }))
             .unwrap();
-        });
     }
 
     pub(super) fn actor(cluster: &Cluster, n: u64) -> Value {

@@ -16,10 +16,13 @@ use redb::{Database, ReadableTable, TableDefinition};
 
 use crate::error::{Error, Result};
 
-const NODES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("nodes");
+/// A table of protobuf records keyed by an id's bytes.
+type Records = TableDefinition<'static, &'static [u8], &'static [u8]>;
+
+const NODES: Records = TableDefinition::new("nodes");
 const KV: TableDefinition<&str, &[u8]> = TableDefinition::new("kv");
 const META: TableDefinition<&str, &str> = TableDefinition::new("meta");
-const ACTORS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("actors");
+const ACTORS: Records = TableDefinition::new("actors");
 
 /// Handle to the head's database. Cheap to clone.
 #[derive(Clone)]
@@ -91,60 +94,51 @@ impl Persistence {
         })
     }
 
-    /// Writes one node record.
-    pub fn save_node(&self, node_id: NodeId, record: &NodeRecord) -> Result<()> {
+    /// Writes one protobuf record under `key`.
+    fn save_record(&self, table: Records, key: &[u8], record: &impl Message) -> Result<()> {
         let bytes = record.encode_to_vec();
         self.write(|txn| {
-            txn.open_table(NODES)?
-                .insert(node_id.as_bytes().as_slice(), bytes.as_slice())?;
+            txn.open_table(table)?.insert(key, bytes.as_slice())?;
             Ok(())
         })
+    }
+
+    /// Every protobuf record of `table`; `what` names them in errors.
+    fn load_records<M: Message + Default>(&self, table: Records, what: &str) -> Result<Vec<M>> {
+        let rows: Vec<Vec<u8>> = self.read(|txn| {
+            let table = txn.open_table(table)?;
+            let mut rows = Vec::new();
+            for row in table.iter()? {
+                rows.push(row?.1.value().to_vec());
+            }
+            Ok(rows)
+        })?;
+        rows.iter()
+            .map(|bytes| {
+                M::decode(bytes.as_slice())
+                    .map_err(|e| self.error(format!("corrupt {what} record: {e}")))
+            })
+            .collect()
+    }
+
+    /// Writes one node record.
+    pub fn save_node(&self, node_id: NodeId, record: &NodeRecord) -> Result<()> {
+        self.save_record(NODES, node_id.as_bytes(), record)
     }
 
     /// Every node record.
     pub fn load_nodes(&self) -> Result<Vec<NodeRecord>> {
-        let rows: Vec<Vec<u8>> = self.read(|txn| {
-            let table = txn.open_table(NODES)?;
-            let mut rows = Vec::new();
-            for row in table.iter()? {
-                rows.push(row?.1.value().to_vec());
-            }
-            Ok(rows)
-        })?;
-        rows.iter()
-            .map(|bytes| {
-                NodeRecord::decode(bytes.as_slice())
-                    .map_err(|e| self.error(format!("corrupt node record: {e}")))
-            })
-            .collect()
+        self.load_records(NODES, "node")
     }
 
     /// Writes one actor record.
     pub fn save_actor(&self, actor_id: ActorId, record: &ActorRecord) -> Result<()> {
-        let bytes = record.encode_to_vec();
-        self.write(|txn| {
-            txn.open_table(ACTORS)?
-                .insert(actor_id.as_bytes().as_slice(), bytes.as_slice())?;
-            Ok(())
-        })
+        self.save_record(ACTORS, actor_id.as_bytes(), record)
     }
 
     /// Every actor record.
     pub fn load_actors(&self) -> Result<Vec<ActorRecord>> {
-        let rows: Vec<Vec<u8>> = self.read(|txn| {
-            let table = txn.open_table(ACTORS)?;
-            let mut rows = Vec::new();
-            for row in table.iter()? {
-                rows.push(row?.1.value().to_vec());
-            }
-            Ok(rows)
-        })?;
-        rows.iter()
-            .map(|bytes| {
-                ActorRecord::decode(bytes.as_slice())
-                    .map_err(|e| self.error(format!("corrupt actor record: {e}")))
-            })
-            .collect()
+        self.load_records(ACTORS, "actor")
     }
 
     /// Stores `value` under `namespace`/`key`; returns false if it existed and
