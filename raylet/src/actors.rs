@@ -24,6 +24,17 @@ struct Running {
     worker: Worker,
     request: ResourceSet,
     grant: Option<GpuGrant>,
+    devices: String,
+}
+
+impl Running {
+    fn reply(&self) -> StartActorReply {
+        StartActorReply {
+            worker_id: self.worker.id.to_vec(),
+            pid: self.worker.pid,
+            cuda_visible_devices: self.devices.clone(),
+        }
+    }
 }
 
 struct Ledger {

@@ -10,9 +10,11 @@
 //! other nodes (located through the head's object directory).
 //!
 //! Its worker pool (`worker_pool`) starts, reuses and reaps worker processes
-//! and kills those over their memory limit with a reported reason.
+//! and kills those over their memory limit with a reported reason; the actor
+//! host (`actors`) runs the actors the head places here, holding their
+//! resources and GPU instances.
 //!
-//! Not yet here: task leases and spillback, and wiring the worker pool to them.
+//! Not yet here: task leases and spillback.
 
 pub mod actors;
 mod error;
@@ -149,7 +151,7 @@ pub async fn run(
         transfers,
         actors: actors.clone(),
     };
-    let transfers = RayletServer::new(service)
+    let raylet_service = RayletServer::new(service)
         .max_decoding_message_size(transfer::MAX_MESSAGE_SIZE)
         .max_encoding_message_size(transfer::MAX_MESSAGE_SIZE);
     let server = tokio::spawn(
@@ -158,7 +160,7 @@ pub async fn run(
             .initial_connection_window_size(transfer::CONNECTION_WINDOW)
             .max_frame_size(transfer::MAX_FRAME_SIZE)
             .add_service(tonic::service::interceptor::InterceptedService::new(
-                transfers,
+                raylet_service,
                 auth.clone(),
             ))
             .add_service(VersionServer::with_interceptor(VersionService, auth))
