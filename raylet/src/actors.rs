@@ -85,10 +85,9 @@ impl ActorHost {
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
         let request = ResourceSet::from_proto(&spec.resources);
         let mut ledger = self.lock();
-        if ledger.actors.contains_key(&id) {
-            return Err(Status::already_exists(format!(
-                "actor {id} already runs on this node"
-            )));
+        if let Some(running) = ledger.actors.get(&id) {
+            // The head retried a start whose reply it lost: same answer.
+            return Ok(running.reply());
         }
         let mut others = request.clone();
         others.set(names::GPU, Quantity::ZERO);
@@ -133,19 +132,14 @@ impl ActorHost {
         };
         ledger.available.subtract(&others);
         info!(actor = %id, worker = %worker.id, pid = worker.pid, gpus = %devices, "actor started");
-        let reply = StartActorReply {
-            worker_id: worker.id.to_vec(),
-            pid: worker.pid,
-            cuda_visible_devices: devices,
+        let running = Running {
+            worker,
+            request: others,
+            grant,
+            devices,
         };
-        ledger.actors.insert(
-            id,
-            Running {
-                worker,
-                request: others,
-                grant,
-            },
-        );
+        let reply = running.reply();
+        ledger.actors.insert(id, running);
         Ok(reply)
     }
 
