@@ -139,6 +139,9 @@ fn start_detached(args: &StartArgs) -> anyhow::Result<()> {
             bail!("photon start failed ({status}):\n{}", log.trim_end());
         }
         if started.elapsed() > READY_TIMEOUT {
+            // Leave nothing half-started behind.
+            let _ = child.kill();
+            let _ = child.wait();
             bail!(
                 "photon start did not become ready within {READY_TIMEOUT:?}; see {}",
                 log_path.display()

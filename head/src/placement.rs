@@ -37,12 +37,8 @@ impl HeadState {
     }
 
     pub(crate) async fn save_actor(&self, id: ActorId, record: ActorRecord) {
-        let persistence = self.persistence.clone();
-        match tokio::task::spawn_blocking(move || persistence.save_actor(id, &record)).await {
-            Ok(Ok(())) => {}
-            Ok(Err(err)) => tracing::error!(actor = %id, %err, "cannot persist actor record"),
-            Err(err) => tracing::error!(actor = %id, %err, "actor persistence task failed"),
-        }
+        self.persist(format!("actor {id}"), move |db| db.save_actor(id, &record))
+            .await;
     }
 
     /// Tries to place every waiting actor, one pass at a time.

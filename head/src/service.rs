@@ -66,13 +66,22 @@ impl HeadState {
     }
 
     async fn persist_node(&self, id: NodeId, record: photon_proto::v1::NodeRecord) {
+        self.persist(format!("node {id}"), move |db| db.save_node(id, &record))
+            .await;
+    }
+
+    /// Runs one write to the head's store off the async runtime. A failure is
+    /// logged; the in-memory table stays authoritative for this run.
+    pub(crate) async fn persist(
+        &self,
+        what: String,
+        write: impl FnOnce(&Persistence) -> crate::Result<()> + Send + 'static,
+    ) {
         let persistence = self.persistence.clone();
-        let result = tokio::task::spawn_blocking(move || persistence.save_node(id, &record)).await;
-        if let Ok(Err(err)) | Err(err) = result.map_err(|e| crate::Error::Store {
-            path: "head.redb".into(),
-            message: e.to_string(),
-        }) {
-            tracing::error!(node = %id, %err, "cannot persist node record");
+        match tokio::task::spawn_blocking(move || write(&persistence)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(err)) => tracing::error!(record = %what, %err, "cannot persist record"),
+            Err(err) => tracing::error!(record = %what, %err, "persistence task failed"),
         }
     }
 
