@@ -415,7 +415,7 @@ async fn monitor_memory(
     cancel: CancellationToken,
     period: Duration,
 ) {
-    let mut ticks = tokio::time::interval(period);
+    let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
     loop {
         tokio::select! {
             () = cancel.cancelled() => return,

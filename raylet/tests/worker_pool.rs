@@ -20,10 +20,19 @@ fn shell(script: &str, env: &[(&str, &str)]) -> WorkerSpec {
 }
 
 fn pool(dir: &tempfile::TempDir, limit: Option<u64>, threshold: f64) -> std::sync::Arc<WorkerPool> {
+    pool_checking_every(dir, limit, threshold, Duration::from_millis(50))
+}
+
+fn pool_checking_every(
+    dir: &tempfile::TempDir,
+    limit: Option<u64>,
+    threshold: f64,
+    period: Duration,
+) -> std::sync::Arc<WorkerPool> {
     let mut config = WorkerPoolConfig::new(NodeId::random(), "127.0.0.1:7", dir.path());
     config.worker_memory_limit = limit;
     config.node_memory_threshold = threshold;
-    config.monitor_period = Duration::from_millis(50);
+    config.monitor_period = period;
     WorkerPool::start(config)
 }
 
@@ -148,12 +157,30 @@ async fn a_worker_over_its_memory_limit_is_killed_with_the_reason() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn when_the_node_is_short_the_largest_worker_goes_first() {
     let dir = tempfile::tempdir().unwrap();
-    // Threshold 0: the node always counts as short, so the monitor kills the largest worker.
-    let pool = pool(&dir, None, 0.0);
+    // Threshold 0: the node always counts as short, so the monitor kills the
+    // largest worker. Its first look is after 3 s: by then the hog has
+    // allocated (a process sampled between fork and exec could otherwise look
+    // larger than it is).
+    let pool = pool_checking_every(&dir, None, 0.0, Duration::from_secs(3));
     let mut exits = pool.subscribe();
-    // A python interpreter is larger than `sleep` from its start, before it allocates.
     let hog = pool.lease(&python_hog(200)).unwrap();
     let small = pool.lease(&shell("exec sleep 30", &[])).unwrap();
+    let hog_log = dir.path().join(format!("worker-{}.out", hog.id));
+    for _ in 0..250 {
+        if std::fs::read_to_string(&hog_log)
+            .unwrap_or_default()
+            .contains("allocated")
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(
+        std::fs::read_to_string(&hog_log)
+            .unwrap()
+            .contains("allocated"),
+        "the hog allocated in time"
+    );
     let exit = next_exit(&mut exits).await;
     assert_ne!(exit.worker_id, small.id);
     let ExitReason::KilledForMemory { ref why, .. } = exit.reason else {
