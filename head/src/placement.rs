@@ -103,7 +103,14 @@ impl HeadState {
                 if code != Code::ResourceExhausted {
                     warn!(actor = %id, node = %node_id, %message, "cannot start actor");
                 }
-                let reason = format!("node {} could not start it: {message}", node.address);
+                let reason = if code == Code::ResourceExhausted {
+                    format!(
+                        "waiting for resources: node {} has no room now ({message})",
+                        node.address
+                    )
+                } else {
+                    format!("node {} could not start it: {message}", node.address)
+                };
                 self.actors.update(id, |r| {
                     if !r.reason.starts_with("restart") {
                         r.reason = reason;
