@@ -943,7 +943,7 @@ mod actors {
             "the actor to restart on the other node",
             || {
                 let record = actor(&cluster, 0);
-                (record["state"] == "alive").then_some(record)
+                (record["state"] == "alive" && record["restarts"] == 1).then_some(record)
             },
         );
         assert_ne!(restarted["node_address"], first_address.as_str());
