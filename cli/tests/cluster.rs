@@ -315,14 +315,21 @@ fn head_restart_after_kill_9_keeps_its_tables_and_raylets_come_back() {
     cluster.kill(gone, "-TERM");
     let runtime = tokio::runtime::Runtime::new().unwrap();
     actors::create(&cluster, &runtime, actors::spec(0, &[("GPU", 0.5)], 1));
+    actors::create(&cluster, &runtime, actors::spec(1, &[("GPU", 0.25)], 1));
     let placed = actors::actor(&cluster, 0);
     assert_eq!(placed["state"], "alive");
+    let doomed_pid = actors::actor(&cluster, 1)["pid"].as_u64().unwrap();
     let before = cluster.status();
     let port: u16 = cluster.address.rsplit(':').next().unwrap().parse().unwrap();
 
     let head = cluster.head_pid();
     cluster.kill(head, "-9");
     cluster.children.remove(0).wait().unwrap(); // already reaped by kill(); returns at once
+    // A worker that dies while the head is away: nobody can be told now.
+    std::process::Command::new("kill")
+        .args(["-9", &doomed_pid.to_string()])
+        .status()
+        .unwrap();
     cluster.start_head(port);
     let after = cluster.status();
     assert_eq!(after["cluster_id"], before["cluster_id"], "same cluster");
@@ -363,6 +370,12 @@ fn head_restart_after_kill_9_keeps_its_tables_and_raylets_come_back() {
         (&placed["state"], &placed["pid"], &placed["node_address"]),
         "the actor table survived"
     );
+    // The re-registering raylet no longer runs actor 1: the head restarts it.
+    let restarted = wait_until(Duration::from_secs(5), "the lost actor's restart", || {
+        let record = actors::actor(&cluster, 1);
+        (record["state"] == "alive" && record["restarts"] == 1).then_some(record)
+    });
+    assert_ne!(restarted["pid"].as_u64(), Some(doomed_pid));
 }
 
 #[test]
@@ -644,7 +657,8 @@ mod transfer {
         });
         cluster.kill(holder_pid, "-9");
         wait_until(
-            Duration::from_secs(3),
+            // The 3 s detection bound has its own test; here death is only a precondition.
+            Duration::from_secs(10),
             "the holder to be declared dead",
             || (cluster.node_by_pid(holder_pid)["state"] == "dead").then_some(()),
         );

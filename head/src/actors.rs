@@ -85,6 +85,15 @@ impl ActorTable {
             .collect()
     }
 
+    /// Every live actor.
+    pub fn alive_ids(&self) -> std::collections::HashSet<ActorId> {
+        self.lock()
+            .iter()
+            .filter(|(_, r)| r.state == ActorState::Alive as i32)
+            .map(|(id, _)| *id)
+            .collect()
+    }
+
     /// Live actors on `node`.
     pub fn on_node(&self, node: NodeId) -> Vec<ActorId> {
         self.lock()

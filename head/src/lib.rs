@@ -109,8 +109,10 @@ pub async fn run(
         placement: tokio::sync::Mutex::new(()),
         raylets: Default::default(),
         token: config.token.clone(),
+        unconfirmed_actors: Default::default(),
     });
     state.actors.restore(actor_records);
+    *state.unconfirmed_actors.lock().expect("fresh lock") = state.actors.alive_ids();
     info!(%address, restored_nodes = restored, cluster = %state.cluster_id, "head started");
 
     let detector = state

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use photon_proto::auth::AttachToken;
 use photon_proto::v1::raylet_client::RayletClient;
-use photon_proto::v1::{ActorRecord, ActorState, StopActorRequest};
+use photon_proto::v1::{ActorRecord, ActorState, RunningActor, StopActorRequest};
 use photon_proto::{ActorId, NodeId, ResourceSet};
 use tonic::Code;
 use tonic::service::interceptor::InterceptedService;
@@ -157,6 +157,78 @@ impl HeadState {
     pub(crate) async fn node_lost(&self, node: NodeId, reason: &str) {
         for actor in self.actors.on_node(node) {
             self.actor_lost(actor, &format!("its node {node} died: {reason}"))
+                .await;
+        }
+    }
+
+    /// A raylet (re-)registered and listed the actors it runs: adopt those the
+    /// head was still placing, stop those that are no longer its to run, and —
+    /// after a head restart — treat actors recorded alive on this node that it
+    /// no longer runs as lost (their workers ended while the head was away).
+    pub(crate) async fn reconcile_actors(
+        &self,
+        node: NodeId,
+        address: &str,
+        running: Vec<RunningActor>,
+    ) {
+        let _pass = self.placement.lock().await;
+        let mut reported = std::collections::HashSet::new();
+        for actor in running {
+            let Ok(id) = ActorId::from_slice(&actor.actor_id) else {
+                continue;
+            };
+            reported.insert(id);
+            let ours = self.actors.get(id).is_some_and(|r| {
+                r.state == ActorState::Pending as i32
+                    || r.state == ActorState::Restarting as i32
+                    || (r.state == ActorState::Alive as i32 && r.node_id == node.to_vec())
+            });
+            if ours {
+                let adopted = self.actors.update(id, |r| {
+                    r.state = ActorState::Alive as i32;
+                    r.node_id = node.to_vec();
+                    r.node_address = address.to_string();
+                    r.worker_id = actor.worker_id;
+                    r.pid = actor.pid;
+                    r.cuda_visible_devices = actor.cuda_visible_devices;
+                    r.reason.clear();
+                });
+                if let Some(adopted) = adopted {
+                    self.save_actor(id, adopted).await;
+                }
+            } else if let Ok(mut raylet) = self.raylet(address) {
+                info!(actor = %id, node = %node, "stopping an actor the head no longer places there");
+                let _ = raylet
+                    .stop_actor(StopActorRequest {
+                        actor_id: id.to_vec(),
+                    })
+                    .await;
+            }
+        }
+        let lost: Vec<ActorId> = {
+            let mut unconfirmed = self
+                .unconfirmed_actors
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            let on_node: Vec<ActorId> = unconfirmed
+                .iter()
+                .copied()
+                .filter(|id| {
+                    self.actors
+                        .get(*id)
+                        .is_some_and(|r| r.node_id == node.to_vec())
+                })
+                .collect();
+            for id in &on_node {
+                unconfirmed.remove(id);
+            }
+            on_node
+                .into_iter()
+                .filter(|id| !reported.contains(id))
+                .collect()
+        };
+        for id in lost {
+            self.actor_lost(id, "its worker ended while the head was away")
                 .await;
         }
     }

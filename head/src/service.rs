@@ -52,6 +52,8 @@ pub struct HeadState {
         std::sync::Mutex<std::collections::HashMap<String, crate::placement::RayletClientHandle>>,
     /// The cluster token, for calls to raylets.
     pub(crate) token: String,
+    /// Actors restored as alive after a head restart, until their node confirms them.
+    pub(crate) unconfirmed_actors: std::sync::Mutex<std::collections::HashSet<ActorId>>,
 }
 
 impl HeadState {
@@ -159,6 +161,9 @@ impl Head for HeadService {
         blocking(move || persistence.save_node(id, &record)).await?;
         info!(node = %id, %address, objects = objects.len(), "node registered");
         self.state.objects.reset_node(id, objects);
+        self.state
+            .reconcile_actors(id, &address, request.actors)
+            .await;
         Ok(Response::new(RegisterNodeResponse {
             cluster_id: self.state.cluster_id.clone(),
             heartbeat_interval_ms: self.state.heartbeat_interval.as_millis() as u64,

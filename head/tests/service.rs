@@ -49,6 +49,7 @@ async fn protocol_mismatch_is_refused_naming_both_versions() {
             protocol_version: PROTOCOL_VERSION + 1,
             node: Some(node()),
             objects: Vec::new(),
+            actors: Vec::new(),
         })
         .await
         .unwrap_err();
@@ -69,6 +70,7 @@ async fn protocol_mismatch_is_refused_naming_both_versions() {
             protocol_version: PROTOCOL_VERSION,
             node: Some(node()),
             objects: Vec::new(),
+            actors: Vec::new(),
         })
         .await
         .unwrap();

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
-use photon_proto::v1::{ActorExit, ActorSpec, StartActorReply};
+use photon_proto::v1::{ActorExit, ActorSpec, RunningActor, StartActorReply};
 use photon_proto::{ActorId, NodeId, Quantity, ResourceSet, names};
 use tokio::sync::broadcast::error::RecvError;
 use tonic::Status;
@@ -77,6 +77,20 @@ impl ActorHost {
         let mut available = ledger.available.clone();
         available.set(names::GPU, ledger.gpus.free_total());
         available
+    }
+
+    /// The actors running here, for registration.
+    pub fn running(&self) -> Vec<RunningActor> {
+        self.lock()
+            .actors
+            .iter()
+            .map(|(id, running)| RunningActor {
+                actor_id: id.to_vec(),
+                worker_id: running.worker.id.to_vec(),
+                pid: running.worker.pid,
+                cuda_visible_devices: running.devices.clone(),
+            })
+            .collect()
     }
 
     /// Reserves the actor's resources and starts its worker.

@@ -19,6 +19,7 @@ use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status};
 use tracing::{info, warn};
 
+use crate::actors::ActorHost;
 use crate::error::{Error, Result};
 
 type Client = HeadClient<InterceptedService<Channel, AttachToken>>;
@@ -54,6 +55,7 @@ impl HeadLink {
         &self,
         node: &NodeInfo,
         store: &ObjectStore,
+        actors: &ActorHost,
         deadline: Option<Duration>,
         stop: &CancellationToken,
     ) -> Result<Duration> {
@@ -65,6 +67,7 @@ impl HeadLink {
                 protocol_version: PROTOCOL_VERSION,
                 node: Some(node.clone()),
                 objects: store.sealed_ids().iter().map(ObjectId::to_vec).collect(),
+                actors: actors.running(),
             };
             match self.client.clone().register_node(request).await {
                 Ok(reply) => {
@@ -153,26 +156,26 @@ impl HeadLink {
         &self,
         node: NodeInfo,
         store: ObjectStore,
-        available: &(dyn Fn() -> photon_proto::ResourceSet + Send + Sync),
+        actors: &ActorHost,
         initial_deadline: Duration,
         registered: impl FnOnce(),
         stop: CancellationToken,
     ) -> Result<()> {
         let node_id = NodeId::from_slice(&node.node_id).expect("raylet builds a valid node id");
         let mut interval = self
-            .register(&node, &store, Some(initial_deadline), &stop)
+            .register(&node, &store, actors, Some(initial_deadline), &stop)
             .await?;
         info!(node = %node_id, head = %self.address, "registered with the head");
         registered();
         loop {
             match self
-                .heartbeat(&node, &store, available, interval, &stop)
+                .heartbeat(&node, &store, actors, interval, &stop)
                 .await?
             {
                 StreamEnd::Stopped => return Ok(()),
                 StreamEnd::Broken => {
                     warn!(head = %self.address, "lost the head, registering again");
-                    interval = match self.register(&node, &store, None, &stop).await {
+                    interval = match self.register(&node, &store, actors, None, &stop).await {
                         Err(Error::Stopped) => return Ok(()),
                         other => other?,
                     };
@@ -186,13 +189,13 @@ impl HeadLink {
         &self,
         node: &NodeInfo,
         store: &ObjectStore,
-        available: &(dyn Fn() -> photon_proto::ResourceSet + Send + Sync),
+        actors: &ActorHost,
         interval: Duration,
         stop: &CancellationToken,
     ) -> Result<StreamEnd> {
         let beat = |draining| Heartbeat {
             node_id: node.node_id.clone(),
-            available: available().to_proto(),
+            available: actors.available().to_proto(),
             object_store_used: store.stats().used,
             draining,
         };

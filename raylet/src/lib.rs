@@ -169,11 +169,10 @@ pub async fn run(
                 stop.clone().cancelled_owned(),
             ),
     );
-    let available = || actors.available();
     let registered = link.stay_registered(
         node,
         store.clone(),
-        &available,
+        &actors,
         config.initial_connect_timeout,
         || started(&info),
         stop.clone(),

@@ -54,6 +54,7 @@ async fn simulated_node(
                 ..Default::default()
             }),
             objects: Vec::new(),
+            actors: Vec::new(),
         })
         .await?;
     let (sender, receiver) = mpsc::channel(4);
