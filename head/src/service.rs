@@ -143,15 +143,13 @@ impl Head for HeadService {
         let peer = format!("raylet at {}", node.address);
         check_protocol_version(&peer, request.protocol_version)
             .map_err(|err| Status::failed_precondition(err.to_string()))?;
-        let id = NodeId::from_slice(&node.node_id)
-            .map_err(|err| Status::invalid_argument(err.to_string()))?;
+        let id = NodeId::from_slice(&node.node_id)?;
         let address = node.address.clone();
         let objects = request
             .objects
             .iter()
             .map(|bytes| ObjectId::from_slice(bytes))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|err| Status::invalid_argument(err.to_string()))?;
+            .collect::<Result<Vec<_>, _>>()?;
         let record = self
             .state
             .nodes
@@ -270,10 +268,8 @@ impl Head for HeadService {
         request: Request<ObjectLocationUpdate>,
     ) -> Result<Response<ObjectLocationUpdateReply>, Status> {
         let update = request.into_inner();
-        let object = ObjectId::from_slice(&update.object_id)
-            .map_err(|e| Status::invalid_argument(e.to_string()))?;
-        let node = NodeId::from_slice(&update.node_id)
-            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let object = ObjectId::from_slice(&update.object_id)?;
+        let node = NodeId::from_slice(&update.node_id)?;
         if update.added {
             self.state.objects.add(object, node);
         } else {
@@ -286,8 +282,7 @@ impl Head for HeadService {
         &self,
         request: Request<GetObjectLocationsRequest>,
     ) -> Result<Response<GetObjectLocationsReply>, Status> {
-        let object = ObjectId::from_slice(&request.into_inner().object_id)
-            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let object = ObjectId::from_slice(&request.into_inner().object_id)?;
         let alive: std::collections::HashMap<NodeId, String> = self
             .state
             .nodes
@@ -319,8 +314,7 @@ impl Head for HeadService {
         request: Request<ActorSpec>,
     ) -> Result<Response<ActorRecord>, Status> {
         let spec = request.into_inner();
-        let id = ActorId::from_slice(&spec.actor_id)
-            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let id = ActorId::from_slice(&spec.actor_id)?;
         if spec.program.is_empty() {
             return Err(Status::invalid_argument(format!(
                 "actor {id} has no program to run"
@@ -358,8 +352,7 @@ impl Head for HeadService {
         &self,
         request: Request<KillActorRequest>,
     ) -> Result<Response<ActorRecord>, Status> {
-        let id = ActorId::from_slice(&request.into_inner().actor_id)
-            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let id = ActorId::from_slice(&request.into_inner().actor_id)?;
         self.state
             .kill_actor(id)
             .await
@@ -385,8 +378,7 @@ impl Head for HeadService {
         request: Request<ActorExit>,
     ) -> Result<Response<ActorExitReply>, Status> {
         let exit = request.into_inner();
-        let id = ActorId::from_slice(&exit.actor_id)
-            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let id = ActorId::from_slice(&exit.actor_id)?;
         let current = self.state.actors.get(id);
         // Only the worker the head placed counts: a late report of an older
         // incarnation, or of a killed actor, changes nothing.

@@ -25,6 +25,13 @@ pub struct InvalidId {
     pub expected_bytes: usize,
 }
 
+/// A malformed id in a request is the caller's mistake.
+impl From<InvalidId> for tonic::Status {
+    fn from(err: InvalidId) -> Self {
+        tonic::Status::invalid_argument(err.to_string())
+    }
+}
+
 macro_rules! byte_id {
     ($(#[$doc:meta])* $name:ident, $len:expr) => {
         $(#[$doc])*
@@ -317,6 +324,13 @@ mod tests {
             err.contains("NodeId") && err.contains("got 3 bytes"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn a_bad_id_in_a_request_is_an_invalid_argument() {
+        let status = tonic::Status::from(ActorId::from_slice(&[0; 3]).unwrap_err());
+        assert_eq!(status.code(), tonic::Code::InvalidArgument);
+        assert!(status.message().contains("ActorId") && status.message().contains("got 3 bytes"));
     }
 
     #[test]

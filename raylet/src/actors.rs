@@ -95,8 +95,7 @@ impl ActorHost {
 
     /// Reserves the actor's resources and starts its worker.
     pub fn start(&self, spec: &ActorSpec) -> Result<StartActorReply, Status> {
-        let id = ActorId::from_slice(&spec.actor_id)
-            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let id = ActorId::from_slice(&spec.actor_id)?;
         let request = ResourceSet::from_proto(&spec.resources);
         let mut ledger = self.lock();
         if let Some(running) = ledger.actors.get(&id) {

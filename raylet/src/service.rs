@@ -66,8 +66,7 @@ impl Raylet for RayletService {
         &self,
         request: Request<StopActorRequest>,
     ) -> Result<Response<StopActorReply>, Status> {
-        let id = ActorId::from_slice(&request.into_inner().actor_id)
-            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let id = ActorId::from_slice(&request.into_inner().actor_id)?;
         self.actors.stop(id)?;
         Ok(Response::new(StopActorReply {}))
     }

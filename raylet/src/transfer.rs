@@ -118,10 +118,6 @@ impl AsRef<[u8]> for ViewSlice {
     }
 }
 
-fn bad_id(err: photon_proto::InvalidId) -> Status {
-    Status::invalid_argument(err.to_string())
-}
-
 fn store_status(err: photon_object_store::Error) -> Status {
     use photon_object_store::Error;
     match err {
@@ -150,7 +146,7 @@ where
         .next()
         .await
         .ok_or_else(|| Status::invalid_argument("empty object stream"))??;
-    let id = ObjectId::from_slice(&first.object_id).map_err(bad_id)?;
+    let id = ObjectId::from_slice(&first.object_id)?;
     if let Some(expected) = expected
         && expected != id
     {
@@ -302,7 +298,7 @@ impl TransferService {
         &self,
         request: Request<PullObjectRequest>,
     ) -> Result<Response<ChunkStream>, Status> {
-        let id = ObjectId::from_slice(&request.into_inner().object_id).map_err(bad_id)?;
+        let id = ObjectId::from_slice(&request.into_inner().object_id)?;
         let store = self.store.clone();
         let view = tokio::task::spawn_blocking(move || store.get(id))
             .await
@@ -336,7 +332,7 @@ impl TransferService {
         request: Request<FetchObjectRequest>,
     ) -> Result<Response<FetchObjectReply>, Status> {
         let request = request.into_inner();
-        let id = ObjectId::from_slice(&request.object_id).map_err(bad_id)?;
+        let id = ObjectId::from_slice(&request.object_id)?;
         let cell = {
             let mut fetches = self.fetches.lock().unwrap_or_else(|p| p.into_inner());
             if let Ok(size) = self.store.object_size(id) {
@@ -372,7 +368,7 @@ impl TransferService {
         &self,
         request: Request<DeleteObjectRequest>,
     ) -> Result<Response<DeleteObjectReply>, Status> {
-        let id = ObjectId::from_slice(&request.into_inner().object_id).map_err(bad_id)?;
+        let id = ObjectId::from_slice(&request.into_inner().object_id)?;
         self.store.delete(id).map_err(store_status)?;
         if let Err(status) = self.head.update_location(id, self.node_id, false).await {
             warn!(object = %id, error = status.message(), "cannot remove the object's location at the head");
