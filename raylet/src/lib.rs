@@ -20,6 +20,7 @@ pub mod actors;
 mod error;
 pub mod gpu;
 mod head_link;
+pub mod procfs;
 pub mod resources;
 mod service;
 pub mod transfer;

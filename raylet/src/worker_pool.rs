@@ -22,6 +22,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
+use crate::procfs;
+
 /// Environment variables a worker process is started with.
 pub mod env {
     /// Set to `1`: the process is a worker, not a driver (`#[photon::main]` routes on it).
@@ -162,33 +164,6 @@ pub struct WorkerPool {
     exits: broadcast::Sender<WorkerExit>,
     tasks: TaskTracker,
     cancel: CancellationToken,
-}
-
-fn rss_of(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let kib: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))?
-        .trim()
-        .trim_end_matches(" kB")
-        .parse()
-        .ok()?;
-    Some(kib * 1024)
-}
-
-/// Fraction of the node's memory in use (1 - MemAvailable / MemTotal).
-fn node_memory_used() -> Option<f64> {
-    let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
-    let field = |name: &str| -> Option<f64> {
-        meminfo
-            .lines()
-            .find_map(|l| l.strip_prefix(name))?
-            .trim()
-            .trim_end_matches(" kB")
-            .parse()
-            .ok()
-    };
-    Some(1.0 - field("MemAvailable:")? / field("MemTotal:")?)
 }
 
 impl WorkerPool {
@@ -372,7 +347,7 @@ impl WorkerPool {
         let workers: Vec<(WorkerId, u32, u64)> = self
             .live()
             .into_iter()
-            .filter_map(|w| Some((w.id, w.pid, rss_of(w.pid)?)))
+            .filter_map(|w| Some((w.id, w.pid, procfs::resident_bytes(w.pid)?)))
             .collect();
         let mut victims: Vec<(WorkerId, u32, ExitReason)> = Vec::new();
         if let Some(limit) = self.config.worker_memory_limit {
@@ -384,7 +359,7 @@ impl WorkerPool {
             }
         }
         if victims.is_empty()
-            && let Some(used) = node_memory_used()
+            && let Some(used) = procfs::node_memory_used()
             && used > self.config.node_memory_threshold
             && let Some(&(id, pid, rss)) = workers.iter().max_by_key(|(_, _, rss)| *rss)
         {

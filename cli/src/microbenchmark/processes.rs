@@ -121,15 +121,9 @@ impl ProcessCluster {
 
     /// The head's resident memory.
     pub fn head_rss_mib(&self) -> anyhow::Result<f64> {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.head.id()))?;
-        let kib: f64 = status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .context("no VmRSS")?
-            .trim()
-            .trim_end_matches(" kB")
-            .parse()?;
-        Ok(kib / 1024.0)
+        let bytes =
+            photon_raylet::procfs::resident_bytes(self.head.id()).context("the head is gone")?;
+        Ok(bytes as f64 / f64::from(1 << 20))
     }
 }
 
