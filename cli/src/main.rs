@@ -5,6 +5,9 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+// Parquet I/O for `photon embed`; the command wiring comes next.
+#[allow(dead_code)]
+mod embed;
 mod microbenchmark;
 mod session;
 mod start;

@@ -1,0 +1,409 @@
+//! `SentenceEmbedder`: texts in, sentence-transformers vectors out.
+
+use std::path::Path;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use candle_core::Device;
+use tokenizers::{Tokenizer, TruncationParams, TruncationStrategy};
+
+use crate::candle_bert::CandleBert;
+use crate::error::{InferenceError, Result};
+use crate::fast_bert::{FastBert, Workspace};
+use crate::model_dir::ModelDir;
+
+/// Which implementation runs the model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Backend {
+    /// The GPU (candle, `cuda` feature) when one is visible, else the fast CPU path.
+    #[default]
+    Auto,
+    /// The fused, packed CPU path ([`crate::fast_bert`]).
+    FastCpu,
+    /// candle-transformers' `BertModel` on padded batches, on the GPU when
+    /// built with `cuda` and one is visible, else on the CPU.
+    Candle,
+}
+
+/// How an embedder runs.
+#[derive(Debug, Clone)]
+pub struct EmbedderOptions {
+    /// The implementation.
+    pub backend: Backend,
+    /// CPU threads; 0 means one per available core. The fast path runs one
+    /// batch per thread; candle parallelises inside each operation.
+    pub threads: usize,
+    /// Most texts per batch.
+    pub max_batch_rows: usize,
+    /// Most tokens per batch, counting padding where the backend pads.
+    pub max_batch_tokens: usize,
+}
+
+impl Default for EmbedderOptions {
+    fn default() -> Self {
+        Self {
+            backend: Backend::Auto,
+            threads: 0,
+            max_batch_rows: 256,
+            max_batch_tokens: 4096,
+        }
+    }
+}
+
+/// What one `embed` call computed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct EmbedStats {
+    /// Texts embedded.
+    pub rows: usize,
+    /// Real tokens, special tokens included, after truncation.
+    pub tokens: usize,
+    /// Token positions the model computed: `tokens` plus padding.
+    pub computed_tokens: usize,
+    /// Batches run.
+    pub batches: usize,
+    /// Texts cut at the model's maximum sequence length.
+    pub truncated: usize,
+}
+
+impl EmbedStats {
+    /// Share of computed positions that were padding (0 for the packed path).
+    pub fn padded_share(&self) -> f64 {
+        if self.computed_tokens == 0 {
+            0.0
+        } else {
+            (self.computed_tokens - self.tokens) as f64 / self.computed_tokens as f64
+        }
+    }
+
+    /// Adds another call's figures.
+    pub fn add(&mut self, other: &EmbedStats) {
+        self.rows += other.rows;
+        self.tokens += other.tokens;
+        self.computed_tokens += other.computed_tokens;
+        self.batches += other.batches;
+        self.truncated += other.truncated;
+    }
+}
+
+/// Sentence vectors, one `dim`-wide row per input text, in input order.
+#[derive(Debug, Clone)]
+pub struct Embeddings {
+    /// Width of each vector.
+    pub dim: usize,
+    /// `rows × dim` values, row-major.
+    pub values: Vec<f32>,
+    /// What the call computed.
+    pub stats: EmbedStats,
+}
+
+impl Embeddings {
+    /// The vector of text `i`.
+    pub fn row(&self, i: usize) -> &[f32] {
+        &self.values[i * self.dim..][..self.dim]
+    }
+
+    /// Number of vectors.
+    pub fn len(&self) -> usize {
+        self.values.len() / self.dim
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.values.is_empty()
+    }
+}
+
+enum Engine {
+    Fast(FastBert),
+    Candle(CandleBert),
+}
+
+/// A loaded sentence-transformers BERT model with its tokenizer.
+pub struct SentenceEmbedder {
+    model: ModelDir,
+    tokenizer: Tokenizer,
+    engine: Engine,
+    options: EmbedderOptions,
+    threads: usize,
+    workspaces: Mutex<Vec<Workspace>>,
+    candle_pool: Option<rayon::ThreadPool>,
+}
+
+impl SentenceEmbedder {
+    /// Loads the model in `dir` (see [`ModelDir::open`] for what it needs).
+    pub fn load(dir: &Path, options: EmbedderOptions) -> Result<Self> {
+        let model = ModelDir::open(dir)?;
+        let tokenizer = load_tokenizer(&model)?;
+        let threads = match options.threads {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        };
+        let engine = match (options.backend, gpu_device()?) {
+            (Backend::Auto | Backend::Candle, Some(gpu)) => {
+                Engine::Candle(CandleBert::load(&model, &gpu)?)
+            }
+            (Backend::Candle, None) => Engine::Candle(CandleBert::load(&model, &Device::Cpu)?),
+            (Backend::Auto | Backend::FastCpu, _) => Engine::Fast(FastBert::load(&model)?),
+        };
+        let candle_pool = match engine {
+            Engine::Candle(_) => Some(
+                rayon::ThreadPoolBuilder::new()
+                    .num_threads(threads)
+                    .build()
+                    .map_err(|e| candle_core::Error::Msg(format!("thread pool: {e}")))?,
+            ),
+            Engine::Fast(_) => None,
+        };
+        Ok(Self {
+            model,
+            tokenizer,
+            engine,
+            options,
+            threads,
+            workspaces: Mutex::new(Vec::new()),
+            candle_pool,
+        })
+    }
+
+    /// Width of the sentence vectors.
+    pub fn dim(&self) -> usize {
+        self.model.config.hidden_size
+    }
+
+    /// The model directory as parsed.
+    pub fn model(&self) -> &ModelDir {
+        &self.model
+    }
+
+    /// Threads this embedder computes with.
+    pub fn threads(&self) -> usize {
+        self.threads
+    }
+
+    /// Which implementation and device run the model: `fast-cpu`,
+    /// `candle-cpu` or `candle-cuda`.
+    pub fn backend_name(&self) -> &'static str {
+        match &self.engine {
+            Engine::Fast(_) => "fast-cpu",
+            Engine::Candle(c) if c.device().is_cuda() => "candle-cuda",
+            Engine::Candle(_) => "candle-cpu",
+        }
+    }
+
+    /// Tokenizes texts (special tokens added, truncated at the model's maximum
+    /// sequence length). Returns the token ids and how many were truncated.
+    pub fn tokenize<S: AsRef<str>>(&self, texts: &[S]) -> Result<(Vec<Vec<u32>>, usize)> {
+        let inputs: Vec<&str> = texts.iter().map(|t| t.as_ref()).collect();
+        let encodings = self
+            .tokenizer
+            .encode_batch_fast(inputs, true)
+            .map_err(|e| InferenceError::Tokenize {
+                index: 0,
+                message: format!("batch of {}: {e}", texts.len()),
+            })?;
+        let truncated = encodings
+            .iter()
+            .filter(|e| !e.get_overflowing().is_empty())
+            .count();
+        Ok((
+            encodings
+                .into_iter()
+                .map(|e| e.get_ids().to_vec())
+                .collect(),
+            truncated,
+        ))
+    }
+
+    /// Embeds texts; row `i` of the result is text `i`'s vector.
+    pub fn embed<S: AsRef<str>>(&self, texts: &[S]) -> Result<Embeddings> {
+        let (sequences, truncated) = self.tokenize(texts)?;
+        let mut embeddings = self.embed_tokens(&sequences)?;
+        embeddings.stats.truncated = truncated;
+        Ok(embeddings)
+    }
+
+    /// Embeds already tokenized sequences (each at most the model's maximum
+    /// sequence length).
+    pub fn embed_tokens(&self, sequences: &[Vec<u32>]) -> Result<Embeddings> {
+        let dim = self.dim();
+        let pads = matches!(self.engine, Engine::Candle(_));
+        let batches = cut_batches(sequences, &self.options, pads);
+        let mut stats = EmbedStats {
+            rows: sequences.len(),
+            tokens: sequences.iter().map(Vec::len).sum(),
+            batches: batches.len(),
+            ..EmbedStats::default()
+        };
+        stats.computed_tokens = batches.iter().map(|b| b.computed_tokens).sum();
+
+        let results = match &self.engine {
+            Engine::Fast(bert) => self.run_fast(bert, sequences, &batches),
+            Engine::Candle(bert) => self.run_candle(bert, sequences, &batches)?,
+        };
+        let mut values = vec![0.0f32; sequences.len() * dim];
+        for (batch, pooled) in batches.iter().zip(results) {
+            for (&row, vector) in batch.rows.iter().zip(pooled.chunks_exact(dim)) {
+                values[row * dim..][..dim].copy_from_slice(vector);
+            }
+        }
+        if self.model.normalize {
+            for row in values.chunks_exact_mut(dim) {
+                l2_normalize(row);
+            }
+        }
+        Ok(Embeddings { dim, values, stats })
+    }
+
+    /// One batch per thread, batches taken from a shared counter so a thread
+    /// that drew short texts takes more.
+    fn run_fast(
+        &self,
+        bert: &FastBert,
+        sequences: &[Vec<u32>],
+        batches: &[Batch],
+    ) -> Vec<Vec<f32>> {
+        let next = AtomicUsize::new(0);
+        let dim = self.dim();
+        let pooling = self.model.pooling;
+        let mut results: Vec<Vec<f32>> = vec![Vec::new(); batches.len()];
+        let workers = self.threads.min(batches.len()).max(1);
+        let finished: Vec<Vec<(usize, Vec<f32>)>> = std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..workers)
+                .map(|_| {
+                    scope.spawn(|| {
+                        let mut workspace =
+                            self.workspaces.lock().unwrap().pop().unwrap_or_default();
+                        let mut done = Vec::new();
+                        let mut tokens = Vec::new();
+                        let mut lengths = Vec::new();
+                        loop {
+                            let index = next.fetch_add(1, Ordering::Relaxed);
+                            let Some(batch) = batches.get(index) else {
+                                break;
+                            };
+                            tokens.clear();
+                            lengths.clear();
+                            for &row in &batch.rows {
+                                tokens.extend_from_slice(&sequences[row]);
+                                lengths.push(sequences[row].len());
+                            }
+                            let mut pooled = vec![0.0; batch.rows.len() * dim];
+                            bert.forward_packed(
+                                &mut workspace,
+                                &tokens,
+                                &lengths,
+                                pooling,
+                                &mut pooled,
+                            );
+                            done.push((index, pooled));
+                        }
+                        self.workspaces.lock().unwrap().push(workspace);
+                        done
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().expect("embedding thread panicked"))
+                .collect()
+        });
+        for (index, pooled) in finished.into_iter().flatten() {
+            results[index] = pooled;
+        }
+        results
+    }
+
+    fn run_candle(
+        &self,
+        bert: &CandleBert,
+        sequences: &[Vec<u32>],
+        batches: &[Batch],
+    ) -> Result<Vec<Vec<f32>>> {
+        let pool = self.candle_pool.as_ref().expect("candle engine has a pool");
+        pool.install(|| {
+            batches
+                .iter()
+                .map(|batch| {
+                    let rows: Vec<&[u32]> = batch.rows.iter().map(|&r| &sequences[r][..]).collect();
+                    bert.forward_padded(&rows, self.model.pooling)
+                })
+                .collect()
+        })
+    }
+}
+
+/// A batch: which input rows, and how many token positions it computes.
+struct Batch {
+    rows: Vec<usize>,
+    computed_tokens: usize,
+}
+
+/// Sorts rows by token length (longest first, so the big batches start
+/// early and the tail is short) and cuts batches of similar lengths, so
+/// padding stays small where the backend pads at all.
+fn cut_batches(sequences: &[Vec<u32>], options: &EmbedderOptions, pads: bool) -> Vec<Batch> {
+    let mut order: Vec<usize> = (0..sequences.len()).collect();
+    order.sort_by_key(|&i| std::cmp::Reverse(sequences[i].len()));
+    let cost = |rows: usize, longest: usize, sum: usize| if pads { rows * longest } else { sum };
+    let mut batches = Vec::new();
+    let mut current = Vec::new();
+    let (mut longest, mut sum) = (0, 0);
+    for row in order {
+        let len = sequences[row].len();
+        let (new_longest, new_sum) = (longest.max(len), sum + len);
+        let too_big = current.len() >= options.max_batch_rows.max(1)
+            || cost(current.len() + 1, new_longest, new_sum) > options.max_batch_tokens;
+        if !current.is_empty() && too_big {
+            batches.push(Batch {
+                computed_tokens: cost(current.len(), longest, sum),
+                rows: std::mem::take(&mut current),
+            });
+            (longest, sum) = (len, len);
+        } else {
+            (longest, sum) = (new_longest, new_sum);
+        }
+        current.push(row);
+    }
+    if !current.is_empty() {
+        batches.push(Batch {
+            computed_tokens: cost(current.len(), longest, sum),
+            rows: current,
+        });
+    }
+    batches
+}
+
+fn l2_normalize(row: &mut [f32]) {
+    let norm = row.iter().map(|v| v * v).sum::<f32>().sqrt().max(1e-12);
+    row.iter_mut().for_each(|v| *v /= norm);
+}
+
+/// The tokenizer with truncation at the model's maximum length and no
+/// padding (all-MiniLM-L6-v2's `tokenizer.json` pads every text to 128).
+fn load_tokenizer(model: &ModelDir) -> Result<Tokenizer> {
+    let error = |message: String| InferenceError::Config {
+        file: model.tokenizer.clone(),
+        message,
+    };
+    let mut tokenizer = Tokenizer::from_file(&model.tokenizer)
+        .map_err(|e| error(format!("not a valid tokenizer: {e}")))?;
+    tokenizer.with_padding(None);
+    tokenizer
+        .with_truncation(Some(TruncationParams {
+            max_length: model.max_seq_length,
+            strategy: TruncationStrategy::LongestFirst,
+            stride: 0,
+            ..TruncationParams::default()
+        }))
+        .map_err(|e| error(format!("cannot set truncation: {e}")))?;
+    Ok(tokenizer)
+}
+
+/// The GPU candle should use, if built with `cuda` and one is visible.
+fn gpu_device() -> Result<Option<Device>> {
+    if cfg!(feature = "cuda") && candle_core::utils::cuda_is_available() {
+        Ok(Some(Device::new_cuda(0)?))
+    } else {
+        Ok(None)
+    }
+}
