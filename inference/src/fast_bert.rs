@@ -7,7 +7,7 @@
 //!   attention is per token, and attention runs per sequence over its own
 //!   length, so padded positions (which a masked softmax gives weight 0) are
 //!   simply never computed.
-//! * Q, K and V are one product with a fused `[3H, H]` weight; heads are read
+//! * Q, K and V are one product with a fused `[H, 3H]` weight; heads are read
 //!   in place from it with strides (no transposes or copies).
 //! * Bias is folded into each product, GELU / residual add / layer norm /
 //!   softmax are single vectorised passes (see [`crate::kernels`]).
@@ -23,7 +23,8 @@ use crate::error::{InferenceError, Result};
 use crate::kernels;
 use crate::model_dir::{ModelDir, Pooling};
 
-/// A dense layer with PyTorch's `[out, in]` weight layout.
+/// A dense layer, its weight stored transposed (`[in, out]`, see
+/// [`kernels::linear`]).
 struct Linear {
     weight: Vec<f32>,
     bias: Vec<f32>,
@@ -32,17 +33,23 @@ struct Linear {
 }
 
 impl Linear {
-    fn forward(&self, out: &mut Vec<f32>, x: &[f32], rows: usize) {
+    /// `out = x · W` without the bias, which the next fused pass adds.
+    fn product(&self, out: &mut Vec<f32>, x: &[f32], rows: usize) {
         resize(out, rows * self.outputs);
         kernels::linear(
             out,
             x,
             &self.weight,
-            &self.bias,
-            rows,
-            self.inputs,
-            self.outputs,
+            None,
+            (rows, self.inputs, self.outputs),
         );
+    }
+
+    /// `out = x · W + b`.
+    fn forward(&self, out: &mut Vec<f32>, x: &[f32], rows: usize) {
+        resize(out, rows * self.outputs);
+        let shape = (rows, self.inputs, self.outputs);
+        kernels::linear(out, x, &self.weight, Some(&self.bias), shape);
     }
 }
 
@@ -76,7 +83,7 @@ pub struct FastBert {
     hidden: usize,
     heads: usize,
     eps: f32,
-    activation: HiddenAct,
+    activation: kernels::Activation,
     max_positions: usize,
     word_embeddings: Vec<f32>,
     position_embeddings: Vec<f32>,
@@ -101,7 +108,10 @@ impl FastBert {
         let (h, i) = (config.hidden_size, config.intermediate_size);
         let linear = |name: &str, inputs: usize, outputs: usize| -> Result<Linear> {
             Ok(Linear {
-                weight: weights.get(&format!("{name}.weight"), &[outputs, inputs])?,
+                weight: transpose(
+                    &weights.get(&format!("{name}.weight"), &[outputs, inputs])?,
+                    outputs,
+                ),
                 bias: weights.get(&format!("{name}.bias"), &[outputs])?,
                 inputs,
                 outputs,
@@ -123,7 +133,7 @@ impl FastBert {
             );
             layers.push(Layer {
                 qkv: Linear {
-                    weight: [q.weight, k.weight, v.weight].concat(),
+                    weight: side_by_side(&[q.weight, k.weight, v.weight], h),
                     bias: [q.bias, k.bias, v.bias].concat(),
                     inputs: h,
                     outputs: 3 * h,
@@ -142,7 +152,11 @@ impl FastBert {
             hidden: h,
             heads: config.num_attention_heads,
             eps: config.layer_norm_eps as f32,
-            activation: config.hidden_act,
+            activation: match config.hidden_act {
+                HiddenAct::Gelu => kernels::Activation::GeluErf,
+                HiddenAct::GeluApproximate => kernels::Activation::GeluTanh,
+                HiddenAct::Relu => kernels::Activation::Relu,
+            },
             max_positions: config.max_position_embeddings,
             word_embeddings: weights
                 .get("embeddings.word_embeddings.weight", &[config.vocab_size, h])?,
@@ -189,36 +203,43 @@ impl FastBert {
             self.attention(&mut ws.context, &mut ws.scores, &ws.qkv, lengths);
             layer
                 .attention_out
-                .forward(&mut ws.projected, &ws.context, total);
-            let norm = &layer.attention_norm;
-            kernels::add_layer_norm_in_place(
+                .product(&mut ws.projected, &ws.context, total);
+            self.add_and_norm(
+                &mut ws.projected,
                 &mut ws.hidden,
-                &ws.projected,
-                &norm.gamma,
-                &norm.beta,
-                self.eps,
+                layer.attention_out.bias.as_slice(),
+                &layer.attention_norm,
             );
             layer
                 .intermediate
-                .forward(&mut ws.intermediate, &ws.hidden, total);
-            match self.activation {
-                HiddenAct::Gelu => kernels::gelu_erf_in_place(&mut ws.intermediate),
-                HiddenAct::GeluApproximate => kernels::gelu_tanh_in_place(&mut ws.intermediate),
-                HiddenAct::Relu => kernels::relu_in_place(&mut ws.intermediate),
-            }
+                .product(&mut ws.intermediate, &ws.hidden, total);
+            kernels::bias_activation_in_place(
+                &mut ws.intermediate,
+                &layer.intermediate.bias,
+                self.activation,
+            );
             layer
                 .output
-                .forward(&mut ws.projected, &ws.intermediate, total);
-            let norm = &layer.output_norm;
-            kernels::add_layer_norm_in_place(
+                .product(&mut ws.projected, &ws.intermediate, total);
+            self.add_and_norm(
+                &mut ws.projected,
                 &mut ws.hidden,
-                &ws.projected,
-                &norm.gamma,
-                &norm.beta,
-                self.eps,
+                layer.output.bias.as_slice(),
+                &layer.output_norm,
             );
         }
         pool(&ws.hidden, h, lengths, pooling, pooled);
+    }
+
+    /// `hidden = LayerNorm(product + bias + hidden)`.
+    fn add_and_norm(
+        &self,
+        product: &mut [f32],
+        hidden: &mut [f32],
+        bias: &[f32],
+        norm: &LayerNorm,
+    ) {
+        kernels::bias_residual_layer_norm(product, hidden, bias, &norm.gamma, &norm.beta, self.eps);
     }
 
     /// Word + position + token-type embeddings, then layer norm.
@@ -368,4 +389,27 @@ impl<'a> Weights<'a> {
             .flatten_all()?
             .to_vec1::<f32>()?)
     }
+}
+
+/// The transpose of a row-major `rows × (len/rows)` matrix.
+fn transpose(w: &[f32], rows: usize) -> Vec<f32> {
+    let cols = w.len() / rows;
+    let mut t = vec![0.0; w.len()];
+    for r in 0..rows {
+        for c in 0..cols {
+            t[c * rows + r] = w[r * cols + c];
+        }
+    }
+    t
+}
+
+/// Row-major `k × n` matrices joined side by side into one `k × (parts·n)`.
+fn side_by_side(parts: &[Vec<f32>], n: usize) -> Vec<f32> {
+    let mut out = Vec::with_capacity(parts.len() * parts[0].len());
+    for r in 0..parts[0].len() / n {
+        for part in parts {
+            out.extend_from_slice(&part[r * n..(r + 1) * n]);
+        }
+    }
+    out
 }

@@ -31,7 +31,7 @@ fn embedder(dir: &Path, backend: Backend, threads: usize, max_rows: usize) -> Se
     let options = EmbedderOptions {
         backend,
         threads,
-        max_batch_rows: max_rows,
+        max_batch_rows: Some(max_rows),
         ..EmbedderOptions::default()
     };
     SentenceEmbedder::load(dir, options).expect("tiny model loads")
