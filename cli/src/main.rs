@@ -5,10 +5,9 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-// Parquet I/O for `photon embed`; the command wiring comes next.
-#[allow(dead_code)]
 mod embed;
 mod microbenchmark;
+mod model;
 mod session;
 mod start;
 mod status;
@@ -30,6 +29,27 @@ enum Command {
     Status(status::StatusArgs),
     /// Stop what `photon start` started on this machine.
     Stop(stop::StopArgs),
+    /// Embed a Parquet column of texts with a sentence-transformers model
+    /// (all-MiniLM-L6-v2 by default) and write the vectors to Parquet.
+    Embed(embed::EmbedArgs),
+    /// The local model cache: fetch the default model, show where it is.
+    Model {
+        #[command(subcommand)]
+        command: model::ModelCommand,
+    },
+    /// Write a sample corpus of English-like sentences (5–60 words) as
+    /// Parquet with columns `id` and `text`, to try `photon embed` on.
+    SampleCorpus {
+        /// The Parquet file to write.
+        #[arg(long)]
+        output: std::path::PathBuf,
+        /// Number of sentences.
+        #[arg(long, default_value_t = 20_000)]
+        rows: usize,
+        /// Seed: the same seed gives the same corpus.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+    },
     /// Measure Photon's building blocks on this machine against references
     /// measured in the same run.
     Microbenchmark {
@@ -52,6 +72,12 @@ fn main() -> ExitCode {
         Command::Start(args) => start::run(args),
         Command::Status(args) => status::run(args),
         Command::Stop(args) => stop::run(args),
+        Command::Embed(args) => embed::run(args),
+        Command::Model { command } => model::run(command),
+        Command::SampleCorpus { output, rows, seed } => {
+            embed::corpus::write_sample_corpus(&output, rows, seed)
+                .map(|()| println!("wrote {rows} sentences to {}", output.display()))
+        }
         Command::Microbenchmark { which } => microbenchmark::run(which),
     };
     match result {

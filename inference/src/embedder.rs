@@ -41,6 +41,9 @@ pub struct EmbedderOptions {
     /// stay in cache: measured 512 ≈ 384 > 1024 > 2048 ≈ 4096 ≈ 8192 tokens,
     /// 93 vs 69–74 rows/s on one thread) and 16384 for candle.
     pub max_batch_tokens: Option<usize>,
+    /// Sort texts by token length before cutting batches (on by default;
+    /// off only to measure what sorting saves).
+    pub sort_by_length: bool,
 }
 
 impl Default for EmbedderOptions {
@@ -50,6 +53,7 @@ impl Default for EmbedderOptions {
             threads: 0,
             max_batch_rows: None,
             max_batch_tokens: None,
+            sort_by_length: true,
         }
     }
 }
@@ -357,7 +361,9 @@ struct Batch {
 fn cut_batches(sequences: &[Vec<u32>], options: &EmbedderOptions, pads: bool) -> Vec<Batch> {
     let (max_rows, max_tokens) = batch_limits(options, pads);
     let mut order: Vec<usize> = (0..sequences.len()).collect();
-    order.sort_by_key(|&i| std::cmp::Reverse(sequences[i].len()));
+    if options.sort_by_length {
+        order.sort_by_key(|&i| std::cmp::Reverse(sequences[i].len()));
+    }
     let cost = |rows: usize, longest: usize, sum: usize| if pads { rows * longest } else { sum };
     let mut batches = Vec::new();
     let mut current = Vec::new();

@@ -5,6 +5,14 @@ use std::path::PathBuf;
 /// Errors from `photon-inference`. Each names the file, tensor or input at fault.
 #[derive(Debug, thiserror::Error)]
 pub enum InferenceError {
+    /// The model directory does not exist.
+    #[error("model directory {dir} does not exist: {hint}", dir = dir.display())]
+    MissingDir {
+        /// The directory asked for.
+        dir: PathBuf,
+        /// What to do about it.
+        hint: String,
+    },
     /// A file the model directory must contain is missing.
     #[error(
         "model directory {dir} has no {file}: {hint}",

@@ -47,9 +47,8 @@ impl ModelDir {
     /// Checks that `dir` holds a usable BERT sentence-transformers model.
     pub fn open(dir: &Path) -> Result<Self> {
         if !dir.is_dir() {
-            return Err(InferenceError::MissingFile {
+            return Err(InferenceError::MissingDir {
                 dir: dir.to_path_buf(),
-                file: String::from("(the directory itself)"),
                 hint: FETCH_HINT.into(),
             });
         }

@@ -18,6 +18,12 @@ pub fn resident_bytes(pid: u32) -> Option<u64> {
     Some(kib_field(&status, "VmRSS:")? * 1024)
 }
 
+/// Peak resident memory of process `pid` (`VmHWM`), if it still runs.
+pub fn peak_resident_bytes(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    Some(kib_field(&status, "VmHWM:")? * 1024)
+}
+
 /// Fraction of the node's memory in use (1 - MemAvailable / MemTotal).
 pub fn node_memory_used() -> Option<f64> {
     let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
@@ -34,6 +40,7 @@ mod tests {
     fn reads_this_process_and_the_node() {
         let rss = resident_bytes(std::process::id()).unwrap();
         assert!(rss > 1 << 20, "{rss}");
+        assert!(peak_resident_bytes(std::process::id()).unwrap() >= rss);
         let used = node_memory_used().unwrap();
         assert!((0.0..1.0).contains(&used), "{used}");
         assert_eq!(kib_field("VmRSS:\t  2048 kB\n", "VmRSS:"), Some(2048));

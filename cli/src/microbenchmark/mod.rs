@@ -4,6 +4,7 @@
 use clap::Subcommand;
 use serde::Serialize;
 
+mod embed;
 mod head;
 mod processes;
 mod store;
@@ -33,6 +34,22 @@ pub enum Which {
         #[arg(long)]
         json: bool,
     },
+    /// The in-process sentence embedder on a generated corpus, with 1 and all
+    /// threads, against candle-transformers' BERT as-is and sorted.
+    Embed {
+        /// One JSON object per line instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// Sentences in the generated corpus (5–60 words each).
+        #[arg(long, default_value_t = 20_000)]
+        rows: usize,
+        /// Sentences the candle references embed (they are slow).
+        #[arg(long, default_value_t = 2_000)]
+        candle_rows: usize,
+        /// Model directory (default: the cached all-MiniLM-L6-v2, fetched if missing).
+        #[arg(long)]
+        model: Option<std::path::PathBuf>,
+    },
     /// Internal: the second process of the cross-process read benchmark.
     #[command(hide = true)]
     StoreReader {
@@ -53,6 +70,19 @@ pub fn run(which: Which) -> anyhow::Result<()> {
         }
         Which::Head { json, nodes } => head::run(&mut Report::new(json), &nodes),
         Which::Transfer { json } => transfer::run(&mut Report::new(json)),
+        Which::Embed {
+            json,
+            rows,
+            candle_rows,
+            model,
+        } => {
+            let bench = embed::EmbedBench {
+                rows,
+                candle_rows,
+                model,
+            };
+            embed::run(&mut Report::new(json), &bench)
+        }
         Which::StoreReader { descriptor, lazy } => store::read_in_child(&descriptor, lazy),
     }
 }

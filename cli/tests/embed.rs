@@ -1,0 +1,234 @@
+//! `photon embed` end to end as a real process, on a tiny random BERT: the
+//! output's rows, ids and vectors, and bad input that must fail cleanly.
+
+use std::fs::File;
+use std::path::Path;
+use std::process::{Command, Output};
+
+use arrow::array::{Array, AsArray, Float32Array};
+use arrow::datatypes::{DataType, Int64Type};
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use photon_inference::tiny_model::{TINY_HIDDEN, write_tiny_bert};
+use photon_inference::{Backend, EmbedderOptions, SentenceEmbedder};
+
+const PHOTON: &str = env!("CARGO_BIN_EXE_photon");
+
+fn photon(args: &[&str]) -> Output {
+    Command::new(PHOTON)
+        .args(args)
+        .output()
+        .expect("photon runs")
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// Reads every part of an output directory: (ids, embedding rows).
+fn read_output(dir: &Path) -> (Vec<i64>, Vec<Vec<f32>>) {
+    let mut parts: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "parquet"))
+        .collect();
+    parts.sort();
+    let (mut ids, mut vectors) = (Vec::new(), Vec::new());
+    for part in parts {
+        let reader = ParquetRecordBatchReaderBuilder::try_new(File::open(&part).unwrap())
+            .unwrap()
+            .build()
+            .unwrap();
+        for batch in reader {
+            let batch = batch.unwrap();
+            ids.extend(
+                batch
+                    .column(0)
+                    .as_primitive::<Int64Type>()
+                    .values()
+                    .iter()
+                    .copied(),
+            );
+            let list = batch.column(1).as_fixed_size_list();
+            assert_eq!(list.value_length() as usize, TINY_HIDDEN);
+            assert!(matches!(list.value_type(), DataType::Float32));
+            for i in 0..list.len() {
+                let row = list.value(i);
+                let row = row.as_any().downcast_ref::<Float32Array>().unwrap();
+                vectors.push(row.values().to_vec());
+            }
+        }
+    }
+    (ids, vectors)
+}
+
+#[test]
+fn embeds_a_corpus_and_writes_every_id_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let (model, corpus, out) = (
+        dir.path().join("model"),
+        dir.path().join("corpus.parquet"),
+        dir.path().join("out"),
+    );
+    write_tiny_bert(&model, 5).unwrap();
+    let made = photon(&[
+        "sample-corpus",
+        "--rows",
+        "300",
+        "--output",
+        corpus.to_str().unwrap(),
+    ]);
+    assert!(made.status.success(), "{}", text(&made.stderr));
+
+    let run = photon(&[
+        "embed",
+        "--input",
+        corpus.to_str().unwrap(),
+        "--column",
+        "text",
+        "--id-column",
+        "id",
+        "--output",
+        out.to_str().unwrap(),
+        "--model",
+        model.to_str().unwrap(),
+        "--threads",
+        "2",
+        "--json",
+    ]);
+    assert!(run.status.success(), "{}", text(&run.stderr));
+    let summary: serde_json::Value = serde_json::from_slice(&run.stdout).unwrap();
+    assert_eq!(summary["rows"], 300);
+    assert_eq!(summary["dim"], TINY_HIDDEN);
+    assert_eq!(summary["backend"], "fast-cpu");
+    assert_eq!(summary["padded_share"], 0.0);
+    assert!(summary["peak_memory_bytes"].as_u64().unwrap() > 0);
+
+    let (ids, vectors) = read_output(&out);
+    assert_eq!(
+        ids,
+        (0..300).collect::<Vec<i64>>(),
+        "every id once, in input order"
+    );
+    // The vectors are the embedder's own for the same texts.
+    let texts = photon_sample_texts(&corpus);
+    let options = EmbedderOptions {
+        backend: Backend::FastCpu,
+        ..EmbedderOptions::default()
+    };
+    let expected = SentenceEmbedder::load(&model, options)
+        .unwrap()
+        .embed(&texts)
+        .unwrap();
+    for (i, row) in vectors.iter().enumerate() {
+        let max_diff = row
+            .iter()
+            .zip(expected.row(i))
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0, f32::max);
+        assert!(max_diff < 1e-5, "row {i}: {max_diff}");
+    }
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("_SUCCESS")).unwrap()).unwrap();
+    assert_eq!(manifest["rows"], 300);
+    assert_eq!(manifest["column"], "text");
+
+    // A second run must not replace the output silently...
+    let again = photon(&[
+        "embed",
+        "--input",
+        corpus.to_str().unwrap(),
+        "--output",
+        out.to_str().unwrap(),
+        "--model",
+        model.to_str().unwrap(),
+    ]);
+    assert!(!again.status.success());
+    assert!(
+        text(&again.stderr).contains("--overwrite"),
+        "{}",
+        text(&again.stderr)
+    );
+    // ...but does with --overwrite (row numbers as ids without --id-column).
+    let overwrite = photon(&[
+        "embed",
+        "--input",
+        corpus.to_str().unwrap(),
+        "--output",
+        out.to_str().unwrap(),
+        "--model",
+        model.to_str().unwrap(),
+        "--overwrite",
+    ]);
+    assert!(overwrite.status.success(), "{}", text(&overwrite.stderr));
+    assert_eq!(read_output(&out).0.len(), 300);
+}
+
+fn photon_sample_texts(corpus: &Path) -> Vec<String> {
+    let reader = ParquetRecordBatchReaderBuilder::try_new(File::open(corpus).unwrap())
+        .unwrap()
+        .build()
+        .unwrap();
+    reader
+        .flat_map(|b| {
+            let b = b.unwrap();
+            let texts = b.column_by_name("text").unwrap().as_string::<i32>().clone();
+            (0..texts.len())
+                .map(move |i| texts.value(i).to_string())
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+#[test]
+fn bad_input_fails_before_the_model_loads_and_writes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let (corpus, out) = (dir.path().join("corpus.parquet"), dir.path().join("out"));
+    let made = photon(&[
+        "sample-corpus",
+        "--rows",
+        "10",
+        "--output",
+        corpus.to_str().unwrap(),
+    ]);
+    assert!(made.status.success());
+    // The model does not exist either: the column error must come first.
+    let run = photon(&[
+        "embed",
+        "--input",
+        corpus.to_str().unwrap(),
+        "--column",
+        "txt",
+        "--output",
+        out.to_str().unwrap(),
+        "--model",
+        "/nonexistent/model",
+    ]);
+    assert!(!run.status.success());
+    let stderr = text(&run.stderr);
+    assert!(
+        stderr.contains("no column \"txt\"") && stderr.contains("corpus.parquet"),
+        "{stderr}"
+    );
+    assert!(!out.exists(), "nothing written");
+
+    // A bad model directory names the missing file and what to do.
+    let model = dir.path().join("model");
+    write_tiny_bert(&model, 1).unwrap();
+    std::fs::remove_file(model.join("model.safetensors")).unwrap();
+    let run = photon(&[
+        "embed",
+        "--input",
+        corpus.to_str().unwrap(),
+        "--output",
+        out.to_str().unwrap(),
+        "--model",
+        model.to_str().unwrap(),
+    ]);
+    assert!(!run.status.success());
+    let stderr = text(&run.stderr);
+    assert!(
+        stderr.contains("has no model.safetensors") && stderr.contains("--model"),
+        "{stderr}"
+    );
+    assert!(!out.exists(), "nothing written");
+}
