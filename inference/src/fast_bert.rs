@@ -280,6 +280,8 @@ impl FastBert {
         qkv: &[f32],
         lengths: &[usize],
     ) {
+        let longest = lengths.iter().copied().max().unwrap_or(0);
+        resize(scores, longest * longest);
         let h = self.hidden;
         let head = h / self.heads;
         let scale = 1.0 / (head as f32).sqrt();
@@ -287,9 +289,9 @@ impl FastBert {
         resize(context, total * h);
         let mut start = 0;
         for &len in lengths {
-            resize(scores, len * len);
             let rows = &qkv[start * 3 * h..(start + len) * 3 * h];
             let out = &mut context[start * h..(start + len) * h];
+            let scores = &mut scores[..len * len];
             for hd in 0..self.heads {
                 let (q, k, v) = (hd * head, h + hd * head, 2 * h + hd * head);
                 // scores = scale · Q Kᵀ  (len × len)

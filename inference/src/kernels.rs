@@ -6,7 +6,7 @@
 //! softmax scalar `expf`. Here the matrix products stay with the `gemm` crate
 //! (the one candle uses), bias is folded into the product, and the element-wise
 //! work is one pass each, written as plain loops that LLVM vectorises inside
-//! `pulp`'s run-time dispatch (AVX2+FMA or AVX-512 when the CPU has them; no
+//! run-time dispatch (`multiversion!`) (AVX2+FMA or AVX-512 when the CPU has them; no
 //! `target-cpu=native` baked into the binary).
 
 /// `out[m×n] = x[m×k] · w[k×n] (+ bias[n])`, all row-major, single-threaded
@@ -141,6 +141,40 @@ unsafe fn gemm_raw(
     }
 }
 
+/// Defines a kernel twice: for the baseline target and for AVX2+FMA, and
+/// picks the second at run time when the CPU has them (no `target-cpu=native`
+/// baked into release binaries). The body is `#[inline(always)]` into the
+/// `#[target_feature]` copy, so everything it calls that is also
+/// `#[inline(always)]` is compiled with AVX2+FMA. (A closure handed to
+/// `pulp::Arch::dispatch` gets that only if LLVM chooses to inline it: a
+/// hand-written attention kernel's was not, its `mul_add`s became `fmaf`
+/// library calls, and the model ran 3× slower.)
+macro_rules! multiversion {
+    ($(#[$meta:meta])* pub fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $body:block) => {
+        $(#[$meta])*
+        pub fn $name($($arg: $ty),*) {
+            #[inline(always)]
+            fn body($($arg: $ty),*) $body
+
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx2,fma")]
+                fn avx2_fma($($arg: $ty),*) {
+                    body($($arg),*)
+                }
+                if std::arch::is_x86_feature_detected!("avx2")
+                    && std::arch::is_x86_feature_detected!("fma")
+                {
+                    // SAFETY: the CPU has AVX2 and FMA, checked just above.
+                    #[allow(unsafe_code)]
+                    return unsafe { avx2_fma($($arg),*) };
+                }
+            }
+            body($($arg),*)
+        }
+    };
+}
+
 /// The feed-forward activation (`hidden_act` in `config.json`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Activation {
@@ -156,95 +190,153 @@ pub enum Activation {
 /// the bias add of the preceding product and the activation in one pass.
 pub fn bias_activation_in_place(values: &mut [f32], bias: &[f32], activation: Activation) {
     assert!(values.len().is_multiple_of(bias.len()));
-    // One monomorphic loop per activation, so each vectorises on its own.
-    fn apply(values: &mut [f32], bias: &[f32], f: impl Fn(f32) -> f32) {
-        pulp::Arch::new().dispatch(|| {
-            for row in values.chunks_exact_mut(bias.len()) {
-                for (v, b) in row.iter_mut().zip(bias) {
-                    *v = f(*v + b);
-                }
-            }
+    match activation {
+        Activation::GeluErf => bias_gelu_erf(values, bias),
+        Activation::GeluTanh => bias_gelu_tanh(values, bias),
+        Activation::Relu => bias_relu(values, bias),
+    }
+}
+
+#[inline(always)]
+fn map_rows_with_bias(values: &mut [f32], bias: &[f32], f: impl Fn(f32) -> f32) {
+    for row in values.chunks_exact_mut(bias.len()) {
+        for (v, b) in row.iter_mut().zip(bias) {
+            *v = f(*v + b);
+        }
+    }
+}
+
+multiversion! {
+    /// Exact GELU of `values + bias`, in place.
+    pub fn bias_gelu_erf(values: &mut [f32], bias: &[f32]) {
+        map_rows_with_bias(values, bias, |x| {
+            0.5 * x * (1.0 + erf(x * std::f32::consts::FRAC_1_SQRT_2))
         })
     }
-    match activation {
-        Activation::GeluErf => apply(values, bias, |x| {
-            0.5 * x * (1.0 + erf(x * std::f32::consts::FRAC_1_SQRT_2))
-        }),
-        Activation::GeluTanh => apply(values, bias, |x| {
-            const SQRT_2_OVER_PI: f32 = 0.797_884_6;
+}
+
+multiversion! {
+    /// tanh-approximated GELU of `values + bias`, in place.
+    pub fn bias_gelu_tanh(values: &mut [f32], bias: &[f32]) {
+        const SQRT_2_OVER_PI: f32 = 0.797_884_6;
+        map_rows_with_bias(values, bias, |x| {
             0.5 * x * (1.0 + tanh(SQRT_2_OVER_PI * (x + 0.044_715 * x * x * x)))
-        }),
-        Activation::Relu => apply(values, bias, |x| x.max(0.0)),
+        })
     }
 }
 
-/// Row-wise softmax in place over rows of `cols` values.
-pub fn softmax_rows_in_place(values: &mut [f32], cols: usize) {
-    pulp::Arch::new().dispatch(|| {
-        for row in values.chunks_exact_mut(cols) {
-            let max = row.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
-            let mut sum = 0.0;
-            for v in row.iter_mut() {
-                *v = exp(*v - max);
-                sum += *v;
-            }
-            let inv = 1.0 / sum;
-            for v in row.iter_mut() {
-                *v *= inv;
-            }
-        }
-    })
+multiversion! {
+    /// ReLU of `values + bias`, in place.
+    pub fn bias_relu(values: &mut [f32], bias: &[f32]) {
+        map_rows_with_bias(values, bias, |x| x.max(0.0))
+    }
 }
 
-/// `x = LayerNorm(x + residual + bias) · gamma + beta` per row of
-/// `gamma.len()` values, where `x` holds the previous product without its
-/// bias: bias add, residual add and the norm in one pass over each row. The
-/// result replaces `residual` (the hidden state), `x` is scratch.
-pub fn bias_residual_layer_norm(
-    x: &mut [f32],
-    residual: &mut [f32],
-    bias: &[f32],
-    gamma: &[f32],
-    beta: &[f32],
-    eps: f32,
-) {
-    let cols = gamma.len();
-    assert!(x.len() == residual.len() && beta.len() == cols && bias.len() == cols);
-    assert!(x.len().is_multiple_of(cols));
-    pulp::Arch::new().dispatch(|| {
-        for (row, res) in x
-            .chunks_exact_mut(cols)
-            .zip(residual.chunks_exact_mut(cols))
-        {
+multiversion! {
+    /// Row-wise softmax in place over rows of `cols` values.
+    pub fn softmax_rows_in_place(values: &mut [f32], cols: usize) {
+        for row in values.chunks_exact_mut(cols) {
+            softmax_row(row);
+        }
+    }
+}
+
+#[inline(always)]
+fn softmax_row(row: &mut [f32]) {
+    let max = lanes(row, f32::NEG_INFINITY, f32::max);
+    for v in row.iter_mut() {
+        *v = exp(*v - max);
+    }
+    let inv = 1.0 / lanes(row, 0.0, |a, b| a + b);
+    for v in row.iter_mut() {
+        *v *= inv;
+    }
+}
+
+multiversion! {
+    /// `x = LayerNorm(x + residual + bias) · gamma + beta` per row of
+    /// `gamma.len()` values, where `x` holds the previous product without its
+    /// bias: bias add, residual add and the norm in one pass over each row.
+    /// The result replaces `residual` (the hidden state); `x` is scratch.
+    pub fn bias_residual_layer_norm(
+        x: &mut [f32],
+        residual: &mut [f32],
+        bias: &[f32],
+        gamma: &[f32],
+        beta: &[f32],
+        eps: f32,
+    ) {
+        let cols = gamma.len();
+        assert!(x.len() == residual.len() && beta.len() == cols && bias.len() == cols);
+        assert!(x.len().is_multiple_of(cols));
+        for (row, res) in x.chunks_exact_mut(cols).zip(residual.chunks_exact_mut(cols)) {
             for ((v, r), b) in row.iter_mut().zip(res.iter()).zip(bias) {
                 *v += r + b;
             }
             normalize_row(row, gamma, beta, eps);
             res.copy_from_slice(row);
         }
-    })
+    }
 }
 
-/// `x = LayerNorm(x) · gamma + beta` per row.
-pub fn layer_norm_in_place(x: &mut [f32], gamma: &[f32], beta: &[f32], eps: f32) {
-    let cols = gamma.len();
-    assert!(beta.len() == cols && x.len().is_multiple_of(cols));
-    pulp::Arch::new().dispatch(|| {
+multiversion! {
+    /// `x = LayerNorm(x) · gamma + beta` per row.
+    pub fn layer_norm_in_place(x: &mut [f32], gamma: &[f32], beta: &[f32], eps: f32) {
+        let cols = gamma.len();
+        assert!(beta.len() == cols && x.len().is_multiple_of(cols));
         for row in x.chunks_exact_mut(cols) {
             normalize_row(row, gamma, beta, eps);
         }
-    })
+    }
 }
 
 #[inline(always)]
 fn normalize_row(row: &mut [f32], gamma: &[f32], beta: &[f32], eps: f32) {
     let n = row.len() as f32;
-    let mean = row.iter().sum::<f32>() / n;
-    let var = row.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / n;
+    let mean = lanes(row, 0.0, |a, b| a + b) / n;
+    for v in row.iter_mut() {
+        *v -= mean;
+    }
+    let var = lanes_map(row, |v| v * v) / n;
     let inv_std = 1.0 / (var + eps).sqrt();
     for ((v, g), b) in row.iter_mut().zip(gamma).zip(beta) {
-        *v = (*v - mean) * inv_std * g + b;
+        *v = *v * inv_std * g + b;
     }
+}
+
+/// Width of the partial results below: one AVX2 register of f32.
+const LANES: usize = 8;
+
+/// Folds `values` with `op` in `LANES` independent partial results, then
+/// folds those. Strict IEEE order forbids LLVM from vectorising a plain
+/// `iter().sum()` (it may not reassociate), so the reassociation is written
+/// out; each lane is then one SIMD lane.
+#[inline(always)]
+fn lanes(values: &[f32], init: f32, op: impl Fn(f32, f32) -> f32) -> f32 {
+    let mut acc = [init; LANES];
+    let chunks = values.chunks_exact(LANES);
+    let tail = chunks.remainder();
+    for chunk in chunks {
+        for (a, v) in acc.iter_mut().zip(chunk) {
+            *a = op(*a, *v);
+        }
+    }
+    let folded = acc.iter().fold(init, |a, &b| op(a, b));
+    tail.iter().fold(folded, |a, &b| op(a, b))
+}
+
+/// `Σ f(v)` over `values`, in `LANES` partial sums.
+#[inline(always)]
+fn lanes_map(values: &[f32], f: impl Fn(f32) -> f32) -> f32 {
+    let mut acc = [0.0f32; LANES];
+    let chunks = values.chunks_exact(LANES);
+    let tail = chunks.remainder();
+    for chunk in chunks {
+        for (a, v) in acc.iter_mut().zip(chunk) {
+            *a += f(*v);
+        }
+    }
+    acc.iter().sum::<f32>() + tail.iter().map(|v| f(*v)).sum::<f32>()
 }
 
 /// `erf` for f32 as a rational polynomial (the one Eigen and XLA use), with
