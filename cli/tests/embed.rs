@@ -20,6 +20,16 @@ fn photon(args: &[&str]) -> Output {
         .expect("photon runs")
 }
 
+/// `photon embed --input corpus --output out --model model` plus `extra`.
+fn embed(corpus: &Path, out: &Path, model: &Path, extra: &[&str]) -> Output {
+    let paths = [corpus, out, model].map(|p| p.to_str().unwrap().to_string());
+    let mut args = vec![
+        "embed", "--input", &paths[0], "--output", &paths[1], "--model", &paths[2],
+    ];
+    args.extend_from_slice(extra);
+    photon(&args)
+}
+
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
@@ -79,22 +89,20 @@ fn embeds_a_corpus_and_writes_every_id_once() {
     ]);
     assert!(made.status.success(), "{}", text(&made.stderr));
 
-    let run = photon(&[
-        "embed",
-        "--input",
-        corpus.to_str().unwrap(),
-        "--column",
-        "text",
-        "--id-column",
-        "id",
-        "--output",
-        out.to_str().unwrap(),
-        "--model",
-        model.to_str().unwrap(),
-        "--threads",
-        "2",
-        "--json",
-    ]);
+    let run = embed(
+        &corpus,
+        &out,
+        &model,
+        &[
+            "--column",
+            "text",
+            "--id-column",
+            "id",
+            "--threads",
+            "2",
+            "--json",
+        ],
+    );
     assert!(run.status.success(), "{}", text(&run.stderr));
     let summary: serde_json::Value = serde_json::from_slice(&run.stdout).unwrap();
     assert_eq!(summary["rows"], 300);
@@ -133,15 +141,7 @@ fn embeds_a_corpus_and_writes_every_id_once() {
     assert_eq!(manifest["column"], "text");
 
     // A second run must not replace the output silently...
-    let again = photon(&[
-        "embed",
-        "--input",
-        corpus.to_str().unwrap(),
-        "--output",
-        out.to_str().unwrap(),
-        "--model",
-        model.to_str().unwrap(),
-    ]);
+    let again = embed(&corpus, &out, &model, &[]);
     assert!(!again.status.success());
     assert!(
         text(&again.stderr).contains("--overwrite"),
@@ -149,16 +149,7 @@ fn embeds_a_corpus_and_writes_every_id_once() {
         text(&again.stderr)
     );
     // ...but does with --overwrite (row numbers as ids without --id-column).
-    let overwrite = photon(&[
-        "embed",
-        "--input",
-        corpus.to_str().unwrap(),
-        "--output",
-        out.to_str().unwrap(),
-        "--model",
-        model.to_str().unwrap(),
-        "--overwrite",
-    ]);
+    let overwrite = embed(&corpus, &out, &model, &["--overwrite"]);
     assert!(overwrite.status.success(), "{}", text(&overwrite.stderr));
     assert_eq!(read_output(&out).0.len(), 300);
 }
@@ -192,17 +183,8 @@ fn bad_input_fails_before_the_model_loads_and_writes_nothing() {
     ]);
     assert!(made.status.success());
     // The model does not exist either: the column error must come first.
-    let run = photon(&[
-        "embed",
-        "--input",
-        corpus.to_str().unwrap(),
-        "--column",
-        "txt",
-        "--output",
-        out.to_str().unwrap(),
-        "--model",
-        "/nonexistent/model",
-    ]);
+    let missing_model = Path::new("/nonexistent/model");
+    let run = embed(&corpus, &out, missing_model, &["--column", "txt"]);
     assert!(!run.status.success());
     let stderr = text(&run.stderr);
     assert!(
@@ -215,15 +197,7 @@ fn bad_input_fails_before_the_model_loads_and_writes_nothing() {
     let model = dir.path().join("model");
     write_tiny_bert(&model, 1).unwrap();
     std::fs::remove_file(model.join("model.safetensors")).unwrap();
-    let run = photon(&[
-        "embed",
-        "--input",
-        corpus.to_str().unwrap(),
-        "--output",
-        out.to_str().unwrap(),
-        "--model",
-        model.to_str().unwrap(),
-    ]);
+    let run = embed(&corpus, &out, &model, &[]);
     assert!(!run.status.success());
     let stderr = text(&run.stderr);
     assert!(
