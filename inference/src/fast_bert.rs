@@ -9,8 +9,9 @@
 //!   simply never computed.
 //! * Q, K and V are one product with a fused `[H, 3H]` weight; heads are read
 //!   in place from it with strides (no transposes or copies).
-//! * Bias is folded into each product, GELU / residual add / layer norm /
-//!   softmax are single vectorised passes (see [`crate::kernels`]).
+//! * A product's bias is added in the pass after it: bias + GELU, or bias +
+//!   residual add + layer norm, each one vectorised pass (see
+//!   [`crate::kernels`]); softmax is one pass too.
 //! * Buffers live in a [`Workspace`] reused across batches.
 
 use std::collections::HashMap;

@@ -4,10 +4,10 @@
 //! (bias add, GELU, residual add, layer norm, mask add, softmax are six passes
 //! and six allocations per layer), its GELU calls scalar `libm::erf` and its
 //! softmax scalar `expf`. Here the matrix products stay with the `gemm` crate
-//! (the one candle uses), bias is folded into the product, and the element-wise
-//! work is one pass each, written as plain loops that LLVM vectorises inside
-//! run-time dispatch (`multiversion!`) (AVX2+FMA or AVX-512 when the CPU has them; no
-//! `target-cpu=native` baked into the binary).
+//! (the one candle uses), a product's bias is added in the pass that follows
+//! it, and the element-wise work is one pass each: plain loops that LLVM
+//! vectorises, compiled for AVX2+FMA and picked at run time when the CPU has
+//! them (`multiversion!`; no `target-cpu=native` baked into the binary).
 
 /// `out[m×n] = x[m×k] · w[k×n] (+ bias[n])`, all row-major, single-threaded
 /// (callers run one batch per thread). `w` is the transpose of PyTorch's
