@@ -215,8 +215,8 @@ impl SentenceEmbedder {
             .tokenizer
             .encode_batch_fast(inputs, true)
             .map_err(|e| InferenceError::Tokenize {
-                index: 0,
-                message: format!("batch of {}: {e}", texts.len()),
+                texts: texts.len(),
+                message: e.to_string(),
             })?;
         let truncated = encodings
             .iter()

@@ -44,11 +44,11 @@ pub enum InferenceError {
         /// What is wrong with it.
         message: String,
     },
-    /// The tokenizer failed on an input text.
-    #[error("tokenizing text {index}: {message}")]
+    /// The tokenizer failed on a call's texts (it does not say which one).
+    #[error("tokenizing {texts} text(s): {message}")]
     Tokenize {
-        /// Index of the text in the call's input.
-        index: usize,
+        /// How many texts the call had.
+        texts: usize,
         /// The tokenizer's message.
         message: String,
     },
