@@ -13,13 +13,19 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut prost_config = tonic_prost_build::Config::new();
     prost_config.protoc_executable(protoc);
     // Object payloads as `Bytes`, so chunks can borrow shared memory instead of copying.
-    prost_config.bytes([".photon.v1.ObjectChunk.data"]);
+    prost_config.bytes([
+        ".photon.v1.ObjectChunk.data",
+        ".photon.v1.TaskArg.value",
+        ".photon.v1.TaskReply.value",
+    ]);
     tonic_prost_build::configure().compile_with_config(
         prost_config,
         &[
             "proto/photon/v1/common.proto",
             "proto/photon/v1/head.proto",
             "proto/photon/v1/raylet.proto",
+            "proto/photon/v1/task.proto",
+            "proto/photon/v1/worker.proto",
         ],
         &["proto"],
     )?;

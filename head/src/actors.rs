@@ -69,7 +69,22 @@ impl ActorTable {
         Some(record.clone())
     }
 
-    /// Every actor.
+    /// The actor named `name` (a live one before dead ones).
+    pub fn find_by_name(&self, name: &str) -> Option<ActorRecord> {
+        if name.is_empty() {
+            return None;
+        }
+        // A name may have belonged to dead actors before: the live one wins.
+        let mut matches: Vec<ActorRecord> = self
+            .all()
+            .into_iter()
+            .filter(|r| r.spec.as_ref().is_some_and(|s| s.name == name))
+            .collect();
+        matches.sort_by_key(|r| r.state == ActorState::Dead as i32);
+        matches.into_iter().next()
+    }
+
+    /// Every actor record.
     pub fn all(&self) -> Vec<ActorRecord> {
         self.lock().values().cloned().collect()
     }

@@ -13,6 +13,7 @@
 
 mod actors;
 mod error;
+mod lineage;
 mod nodes;
 mod objects;
 mod persist;
@@ -38,6 +39,7 @@ pub use error::{Error, Result};
 pub use persist::Persistence;
 
 use crate::actors::ActorTable;
+use crate::lineage::LineageTable;
 use crate::nodes::NodeTable;
 use crate::objects::ObjectDirectory;
 use crate::service::{HeadService, HeadState};
@@ -83,13 +85,18 @@ pub async fn run(
         .local_addr()
         .map_or_else(|_| "?".to_string(), |a| a.to_string());
     let data_dir = config.data_dir.clone();
-    let (persistence, (records, actor_records), cluster_id) =
+    let (persistence, (records, actor_records, lineage_records), cluster_id) =
         tokio::task::spawn_blocking(move || {
             let persistence = Persistence::open(&data_dir)?;
             let records = persistence.load_nodes()?;
             let actor_records = persistence.load_actors()?;
+            let lineage_records = persistence.load_lineage()?;
             let cluster_id = persistence.cluster_id()?;
-            Ok::<_, Error>((persistence, (records, actor_records), cluster_id))
+            Ok::<_, Error>((
+                persistence,
+                (records, actor_records, lineage_records),
+                cluster_id,
+            ))
         })
         .await
         .expect("head store task panicked")?;
@@ -106,12 +113,14 @@ pub async fn run(
         tasks: TaskTracker::new(),
         cancel: CancellationToken::new(),
         actors: ActorTable::default(),
+        lineage: LineageTable::default(),
         placement: tokio::sync::Mutex::new(()),
         raylets: Default::default(),
         token: config.token.clone(),
         unconfirmed_actors: Default::default(),
     });
     state.actors.restore(actor_records);
+    state.lineage.restore(lineage_records);
     *state.unconfirmed_actors.lock().expect("fresh lock") = state.actors.alive_ids();
     info!(%address, restored_nodes = restored, cluster = %state.cluster_id, "head started");
 

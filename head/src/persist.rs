@@ -9,8 +9,8 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use photon_proto::v1::{ActorRecord, NodeRecord};
-use photon_proto::{ActorId, NodeId};
+use photon_proto::v1::{ActorRecord, LineageRecord, NodeRecord};
+use photon_proto::{ActorId, NodeId, ObjectId};
 use prost::Message;
 use redb::{Database, ReadableTable, TableDefinition};
 
@@ -23,6 +23,7 @@ const NODES: Records = TableDefinition::new("nodes");
 const KV: TableDefinition<&str, &[u8]> = TableDefinition::new("kv");
 const META: TableDefinition<&str, &str> = TableDefinition::new("meta");
 const ACTORS: Records = TableDefinition::new("actors");
+const LINEAGE: Records = TableDefinition::new("lineage");
 
 /// Handle to the head's database. Cheap to clone.
 #[derive(Clone)]
@@ -51,6 +52,7 @@ impl Persistence {
             txn.open_table(KV)?;
             txn.open_table(META)?;
             txn.open_table(ACTORS)?;
+            txn.open_table(LINEAGE)?;
             Ok(())
         })?;
         Ok(persistence)
@@ -139,6 +141,29 @@ impl Persistence {
     /// Every actor record.
     pub fn load_actors(&self) -> Result<Vec<ActorRecord>> {
         self.load_records(ACTORS, "actor")
+    }
+
+    /// Adds and removes lineage records in one transaction.
+    pub fn update_lineage(&self, add: &[LineageRecord], remove: &[ObjectId]) -> Result<()> {
+        let encoded: Vec<(Vec<u8>, Vec<u8>)> = add
+            .iter()
+            .map(|record| (record.object_id.clone(), record.encode_to_vec()))
+            .collect();
+        self.write(|txn| {
+            let mut table = txn.open_table(LINEAGE)?;
+            for (key, bytes) in &encoded {
+                table.insert(key.as_slice(), bytes.as_slice())?;
+            }
+            for id in remove {
+                table.remove(&id.as_bytes()[..])?;
+            }
+            Ok(())
+        })
+    }
+
+    /// Every lineage record.
+    pub fn load_lineage(&self) -> Result<Vec<LineageRecord>> {
+        self.load_records(LINEAGE, "lineage")
     }
 
     /// Stores `value` under `namespace`/`key`; returns false if it existed and

@@ -6,7 +6,8 @@ use std::time::{Duration, Instant};
 
 use photon_proto::v1::head_server::Head;
 use photon_proto::v1::{
-    ActorExit, ActorExitReply, ActorRecord, ActorSpec, ActorState, KillActorRequest,
+    ActorExit, ActorExitReply, ActorRecord, ActorSpec, ActorState, GetActorRequest,
+    GetLineageRequest, KillActorRequest, LineageRecord, LineageUpdate, LineageUpdateReply,
     ListActorsReply, ListActorsRequest,
 };
 use photon_proto::v1::{
@@ -45,6 +46,7 @@ pub struct HeadState {
     pub(crate) tasks: TaskTracker,
     pub(crate) cancel: CancellationToken,
     pub(crate) actors: ActorTable,
+    pub(crate) lineage: crate::lineage::LineageTable,
     /// One placement pass at a time.
     pub(crate) placement: tokio::sync::Mutex<()>,
     /// Clients of raylets, by address.
@@ -332,6 +334,16 @@ impl Head for HeadService {
                 "actor {id} requests {gpus} GPUs: requests above 1 GPU must be whole numbers"
             )));
         }
+        if !spec.name.is_empty()
+            && let Some(existing) = self.state.actors.find_by_name(&spec.name)
+            && existing.state != ActorState::Dead as i32
+        {
+            return Err(Status::already_exists(format!(
+                "an actor named {:?} already exists (state {:?}); pick another name or look it up",
+                spec.name,
+                ActorState::try_from(existing.state).unwrap_or(ActorState::Unspecified)
+            )));
+        }
         let record = ActorRecord {
             spec: Some(spec),
             state: ActorState::Pending as i32,
@@ -389,5 +401,62 @@ impl Head for HeadService {
             self.state.place_waiting().await;
         }
         Ok(Response::new(ActorExitReply {}))
+    }
+
+    async fn get_actor(
+        &self,
+        request: Request<GetActorRequest>,
+    ) -> Result<Response<ActorRecord>, Status> {
+        let request = request.into_inner();
+        let record = if request.actor_id.is_empty() {
+            self.state
+                .actors
+                .find_by_name(&request.name)
+                .ok_or_else(|| Status::not_found(format!("no actor is named {:?}", request.name)))?
+        } else {
+            let id = ActorId::from_slice(&request.actor_id)?;
+            self.state
+                .actors
+                .get(id)
+                .ok_or_else(|| Status::not_found(format!("actor {id} is not known to the head")))?
+        };
+        Ok(Response::new(record))
+    }
+
+    async fn update_lineage(
+        &self,
+        request: Request<LineageUpdate>,
+    ) -> Result<Response<LineageUpdateReply>, Status> {
+        let update = request.into_inner();
+        let remove = update
+            .remove
+            .iter()
+            .map(|id| ObjectId::from_slice(id))
+            .collect::<Result<Vec<_>, _>>()?;
+        for record in &update.add {
+            ObjectId::from_slice(&record.object_id)?;
+        }
+        let records = self.state.lineage.update(&update.add, &remove);
+        let persistence = self.state.persistence.clone();
+        blocking(move || persistence.update_lineage(&update.add, &remove)).await?;
+        Ok(Response::new(LineageUpdateReply {
+            records: records as u64,
+        }))
+    }
+
+    async fn get_lineage(
+        &self,
+        request: Request<GetLineageRequest>,
+    ) -> Result<Response<LineageRecord>, Status> {
+        let id = ObjectId::from_slice(&request.into_inner().object_id)?;
+        self.state
+            .lineage
+            .get(id)
+            .map(Response::new)
+            .ok_or_else(|| {
+                Status::not_found(format!(
+                    "the head has no lineage for object {id}: it was made by put, or freed"
+                ))
+            })
     }
 }

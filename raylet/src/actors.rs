@@ -8,7 +8,8 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use photon_proto::v1::{ActorExit, ActorSpec, RunningActor, StartActorReply};
-use photon_proto::{ActorId, NodeId, Quantity, ResourceSet, names};
+use photon_proto::{ActorId, NodeId, Quantity, ResourceSet, WorkerId, names};
+use tokio::sync::Notify;
 use tokio::sync::broadcast::error::RecvError;
 use tonic::Status;
 use tracing::{info, warn};
@@ -20,11 +21,21 @@ use crate::worker_pool::{Worker, WorkerPool, WorkerSpec};
 /// Environment variable naming the actor a worker runs.
 pub const ACTOR_ID_ENV: &str = "PHOTON_ACTOR_ID";
 
+/// Resources taken from the node for an actor or a task lease.
+#[derive(Debug)]
+pub struct Reservation {
+    /// Everything but GPUs.
+    others: ResourceSet,
+    /// GPU instances, when the request has GPUs.
+    grant: Option<GpuGrant>,
+    /// `CUDA_VISIBLE_DEVICES` for the grant (empty without GPUs).
+    pub devices: String,
+}
+
 struct Running {
     worker: Worker,
-    request: ResourceSet,
-    grant: Option<GpuGrant>,
-    devices: String,
+    reservation: Reservation,
+    spec: ActorSpec,
 }
 
 impl Running {
@@ -32,7 +43,7 @@ impl Running {
         StartActorReply {
             worker_id: self.worker.id.to_vec(),
             pid: self.worker.pid,
-            cuda_visible_devices: self.devices.clone(),
+            cuda_visible_devices: self.reservation.devices.clone(),
         }
     }
 }
@@ -42,11 +53,15 @@ struct Ledger {
     available: ResourceSet,
     gpus: GpuPool,
     actors: HashMap<ActorId, Running>,
+    /// Constructor failures reported by actor workers, until their exit is reported.
+    constructor_errors: HashMap<WorkerId, String>,
 }
 
 /// The actors this node runs.
 pub struct ActorHost {
+    total: ResourceSet,
     ledger: Mutex<Ledger>,
+    freed: Notify,
     pool: Arc<WorkerPool>,
 }
 
@@ -56,10 +71,13 @@ impl ActorHost {
         let mut available = total.clone();
         available.set(names::GPU, Quantity::ZERO);
         Self {
+            total: total.clone(),
+            freed: Notify::new(),
             ledger: Mutex::new(Ledger {
                 available,
                 gpus: GpuPool::new(gpu_ids),
                 actors: HashMap::new(),
+                constructor_errors: HashMap::new(),
             }),
             pool,
         }
@@ -88,20 +106,24 @@ impl ActorHost {
                 actor_id: id.to_vec(),
                 worker_id: running.worker.id.to_vec(),
                 pid: running.worker.pid,
-                cuda_visible_devices: running.devices.clone(),
+                cuda_visible_devices: running.reservation.devices.clone(),
             })
             .collect()
     }
 
-    /// Reserves the actor's resources and starts its worker.
-    pub fn start(&self, spec: &ActorSpec) -> Result<StartActorReply, Status> {
-        let id = ActorId::from_slice(&spec.actor_id)?;
-        let request = ResourceSet::from_proto(&spec.resources);
+    /// The node's total resources.
+    pub fn total(&self) -> &ResourceSet {
+        &self.total
+    }
+
+    /// Takes `request` from the node's free resources (GPU instances best
+    /// fit), or says what is short (RESOURCE_EXHAUSTED).
+    pub fn reserve(&self, request: &ResourceSet) -> Result<Reservation, Status> {
         let mut ledger = self.lock();
-        if let Some(running) = ledger.actors.get(&id) {
-            // The head retried a start whose reply it lost: same answer.
-            return Ok(running.reply());
-        }
+        Self::reserve_locked(&mut ledger, request)
+    }
+
+    fn reserve_locked(ledger: &mut Ledger, request: &ResourceSet) -> Result<Reservation, Status> {
         let mut others = request.clone();
         others.set(names::GPU, Quantity::ZERO);
         if let Some((name, wanted, free)) = ledger.available.shortfall(&others) {
@@ -124,11 +146,72 @@ impl ActorHost {
             .as_ref()
             .map(|g| ledger.gpus.visible_devices(g))
             .unwrap_or_default();
+        ledger.available.subtract(&others);
+        Ok(Reservation {
+            others,
+            grant,
+            devices,
+        })
+    }
+
+    /// Gives a reservation's resources back and wakes whoever waits for them.
+    pub fn unreserve(&self, reservation: &Reservation) {
+        Self::unreserve_locked(&mut self.lock(), reservation);
+        self.freed.notify_waiters();
+    }
+
+    fn unreserve_locked(ledger: &mut Ledger, reservation: &Reservation) {
+        ledger.available.add(&reservation.others);
+        if let Some(grant) = &reservation.grant {
+            ledger.gpus.release(grant);
+        }
+    }
+
+    /// Notified whenever resources come back.
+    pub fn freed(&self) -> &Notify {
+        &self.freed
+    }
+
+    /// The worker running an actor here.
+    pub fn worker_of_actor(&self, actor: ActorId) -> Option<WorkerId> {
+        self.lock()
+            .actors
+            .get(&actor)
+            .map(|running| running.worker.id)
+    }
+
+    /// An actor's constructor failed in `worker`: its exit report will say so
+    /// (the worker exits next).
+    pub fn constructor_failed(&self, worker: WorkerId, error: &str) {
+        self.lock()
+            .constructor_errors
+            .insert(worker, error.to_string());
+    }
+
+    /// The spec of the actor a worker runs, if it runs one.
+    pub fn actor_of_worker(&self, worker: WorkerId) -> Option<ActorSpec> {
+        self.lock()
+            .actors
+            .values()
+            .find(|running| running.worker.id == worker)
+            .map(|running| running.spec.clone())
+    }
+
+    /// Reserves the actor's resources and starts its worker.
+    pub fn start(&self, spec: &ActorSpec) -> Result<StartActorReply, Status> {
+        let id = ActorId::from_slice(&spec.actor_id)?;
+        let request = ResourceSet::from_proto(&spec.resources);
+        let mut ledger = self.lock();
+        if let Some(running) = ledger.actors.get(&id) {
+            // The head retried a start whose reply it lost: same answer.
+            return Ok(running.reply());
+        }
+        let reservation = Self::reserve_locked(&mut ledger, &request)?;
         let mut env: std::collections::BTreeMap<String, String> =
             spec.env.clone().into_iter().collect();
         env.insert(ACTOR_ID_ENV.into(), id.to_string());
         // An actor without GPUs sees none, rather than every GPU of the node.
-        env.insert("CUDA_VISIBLE_DEVICES".into(), devices.clone());
+        env.insert("CUDA_VISIBLE_DEVICES".into(), reservation.devices.clone());
         let worker_spec = WorkerSpec {
             program: PathBuf::from(&spec.program),
             args: spec.args.clone(),
@@ -137,19 +220,15 @@ impl ActorHost {
         let worker = match self.pool.lease(&worker_spec) {
             Ok(worker) => worker,
             Err(err) => {
-                if let Some(grant) = &grant {
-                    ledger.gpus.release(grant);
-                }
+                Self::unreserve_locked(&mut ledger, &reservation);
                 return Err(Status::failed_precondition(err.to_string()));
             }
         };
-        ledger.available.subtract(&others);
-        info!(actor = %id, worker = %worker.id, pid = worker.pid, gpus = %devices, "actor started");
+        info!(actor = %id, worker = %worker.id, pid = worker.pid, gpus = %reservation.devices, "actor started");
         let running = Running {
             worker,
-            request: others,
-            grant,
-            devices,
+            reservation,
+            spec: spec.clone(),
         };
         let reply = running.reply();
         ledger.actors.insert(id, running);
@@ -178,29 +257,32 @@ impl ActorHost {
                 }
                 Err(RecvError::Closed) => return,
             };
-            let ended = {
+            let (ended, constructor_error) = {
                 let mut ledger = self.lock();
+                let constructor_error = ledger.constructor_errors.remove(&exit.worker_id);
                 let actor = ledger
                     .actors
                     .iter()
                     .find(|(_, r)| r.worker.id == exit.worker_id)
                     .map(|(id, _)| *id);
-                actor
+                let ended = actor
                     .and_then(|id| ledger.actors.remove(&id).map(|running| (id, running)))
                     .map(|(id, running)| {
-                        ledger.available.add(&running.request);
-                        if let Some(grant) = &running.grant {
-                            ledger.gpus.release(grant);
-                        }
+                        Self::unreserve_locked(&mut ledger, &running.reservation);
                         id
-                    })
+                    });
+                (ended, constructor_error)
             };
+            self.freed.notify_waiters();
             let Some(actor) = ended else { continue };
             let report = ActorExit {
                 actor_id: actor.to_vec(),
                 node_id: node_id.to_vec(),
                 worker_id: exit.worker_id.to_vec(),
-                reason: format!("its worker (pid {}) {}", exit.pid, exit.reason),
+                reason: match constructor_error {
+                    Some(error) => format!("its constructor failed: {error}"),
+                    None => format!("its worker (pid {}) {}", exit.pid, exit.reason),
+                },
             };
             if let Err(status) = head.report_actor_exit(report).await {
                 warn!(%actor, error = status.message(), "cannot tell the head that an actor ended");

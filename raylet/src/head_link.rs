@@ -7,8 +7,8 @@ use photon_object_store::ObjectStore;
 use photon_proto::auth::AttachToken;
 use photon_proto::v1::head_client::HeadClient;
 use photon_proto::v1::{
-    ActorExit, GetObjectLocationsRequest, Heartbeat, NodeInfo, ObjectLocationUpdate,
-    RegisterNodeRequest,
+    ActorExit, GetClusterStatusRequest, GetObjectLocationsRequest, Heartbeat, NodeInfo, NodeRecord,
+    ObjectLocationUpdate, RegisterNodeRequest,
 };
 use photon_proto::{NodeId, ObjectId, PROTOCOL_VERSION};
 use tokio::sync::mpsc;
@@ -129,6 +129,17 @@ impl HeadLink {
             .report_actor_exit(exit)
             .await
             .map(|_| ())
+    }
+
+    /// Every node the head knows, with its latest available resources.
+    pub async fn nodes(&self) -> Result<Vec<NodeRecord>, Status> {
+        let reply = self
+            .client
+            .clone()
+            .get_cluster_status(GetClusterStatusRequest {})
+            .await?
+            .into_inner();
+        Ok(reply.nodes)
     }
 
     /// Live nodes holding `object`, with their raylet addresses.

@@ -14,16 +14,22 @@
 //! host (`actors`) runs the actors the head places here, holding their
 //! resources and GPU instances.
 //!
-//! Not yet here: task leases and spillback.
+//! Task leases (`leases`) hold resources and hand drivers a worker to push
+//! tasks to, or spill the request back to a node with room; workers register
+//! their own gRPC service (`worker_directory`) and read and write objects
+//! through shared memory (`local_objects`).
 
 pub mod actors;
 mod error;
 pub mod gpu;
 mod head_link;
+pub mod leases;
+mod local_objects;
 pub mod procfs;
 pub mod resources;
 mod service;
 pub mod transfer;
+pub mod worker_directory;
 pub mod worker_pool;
 
 use std::collections::BTreeMap;
@@ -135,6 +141,7 @@ pub async fn run(
     let mut pool_config =
         worker_pool::WorkerPoolConfig::new(info.node_id, info.address.clone(), &config.log_dir);
     pool_config.worker_memory_limit = config.worker_memory_limit;
+    pool_config.token = config.token.clone();
     let pool = worker_pool::WorkerPool::start(pool_config);
     let actors = std::sync::Arc::new(actors::ActorHost::new(
         &info.resources.total,
@@ -148,9 +155,21 @@ pub async fn run(
         link.clone(),
         config.token.clone(),
     );
+    let workers = worker_directory::WorkerDirectory::start(pool.clone());
+    let leases = leases::LeaseManager::start(
+        info.node_id,
+        actors.clone(),
+        pool.clone(),
+        workers.clone(),
+        link.clone(),
+    );
     let service = service::RayletService {
         transfers,
         actors: actors.clone(),
+        leases,
+        workers,
+        pool: pool.clone(),
+        node_id: info.node_id,
     };
     let raylet_service = RayletServer::new(service)
         .max_decoding_message_size(transfer::MAX_MESSAGE_SIZE)

@@ -1,19 +1,27 @@
-//! The `photon.v1.Raylet` gRPC service: objects (see `transfer`) and actors
-//! (see `actors`).
+//! The `photon.v1.Raylet` gRPC service: objects (see `transfer` and
+//! `local_objects`), actors (see `actors`), task leases (see `leases`) and
+//! worker registration (see `worker_directory`).
 
 use std::sync::Arc;
 
-use photon_proto::ActorId;
 use photon_proto::v1::raylet_server::Raylet;
 use photon_proto::v1::{
-    ActorSpec, DeleteObjectReply, DeleteObjectRequest, FetchObjectReply, FetchObjectRequest,
-    ObjectChunk, PullObjectRequest, PushObjectReply, StartActorReply, StopActorReply,
-    StopActorRequest,
+    ActorReadyReply, ActorReadyRequest, ActorSpec, ConnectActorReply, ConnectActorRequest,
+    CreateObjectRequest, DeleteObjectReply, DeleteObjectRequest, FetchObjectReply,
+    FetchObjectRequest, GetObjectRequest, ObjectChunk, ObjectDescriptor, PullObjectRequest,
+    PushObjectReply, RegisterWorkerReply, RegisterWorkerRequest, ReleaseObjectReply,
+    ReleaseObjectRequest, ReturnWorkerLeaseReply, ReturnWorkerLeaseRequest, SealObjectReply,
+    SealObjectRequest, StartActorReply, StopActorReply, StopActorRequest, WorkerExitReply,
+    WorkerExitRequest, WorkerLeaseReply, WorkerLeaseRequest,
 };
+use photon_proto::{ActorId, NodeId, WorkerId};
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::actors::ActorHost;
+use crate::leases::LeaseManager;
 use crate::transfer::{ChunkStream, TransferService};
+use crate::worker_directory::WorkerDirectory;
+use crate::worker_pool::{ExitReason, WorkerPool};
 
 /// Everything a raylet serves.
 pub struct RayletService {
@@ -21,6 +29,14 @@ pub struct RayletService {
     pub transfers: TransferService,
     /// Actors on this node.
     pub actors: Arc<ActorHost>,
+    /// Task leases.
+    pub leases: Arc<LeaseManager>,
+    /// Worker registrations.
+    pub workers: Arc<WorkerDirectory>,
+    /// The worker processes.
+    pub pool: Arc<WorkerPool>,
+    /// This node.
+    pub node_id: NodeId,
 }
 
 #[tonic::async_trait]
@@ -69,5 +85,119 @@ impl Raylet for RayletService {
         let id = ActorId::from_slice(&request.into_inner().actor_id)?;
         self.actors.stop(id)?;
         Ok(Response::new(StopActorReply {}))
+    }
+
+    async fn request_worker_lease(
+        &self,
+        request: Request<WorkerLeaseRequest>,
+    ) -> Result<Response<WorkerLeaseReply>, Status> {
+        self.leases
+            .request(request.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn return_worker_lease(
+        &self,
+        request: Request<ReturnWorkerLeaseRequest>,
+    ) -> Result<Response<ReturnWorkerLeaseReply>, Status> {
+        let request = request.into_inner();
+        let worker = WorkerId::from_slice(&request.worker_id)?;
+        self.leases.release(worker, request.kill);
+        Ok(Response::new(ReturnWorkerLeaseReply {}))
+    }
+
+    async fn register_worker(
+        &self,
+        request: Request<RegisterWorkerRequest>,
+    ) -> Result<Response<RegisterWorkerReply>, Status> {
+        let request = request.into_inner();
+        let worker = WorkerId::from_slice(&request.worker_id)?;
+        self.workers.register(worker, request.address);
+        Ok(Response::new(RegisterWorkerReply {
+            node_id: self.node_id.to_vec(),
+            actor: self.actors.actor_of_worker(worker),
+        }))
+    }
+
+    async fn actor_ready(
+        &self,
+        request: Request<ActorReadyRequest>,
+    ) -> Result<Response<ActorReadyReply>, Status> {
+        let request = request.into_inner();
+        let actor = ActorId::from_slice(&request.actor_id)?;
+        let worker = WorkerId::from_slice(&request.worker_id)?;
+        if !request.error.is_empty() {
+            self.actors.constructor_failed(worker, &request.error);
+        }
+        self.workers.actor_constructed(actor, worker, request.error);
+        Ok(Response::new(ActorReadyReply {}))
+    }
+
+    async fn connect_actor(
+        &self,
+        request: Request<ConnectActorRequest>,
+    ) -> Result<Response<ConnectActorReply>, Status> {
+        let actor = ActorId::from_slice(&request.into_inner().actor_id)?;
+        let worker = self.actors.worker_of_actor(actor).ok_or_else(|| {
+            Status::not_found(format!(
+                "actor {actor} does not run on node {} (it ended or moved; ask the head)",
+                self.node_id
+            ))
+        })?;
+        let address = self.workers.wait_constructed(actor, worker).await?;
+        Ok(Response::new(ConnectActorReply {
+            worker_address: address,
+            worker_id: worker.to_vec(),
+        }))
+    }
+
+    async fn worker_exit(
+        &self,
+        request: Request<WorkerExitRequest>,
+    ) -> Result<Response<WorkerExitReply>, Status> {
+        let worker = WorkerId::from_slice(&request.into_inner().worker_id)?;
+        let reply = match self.pool.exit_reason(worker) {
+            Some(reason) => WorkerExitReply {
+                exited: true,
+                killed_for_memory: matches!(reason, ExitReason::KilledForMemory { .. }),
+                reason: reason.to_string(),
+            },
+            None => WorkerExitReply::default(),
+        };
+        Ok(Response::new(reply))
+    }
+
+    async fn create_object(
+        &self,
+        request: Request<CreateObjectRequest>,
+    ) -> Result<Response<ObjectDescriptor>, Status> {
+        self.transfers
+            .create_object(request)
+            .await
+            .map(Response::new)
+    }
+
+    async fn seal_object(
+        &self,
+        request: Request<SealObjectRequest>,
+    ) -> Result<Response<SealObjectReply>, Status> {
+        self.transfers.seal_object(request).await?;
+        Ok(Response::new(SealObjectReply {}))
+    }
+
+    async fn get_object(
+        &self,
+        request: Request<GetObjectRequest>,
+    ) -> Result<Response<ObjectDescriptor>, Status> {
+        self.transfers.get_object(request).await.map(Response::new)
+    }
+
+    async fn release_object(
+        &self,
+        request: Request<ReleaseObjectRequest>,
+    ) -> Result<Response<ReleaseObjectReply>, Status> {
+        self.transfers.release_object(request)?;
+        Ok(Response::new(ReleaseObjectReply {}))
     }
 }

@@ -118,7 +118,7 @@ impl AsRef<[u8]> for ViewSlice {
     }
 }
 
-fn store_status(err: photon_object_store::Error) -> Status {
+pub(crate) fn store_status(err: photon_object_store::Error) -> Status {
     use photon_object_store::Error;
     match err {
         Error::NotFound { .. } => Status::not_found(err.to_string()),
@@ -197,6 +197,7 @@ pub struct TransferService {
     /// One connection per peer raylet, reused: a fresh HTTP/2 connection
     /// starts with cold flow-control windows.
     peers: Mutex<HashMap<String, PeerClient>>,
+    pins: crate::local_objects::Pins,
 }
 
 impl TransferService {
@@ -209,7 +210,16 @@ impl TransferService {
             token,
             fetches: Mutex::new(HashMap::new()),
             peers: Mutex::new(HashMap::new()),
+            pins: Default::default(),
         }
+    }
+
+    pub(crate) fn store(&self) -> &ObjectStore {
+        &self.store
+    }
+
+    pub(crate) fn pins(&self) -> &crate::local_objects::Pins {
+        &self.pins
     }
 
     fn peer(&self, address: &str) -> Result<PeerClient, Status> {
@@ -222,7 +232,7 @@ impl TransferService {
         Ok(client)
     }
 
-    async fn announce(&self, id: ObjectId) {
+    pub(crate) async fn announce(&self, id: ObjectId) {
         if let Err(status) = self.head.update_location(id, self.node_id, true).await {
             warn!(object = %id, error = status.message(), "cannot record the object's location at the head");
         }

@@ -34,6 +34,8 @@ pub mod env {
     pub const NODE_ID: &str = "PHOTON_NODE_ID";
     /// Where the worker reaches its raylet.
     pub const RAYLET_ADDRESS: &str = "PHOTON_RAYLET_ADDRESS";
+    /// The cluster token the worker presents (and requires from drivers).
+    pub const TOKEN: &str = "PHOTON_TOKEN";
 }
 
 /// What to start. Workers are reused only for an identical spec (same
@@ -63,6 +65,8 @@ pub struct WorkerPoolConfig {
     pub node_memory_threshold: f64,
     /// How often the memory monitor looks.
     pub monitor_period: Duration,
+    /// The cluster token, given to workers.
+    pub token: String,
 }
 
 impl WorkerPoolConfig {
@@ -79,6 +83,7 @@ impl WorkerPoolConfig {
             worker_memory_limit: None,
             node_memory_threshold: 0.95,
             monitor_period: Duration::from_millis(250),
+            token: String::new(),
         }
     }
 }
@@ -288,6 +293,7 @@ impl WorkerPool {
             .env(env::WORKER_ID, id.to_string())
             .env(env::NODE_ID, self.config.node_id.to_string())
             .env(env::RAYLET_ADDRESS, &self.config.raylet_address)
+            .env(env::TOKEN, &self.config.token)
             .stdin(Stdio::null())
             .stdout(stdout)
             .stderr(stderr)

@@ -1,0 +1,256 @@
+//! Task leases: a driver asks for a worker with some resources, the raylet
+//! holds those resources and hands out a worker process (prestarted and
+//! reused per program), and the driver pushes tasks straight to the worker
+//! until it returns the lease. When the node is busy the request waits here,
+//! unless the head's cluster view shows another node with room now: then it
+//! is spilled back there (Ray's "spillback"). A request no live node could
+//! ever fit is refused with the reason, so the caller can say `Unschedulable`.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use photon_proto::v1::{NodeState, WorkerLeaseReply, WorkerLeaseRequest};
+use photon_proto::{NodeId, ResourceSet, WorkerId};
+use tokio::sync::broadcast::error::RecvError;
+use tonic::Status;
+use tracing::{debug, warn};
+
+use crate::actors::{ActorHost, Reservation};
+use crate::head_link::HeadLink;
+use crate::worker_directory::WorkerDirectory;
+use crate::worker_pool::{Worker, WorkerPool, WorkerSpec};
+
+/// How often a waiting request looks for another node with room.
+const SPILLBACK_CHECK: Duration = Duration::from_millis(250);
+
+struct Lease {
+    worker: Worker,
+    reservation: Reservation,
+}
+
+/// The node's task leases.
+pub struct LeaseManager {
+    node_id: NodeId,
+    host: Arc<ActorHost>,
+    pool: Arc<WorkerPool>,
+    directory: Arc<WorkerDirectory>,
+    head: Arc<HeadLink>,
+    leases: Mutex<HashMap<WorkerId, Lease>>,
+}
+
+/// Gives the resources back unless the lease was granted (a cancelled
+/// request must not leak them).
+struct PendingReservation<'a> {
+    host: &'a ActorHost,
+    reservation: Option<Reservation>,
+}
+
+impl Drop for PendingReservation<'_> {
+    fn drop(&mut self) {
+        if let Some(reservation) = self.reservation.take() {
+            self.host.unreserve(&reservation);
+        }
+    }
+}
+
+impl LeaseManager {
+    /// Leases on this node; resources of leased workers that die come back.
+    pub fn start(
+        node_id: NodeId,
+        host: Arc<ActorHost>,
+        pool: Arc<WorkerPool>,
+        directory: Arc<WorkerDirectory>,
+        head: Arc<HeadLink>,
+    ) -> Arc<Self> {
+        let manager = Arc::new(Self {
+            node_id,
+            host,
+            pool,
+            directory,
+            head,
+            leases: Mutex::default(),
+        });
+        let mut exits = manager.pool.subscribe();
+        let weak = Arc::downgrade(&manager);
+        tokio::spawn(async move {
+            loop {
+                let exit = match exits.recv().await {
+                    Ok(exit) => exit,
+                    Err(RecvError::Lagged(missed)) => {
+                        warn!(missed, "lease manager missed worker exits");
+                        continue;
+                    }
+                    Err(RecvError::Closed) => return,
+                };
+                let Some(manager) = weak.upgrade() else {
+                    return;
+                };
+                let lease = manager.lock().remove(&exit.worker_id);
+                if let Some(lease) = lease {
+                    debug!(worker = %exit.worker_id, reason = %exit.reason, "leased worker ended");
+                    manager.host.unreserve(&lease.reservation);
+                }
+            }
+        });
+        manager
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<WorkerId, Lease>> {
+        self.leases.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Workers leased out now.
+    pub fn leased(&self) -> usize {
+        self.lock().len()
+    }
+
+    /// `RequestWorkerLease`: grant here, spill back, or refuse as infeasible.
+    pub async fn request(&self, request: WorkerLeaseRequest) -> Result<WorkerLeaseReply, Status> {
+        let resources = ResourceSet::from_proto(&request.resources);
+        if !self.host.total().contains(&resources) {
+            return self.elsewhere(&resources, request.no_spillback).await;
+        }
+        let mut pending = PendingReservation {
+            host: &self.host,
+            reservation: None,
+        };
+        let mut last_spill_check = Instant::now();
+        while pending.reservation.is_none() {
+            // Register interest before trying, so a release in between is not missed.
+            let freed = self.host.freed().notified();
+            tokio::pin!(freed);
+            freed.as_mut().enable();
+            match self.host.reserve(&resources) {
+                Ok(reservation) => pending.reservation = Some(reservation),
+                Err(_) => {
+                    if !request.no_spillback && last_spill_check.elapsed() >= SPILLBACK_CHECK {
+                        last_spill_check = Instant::now();
+                        if let Some(address) = self.node_with_room(&resources).await {
+                            return Ok(WorkerLeaseReply {
+                                spillback_address: address,
+                                ..Default::default()
+                            });
+                        }
+                    }
+                    let _ = tokio::time::timeout(SPILLBACK_CHECK, freed).await;
+                }
+            }
+        }
+        let reservation = pending.reservation.as_ref().expect("reserved above");
+        let mut env: std::collections::BTreeMap<String, String> = request.env.into_iter().collect();
+        // A task without GPUs sees none, rather than every GPU of the node.
+        env.insert("CUDA_VISIBLE_DEVICES".into(), reservation.devices.clone());
+        let spec = WorkerSpec {
+            program: PathBuf::from(&request.program),
+            args: request.args,
+            env,
+        };
+        let worker = self
+            .pool
+            .lease(&spec)
+            .map_err(|err| Status::failed_precondition(err.to_string()))?;
+        let address = match self.directory.wait_registered(worker.id).await {
+            Ok(address) => address,
+            Err(status) => {
+                self.pool.kill(worker.id);
+                return Err(status);
+            }
+        };
+        let reply = WorkerLeaseReply {
+            worker_id: worker.id.to_vec(),
+            worker_address: address,
+            node_id: self.node_id.to_vec(),
+            pid: worker.pid,
+            ..Default::default()
+        };
+        let reservation = pending.reservation.take().expect("reserved above");
+        self.lock().insert(
+            worker.id,
+            Lease {
+                worker,
+                reservation,
+            },
+        );
+        Ok(reply)
+    }
+
+    /// `ReturnWorkerLease`: the worker goes back to the pool (or is stopped)
+    /// and its resources come back.
+    pub fn release(&self, worker: WorkerId, kill: bool) {
+        let Some(lease) = self.lock().remove(&worker) else {
+            return; // already returned, or it died
+        };
+        if kill {
+            self.pool.kill(worker);
+        } else {
+            self.pool.release(&lease.worker);
+        }
+        self.host.unreserve(&lease.reservation);
+    }
+
+    /// A request this node can never fit: spill it to a node that can, or
+    /// say why none can.
+    async fn elsewhere(
+        &self,
+        resources: &ResourceSet,
+        no_spillback: bool,
+    ) -> Result<WorkerLeaseReply, Status> {
+        let nodes = self.head.nodes().await?;
+        let fits: Vec<_> = nodes
+            .iter()
+            .filter(|n| n.state == NodeState::Alive as i32)
+            .filter_map(|n| n.info.as_ref())
+            .filter(|info| ResourceSet::from_proto(&info.total).contains(resources))
+            .collect();
+        if no_spillback || fits.is_empty() {
+            let total = self.host.total();
+            let (name, wanted, have) = total
+                .shortfall(resources)
+                .unwrap_or_else(|| (String::new(), Default::default(), Default::default()));
+            return Ok(WorkerLeaseReply {
+                infeasible: format!(
+                    "no live node has {name} {wanted} in total (this node has {have}; {} live nodes checked)",
+                    nodes
+                        .iter()
+                        .filter(|n| n.state == NodeState::Alive as i32)
+                        .count()
+                ),
+                ..Default::default()
+            });
+        }
+        let address = self
+            .node_with_room(resources)
+            .await
+            .unwrap_or_else(|| fits[0].address.clone());
+        Ok(WorkerLeaseReply {
+            spillback_address: address,
+            ..Default::default()
+        })
+    }
+
+    /// Another live node whose latest heartbeat shows room for `resources`
+    /// (the one with the most free CPU, to spread load).
+    async fn node_with_room(&self, resources: &ResourceSet) -> Option<String> {
+        let nodes = match self.head.nodes().await {
+            Ok(nodes) => nodes,
+            Err(status) => {
+                debug!(error = status.message(), "no cluster view for spillback");
+                return None;
+            }
+        };
+        nodes
+            .into_iter()
+            .filter(|n| n.state == NodeState::Alive as i32)
+            .filter(|n| {
+                n.info
+                    .as_ref()
+                    .is_some_and(|info| info.node_id != self.node_id.to_vec())
+            })
+            .map(|n| (ResourceSet::from_proto(&n.available), n))
+            .filter(|(available, _)| available.contains(resources))
+            .max_by_key(|(available, _)| available.get(photon_proto::names::CPU))
+            .and_then(|(_, n)| n.info.map(|info| info.address))
+    }
+}

@@ -1,0 +1,438 @@
+//! Actors from the caller's side: creation through the head (which places
+//! the actor), then one ordered stream of calls straight to the actor's
+//! worker. A per-actor task resolves each call's arguments in call order,
+//! reconnects after a restart, and fails calls with `ActorDied` when the
+//! worker dies under them or the actor is dead for good.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use photon_proto::v1::{
+    ActorRecord, ActorSpec, ActorState, ConnectActorRequest, GetActorRequest, TaskArg as ProtoArg,
+    TaskSpec, task_arg, task_reply,
+};
+use photon_proto::{ActorId, ObjectId, WorkerId};
+use serde::de::DeserializeOwned;
+use tokio::sync::mpsc;
+use tokio_stream::StreamExt;
+use tokio_stream::wrappers::UnboundedReceiverStream;
+
+use crate::clients;
+use crate::context::Core;
+use crate::error::{Error, Result};
+use crate::object_ref::{ArgKind, ObjectRef, RefHandle, TaskArg};
+use crate::objects::ObjectState;
+use crate::options::ActorOptions;
+use crate::submitter::why_worker_died;
+
+/// How often a caller polls the head while its actor is pending or restarting.
+const POLL: Duration = Duration::from_millis(20);
+
+struct Call {
+    return_id: ObjectId,
+    method: &'static str,
+    args: Vec<TaskArg>,
+}
+
+struct InFlight {
+    return_id: ObjectId,
+    method: &'static str,
+    _deps: Vec<Arc<RefHandle>>,
+}
+
+/// The calls channel of each actor this driver talks to.
+#[derive(Default)]
+pub(crate) struct ActorClients {
+    channels: Mutex<HashMap<ActorId, mpsc::UnboundedSender<Call>>>,
+}
+
+impl ActorClients {
+    fn sender(
+        &self,
+        core: &Arc<Core>,
+        actor: ActorId,
+        class: &'static str,
+    ) -> mpsc::UnboundedSender<Call> {
+        let mut channels = self.channels.lock().unwrap_or_else(|p| p.into_inner());
+        channels
+            .entry(actor)
+            .or_insert_with(|| {
+                let (sender, receiver) = mpsc::unbounded_channel();
+                core.runtime
+                    .spawn(drive(Arc::downgrade(core), actor, class, receiver));
+                sender
+            })
+            .clone()
+    }
+
+    /// Stops every connection.
+    pub(crate) fn shutdown(&self) {
+        self.channels
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
+    }
+}
+
+/// A handle on an actor. Cheap to clone; calls from one driver run in order.
+#[derive(Clone)]
+pub struct ActorHandle {
+    id: ActorId,
+    class: &'static str,
+    core: Arc<Core>,
+}
+
+impl std::fmt::Debug for ActorHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ActorHandle({} {})", self.class, self.id)
+    }
+}
+
+impl ActorHandle {
+    /// The actor's id.
+    pub fn id(&self) -> ActorId {
+        self.id
+    }
+
+    /// Calls `method` (what the generated handle methods do).
+    pub fn call<T: DeserializeOwned>(
+        &self,
+        method: &'static str,
+        args: Vec<Result<TaskArg>>,
+    ) -> ObjectRef<T> {
+        let task_id = self.core.next_task_id();
+        let return_id = ObjectId::for_return(task_id, 0);
+        let handle = self.core.new_ref(return_id, ObjectState::Pending);
+        match args.into_iter().collect::<Result<Vec<_>>>() {
+            Ok(args) => {
+                let call = Call {
+                    return_id,
+                    method,
+                    args,
+                };
+                if self
+                    .core
+                    .actors
+                    .sender(&self.core, self.id, self.class)
+                    .send(call)
+                    .is_err()
+                {
+                    self.core.objects.set(
+                        return_id,
+                        ObjectState::Failed(Error::Cluster("the driver is shutting down".into())),
+                    );
+                }
+            }
+            Err(err) => {
+                self.core.objects.set(return_id, ObjectState::Failed(err));
+            }
+        }
+        ObjectRef::new(handle)
+    }
+
+    /// Registers the actor with the head, which places it.
+    pub(crate) async fn create(
+        core: Arc<Core>,
+        class: &'static str,
+        constructor: &'static str,
+        options: ActorOptions,
+        args: Vec<TaskArg>,
+    ) -> Result<Self> {
+        let id = ActorId::for_child(core.next_task_id(), 0);
+        let mut constructor_args = Vec::with_capacity(args.len());
+        let mut _deps = Vec::new();
+        for arg in args {
+            constructor_args.push(resolve(&core, arg, &mut _deps).await?);
+        }
+        let spec = ActorSpec {
+            actor_id: id.to_vec(),
+            name: options.name.clone().unwrap_or_default(),
+            resources: options.resources.to_set()?.to_proto(),
+            max_restarts: options.max_restarts,
+            program: core.program.clone(),
+            class_name: class.to_string(),
+            constructor: constructor.to_string(),
+            constructor_args,
+            max_concurrency: options.max_concurrency,
+            ..Default::default()
+        };
+        core.head
+            .clone()
+            .create_actor(spec)
+            .await
+            .map_err(|status| match status.code() {
+                tonic::Code::AlreadyExists | tonic::Code::InvalidArgument => {
+                    Error::Config(status.message().to_string())
+                }
+                _ => Error::cluster(format!("cannot create actor {class}"), &status),
+            })?;
+        Ok(Self { id, class, core })
+    }
+
+    /// A handle from the head's record (a named lookup).
+    pub(crate) fn from_record(
+        core: Arc<Core>,
+        class: &'static str,
+        record: &ActorRecord,
+    ) -> Result<Self> {
+        let spec = record.spec.clone().unwrap_or_default();
+        if spec.class_name != class {
+            return Err(Error::Config(format!(
+                "actor {:?} is a {}, not a {class}",
+                spec.name, spec.class_name
+            )));
+        }
+        let id = ActorId::from_slice(&spec.actor_id)
+            .map_err(|e| Error::Cluster(format!("bad actor id from the head: {e}")))?;
+        Ok(Self { id, class, core })
+    }
+}
+
+/// An argument as sent: inline bytes, or an object id for the worker to fetch.
+async fn resolve(
+    core: &Arc<Core>,
+    arg: TaskArg,
+    deps: &mut Vec<Arc<RefHandle>>,
+) -> Result<ProtoArg> {
+    let kind = match arg.0 {
+        ArgKind::Value(bytes) => task_arg::Kind::Value(bytes),
+        ArgKind::Ref(handle) => {
+            let kind = match core.objects.wait_ready(handle.id).await {
+                Some(ObjectState::Inline(bytes)) => task_arg::Kind::Value(bytes),
+                Some(ObjectState::Failed(err)) => return Err(err),
+                _ => task_arg::Kind::ObjectId(handle.id.to_vec()),
+            };
+            deps.push(handle);
+            kind
+        }
+    };
+    Ok(ProtoArg { kind: Some(kind) })
+}
+
+enum Connection {
+    Open {
+        sender: mpsc::UnboundedSender<TaskSpec>,
+        replies: tonic::Streaming<photon_proto::v1::TaskReply>,
+        raylet: String,
+        worker: WorkerId,
+    },
+    Dead(Error),
+}
+
+/// Waits for the actor to be alive and constructed, then opens its stream.
+async fn connect(core: &Arc<Core>, actor: ActorId) -> Result<Connection> {
+    loop {
+        let record = core
+            .head
+            .clone()
+            .get_actor(GetActorRequest {
+                actor_id: actor.to_vec(),
+                name: String::new(),
+            })
+            .await
+            .map_err(|s| Error::cluster(format!("cannot look up actor {actor}"), &s))?
+            .into_inner();
+        let state = ActorState::try_from(record.state).unwrap_or(ActorState::Unspecified);
+        match state {
+            ActorState::Dead => {
+                return Ok(Connection::Dead(Error::ActorDied {
+                    actor,
+                    reason: record.reason,
+                }));
+            }
+            ActorState::Alive => {
+                let raylet = core.raylet_at(&record.node_address)?;
+                match raylet
+                    .clone()
+                    .connect_actor(ConnectActorRequest {
+                        actor_id: actor.to_vec(),
+                    })
+                    .await
+                {
+                    Ok(reply) => {
+                        let reply = reply.into_inner();
+                        let address = reply.worker_address;
+                        let worker = WorkerId::from_slice(&reply.worker_id).map_err(|e| {
+                            Error::Cluster(format!("bad worker id from the raylet: {e}"))
+                        })?;
+                        let mut client = clients::worker(&address, &core.token)?;
+                        let (sender, receiver) = mpsc::unbounded_channel();
+                        match client
+                            .push_tasks(UnboundedReceiverStream::new(receiver))
+                            .await
+                        {
+                            Ok(response) => {
+                                return Ok(Connection::Open {
+                                    sender,
+                                    replies: response.into_inner(),
+                                    raylet: record.node_address,
+                                    worker,
+                                });
+                            }
+                            Err(_) => tokio::time::sleep(POLL).await,
+                        }
+                    }
+                    // Its worker just died or its constructor failed: the head will say what next.
+                    Err(_) => tokio::time::sleep(POLL).await,
+                }
+            }
+            _ => {
+                if record.reason.starts_with("infeasible") {
+                    return Ok(Connection::Dead(Error::Unschedulable {
+                        what: format!("actor {actor}"),
+                        why: record.reason,
+                    }));
+                }
+                tokio::time::sleep(POLL).await;
+            }
+        }
+    }
+}
+
+/// One actor's calls, in order, across restarts.
+async fn drive(
+    core: std::sync::Weak<Core>,
+    actor: ActorId,
+    class: &'static str,
+    mut calls: mpsc::UnboundedReceiver<Call>,
+) {
+    let mut in_flight: HashMap<Vec<u8>, InFlight> = HashMap::new();
+    let mut backlog: Vec<Call> = Vec::new();
+    loop {
+        let Some(owner) = core.upgrade() else { return };
+        let connection = match connect(&owner, actor).await {
+            Ok(connection) => connection,
+            Err(err) => Connection::Dead(err),
+        };
+        let (sender, mut replies, raylet, worker) = match connection {
+            Connection::Open {
+                sender,
+                replies,
+                raylet,
+                worker,
+            } => (sender, replies, raylet, worker),
+            Connection::Dead(err) => {
+                // Every call from now on fails the same way.
+                for call in backlog.drain(..) {
+                    owner
+                        .objects
+                        .set(call.return_id, ObjectState::Failed(err.clone()));
+                }
+                drop(owner);
+                while let Some(call) = calls.recv().await {
+                    if let Some(owner) = core.upgrade() {
+                        owner
+                            .objects
+                            .set(call.return_id, ObjectState::Failed(err.clone()));
+                    }
+                }
+                return;
+            }
+        };
+        let mut pending: std::collections::VecDeque<Call> = backlog.drain(..).collect();
+        loop {
+            // Calls received while disconnected go first, in order.
+            let next = match pending.pop_front() {
+                Some(call) => Some(call),
+                None => {
+                    tokio::select! {
+                        call = calls.recv() => match call {
+                            Some(call) => Some(call),
+                            None => return,
+                        },
+                        reply = replies.next() => {
+                            match reply {
+                                Some(Ok(reply)) => {
+                                    complete(&owner, class, &mut in_flight, reply);
+                                    None
+                                }
+                                _ => break,
+                            }
+                        }
+                    }
+                }
+            };
+            if let Some(call) = next {
+                send(&owner, call, &sender, &mut in_flight).await;
+            }
+        }
+        // The stream broke: the worker died. Calls in flight fail; later ones
+        // wait for a restart (or fail if the actor is dead for good).
+        let reason = why_worker_died(&owner, &raylet, worker).await.to_string();
+        for (_, call) in in_flight.drain() {
+            owner.objects.set(
+                call.return_id,
+                ObjectState::Failed(Error::ActorDied {
+                    actor,
+                    reason: format!(
+                        "its worker died while running {class}::{}: {reason}",
+                        call.method
+                    ),
+                }),
+            );
+        }
+        backlog.extend(pending);
+    }
+}
+
+async fn send(
+    core: &Arc<Core>,
+    call: Call,
+    sender: &mpsc::UnboundedSender<TaskSpec>,
+    in_flight: &mut HashMap<Vec<u8>, InFlight>,
+) {
+    let mut deps = Vec::new();
+    let mut args = Vec::with_capacity(call.args.len());
+    for arg in call.args {
+        match resolve(core, arg, &mut deps).await {
+            Ok(arg) => args.push(arg),
+            Err(err) => {
+                core.objects.set(call.return_id, ObjectState::Failed(err));
+                return;
+            }
+        }
+    }
+    let task_id = call.return_id.task_id().to_vec();
+    let spec = TaskSpec {
+        task_id: task_id.clone(),
+        method: call.method.to_string(),
+        args,
+        ..Default::default()
+    };
+    in_flight.insert(
+        task_id,
+        InFlight {
+            return_id: call.return_id,
+            method: call.method,
+            _deps: deps,
+        },
+    );
+    let _ = sender.send(spec);
+}
+
+fn complete(
+    core: &Arc<Core>,
+    class: &str,
+    in_flight: &mut HashMap<Vec<u8>, InFlight>,
+    reply: photon_proto::v1::TaskReply,
+) {
+    let Some(call) = in_flight.remove(&reply.task_id) else {
+        return;
+    };
+    let state = match reply.result {
+        Some(task_reply::Result::Value(bytes)) => ObjectState::Inline(bytes),
+        Some(task_reply::Result::Stored(stored)) => ObjectState::Stored {
+            address: stored.node_address,
+        },
+        Some(task_reply::Result::Failure(failure)) => ObjectState::Failed(Error::TaskFailed {
+            function: format!("{class}::{}", call.method),
+            message: failure.message,
+            panicked: failure.panicked,
+            node: failure.node_address,
+            pid: failure.pid,
+        }),
+        None => return,
+    };
+    core.objects.set(call.return_id, state);
+}

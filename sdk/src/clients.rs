@@ -1,0 +1,49 @@
+//! gRPC clients of the head, raylets and workers, all carrying the cluster
+//! token. Connections are lazy and shared: tonic channels multiplex calls.
+
+use std::time::Duration;
+
+use photon_proto::auth::AttachToken;
+use photon_proto::v1::head_client::HeadClient;
+use photon_proto::v1::worker_client::WorkerClient;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::error::{Error, Result};
+
+pub(crate) use photon_raylet::transfer::PeerClient as RayletClient;
+
+/// A client of the head.
+pub(crate) type Head = HeadClient<InterceptedService<Channel, AttachToken>>;
+/// A client of a worker process.
+pub(crate) type Worker = WorkerClient<InterceptedService<Channel, AttachToken>>;
+
+fn endpoint(what: &str, address: &str) -> Result<Endpoint> {
+    Ok(Endpoint::from_shared(format!("http://{address}"))
+        .map_err(|err| Error::Config(format!("{what} address {address:?} is invalid: {err}")))?
+        .connect_timeout(Duration::from_secs(5))
+        .tcp_nodelay(true))
+}
+
+fn attach(token: &str) -> Result<AttachToken> {
+    AttachToken::new(token).map_err(Error::Config)
+}
+
+pub(crate) fn head(address: &str, token: &str) -> Result<Head> {
+    Ok(HeadClient::with_interceptor(
+        endpoint("head", address)?.connect_lazy(),
+        attach(token)?,
+    ))
+}
+
+pub(crate) fn raylet(address: &str, token: &str) -> Result<RayletClient> {
+    photon_raylet::transfer::connect(address, token).map_err(Error::Config)
+}
+
+pub(crate) fn worker(address: &str, token: &str) -> Result<Worker> {
+    Ok(
+        WorkerClient::with_interceptor(endpoint("worker", address)?.connect_lazy(), attach(token)?)
+            .max_decoding_message_size(usize::MAX)
+            .max_encoding_message_size(usize::MAX),
+    )
+}

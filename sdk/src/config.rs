@@ -1,0 +1,84 @@
+//! How a driver finds its cluster: an address (flag, `PHOTON_ADDRESS`, or the
+//! cluster `photon start` published on this machine) or, with none, an
+//! embedded single-node cluster inside this process.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use crate::error::{Error, Result};
+
+/// Environment variable naming the head to connect to.
+pub const ADDRESS_ENV: &str = "PHOTON_ADDRESS";
+/// Environment variable holding the cluster token.
+pub const TOKEN_ENV: &str = "PHOTON_TOKEN";
+
+/// What `photon::init` connects to or starts.
+#[derive(Debug, Clone, Default)]
+pub struct Config {
+    /// The head (`host:port`); `None`: `PHOTON_ADDRESS`, else an embedded cluster.
+    pub address: Option<String>,
+    /// The cluster token; `None`: `PHOTON_TOKEN`, else the session dir's `token` file.
+    pub token: Option<String>,
+    /// The session directory of the cluster being joined (for its token), or
+    /// of the embedded cluster (default: a fresh temporary directory).
+    pub session_dir: Option<PathBuf>,
+    /// The raylet this driver uses (`host:port`); `None`: the live node on this host.
+    pub raylet_address: Option<String>,
+    /// Embedded cluster: CPUs (default: detected).
+    pub num_cpus: Option<f64>,
+    /// Embedded cluster: GPUs (default: discovered with cudarc).
+    pub num_gpus: Option<u32>,
+    /// Embedded cluster: custom resources.
+    pub resources: BTreeMap<String, f64>,
+    /// Embedded cluster: object store bytes (default: 30% of RAM).
+    pub object_store_memory: Option<u64>,
+    /// Tasks pushed to one leased worker before its replies come back.
+    pub max_tasks_in_flight_per_worker: Option<usize>,
+}
+
+impl Config {
+    /// The head to connect to, if any: `address`, else `PHOTON_ADDRESS`.
+    pub(crate) fn resolved_address(&self) -> Option<String> {
+        self.address
+            .clone()
+            .or_else(|| std::env::var(ADDRESS_ENV).ok())
+            .filter(|a| !a.is_empty())
+    }
+
+    /// The token for a cluster at `address`.
+    pub(crate) fn resolved_token(&self, address: &str) -> Result<String> {
+        if let Some(token) = self.token.clone().or_else(|| std::env::var(TOKEN_ENV).ok()) {
+            return Ok(token);
+        }
+        let session_dir = self
+            .session_dir
+            .clone()
+            .or_else(|| published_session(address));
+        let Some(dir) = session_dir else {
+            return Err(Error::Config(format!(
+                "no token for the cluster at {address}: set {TOKEN_ENV}, Config::token, or Config::session_dir (the head's session directory holds a `token` file)"
+            )));
+        };
+        let path = dir.join("token");
+        std::fs::read_to_string(&path)
+            .map(|t| t.trim().to_string())
+            .map_err(|e| {
+                Error::Config(format!(
+                    "cannot read the cluster token {}: {e}; set {TOKEN_ENV} instead",
+                    path.display()
+                ))
+            })
+    }
+}
+
+/// The session dir of the head `photon start` published in
+/// `$PHOTON_HOME/cluster.json` (default `/tmp/photon`), if it is `address`.
+fn published_session(address: &str) -> Option<PathBuf> {
+    let home =
+        std::env::var_os("PHOTON_HOME").map_or_else(|| PathBuf::from("/tmp/photon"), PathBuf::from);
+    let file: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(home.join("cluster.json")).ok()?).ok()?;
+    (file.get("address")?.as_str()? == address)
+        .then(|| file.get("session_dir")?.as_str().map(PathBuf::from))
+        .flatten()
+}

@@ -1,0 +1,781 @@
+//! The driver: `photon::init` returns a [`Context`], the handle through which
+//! a program submits tasks, creates actors and gets values. The driver owns
+//! every object it creates (Ray's ownership model): it knows where each value
+//! is, frees it when the last reference drops, and rebuilds it from lineage
+//! when every copy is lost.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::StreamExt;
+use futures::stream::FuturesUnordered;
+use photon_proto::v1::{
+    DeleteObjectRequest, GetActorRequest, GetClusterStatusRequest, GetLineageRequest,
+    GetObjectLocationsRequest, KillActorRequest, NodeState, TaskArg as ProtoArg, TaskSpec,
+    task_arg,
+};
+use photon_proto::{JobId, NodeId, ObjectId, TaskId};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tokio::runtime::Runtime;
+use tonic::Code;
+
+use crate::actor_client::{ActorClients, ActorHandle};
+use crate::clients::{self, Head, RayletClient};
+use crate::cluster::EmbeddedCluster;
+use crate::codec;
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::lineage::Lineage;
+use crate::object_io::{self, INLINE_MAX, ObjectBytes, ReadError};
+use crate::object_ref::{ArgKind, ObjectRef, RefHandle, TaskArg};
+use crate::objects::{ObjectState, ObjectTable};
+use crate::options::{ActorOptions, TaskOptions};
+use crate::submitter::{PendingTask, Submitter};
+
+/// How often `get` rebuilds a lost object before giving up.
+const MAX_REBUILDS: usize = 3;
+
+/// The driver's shared state.
+pub(crate) struct Core {
+    pub(crate) runtime: tokio::runtime::Handle,
+    pub(crate) token: String,
+    pub(crate) head: Head,
+    pub(crate) raylet: RayletClient,
+    pub(crate) raylet_address: String,
+    pub(crate) node_id: NodeId,
+    pub(crate) objects: ObjectTable,
+    pub(crate) lineage: Arc<Lineage>,
+    pub(crate) submitter: Submitter,
+    pub(crate) actors: ActorClients,
+    pub(crate) program: String,
+    pub(crate) max_in_flight: usize,
+    driver_task: TaskId,
+    task_counter: AtomicU64,
+    put_counter: AtomicU32,
+    raylets: Mutex<HashMap<String, RayletClient>>,
+    rebuilding: Mutex<HashSet<ObjectId>>,
+}
+
+impl Core {
+    /// A fresh task id (deterministic in job and submission order).
+    pub(crate) fn next_task_id(&self) -> TaskId {
+        TaskId::for_child(
+            self.driver_task,
+            self.task_counter.fetch_add(1, Ordering::Relaxed),
+        )
+    }
+
+    /// A new counted reference to `id`.
+    pub(crate) fn new_ref(self: &Arc<Self>, id: ObjectId, state: ObjectState) -> Arc<RefHandle> {
+        self.objects.add_ref(id, state);
+        Arc::new(RefHandle {
+            id,
+            core: Arc::downgrade(self),
+        })
+    }
+
+    /// A client of the raylet at `address` (cached).
+    pub(crate) fn raylet_at(&self, address: &str) -> Result<RayletClient> {
+        let mut raylets = self.raylets.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(client) = raylets.get(address) {
+            return Ok(client.clone());
+        }
+        let client = clients::raylet(address, &self.token)?;
+        raylets.insert(address.to_string(), client.clone());
+        Ok(client)
+    }
+
+    /// The last reference to `id` dropped: free its copies and its lineage.
+    pub(crate) fn release_object(self: &Arc<Self>, id: ObjectId) {
+        let Some(freed) = self.objects.release(id) else {
+            return;
+        };
+        self.lineage.object_freed(id);
+        if let ObjectState::Stored { .. } = freed.state {
+            self.delete_copies(id);
+        }
+    }
+
+    /// Deletes every copy of a stored object (the primary and any fetched ones).
+    pub(crate) fn delete_copies(self: &Arc<Self>, id: ObjectId) {
+        let core = self.clone();
+        self.runtime.spawn(async move {
+            let Ok(reply) = core
+                .head
+                .clone()
+                .get_object_locations(GetObjectLocationsRequest {
+                    object_id: id.to_vec(),
+                })
+                .await
+            else {
+                return;
+            };
+            for location in reply.into_inner().locations {
+                if let Ok(mut raylet) = core.raylet_at(&location.address) {
+                    let _ = raylet
+                        .delete_object(DeleteObjectRequest {
+                            object_id: id.to_vec(),
+                        })
+                        .await;
+                }
+            }
+        });
+    }
+
+    /// Waits for an object's bytes, rebuilding it from lineage when every
+    /// copy is gone.
+    pub(crate) async fn get_bytes(self: &Arc<Self>, id: ObjectId) -> Result<ObjectBytes> {
+        for _ in 0..=MAX_REBUILDS {
+            let state = self
+                .objects
+                .wait_ready(id)
+                .await
+                .ok_or_else(|| Error::ObjectLost {
+                    object: id,
+                    cause: "it is not referenced by this driver any more".into(),
+                })?;
+            match state {
+                ObjectState::Inline(bytes) => return Ok(ObjectBytes::Inline(bytes)),
+                ObjectState::Failed(err) => return Err(err),
+                ObjectState::Pending => continue,
+                ObjectState::Stored { address, .. } => {
+                    match object_io::read(&self.raylet, id).await {
+                        Ok(bytes) => return Ok(bytes),
+                        Err(ReadError::Other(err)) => return Err(err),
+                        Err(ReadError::Lost(why)) => {
+                            let why = format!("its copy on node {address} is gone ({why})");
+                            self.rebuild(id, why).await?;
+                        }
+                    }
+                }
+            }
+        }
+        Err(Error::ObjectLost {
+            object: id,
+            cause: format!("it was lost again after {MAX_REBUILDS} rebuilds"),
+        })
+    }
+
+    /// True when an object can be read: held inline here, or in a live node's store.
+    async fn available(&self, id: ObjectId) -> bool {
+        if let Some(ObjectState::Inline(_)) = self.objects.peek(id) {
+            return true;
+        }
+        self.head
+            .clone()
+            .get_object_locations(GetObjectLocationsRequest {
+                object_id: id.to_vec(),
+            })
+            .await
+            .is_ok_and(|reply| !reply.into_inner().locations.is_empty())
+    }
+
+    /// Runs the task that made `id` again (first rebuilding its lost
+    /// arguments), producing the same object id. `put` objects cannot be rebuilt.
+    pub(crate) fn rebuild(
+        self: &Arc<Self>,
+        id: ObjectId,
+        why: String,
+    ) -> futures::future::BoxFuture<'_, Result<()>> {
+        Box::pin(async move {
+            if id.is_put() {
+                let err = Error::ObjectLost {
+                    object: id,
+                    cause: format!(
+                        "{why}; it was made by put, and put objects cannot be rebuilt (keep a copy or make it with a task)"
+                    ),
+                };
+                self.objects.set(id, ObjectState::Failed(err.clone()));
+                return Err(err);
+            }
+            // Keep the entry alive while rebuilding (the driver may not reference it).
+            let _guard = self.new_ref(id, ObjectState::Pending);
+            if !self
+                .rebuilding
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(id)
+            {
+                self.objects.wait_ready(id).await;
+                return Ok(());
+            }
+            let outcome = self.rebuild_once(id, why).await;
+            self.rebuilding
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&id);
+            outcome
+        })
+    }
+
+    async fn rebuild_once(self: &Arc<Self>, id: ObjectId, why: String) -> Result<()> {
+        let _ = self.lineage.flush().await;
+        let record = match self
+            .head
+            .clone()
+            .get_lineage(GetLineageRequest {
+                object_id: id.to_vec(),
+            })
+            .await
+        {
+            Ok(reply) => reply.into_inner(),
+            Err(status) if status.code() == Code::NotFound => {
+                let err = Error::ObjectLost {
+                    object: id,
+                    cause: format!("{why}; {}", status.message()),
+                };
+                self.objects.set(id, ObjectState::Failed(err.clone()));
+                return Err(err);
+            }
+            Err(status) => {
+                return Err(Error::cluster("cannot read lineage from the head", &status));
+            }
+        };
+        let spec = record.task.unwrap_or_default();
+        tracing::info!(object = %id, function = %spec.function, %why, "rebuilding from lineage");
+        self.objects.set(id, ObjectState::Pending);
+        let mut deps = Vec::new();
+        for arg in &spec.args {
+            let Some(task_arg::Kind::ObjectId(arg_id)) = &arg.kind else {
+                continue;
+            };
+            let arg_id = ObjectId::from_slice(arg_id)
+                .map_err(|e| Error::Cluster(format!("corrupt lineage record: {e}")))?;
+            // Hold the argument until the task has run.
+            deps.push(self.new_ref(arg_id, ObjectState::Pending));
+            if !self.available(arg_id).await {
+                let why = format!("needed to rebuild {id}");
+                self.rebuild(arg_id, why).await?;
+            }
+        }
+        let max_retries = spec.max_retries;
+        let retry_exceptions = spec.retry_exceptions;
+        let resources = spec.resources.clone();
+        self.submitter.submit(PendingTask {
+            return_id: id,
+            retries_left: max_retries,
+            retry_exceptions,
+            resources,
+            spec,
+            deps,
+        });
+        match self.objects.wait_ready(id).await {
+            Some(ObjectState::Failed(err)) => Err(err),
+            _ => Ok(()),
+        }
+    }
+
+    /// Resolves arguments, records lineage and queues a task.
+    pub(crate) fn submit(
+        self: &Arc<Self>,
+        function: &str,
+        options: &TaskOptions,
+        args: Vec<Result<TaskArg>>,
+    ) -> ObjectRef<()> {
+        let task_id = self.next_task_id();
+        let return_id = ObjectId::for_return(task_id, 0);
+        let handle = self.new_ref(return_id, ObjectState::Pending);
+        let fail = |err: Error| {
+            self.objects.set(return_id, ObjectState::Failed(err));
+        };
+        let resources = match options.resources.to_set() {
+            Ok(set) => set.to_proto(),
+            Err(err) => {
+                fail(err);
+                return ObjectRef::new(handle);
+            }
+        };
+        let args = match args.into_iter().collect::<Result<Vec<_>>>() {
+            Ok(args) => args,
+            Err(err) => {
+                fail(err);
+                return ObjectRef::new(handle);
+            }
+        };
+        let spec = TaskSpec {
+            task_id: task_id.to_vec(),
+            function: function.to_string(),
+            resources: resources.clone(),
+            program: self.program.clone(),
+            max_retries: options.max_retries,
+            retry_exceptions: options.retry_exceptions,
+            ..Default::default()
+        };
+        let task = PendingTask {
+            return_id,
+            retries_left: options.max_retries,
+            retry_exceptions: options.retry_exceptions,
+            resources,
+            spec,
+            deps: Vec::new(),
+        };
+        self.resolve_and_submit(task, args, true);
+        ObjectRef::new(handle)
+    }
+
+    /// Fills in argument values (waiting for pending ones) and hands the task
+    /// to the submitter; a failed argument fails the task with its error.
+    fn resolve_and_submit(
+        self: &Arc<Self>,
+        mut task: PendingTask,
+        args: Vec<TaskArg>,
+        lineage: bool,
+    ) {
+        let ready = args.iter().all(|arg| match &arg.0 {
+            ArgKind::Value(_) => true,
+            ArgKind::Ref(handle) => !matches!(
+                self.objects.peek(handle.id),
+                Some(ObjectState::Pending) | None
+            ),
+        });
+        if ready {
+            match self.resolve_args(&mut task, args) {
+                Ok(()) => {
+                    if lineage {
+                        self.lineage.record(task.return_id, &task.spec);
+                    }
+                    self.submitter.submit(task);
+                }
+                Err(err) => {
+                    self.objects.set(task.return_id, ObjectState::Failed(err));
+                }
+            }
+            return;
+        }
+        let core = self.clone();
+        self.runtime.spawn(async move {
+            for arg in &args {
+                if let ArgKind::Ref(handle) = &arg.0 {
+                    core.objects.wait_ready(handle.id).await;
+                }
+            }
+            core.resolve_and_submit(task, args, lineage);
+        });
+    }
+
+    fn resolve_args(&self, task: &mut PendingTask, args: Vec<TaskArg>) -> Result<()> {
+        for arg in args {
+            let kind = match arg.0 {
+                ArgKind::Value(bytes) => task_arg::Kind::Value(bytes),
+                ArgKind::Ref(handle) => {
+                    let kind = match self.objects.peek(handle.id) {
+                        Some(ObjectState::Inline(bytes)) => task_arg::Kind::Value(bytes),
+                        Some(ObjectState::Stored { .. }) => {
+                            task_arg::Kind::ObjectId(handle.id.to_vec())
+                        }
+                        Some(ObjectState::Failed(err)) => return Err(err),
+                        _ => {
+                            return Err(Error::ObjectLost {
+                                object: handle.id,
+                                cause: "an argument was freed before the task ran".into(),
+                            });
+                        }
+                    };
+                    task.deps.push(handle);
+                    kind
+                }
+            };
+            task.spec.args.push(ProtoArg { kind: Some(kind) });
+        }
+        Ok(())
+    }
+
+    /// Stores a value: inline here when small, else in the local node's store.
+    pub(crate) async fn put_bytes(self: &Arc<Self>, bytes: Vec<u8>) -> Result<Arc<RefHandle>> {
+        let id = ObjectId::for_put(
+            self.driver_task,
+            self.put_counter.fetch_add(1, Ordering::Relaxed),
+        );
+        if bytes.len() <= INLINE_MAX {
+            return Ok(self.new_ref(id, ObjectState::Inline(Bytes::from(bytes))));
+        }
+        object_io::write(&self.raylet, id, &bytes).await?;
+        Ok(self.new_ref(
+            id,
+            ObjectState::Stored {
+                address: self.raylet_address.clone(),
+            },
+        ))
+    }
+}
+
+/// What `Context` owns: the runtime and the embedded cluster, stopped last.
+struct Owned {
+    core: Arc<Core>,
+    runtime: Option<Runtime>,
+    cluster: Option<EmbeddedCluster>,
+}
+
+impl Drop for Owned {
+    fn drop(&mut self) {
+        let Some(runtime) = self.runtime.take() else {
+            return;
+        };
+        let core = self.core.clone();
+        let mut cluster = self.cluster.take();
+        runtime.block_on(async move {
+            core.submitter.shutdown().await;
+            core.actors.shutdown();
+            // Free everything this job created.
+            for id in core.objects.ids() {
+                if let Some(ObjectState::Stored { .. }) = core.objects.peek(id) {
+                    core.delete_copies(id);
+                }
+                core.lineage.object_freed(id);
+            }
+            let _ = core.lineage.flush().await;
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            if let Some(cluster) = cluster.as_mut() {
+                cluster.stop().await;
+            }
+        });
+        runtime.shutdown_timeout(Duration::from_secs(5));
+    }
+}
+
+/// A driver's handle on its cluster. Cheap to clone; the cluster connection
+/// (and an embedded cluster) ends when the last clone drops.
+///
+/// Methods without `_async` block the calling thread: call them from plain
+/// code, not from inside an async runtime (use the `_async` versions there).
+#[derive(Clone)]
+pub struct Context {
+    pub(crate) core: Arc<Core>,
+    _owned: Arc<Owned>,
+}
+
+/// Connects to a cluster, or starts an embedded one (see [`Config`]).
+pub fn init(config: Config) -> Result<Context> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("photon-driver")
+        .enable_all()
+        .build()
+        .map_err(|e| Error::Config(format!("cannot start the driver runtime: {e}")))?;
+    let (core, cluster) = runtime.block_on(connect(&config))?;
+    Ok(Context {
+        core: core.clone(),
+        _owned: Arc::new(Owned {
+            core,
+            runtime: Some(runtime),
+            cluster,
+        }),
+    })
+}
+
+async fn connect(config: &Config) -> Result<(Arc<Core>, Option<EmbeddedCluster>)> {
+    let (head_address, token, cluster) = match config.resolved_address() {
+        Some(address) => {
+            let token = config.resolved_token(&address)?;
+            (address, token, None)
+        }
+        None => {
+            let cluster = EmbeddedCluster::start(config).await?;
+            (
+                cluster.head_address.clone(),
+                cluster.token.clone(),
+                Some(cluster),
+            )
+        }
+    };
+    let head = clients::head(&head_address, &token)?;
+    let (raylet_address, node_id) = match &cluster {
+        Some(cluster) => (cluster.raylet.address.clone(), cluster.raylet.node_id),
+        None => local_raylet(&head, &head_address, config.raylet_address.as_deref()).await?,
+    };
+    let raylet = clients::raylet(&raylet_address, &token)?;
+    let program = std::env::current_exe()
+        .map_err(|e| Error::Config(format!("cannot find this program's path for workers: {e}")))?
+        .display()
+        .to_string();
+    let job = JobId::from_u32(rand_u32());
+    let lineage = Lineage::new();
+    let core = Arc::new_cyclic(|weak| Core {
+        runtime: tokio::runtime::Handle::current(),
+        token: token.clone(),
+        head: head.clone(),
+        raylet: raylet.clone(),
+        raylet_address: raylet_address.clone(),
+        node_id,
+        objects: ObjectTable::default(),
+        lineage: lineage.clone(),
+        submitter: Submitter::start(weak.clone(), raylet_address.clone()),
+        actors: ActorClients::default(),
+        program,
+        max_in_flight: config.max_tasks_in_flight_per_worker.unwrap_or(16).max(1),
+        driver_task: TaskId::for_driver(job),
+        task_counter: AtomicU64::new(1),
+        put_counter: AtomicU32::new(0),
+        raylets: Mutex::default(),
+        rebuilding: Mutex::default(),
+    });
+    tokio::spawn(lineage.run(head));
+    Ok((core, cluster))
+}
+
+/// A job id that differs between drivers (pid and clock mixed).
+fn rand_u32() -> u32 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    let mixed = (nanos ^ (u64::from(std::process::id()) << 32)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    (mixed >> 32) as u32
+}
+
+/// The raylet to use when joining a cluster: the configured one, else the
+/// live node on this host.
+async fn local_raylet(
+    head: &Head,
+    head_address: &str,
+    configured: Option<&str>,
+) -> Result<(String, NodeId)> {
+    let status = head
+        .clone()
+        .get_cluster_status(GetClusterStatusRequest {})
+        .await
+        .map_err(|s| Error::cluster(format!("cannot reach the head at {head_address}"), &s))?
+        .into_inner();
+    let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_default();
+    let alive = status
+        .nodes
+        .into_iter()
+        .filter(|n| n.state == NodeState::Alive as i32)
+        .filter_map(|n| n.info);
+    let mut candidates: Vec<_> = alive
+        .filter(|info| match configured {
+            Some(address) => info.address == address,
+            None => info.hostname == hostname,
+        })
+        .collect();
+    candidates.sort_by(|a, b| a.address.cmp(&b.address));
+    let info = candidates.into_iter().next().ok_or_else(|| {
+        Error::Config(match configured {
+            Some(address) => format!("no live raylet at {address} in the cluster at {head_address}"),
+            None => format!(
+                "no live raylet on this host ({hostname}) in the cluster at {head_address}: start one with `photon start --address {head_address}`"
+            ),
+        })
+    })?;
+    let node_id = NodeId::from_slice(&info.node_id)
+        .map_err(|e| Error::Cluster(format!("the head sent a bad node id: {e}")))?;
+    Ok((info.address, node_id))
+}
+
+impl Context {
+    fn block_on<F: std::future::Future>(&self, future: F) -> F::Output {
+        self.core.runtime.block_on(future)
+    }
+
+    /// Submits a remote function (what `f::remote` calls).
+    pub fn submit_task<T: DeserializeOwned>(
+        &self,
+        function: &'static str,
+        options: TaskOptions,
+        args: Vec<Result<TaskArg>>,
+    ) -> ObjectRef<T> {
+        let untyped = self.core.submit(function, &options, args);
+        ObjectRef::new(untyped.handle)
+    }
+
+    /// Stores a value in the cluster.
+    pub fn put<T: Serialize>(&self, value: &T) -> Result<ObjectRef<T>> {
+        self.block_on(self.put_async(value))
+    }
+
+    /// [`Context::put`] for async code.
+    pub async fn put_async<T: Serialize>(&self, value: &T) -> Result<ObjectRef<T>> {
+        let bytes = codec::encode(value)?;
+        let core = self.core.clone();
+        let handle = self
+            .core
+            .runtime
+            .spawn(async move { core.put_bytes(bytes).await })
+            .await
+            .map_err(|e| Error::Cluster(e.to_string()))??;
+        Ok(ObjectRef::new(handle))
+    }
+
+    /// The value of `object`, waiting for its task.
+    pub fn get<T: DeserializeOwned>(&self, object: &ObjectRef<T>) -> Result<T> {
+        self.block_on(self.get_async(object))
+    }
+
+    /// [`Context::get`] for async code.
+    pub async fn get_async<T: DeserializeOwned>(&self, object: &ObjectRef<T>) -> Result<T> {
+        let core = self.core.clone();
+        let id = object.id();
+        let bytes = self
+            .core
+            .runtime
+            .spawn(async move { core.get_bytes(id).await })
+            .await
+            .map_err(|e| Error::Cluster(e.to_string()))??;
+        codec::decode(&bytes, &format!("object {id}"))
+    }
+
+    /// The values of all `objects`, in order.
+    pub fn get_all<T: DeserializeOwned>(&self, objects: &[ObjectRef<T>]) -> Result<Vec<T>> {
+        self.block_on(async {
+            let mut values = Vec::with_capacity(objects.len());
+            for object in objects {
+                values.push(self.get_async(object).await?);
+            }
+            Ok(values)
+        })
+    }
+
+    /// Waits until `num_returns` of `objects` are ready (or `timeout` passes);
+    /// returns (ready, not ready), each in the input order.
+    pub fn wait<T>(
+        &self,
+        objects: &[ObjectRef<T>],
+        num_returns: usize,
+        timeout: Option<Duration>,
+    ) -> (Vec<ObjectRef<T>>, Vec<ObjectRef<T>>) {
+        self.block_on(self.wait_async(objects, num_returns, timeout))
+    }
+
+    /// [`Context::wait`] for async code.
+    pub async fn wait_async<T>(
+        &self,
+        objects: &[ObjectRef<T>],
+        num_returns: usize,
+        timeout: Option<Duration>,
+    ) -> (Vec<ObjectRef<T>>, Vec<ObjectRef<T>>) {
+        let wanted = num_returns.min(objects.len());
+        let mut ready = vec![false; objects.len()];
+        let mut waiting: FuturesUnordered<_> = objects
+            .iter()
+            .enumerate()
+            .map(|(index, object)| {
+                let core = self.core.clone();
+                let id = object.id();
+                async move {
+                    core.objects.wait_ready(id).await;
+                    index
+                }
+            })
+            .collect();
+        let collect = async {
+            let mut count = 0;
+            while count < wanted {
+                match waiting.next().await {
+                    Some(index) => {
+                        ready[index] = true;
+                        count += 1;
+                    }
+                    None => break,
+                }
+            }
+        };
+        match timeout {
+            Some(limit) => {
+                let _ = tokio::time::timeout(limit, collect).await;
+            }
+            None => collect.await,
+        }
+        let (done, pending): (Vec<_>, Vec<_>) = objects
+            .iter()
+            .zip(ready)
+            .partition(|(_, is_ready)| *is_ready);
+        (
+            done.into_iter().map(|(o, _)| o.clone()).collect(),
+            pending.into_iter().map(|(o, _)| o.clone()).collect(),
+        )
+    }
+
+    /// Creates an actor (what the generated `Handle::new` calls).
+    pub fn create_actor(
+        &self,
+        class: &'static str,
+        constructor: &'static str,
+        options: ActorOptions,
+        args: Vec<Result<TaskArg>>,
+    ) -> Result<ActorHandle> {
+        let core = self.core.clone();
+        let args = args.into_iter().collect::<Result<Vec<_>>>()?;
+        self.block_on(async move {
+            core.runtime
+                .clone()
+                .spawn(ActorHandle::create(core, class, constructor, options, args))
+                .await
+                .map_err(|e| Error::Cluster(e.to_string()))?
+        })
+    }
+
+    /// Looks up the live actor named `name` (of class `class`).
+    pub fn get_actor(&self, name: &str, class: &'static str) -> Result<ActorHandle> {
+        let mut head = self.core.head.clone();
+        let record = self
+            .block_on(head.get_actor(GetActorRequest {
+                actor_id: Vec::new(),
+                name: name.to_string(),
+            }))
+            .map_err(|status| match status.code() {
+                Code::NotFound => Error::Config(status.message().to_string()),
+                _ => Error::cluster(format!("cannot look up actor {name:?}"), &status),
+            })?
+            .into_inner();
+        ActorHandle::from_record(self.core.clone(), class, &record)
+    }
+
+    /// Kills an actor for good (no restart); its pending calls fail with `ActorDied`.
+    pub fn kill(&self, actor: &ActorHandle) -> Result<()> {
+        let mut head = self.core.head.clone();
+        self.block_on(head.kill_actor(KillActorRequest {
+            actor_id: actor.id().to_vec(),
+        }))
+        .map_err(|s| Error::cluster(format!("cannot kill actor {}", actor.id()), &s))?;
+        Ok(())
+    }
+
+    /// Bytes held in the object stores of all live nodes (as of their latest
+    /// heartbeats, which come every 500 ms).
+    pub fn object_store_used(&self) -> Result<u64> {
+        let mut head = self.core.head.clone();
+        let status = self
+            .block_on(head.get_cluster_status(GetClusterStatusRequest {}))
+            .map_err(|s| Error::cluster("cannot read the cluster status", &s))?
+            .into_inner();
+        Ok(status
+            .nodes
+            .iter()
+            .filter(|n| n.state == NodeState::Alive as i32)
+            .map(|n| n.object_store_used)
+            .sum())
+    }
+
+    /// Objects this driver references now.
+    pub fn object_count(&self) -> usize {
+        self.core.objects.len()
+    }
+
+    /// Lineage records this driver keeps, and the head's total after
+    /// sending everything pending.
+    pub fn lineage_records(&self) -> Result<(usize, u64)> {
+        let local = self.core.lineage.len();
+        let head = self.block_on(self.core.lineage.flush())?;
+        Ok((local, head))
+    }
+
+    /// The node this driver uses.
+    pub fn node_id(&self) -> NodeId {
+        self.core.node_id
+    }
+
+    /// The raylet (node) this driver uses.
+    pub fn raylet_address(&self) -> &str {
+        &self.core.raylet_address
+    }
+
+    /// The runtime behind this context, for running async code from sync code.
+    pub fn runtime(&self) -> &tokio::runtime::Handle {
+        &self.core.runtime
+    }
+}

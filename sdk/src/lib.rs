@@ -1,0 +1,71 @@
+//! Photon's Rust SDK: what Ray's API is to Python, typed and async-capable.
+//!
+//! ```ignore
+//! #[photon::remote]
+//! fn square(x: u64) -> u64 { x * x }
+//!
+//! #[photon::main]
+//! fn main() -> photon::Result<()> {
+//!     let ctx = photon::init(photon::Config::default())?; // embedded local cluster
+//!     let refs: Vec<_> = (0..100).map(|i| square::remote(&ctx, i)).collect();
+//!     let total: u64 = ctx.get_all(&refs)?.into_iter().sum();
+//!     println!("{total}");
+//!     Ok(())
+//! }
+//! ```
+//!
+//! - [`init`] connects to a cluster (`Config::address`, `PHOTON_ADDRESS`) or
+//!   starts an embedded single-node one (head and raylet in this process,
+//!   workers as child processes of this same program).
+//! - `#[photon::remote]` functions run as tasks on leased workers; arguments
+//!   are values or [`ObjectRef`]s; results come back as [`ObjectRef`]s.
+//! - `#[photon::actor]` on an `impl` block gives a `TypeHandle` whose methods
+//!   run in the actor's own worker process, in call order.
+//! - [`Context::put`], [`Context::get`], [`Context::get_all`], [`Context::wait`];
+//!   values up to 100 KiB travel inline, larger ones through the node's
+//!   shared-memory object store.
+//! - Tasks are retried when their worker or node dies; lost objects are
+//!   rebuilt from lineage (kept by the head); errors are typed ([`Error`]).
+//!
+//! Workers are this same binary: `main` must begin with
+//! [`worker_entry`] (which `#[photon::main]` inserts), so a process started
+//! as a worker runs the worker loop instead of the program.
+
+mod actor_client;
+mod clients;
+mod cluster;
+mod codec;
+mod config;
+mod context;
+mod error;
+mod lineage;
+mod object_io;
+mod object_ref;
+mod objects;
+mod options;
+mod registry;
+mod submitter;
+mod worker;
+
+pub use actor_client::ActorHandle;
+pub use config::{ADDRESS_ENV, Config, TOKEN_ENV};
+pub use context::{Context, init};
+pub use error::{Error, KillReason, Result};
+pub use object_io::{INLINE_MAX, ObjectBytes};
+pub use object_ref::{IntoArg, ObjectRef, TaskArg};
+pub use options::{ActorOptions, TaskOptions};
+pub use photon_macros::{actor, main, remote};
+pub use photon_proto::{ActorId, ObjectId};
+pub use worker::worker_entry;
+
+/// What the macros' generated code uses. Not a stable API.
+#[doc(hidden)]
+pub mod __private {
+    pub use futures;
+    pub use inventory;
+    pub use tokio::sync::RwLock;
+
+    pub use crate::registry::{
+        ActorClass, ActorInstance, Args, BoxFuture, RemoteFunction, check_arity, decode, encode,
+    };
+}

@@ -1,0 +1,123 @@
+//! The owner's object table: for every object this driver owns, where its
+//! value is (inline here, or in some node's store), or why it failed, and how
+//! many references are alive. Waiters are woken when a value arrives.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use photon_proto::ObjectId;
+use tokio::sync::Notify;
+
+use crate::error::Error;
+
+/// Where an object's value is.
+#[derive(Debug, Clone)]
+pub(crate) enum ObjectState {
+    /// Its task has not finished.
+    Pending,
+    /// Small: the bytes are here.
+    Inline(Bytes),
+    /// Large: in the store of the node whose raylet is at `address`.
+    Stored { address: String },
+    /// Its task failed for good.
+    Failed(Error),
+}
+
+struct Entry {
+    state: ObjectState,
+    refs: usize,
+    ready: Arc<Notify>,
+}
+
+/// What the caller must clean up after the last reference went.
+pub(crate) struct Freed {
+    pub(crate) state: ObjectState,
+}
+
+/// The table.
+#[derive(Default)]
+pub(crate) struct ObjectTable {
+    entries: Mutex<HashMap<ObjectId, Entry>>,
+}
+
+impl ObjectTable {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<ObjectId, Entry>> {
+        self.entries.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Counts one more reference, creating the entry (pending) if needed.
+    pub(crate) fn add_ref(&self, id: ObjectId, initial: ObjectState) {
+        self.lock()
+            .entry(id)
+            .or_insert_with(|| Entry {
+                state: initial,
+                refs: 0,
+                ready: Arc::new(Notify::new()),
+            })
+            .refs += 1;
+    }
+
+    /// Drops one reference; returns the entry's state when it was the last.
+    pub(crate) fn release(&self, id: ObjectId) -> Option<Freed> {
+        let mut entries = self.lock();
+        let entry = entries.get_mut(&id)?;
+        entry.refs -= 1;
+        if entry.refs > 0 {
+            return None;
+        }
+        let entry = entries.remove(&id).expect("present above");
+        entry.ready.notify_waiters();
+        Some(Freed { state: entry.state })
+    }
+
+    /// Records a value (or failure). Returns false when nobody references the
+    /// object any more (the caller frees what arrived).
+    pub(crate) fn set(&self, id: ObjectId, state: ObjectState) -> bool {
+        let mut entries = self.lock();
+        let Some(entry) = entries.get_mut(&id) else {
+            return false;
+        };
+        entry.state = state;
+        entry.ready.notify_waiters();
+        true
+    }
+
+    /// The current state, if the object is referenced.
+    pub(crate) fn peek(&self, id: ObjectId) -> Option<ObjectState> {
+        self.lock().get(&id).map(|e| e.state.clone())
+    }
+
+    /// Waits until the object is no longer pending. `None` when it is not
+    /// (or no longer) referenced.
+    pub(crate) async fn wait_ready(&self, id: ObjectId) -> Option<ObjectState> {
+        loop {
+            let ready = {
+                let entries = self.lock();
+                let entry = entries.get(&id)?;
+                if !matches!(entry.state, ObjectState::Pending) {
+                    return Some(entry.state.clone());
+                }
+                entry.ready.clone()
+            };
+            let notified = ready.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            // Re-check: the value may have arrived between the lock and enable().
+            match self.peek(id) {
+                Some(ObjectState::Pending) => notified.await,
+                other => return other,
+            }
+        }
+    }
+
+    /// Ids of every object referenced now.
+    pub(crate) fn ids(&self) -> Vec<ObjectId> {
+        self.lock().keys().copied().collect()
+    }
+
+    /// Objects referenced now.
+    pub(crate) fn len(&self) -> usize {
+        self.lock().len()
+    }
+}

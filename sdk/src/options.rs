@@ -1,0 +1,159 @@
+//! Per-function and per-actor options: resources, retries, restarts, names.
+//! The macros build the defaults from their attributes; callers override
+//! them per call with `f::remote_with(ctx, f::options().num_gpus(1.0), …)`.
+
+use std::collections::BTreeMap;
+
+use photon_proto::{Quantity, ResourceSet, names};
+
+use crate::error::{Error, Result};
+
+/// Resource requests as the user wrote them, checked when used.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub(crate) struct Resources(BTreeMap<String, f64>);
+
+impl Resources {
+    fn set(&mut self, name: &str, amount: f64) {
+        self.0.insert(name.to_string(), amount);
+    }
+
+    /// Fixed-point resources; GPU requests above 1 must be whole.
+    pub(crate) fn to_set(&self) -> Result<ResourceSet> {
+        let mut set = ResourceSet::new();
+        for (name, amount) in &self.0 {
+            let quantity =
+                Quantity::from_f64(name, *amount).map_err(|e| Error::Config(e.to_string()))?;
+            if name == names::GPU && *amount > 1.0 && amount.fract() != 0.0 {
+                return Err(Error::Config(format!(
+                    "num_gpus = {amount}: requests above 1 GPU must be whole numbers"
+                )));
+            }
+            set.set(name.clone(), quantity);
+        }
+        Ok(set)
+    }
+}
+
+/// Options of one remote function call.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TaskOptions {
+    pub(crate) resources: Resources,
+    pub(crate) max_retries: u32,
+    pub(crate) retry_exceptions: bool,
+}
+
+impl Default for TaskOptions {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl TaskOptions {
+    /// One CPU, 3 retries on worker or node death, application errors not retried.
+    pub fn new() -> Self {
+        let mut resources = Resources::default();
+        resources.set(names::CPU, 1.0);
+        Self {
+            resources,
+            max_retries: 3,
+            retry_exceptions: false,
+        }
+    }
+
+    /// CPUs the task holds while it runs (0 is allowed).
+    pub fn num_cpus(mut self, cpus: f64) -> Self {
+        self.resources.set(names::CPU, cpus);
+        self
+    }
+
+    /// GPUs (fractions ≤ 1 share one GPU; above 1 must be whole).
+    pub fn num_gpus(mut self, gpus: f64) -> Self {
+        self.resources.set(names::GPU, gpus);
+        self
+    }
+
+    /// A custom resource (as given to `photon start --resources`).
+    pub fn resource(mut self, name: &str, amount: f64) -> Self {
+        self.resources.set(name, amount);
+        self
+    }
+
+    /// How often the task is re-run after its worker or node dies.
+    pub fn max_retries(mut self, retries: u32) -> Self {
+        self.max_retries = retries;
+        self
+    }
+
+    /// Also retry when the function returns an error or panics.
+    pub fn retry_exceptions(mut self, retry: bool) -> Self {
+        self.retry_exceptions = retry;
+        self
+    }
+}
+
+/// Options of an actor.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ActorOptions {
+    pub(crate) resources: Resources,
+    pub(crate) max_restarts: u32,
+    pub(crate) max_concurrency: u32,
+    pub(crate) name: Option<String>,
+}
+
+impl Default for ActorOptions {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl ActorOptions {
+    /// One CPU, no restarts, one call at a time, no name.
+    pub fn new() -> Self {
+        let mut resources = Resources::default();
+        resources.set(names::CPU, 1.0);
+        Self {
+            resources,
+            max_restarts: 0,
+            max_concurrency: 1,
+            name: None,
+        }
+    }
+
+    /// CPUs the actor holds for its life.
+    pub fn num_cpus(mut self, cpus: f64) -> Self {
+        self.resources.set(names::CPU, cpus);
+        self
+    }
+
+    /// GPUs (fractions ≤ 1 pack onto one GPU before opening another).
+    pub fn num_gpus(mut self, gpus: f64) -> Self {
+        self.resources.set(names::GPU, gpus);
+        self
+    }
+
+    /// A custom resource.
+    pub fn resource(mut self, name: &str, amount: f64) -> Self {
+        self.resources.set(name, amount);
+        self
+    }
+
+    /// How often the actor is restarted (its constructor run again) after
+    /// its worker or node dies.
+    pub fn max_restarts(mut self, restarts: u32) -> Self {
+        self.max_restarts = restarts;
+        self
+    }
+
+    /// Calls that may run at once (`&self` methods run concurrently, `&mut
+    /// self` ones one at a time).
+    pub fn max_concurrency(mut self, calls: u32) -> Self {
+        self.max_concurrency = calls.max(1);
+        self
+    }
+
+    /// A cluster-wide name, so other drivers can look the actor up.
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = Some(name.into());
+        self
+    }
+}

@@ -1,0 +1,594 @@
+//! Task submission, Ray's direct-call way: the driver leases workers from a
+//! raylet for each resource shape, pushes tasks straight to them over one
+//! gRPC stream per worker (many in flight), and reads replies from the same
+//! stream. One event loop owns all of this state, so there are no locks on
+//! the hot path. Workers that die are asked about (exit code, signal, killed
+//! for memory, node gone) and their tasks retried or failed with that reason.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
+
+use photon_proto::v1::{
+    ReturnWorkerLeaseRequest, TaskReply, TaskSpec, WorkerExitRequest, WorkerLeaseRequest,
+    task_reply,
+};
+use photon_proto::{ObjectId, WorkerId};
+use tokio::sync::{mpsc, oneshot};
+use tokio_stream::StreamExt;
+use tokio_stream::wrappers::UnboundedReceiverStream;
+use tracing::{debug, warn};
+
+use crate::clients;
+use crate::context::Core;
+use crate::error::{Error, KillReason};
+use crate::object_ref::RefHandle;
+use crate::objects::ObjectState;
+
+/// A leased worker with nothing to do is returned after this long.
+const LEASE_IDLE: Duration = Duration::from_millis(500);
+/// Lease requests in flight per resource shape.
+const MAX_PENDING_LEASES: usize = 4;
+/// Tasks of a shape whose service time averages below this are pipelined
+/// (many in flight per worker); slower ones go one at a time per worker, so a
+/// long task never holds short ones back behind it.
+const PIPELINE_BELOW: Duration = Duration::from_millis(2);
+
+/// A task waiting to run (or running).
+pub(crate) struct PendingTask {
+    pub(crate) return_id: ObjectId,
+    pub(crate) retries_left: u32,
+    pub(crate) retry_exceptions: bool,
+    pub(crate) resources: HashMap<String, i64>,
+    pub(crate) spec: TaskSpec,
+    /// Argument references held until the task finishes.
+    pub(crate) deps: Vec<Arc<RefHandle>>,
+}
+
+type Shape = BTreeMap<String, i64>;
+
+struct Lease {
+    worker: WorkerId,
+    raylet: String,
+    shape: Shape,
+    sender: mpsc::UnboundedSender<TaskSpec>,
+    in_flight: HashMap<Vec<u8>, (PendingTask, Instant)>,
+    idle_since: Instant,
+    last_reply: Instant,
+}
+
+#[derive(Default)]
+struct ShapeState {
+    queue: VecDeque<PendingTask>,
+    workers: Vec<WorkerId>,
+    requests: usize,
+    /// Moving average of how long one task takes on a worker; `None` until one finished.
+    service_time: Option<Duration>,
+}
+
+impl ShapeState {
+    fn depth(&self, max_in_flight: usize) -> usize {
+        match self.service_time {
+            Some(time) if time < PIPELINE_BELOW => max_in_flight,
+            _ => 1,
+        }
+    }
+
+    fn observe(&mut self, time: Duration) {
+        self.service_time = Some(match self.service_time {
+            Some(average) => (average * 7 + time) / 8,
+            None => time,
+        });
+    }
+}
+
+enum Event {
+    Submit(PendingTask),
+    Granted {
+        shape: Shape,
+        raylet: String,
+        worker: WorkerId,
+        address: String,
+    },
+    LeaseFailed {
+        shape: Shape,
+        error: Error,
+    },
+    Reply {
+        worker: WorkerId,
+        reply: TaskReply,
+    },
+    StreamEnded {
+        worker: WorkerId,
+    },
+    WorkerDied {
+        cause: DeathCause,
+        tasks: Vec<PendingTask>,
+    },
+    Tick,
+    Shutdown(oneshot::Sender<()>),
+}
+
+/// Why a worker went.
+pub(crate) enum DeathCause {
+    /// The worker process ended.
+    Worker(KillReason),
+    /// Its raylet is unreachable (the node died).
+    Node(String),
+}
+
+impl std::fmt::Display for DeathCause {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Worker(reason) => write!(f, "{reason}"),
+            Self::Node(why) => write!(f, "node {why}"),
+        }
+    }
+}
+
+/// Handle of the submission loop.
+pub(crate) struct Submitter {
+    events: mpsc::UnboundedSender<Event>,
+}
+
+impl Submitter {
+    /// Starts the loop on the current runtime.
+    pub(crate) fn start(core: Weak<Core>, raylet: String) -> Self {
+        let (events, receiver) = mpsc::unbounded_channel();
+        let ticker = events.clone();
+        tokio::spawn(async move {
+            let mut interval = tokio::time::interval(Duration::from_millis(100));
+            loop {
+                interval.tick().await;
+                if ticker.send(Event::Tick).is_err() {
+                    return;
+                }
+            }
+        });
+        let state = Loop {
+            core,
+            local_raylet: raylet,
+            events: events.clone(),
+            shapes: HashMap::new(),
+            leases: HashMap::new(),
+        };
+        tokio::spawn(state.run(receiver));
+        Self { events }
+    }
+
+    /// Queues a task whose arguments are resolved.
+    pub(crate) fn submit(&self, task: PendingTask) {
+        let _ = self.events.send(Event::Submit(task));
+    }
+
+    /// Returns every lease and stops.
+    pub(crate) async fn shutdown(&self) {
+        let (done, wait) = oneshot::channel();
+        if self.events.send(Event::Shutdown(done)).is_ok() {
+            let _ = wait.await;
+        }
+    }
+}
+
+struct Loop {
+    core: Weak<Core>,
+    local_raylet: String,
+    events: mpsc::UnboundedSender<Event>,
+    shapes: HashMap<Shape, ShapeState>,
+    leases: HashMap<WorkerId, Lease>,
+}
+
+impl Loop {
+    async fn run(mut self, mut receiver: mpsc::UnboundedReceiver<Event>) {
+        while let Some(event) = receiver.recv().await {
+            let Some(core) = self.core.upgrade() else {
+                return;
+            };
+            match event {
+                Event::Submit(task) => {
+                    let shape: Shape = task.resources.clone().into_iter().collect();
+                    self.shapes
+                        .entry(shape.clone())
+                        .or_default()
+                        .queue
+                        .push_back(task);
+                    self.dispatch(&core, &shape);
+                }
+                Event::Granted {
+                    shape,
+                    raylet,
+                    worker,
+                    address,
+                } => self.granted(&core, shape, raylet, worker, address),
+                Event::LeaseFailed { shape, error } => {
+                    let state = self.shapes.entry(shape.clone()).or_default();
+                    state.requests = state.requests.saturating_sub(1);
+                    if state.workers.is_empty() && state.requests == 0 {
+                        for task in state.queue.drain(..) {
+                            core.objects
+                                .set(task.return_id, ObjectState::Failed(error.clone()));
+                        }
+                    }
+                }
+                Event::Reply { worker, reply } => self.reply(&core, worker, reply),
+                Event::StreamEnded { worker } => self.stream_ended(&core, worker),
+                Event::WorkerDied { cause, tasks } => {
+                    for task in tasks {
+                        self.retry_or_fail(&core, task, &cause);
+                    }
+                }
+                Event::Tick => self.return_idle(&core),
+                Event::Shutdown(done) => {
+                    let workers: Vec<WorkerId> = self.leases.keys().copied().collect();
+                    for worker in workers {
+                        self.return_lease(&core, worker, false).await;
+                    }
+                    let _ = done.send(());
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Sends queued tasks of `shape` to its workers, least loaded first, and
+    /// asks for more workers while tasks wait.
+    fn dispatch(&mut self, core: &Arc<Core>, shape: &Shape) {
+        let Some(state) = self.shapes.get_mut(shape) else {
+            return;
+        };
+        let depth = state.depth(core.max_in_flight);
+        while !state.queue.is_empty() {
+            let best = state
+                .workers
+                .iter()
+                .filter_map(|w| self.leases.get(w).map(|l| (l.in_flight.len(), *w)))
+                .filter(|(load, _)| *load < depth)
+                .min();
+            let Some((_, worker)) = best else { break };
+            let task = state.queue.pop_front().expect("not empty");
+            let lease = self.leases.get_mut(&worker).expect("listed");
+            if lease.sender.send(task.spec.clone()).is_err() {
+                state.queue.push_front(task);
+                break;
+            }
+            lease
+                .in_flight
+                .insert(task.spec.task_id.clone(), (task, Instant::now()));
+        }
+        // More workers while tasks wait: one per `depth` queued tasks.
+        let wanted = state.queue.len().div_ceil(depth);
+        while state.requests < wanted.min(MAX_PENDING_LEASES) {
+            state.requests += 1;
+            let request = WorkerLeaseRequest {
+                resources: shape.clone().into_iter().collect(),
+                program: core.program.clone(),
+                ..Default::default()
+            };
+            let events = self.events.clone();
+            let shape = shape.clone();
+            let core = core.clone();
+            let raylet = self.local_raylet.clone();
+            tokio::spawn(async move {
+                let event = match request_lease(&core, raylet, request).await {
+                    Ok((raylet, worker, address)) => Event::Granted {
+                        shape,
+                        raylet,
+                        worker,
+                        address,
+                    },
+                    Err(error) => Event::LeaseFailed { shape, error },
+                };
+                let _ = events.send(event);
+            });
+        }
+    }
+
+    fn granted(
+        &mut self,
+        core: &Arc<Core>,
+        shape: Shape,
+        raylet: String,
+        worker: WorkerId,
+        address: String,
+    ) {
+        let state = self.shapes.entry(shape.clone()).or_default();
+        state.requests = state.requests.saturating_sub(1);
+        let client = match clients::worker(&address, &core.token) {
+            Ok(client) => client,
+            Err(err) => {
+                warn!(%err, "cannot reach a leased worker");
+                return;
+            }
+        };
+        let (sender, receiver) = mpsc::unbounded_channel();
+        let events = self.events.clone();
+        tokio::spawn(async move {
+            let mut client = client;
+            match client
+                .push_tasks(UnboundedReceiverStream::new(receiver))
+                .await
+            {
+                Ok(response) => {
+                    let mut replies = response.into_inner();
+                    while let Some(Ok(reply)) = replies.next().await {
+                        if events.send(Event::Reply { worker, reply }).is_err() {
+                            return;
+                        }
+                    }
+                }
+                Err(status) => debug!(%worker, error = status.message(), "worker stream failed"),
+            }
+            let _ = events.send(Event::StreamEnded { worker });
+        });
+        state.workers.push(worker);
+        self.leases.insert(
+            worker,
+            Lease {
+                worker,
+                raylet,
+                shape: shape.clone(),
+                sender,
+                in_flight: HashMap::new(),
+                idle_since: Instant::now(),
+                last_reply: Instant::now(),
+            },
+        );
+        self.dispatch(core, &shape);
+    }
+
+    fn reply(&mut self, core: &Arc<Core>, worker: WorkerId, reply: TaskReply) {
+        let Some(lease) = self.leases.get_mut(&worker) else {
+            return;
+        };
+        let Some((task, sent)) = lease.in_flight.remove(&reply.task_id) else {
+            return;
+        };
+        let now = Instant::now();
+        // Service time: from when the worker could start it (sent, or the
+        // previous reply if it queued there) to its reply.
+        let service = now - sent.max(lease.last_reply);
+        lease.last_reply = now;
+        if lease.in_flight.is_empty() {
+            lease.idle_since = now;
+        }
+        let shape = lease.shape.clone();
+        self.shapes
+            .entry(shape.clone())
+            .or_default()
+            .observe(service);
+        let function = task.spec.function.clone();
+        match reply.result {
+            Some(task_reply::Result::Value(bytes)) => {
+                core.objects.set(task.return_id, ObjectState::Inline(bytes));
+            }
+            Some(task_reply::Result::Stored(stored)) => {
+                let state = ObjectState::Stored {
+                    address: stored.node_address,
+                };
+                if !core.objects.set(task.return_id, state) {
+                    core.delete_copies(task.return_id); // nobody wants it any more
+                }
+            }
+            Some(task_reply::Result::Failure(failure)) => {
+                if !failure.lost_object.is_empty()
+                    && let Ok(lost) = ObjectId::from_slice(&failure.lost_object)
+                {
+                    // An argument is gone: rebuild it, then run the task again.
+                    let events = self.events.clone();
+                    let core = core.clone();
+                    tokio::spawn(async move {
+                        match core.rebuild(lost, failure.message.clone()).await {
+                            Ok(()) => {
+                                let _ = events.send(Event::Submit(task));
+                            }
+                            Err(err) => {
+                                core.objects.set(task.return_id, ObjectState::Failed(err));
+                            }
+                        }
+                    });
+                } else {
+                    let retry = (failure.system || task.retry_exceptions) && task.retries_left > 0;
+                    if retry {
+                        let mut task = task;
+                        task.retries_left -= 1;
+                        self.shapes
+                            .entry(shape.clone())
+                            .or_default()
+                            .queue
+                            .push_front(task);
+                    } else {
+                        let error = Error::TaskFailed {
+                            function,
+                            message: failure.message,
+                            panicked: failure.panicked,
+                            node: failure.node_address,
+                            pid: failure.pid,
+                        };
+                        core.objects.set(task.return_id, ObjectState::Failed(error));
+                    }
+                }
+            }
+            None => {}
+        }
+        self.dispatch(core, &shape);
+    }
+
+    /// A worker's stream ended: find out why, then retry or fail its tasks.
+    fn stream_ended(&mut self, core: &Arc<Core>, worker: WorkerId) {
+        let Some(lease) = self.leases.remove(&worker) else {
+            return;
+        };
+        if let Some(state) = self.shapes.get_mut(&lease.shape) {
+            state.workers.retain(|w| *w != worker);
+        }
+        let tasks: Vec<PendingTask> = lease.in_flight.into_values().map(|(t, _)| t).collect();
+        let events = self.events.clone();
+        let owner = core.clone();
+        tokio::spawn(async move {
+            let cause = why_worker_died(&owner, &lease.raylet, worker).await;
+            // Tell the raylet, so it takes the worker back (or knows it is gone).
+            if let Ok(mut client) = owner.raylet_at(&lease.raylet) {
+                let _ = client
+                    .return_worker_lease(ReturnWorkerLeaseRequest {
+                        worker_id: worker.to_vec(),
+                        kill: true,
+                    })
+                    .await;
+            }
+            let _ = events.send(Event::WorkerDied { cause, tasks });
+        });
+        self.dispatch(core, &lease.shape);
+    }
+
+    fn retry_or_fail(&mut self, core: &Arc<Core>, mut task: PendingTask, cause: &DeathCause) {
+        if task.retries_left > 0 {
+            task.retries_left -= 1;
+            debug!(task = %task.spec.function, "retrying after worker death");
+            let shape: Shape = task.resources.clone().into_iter().collect();
+            self.shapes
+                .entry(shape.clone())
+                .or_default()
+                .queue
+                .push_front(task);
+            self.dispatch(core, &shape);
+            return;
+        }
+        let function = task.spec.function.clone();
+        let error = match cause {
+            DeathCause::Worker(reason) => Error::WorkerKilled {
+                function,
+                reason: reason.clone(),
+            },
+            DeathCause::Node(why) => Error::NodeDied {
+                node: why.split_whitespace().next().unwrap_or("").to_string(),
+                function,
+                reason: why.clone(),
+            },
+        };
+        core.objects.set(task.return_id, ObjectState::Failed(error));
+    }
+
+    fn return_idle(&mut self, core: &Arc<Core>) {
+        let idle: Vec<WorkerId> = self
+            .leases
+            .values()
+            .filter(|l| l.in_flight.is_empty() && l.idle_since.elapsed() >= LEASE_IDLE)
+            .filter(|l| {
+                self.shapes
+                    .get(&l.shape)
+                    .is_none_or(|state| state.queue.is_empty())
+            })
+            .map(|l| l.worker)
+            .collect();
+        for worker in idle {
+            let Some(lease) = self.leases.remove(&worker) else {
+                continue;
+            };
+            if let Some(state) = self.shapes.get_mut(&lease.shape) {
+                state.workers.retain(|w| *w != worker);
+            }
+            let core = core.clone();
+            tokio::spawn(async move {
+                if let Ok(mut client) = core.raylet_at(&lease.raylet) {
+                    let _ = client
+                        .return_worker_lease(ReturnWorkerLeaseRequest {
+                            worker_id: worker.to_vec(),
+                            kill: false,
+                        })
+                        .await;
+                }
+            });
+        }
+    }
+
+    async fn return_lease(&mut self, core: &Arc<Core>, worker: WorkerId, kill: bool) {
+        let Some(lease) = self.leases.remove(&worker) else {
+            return;
+        };
+        if let Ok(mut client) = core.raylet_at(&lease.raylet) {
+            let _ = client
+                .return_worker_lease(ReturnWorkerLeaseRequest {
+                    worker_id: worker.to_vec(),
+                    kill,
+                })
+                .await;
+        }
+    }
+}
+
+/// Asks the local raylet for a worker, following spillbacks.
+async fn request_lease(
+    core: &Arc<Core>,
+    mut raylet: String,
+    mut request: WorkerLeaseRequest,
+) -> Result<(String, WorkerId, String), Error> {
+    for _ in 0..8 {
+        let mut client = core.raylet_at(&raylet)?;
+        let reply = client
+            .request_worker_lease(request.clone())
+            .await
+            .map_err(|s| Error::cluster(format!("the raylet at {raylet} refused a lease"), &s))?
+            .into_inner();
+        if !reply.infeasible.is_empty() {
+            return Err(Error::Unschedulable {
+                what: "a task".into(),
+                why: reply.infeasible,
+            });
+        }
+        if !reply.spillback_address.is_empty() {
+            raylet = reply.spillback_address;
+            request.no_spillback = true;
+            continue;
+        }
+        let worker = WorkerId::from_slice(&reply.worker_id)
+            .map_err(|e| Error::Cluster(format!("bad worker id from {raylet}: {e}")))?;
+        return Ok((raylet, worker, reply.worker_address));
+    }
+    Err(Error::Cluster(
+        "a lease request was spilled back too often".into(),
+    ))
+}
+
+/// Why a worker's stream ended, from its raylet (which reaps it).
+pub(crate) async fn why_worker_died(
+    core: &Arc<Core>,
+    raylet: &str,
+    worker: WorkerId,
+) -> DeathCause {
+    let Ok(mut client) = core.raylet_at(raylet) else {
+        return DeathCause::Node(format!("{raylet} cannot be reached"));
+    };
+    // The raylet reaps the process a moment after its socket closes.
+    for _ in 0..20 {
+        match client
+            .worker_exit(WorkerExitRequest {
+                worker_id: worker.to_vec(),
+            })
+            .await
+        {
+            Ok(reply) => {
+                let reply = reply.into_inner();
+                if reply.exited {
+                    let why = format!("worker {worker} on {raylet} {}", reply.reason);
+                    return DeathCause::Worker(if reply.killed_for_memory {
+                        KillReason::Oom(why)
+                    } else if reply.reason.contains("signal") {
+                        KillReason::Signal(why)
+                    } else {
+                        KillReason::Exit(why)
+                    });
+                }
+            }
+            Err(status) => {
+                return DeathCause::Node(format!(
+                    "{raylet} (its raylet is unreachable: {})",
+                    status.message()
+                ));
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    DeathCause::Worker(KillReason::Exit(format!(
+        "worker {worker} on {raylet} closed its connection"
+    )))
+}

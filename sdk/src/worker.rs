@@ -1,0 +1,378 @@
+//! The worker runtime: a process the raylet started from the driver's own
+//! binary. It serves `photon.v1.Worker`, registers with its raylet, and runs
+//! the tasks (or, for an actor, the method calls) drivers push to it:
+//! arguments inline or mapped from the node's store, results inline when
+//! small, else written into the store.
+
+use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use futures::FutureExt;
+use photon_proto::auth::RequireToken;
+use photon_proto::v1::worker_server::{Worker, WorkerServer};
+use photon_proto::v1::{
+    ActorReadyRequest, ActorSpec, RegisterWorkerRequest, StoredObject, TaskArg as ProtoArg,
+    TaskFailure, TaskReply, TaskSpec, task_arg, task_reply,
+};
+use photon_proto::{ActorId, NodeId, ObjectId, WorkerId};
+use photon_raylet::worker_pool::env;
+use tokio::sync::{Semaphore, mpsc};
+use tokio_stream::wrappers::{TcpListenerStream, UnboundedReceiverStream};
+use tokio_stream::{Stream, StreamExt};
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::clients::{self, RayletClient};
+use crate::error::{Error, Result};
+use crate::object_io::{self, INLINE_MAX, ObjectBytes, ReadError};
+use crate::registry::{self, ActorInstance, Args};
+
+/// If this process was started as a worker (`PHOTON_WORKER=1`), runs the
+/// worker loop and exits; otherwise returns at once. Call it first thing in
+/// `main` (`#[photon::main]` does).
+pub fn worker_entry() {
+    if std::env::var(env::WORKER).as_deref() != Ok("1") {
+        return;
+    }
+    let code = match run() {
+        Ok(()) => 0,
+        Err(err) => {
+            eprintln!("photon worker: {err}");
+            1
+        }
+    };
+    std::process::exit(code);
+}
+
+fn required(name: &str) -> Result<String> {
+    std::env::var(name).map_err(|_| {
+        Error::Config(format!(
+            "{name} is not set: worker processes are started by a raylet"
+        ))
+    })
+}
+
+fn run() -> Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("photon-worker")
+        .enable_all()
+        .build()
+        .map_err(|e| Error::Config(format!("cannot start the worker runtime: {e}")))?;
+    runtime.block_on(serve())
+}
+
+async fn serve() -> Result<()> {
+    let worker_id: WorkerId = required(env::WORKER_ID)?
+        .parse()
+        .map_err(|e| Error::Config(format!("{}: {e}", env::WORKER_ID)))?;
+    let raylet_address = required(env::RAYLET_ADDRESS)?;
+    let token = required(env::TOKEN)?;
+    let node_id: NodeId = required(env::NODE_ID)?
+        .parse()
+        .map_err(|e| Error::Config(format!("{}: {e}", env::NODE_ID)))?;
+    let raylet = clients::raylet(&raylet_address, &token)?;
+    let host = raylet_address
+        .rsplit_once(':')
+        .map_or("127.0.0.1", |(host, _)| host);
+    let listener = tokio::net::TcpListener::bind(format!("{host}:0"))
+        .await
+        .map_err(|e| Error::Config(format!("cannot listen on {host}: {e}")))?;
+    let address = listener
+        .local_addr()
+        .map_err(|e| Error::Config(e.to_string()))?
+        .to_string();
+    let executor = Arc::new(Executor {
+        raylet: raylet.clone(),
+        raylet_address: raylet_address.clone(),
+        node_id,
+        pid: std::process::id(),
+        actor: std::sync::OnceLock::new(),
+    });
+    let service = WorkerService {
+        executor: executor.clone(),
+    };
+    let server = tokio::spawn(
+        tonic::transport::Server::builder()
+            .tcp_nodelay(true)
+            .add_service(tonic::service::interceptor::InterceptedService::new(
+                WorkerServer::new(service)
+                    .max_decoding_message_size(usize::MAX)
+                    .max_encoding_message_size(usize::MAX),
+                RequireToken::new(token.clone()),
+            ))
+            .serve_with_incoming(TcpListenerStream::new(listener)),
+    );
+    let reply = raylet
+        .clone()
+        .register_worker(RegisterWorkerRequest {
+            worker_id: worker_id.to_vec(),
+            address,
+        })
+        .await
+        .map_err(|s| {
+            Error::cluster(
+                format!("cannot register with the raylet at {raylet_address}"),
+                &s,
+            )
+        })?
+        .into_inner();
+    if let Some(spec) = reply.actor {
+        construct_actor(&executor, worker_id, spec).await?;
+    }
+    server
+        .await
+        .map_err(|e| Error::Cluster(e.to_string()))?
+        .map_err(|e| Error::Cluster(format!("worker server: {e}")))
+}
+
+/// Runs the actor's constructor and tells the raylet how it went; a failed
+/// constructor ends the process (the head restarts or buries the actor).
+async fn construct_actor(
+    executor: &Arc<Executor>,
+    worker: WorkerId,
+    spec: ActorSpec,
+) -> Result<()> {
+    let actor = ActorId::from_slice(&spec.actor_id).map_err(|e| Error::Config(e.to_string()))?;
+    let outcome = async {
+        let class = registry::actor_class(&spec.class_name).ok_or_else(|| {
+            format!(
+                "this program has no actor class {} (is the worker the driver's build?)",
+                spec.class_name
+            )
+        })?;
+        let args = executor
+            .fetch_args(&spec.constructor_args)
+            .await
+            .map_err(|failure| failure.message)?;
+        let max_concurrency = spec.max_concurrency.max(1) as usize;
+        match AssertUnwindSafe((class.construct)(&spec.constructor, args))
+            .catch_unwind()
+            .await
+        {
+            Ok(Ok(instance)) => Ok((instance, max_concurrency)),
+            Ok(Err(message)) => Err(message),
+            Err(panic) => Err(format!("panicked: {}", panic_message(&panic))),
+        }
+    }
+    .await;
+    let error = match outcome {
+        Ok((instance, max_concurrency)) => {
+            let _ = executor.actor.set(ActorRuntime {
+                instance,
+                calls: Arc::new(Semaphore::new(max_concurrency)),
+                max_concurrency,
+            });
+            String::new()
+        }
+        Err(message) => format!("{}::{}: {message}", spec.class_name, spec.constructor),
+    };
+    executor
+        .raylet
+        .clone()
+        .actor_ready(ActorReadyRequest {
+            actor_id: actor.to_vec(),
+            worker_id: worker.to_vec(),
+            error: error.clone(),
+        })
+        .await
+        .map_err(|s| Error::cluster("cannot report the actor's construction", &s))?;
+    if error.is_empty() {
+        Ok(())
+    } else {
+        Err(Error::Config(format!(
+            "actor {actor}: constructor failed: {error}"
+        )))
+    }
+}
+
+struct ActorRuntime {
+    instance: Arc<dyn ActorInstance>,
+    calls: Arc<Semaphore>,
+    max_concurrency: usize,
+}
+
+struct Executor {
+    raylet: RayletClient,
+    raylet_address: String,
+    node_id: NodeId,
+    pid: u32,
+    actor: std::sync::OnceLock<ActorRuntime>,
+}
+
+fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic with a non-string payload".into())
+}
+
+impl Executor {
+    fn failure(&self, message: String) -> TaskFailure {
+        TaskFailure {
+            message,
+            node_address: self.raylet_address.clone(),
+            pid: self.pid,
+            ..Default::default()
+        }
+    }
+
+    /// Argument bytes: inline, or mapped from this node's store (pulled first if remote).
+    async fn fetch_args(&self, args: &[ProtoArg]) -> std::result::Result<Args, TaskFailure> {
+        let mut fetched = Vec::with_capacity(args.len());
+        for arg in args {
+            match &arg.kind {
+                Some(task_arg::Kind::Value(bytes)) => {
+                    fetched.push(ObjectBytes::Inline(bytes.clone()))
+                }
+                Some(task_arg::Kind::ObjectId(id)) => {
+                    let id = ObjectId::from_slice(id).map_err(|e| {
+                        let mut f = self.failure(format!("bad argument id: {e}"));
+                        f.system = true;
+                        f
+                    })?;
+                    match object_io::read(&self.raylet, id).await {
+                        Ok(bytes) => fetched.push(bytes),
+                        Err(ReadError::Lost(why)) => {
+                            let mut f = self.failure(format!("argument {id} is lost: {why}"));
+                            f.system = true;
+                            f.lost_object = id.to_vec();
+                            return Err(f);
+                        }
+                        Err(ReadError::Other(err)) => {
+                            let mut f = self.failure(format!("cannot read argument {id}: {err}"));
+                            f.system = true;
+                            return Err(f);
+                        }
+                    }
+                }
+                None => fetched.push(ObjectBytes::Inline(bytes::Bytes::new())),
+            }
+        }
+        Ok(fetched)
+    }
+
+    /// Runs one task or actor call and builds its reply.
+    async fn execute(self: Arc<Self>, spec: TaskSpec) -> TaskReply {
+        let result = match self.run(&spec).await {
+            Ok(bytes) => self.store_result(&spec, bytes).await,
+            Err(failure) => task_reply::Result::Failure(failure),
+        };
+        TaskReply {
+            task_id: spec.task_id,
+            result: Some(result),
+        }
+    }
+
+    async fn run(&self, spec: &TaskSpec) -> std::result::Result<Vec<u8>, TaskFailure> {
+        let args = self.fetch_args(&spec.args).await?;
+        let future = if spec.method.is_empty() {
+            let Some(function) = registry::function(&spec.function) else {
+                let mut f = self.failure(format!(
+                    "this program has no remote function {} (is the worker the driver's build?)",
+                    spec.function
+                ));
+                f.system = true;
+                return Err(f);
+            };
+            (function.invoke)(args)
+        } else {
+            let Some(actor) = self.actor.get() else {
+                return Err(self.failure(format!(
+                    "worker runs no actor, but was called with method {}",
+                    spec.method
+                )));
+            };
+            actor.instance.clone().call(&spec.method, args)
+        };
+        match AssertUnwindSafe(future).catch_unwind().await {
+            Ok(Ok(bytes)) => Ok(bytes),
+            Ok(Err(message)) => Err(self.failure(message)),
+            Err(panic) => {
+                let mut f = self.failure(format!("panicked: {}", panic_message(&panic)));
+                f.panicked = true;
+                Err(f)
+            }
+        }
+    }
+
+    /// Small results inline; large ones into this node's store under the task's return id.
+    async fn store_result(&self, spec: &TaskSpec, bytes: Vec<u8>) -> task_reply::Result {
+        if bytes.len() <= INLINE_MAX {
+            return task_reply::Result::Value(bytes.into());
+        }
+        let id = match photon_proto::TaskId::from_slice(&spec.task_id) {
+            Ok(task) => ObjectId::for_return(task, 0),
+            Err(e) => {
+                return task_reply::Result::Failure(self.failure(format!("bad task id: {e}")));
+            }
+        };
+        match object_io::write(&self.raylet, id, &bytes).await {
+            Ok(()) => task_reply::Result::Stored(StoredObject {
+                node_id: self.node_id.to_vec(),
+                node_address: self.raylet_address.clone(),
+                size: bytes.len() as u64,
+            }),
+            Err(err) => {
+                let mut f = self.failure(format!("cannot store the result: {err}"));
+                f.system = true;
+                task_reply::Result::Failure(f)
+            }
+        }
+    }
+}
+
+struct WorkerService {
+    executor: Arc<Executor>,
+}
+
+type ReplyStream = Pin<Box<dyn Stream<Item = std::result::Result<TaskReply, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Worker for WorkerService {
+    type PushTasksStream = ReplyStream;
+
+    async fn push_tasks(
+        &self,
+        request: Request<Streaming<TaskSpec>>,
+    ) -> std::result::Result<Response<ReplyStream>, Status> {
+        let mut inbound = request.into_inner();
+        let (sender, receiver) = mpsc::unbounded_channel();
+        let executor = self.executor.clone();
+        tokio::spawn(async move {
+            while let Some(Ok(spec)) = inbound.next().await {
+                let concurrent = executor
+                    .actor
+                    .get()
+                    .filter(|actor| actor.max_concurrency > 1)
+                    .map(|actor| actor.calls.clone());
+                match concurrent {
+                    // Up to max_concurrency calls at once.
+                    Some(calls) => {
+                        let Ok(permit) = calls.acquire_owned().await else {
+                            return;
+                        };
+                        let executor = executor.clone();
+                        let sender = sender.clone();
+                        tokio::spawn(async move {
+                            let reply = executor.execute(spec).await;
+                            drop(permit);
+                            let _ = sender.send(Ok(reply));
+                        });
+                    }
+                    // Tasks, and actors with max_concurrency 1: one at a time, in order.
+                    None => {
+                        let reply = executor.clone().execute(spec).await;
+                        if sender.send(Ok(reply)).is_err() {
+                            return;
+                        }
+                    }
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(UnboundedReceiverStream::new(
+            receiver,
+        ))))
+    }
+}

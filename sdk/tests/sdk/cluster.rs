@@ -1,0 +1,219 @@
+//! A loopback cluster for the SDK tests: the head runs in the test process,
+//! each raylet is this test binary re-executed in "raylet mode" (so it can be
+//! killed with SIGKILL like a real node), and the driver joins by address.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use libtest_mimic::Failed;
+use photon::{Config, Context, ObjectRef};
+
+use crate::functions::*;
+use crate::{check, wait_until};
+
+const RAYLET_ENV: &str = "PHOTON_SDK_TEST_RAYLET";
+
+/// In raylet mode (env set by `Raylet::start`), runs a raylet and exits.
+pub fn raylet_entry() {
+    let Ok(spec) = std::env::var(RAYLET_ENV) else {
+        return;
+    };
+    let spec: serde_json::Value = serde_json::from_str(&spec).expect("raylet spec");
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    runtime.block_on(async {
+        let mut config = photon_raylet::RayletConfig::new(
+            spec["head"].as_str().unwrap(),
+            spec["token"].as_str().unwrap(),
+        );
+        config.log_dir = spec["logs"].as_str().unwrap().into();
+        config.store.capacity = 256 << 20;
+        config.resources.num_cpus = Some(2.0);
+        config.resources.custom = serde_json::from_value(spec["resources"].clone()).unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let started = |info: &photon_raylet::RayletInfo| {
+            println!("ADDRESS {} {}", info.address, info.node_id);
+        };
+        let result = photon_raylet::run(config, listener, started, std::future::pending()).await;
+        eprintln!("raylet ended: {result:?}");
+    });
+    std::process::exit(0);
+}
+
+struct Raylet {
+    child: Child,
+    address: String,
+    node_id: String,
+}
+
+impl Raylet {
+    fn start(
+        head: &str,
+        token: &str,
+        logs: &std::path::Path,
+        resources: serde_json::Value,
+    ) -> Self {
+        let spec = serde_json::json!({
+            "head": head, "token": token, "logs": logs, "resources": resources,
+        });
+        let mut child = Command::new(std::env::current_exe().unwrap())
+            .env(RAYLET_ENV, spec.to_string())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("raylet process");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let mut words = line.split_whitespace().skip(1);
+        let address = words
+            .next()
+            .expect("raylet printed its address")
+            .to_string();
+        let node_id = words.next().unwrap().to_string();
+        Self {
+            child,
+            address,
+            node_id,
+        }
+    }
+
+    fn kill9(&mut self) {
+        let _ = self.child.kill(); // SIGKILL
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Raylet {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+struct LoopbackCluster {
+    head: String,
+    token: String,
+    dir: tempfile::TempDir,
+    _runtime: tokio::runtime::Runtime,
+}
+
+impl LoopbackCluster {
+    fn start() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let token = "sdk-test-token".to_string();
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        let listener = runtime
+            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .unwrap();
+        let head = listener.local_addr().unwrap().to_string();
+        let config = photon_head::HeadConfig::new(dir.path().join("head"), token.clone());
+        runtime.spawn(photon_head::run(config, listener, std::future::pending()));
+        Self {
+            head,
+            token,
+            dir,
+            _runtime: runtime,
+        }
+    }
+
+    fn raylet(&self, resources: serde_json::Value) -> Raylet {
+        Raylet::start(
+            &self.head,
+            &self.token,
+            &self.dir.path().join("logs"),
+            resources,
+        )
+    }
+
+    fn driver(&self, raylet: &Raylet) -> Context {
+        photon::init(Config {
+            address: Some(self.head.clone()),
+            token: Some(self.token.clone()),
+            raylet_address: Some(raylet.address.clone()),
+            ..Config::default()
+        })
+        .expect("driver joins")
+    }
+}
+
+pub fn three_raylets() -> Result<(), Failed> {
+    let cluster = LoopbackCluster::start();
+    let first = cluster.raylet(serde_json::json!({}));
+    let second = cluster.raylet(serde_json::json!({"stage_b": 1}));
+    let third = cluster.raylet(serde_json::json!({"stage_b": 1}));
+    let ctx = cluster.driver(&first);
+    // Plain tasks run (spread over nodes once the first is busy).
+    let squares: Vec<ObjectRef<u64>> = (0..50u64).map(|i| square::remote(&ctx, i)).collect();
+    check(
+        ctx.get_all(&squares)?.iter().sum::<u64>() == (0..50u64).map(|i| i * i).sum::<u64>(),
+        "sum",
+    )?;
+    // A task needing a resource only other nodes have is spilled back there.
+    let node =
+        node_of_worker::remote_with(&ctx, node_of_worker::options().resource("stage_b", 1.0));
+    let node = ctx.get(&node)?;
+    check(
+        node == second.node_id || node == third.node_id,
+        format!("ran on {node}"),
+    )?;
+    // Objects move between nodes: a large result made on another node is read here.
+    let seeded = bump::remote(&ctx, vec![1u8; 300_000]);
+    let bumped = ctx.get(&seeded)?;
+    check(
+        bumped.len() == 300_000 && bumped.iter().all(|&b| b == 2),
+        "remote large result",
+    )?;
+    // Actors are placed on other nodes too.
+    let counter = CounterHandle::new_with(
+        &ctx,
+        CounterHandle::options().resource("stage_b", 1.0),
+        1u64,
+    )?;
+    check(ctx.get(&counter.incr(1u64))? == 2, "remote actor")?;
+    Ok(())
+}
+
+pub fn lineage_rebuilds_lost_objects() -> Result<(), Failed> {
+    let cluster = LoopbackCluster::start();
+    let first = cluster.raylet(serde_json::json!({"stage_a": 1}));
+    let mut second = cluster.raylet(serde_json::json!({"stage_b": 1}));
+    let ctx = cluster.driver(&first);
+    let a = seed::remote(&ctx, 400_000u64);
+    let b = bump::remote(&ctx, &a);
+    let c = bump::remote(&ctx, &b);
+    ctx.wait(std::slice::from_ref(&c), 1, Some(Duration::from_secs(60)));
+    // Heartbeats (every 500 ms) carry store use to the head.
+    let stored = wait_until(Duration::from_secs(5), || {
+        ctx.object_store_used()
+            .is_ok_and(|used| used >= 3 * 400_000)
+    });
+    check(
+        stored,
+        format!("three objects stored: {}", ctx.object_store_used()?),
+    )?;
+    // b and c live only on the second node; a put on the second node is lost too.
+    let put_there = ctx.put(&vec![9u8; 300_000])?;
+    drop(b);
+    let _third = cluster.raylet(serde_json::json!({"stage_b": 1}));
+    second.kill9();
+    // c is rebuilt on the third node: b first (from a, still on the first node).
+    let value = ctx.get(&c)?;
+    let expected: Vec<u8> = (0..400_000u64).map(|i| (i % 200) as u8 + 2).collect();
+    check(value == expected, "rebuilt value is correct")?;
+    let _ = put_there; // made on the driver's node: still there
+    // Lineage is freed with the objects.
+    let (local, head) = ctx.lineage_records()?;
+    // b is no longer referenced, but c's lineage needs it.
+    check(
+        local == 3 && head == 3,
+        format!("while referenced: {local} local, {head} at the head"),
+    )?;
+    drop((a, c));
+    let (local, head) = ctx.lineage_records()?;
+    check(
+        local == 0 && head == 0,
+        format!("after freeing: {local} local, {head} at the head"),
+    )?;
+    Ok(())
+}

@@ -1,0 +1,122 @@
+//! Remote functions and actors the tests use.
+
+use std::time::Duration;
+
+#[photon::remote]
+pub fn square(x: u64) -> u64 {
+    x * x
+}
+
+#[photon::remote]
+pub fn add(a: u64, b: u64) -> u64 {
+    a + b
+}
+
+#[photon::remote]
+pub fn sum_all(values: Vec<u64>) -> u64 {
+    values.iter().sum()
+}
+
+#[photon::remote]
+pub async fn async_greet(name: String) -> String {
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    format!("hello, {name}")
+}
+
+#[photon::remote]
+pub fn checksum(bytes: Vec<u8>) -> u64 {
+    bytes.iter().map(|&b| u64::from(b)).sum()
+}
+
+#[photon::remote]
+pub fn make_bytes(len: u64, value: u8) -> Vec<u8> {
+    vec![value; len as usize]
+}
+
+/// Adds one to every byte (a large object in, a large object out).
+#[photon::remote(resources(stage_b = 1))]
+pub fn bump(bytes: Vec<u8>) -> Vec<u8> {
+    bytes.into_iter().map(|b| b.wrapping_add(1)).collect()
+}
+
+#[photon::remote(resources(stage_a = 1))]
+pub fn seed(len: u64) -> Vec<u8> {
+    (0..len).map(|i| (i % 200) as u8).collect()
+}
+
+#[photon::remote]
+pub fn panics(message: String) -> u64 {
+    panic!("{message}")
+}
+
+#[photon::remote]
+pub fn fails(n: u32) -> Result<u64, String> {
+    if n == 3 {
+        Err("three is not allowed".into())
+    } else {
+        Ok(u64::from(n))
+    }
+}
+
+/// Exits the worker the first time it runs for `marker`.
+#[photon::remote]
+pub fn exit_once(marker: String) -> String {
+    if std::fs::metadata(&marker).is_err() {
+        std::fs::write(&marker, b"x").unwrap();
+        std::process::exit(3);
+    }
+    "second try".into()
+}
+
+#[photon::remote]
+pub fn sleep_ms(ms: u64) -> u64 {
+    std::thread::sleep(Duration::from_millis(ms));
+    ms
+}
+
+#[photon::remote]
+pub fn node_of_worker() -> String {
+    std::env::var("PHOTON_NODE_ID").unwrap_or_default()
+}
+
+pub struct Counter {
+    value: u64,
+}
+
+#[photon::actor]
+impl Counter {
+    pub fn new(start: u64) -> Self {
+        Counter { value: start }
+    }
+
+    pub fn broken(why: String) -> Result<Self, String> {
+        Err(why)
+    }
+
+    pub fn incr(&mut self, by: u64) -> u64 {
+        self.value += by;
+        self.value
+    }
+
+    pub fn value(&self) -> u64 {
+        self.value
+    }
+
+    pub fn crash(&self) -> u64 {
+        std::process::exit(9)
+    }
+}
+
+pub struct Sleeper;
+
+#[photon::actor]
+impl Sleeper {
+    pub fn new() -> Self {
+        Sleeper
+    }
+
+    pub async fn nap(&self, ms: u64) -> u64 {
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+        ms
+    }
+}

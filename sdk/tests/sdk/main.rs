@@ -1,0 +1,304 @@
+//! The SDK end to end: remote functions, objects, actors, failures and
+//! lineage reconstruction, on an embedded cluster and on a loopback cluster
+//! of raylet processes. Workers are this test binary started in worker mode,
+//! so `main` routes first (no libtest harness; libtest-mimic lists and runs
+//! the tests, which nextest understands).
+
+mod cluster;
+mod functions;
+
+use std::time::Duration;
+
+use libtest_mimic::{Arguments, Failed, Trial};
+use photon::{Config, Context, Error, ObjectRef};
+
+use functions::*;
+
+fn embedded() -> Context {
+    photon::init(Config {
+        num_cpus: Some(2.0),
+        ..Config::default()
+    })
+    .expect("embedded cluster starts")
+}
+
+fn check(condition: bool, message: impl Into<String>) -> Result<(), Failed> {
+    if condition {
+        Ok(())
+    } else {
+        Err(message.into().into())
+    }
+}
+
+fn tasks_fan_out_and_in() -> Result<(), Failed> {
+    let ctx = embedded();
+    let squares: Vec<ObjectRef<u64>> = (0..200u64).map(|i| square::remote(&ctx, i)).collect();
+    let total: u64 = ctx.get_all(&squares)?.into_iter().sum();
+    check(
+        total == (0..200u64).map(|i| i * i).sum::<u64>(),
+        format!("sum {total}"),
+    )?;
+    // ObjectRefs as arguments: a chain and a fan-in.
+    let one = add::remote(&ctx, 1u64, 0u64);
+    let two = add::remote(&ctx, &one, 1u64);
+    let four = add::remote(&ctx, two.clone(), &two);
+    check(ctx.get(&four)? == 4, "chain")?;
+    let summed = sum_all::remote(&ctx, vec![1u64, 2, 3]);
+    check(ctx.get(&summed)? == 6, "vec argument")?;
+    let greeting = async_greet::remote(&ctx, "photon".to_string());
+    check(ctx.get(&greeting)? == "hello, photon", "async function")?;
+    Ok(())
+}
+
+fn objects_inline_and_stored() -> Result<(), Failed> {
+    let ctx = embedded();
+    let small = ctx.put(&"tiny".to_string())?;
+    check(ctx.get(&small)? == "tiny", "small put")?;
+    let big: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
+    let stored = ctx.put(&big)?;
+    check(ctx.get(&stored)? == big, "large put round trip")?;
+    // A stored object as an argument, read by the worker from shared memory.
+    let checksum = checksum::remote(&ctx, &stored);
+    let expected: u64 = big.iter().map(|&b| u64::from(b)).sum();
+    check(
+        ctx.get(&checksum)? == expected,
+        "checksum of a stored argument",
+    )?;
+    // A large result goes through the store.
+    let made = make_bytes::remote(&ctx, 1_000_000u64, 7u8);
+    let bytes = ctx.get(&made)?;
+    check(
+        bytes.len() == 1_000_000 && bytes.iter().all(|&b| b == 7),
+        "large result",
+    )?;
+    Ok(())
+}
+
+fn freed_objects_leave_the_store() -> Result<(), Failed> {
+    let ctx = embedded();
+    let baseline = ctx.object_store_used()?;
+    let made: Vec<ObjectRef<Vec<u8>>> = (0..8u8)
+        .map(|i| make_bytes::remote(&ctx, 2_000_000u64, i))
+        .collect();
+    for object in &made {
+        ctx.get(object)?;
+    }
+    let stored = ctx.object_store_used()?;
+    check(
+        stored >= baseline + 16_000_000,
+        format!("store holds the results: {baseline} -> {stored}"),
+    )?;
+    drop(made);
+    let freed = wait_until(Duration::from_secs(5), || {
+        ctx.object_store_used().is_ok_and(|used| used == baseline)
+    });
+    check(
+        freed,
+        format!("store back to {baseline}, is {}", ctx.object_store_used()?),
+    )?;
+    check(ctx.object_count() == 0, "no objects referenced")?;
+    let (local, _) = ctx.lineage_records()?;
+    check(local == 0, format!("lineage freed, {local} left"))?;
+    Ok(())
+}
+
+fn errors_are_typed() -> Result<(), Failed> {
+    let ctx = embedded();
+    match ctx.get(&panics::remote(&ctx, "boom".to_string())) {
+        Err(Error::TaskFailed {
+            message,
+            panicked: true,
+            function,
+            ..
+        }) => {
+            check(message.contains("boom"), message.clone())?;
+            check(function.ends_with("functions::panics"), function)?;
+        }
+        other => return Err(format!("expected a panic, got {other:?}").into()),
+    }
+    match ctx.get(&fails::remote(&ctx, 3u32)) {
+        Err(Error::TaskFailed {
+            message,
+            panicked: false,
+            ..
+        }) => {
+            check(message.contains("three is not allowed"), message)?;
+        }
+        other => return Err(format!("expected an error, got {other:?}").into()),
+    }
+    // The failure propagates to a task that takes the failed object.
+    let dependent = add::remote(&ctx, &fails::remote(&ctx, 3u32), 1u64);
+    check(
+        matches!(ctx.get(&dependent), Err(Error::TaskFailed { .. })),
+        "propagated",
+    )?;
+    let impossible = square::remote_with(&ctx, square::options().resource("nowhere", 1.0), 2u64);
+    match ctx.get(&impossible) {
+        Err(Error::Unschedulable { why, .. }) => check(why.contains("nowhere"), why)?,
+        other => return Err(format!("expected Unschedulable, got {other:?}").into()),
+    }
+    Ok(())
+}
+
+fn dead_workers_are_retried_or_reported() -> Result<(), Failed> {
+    let ctx = embedded();
+    let marker = tempfile::tempdir()?;
+    let path = marker.path().join("died-once").display().to_string();
+    // Dies the first time (exit 3), succeeds when retried.
+    let survived = exit_once::remote(&ctx, path.clone());
+    check(ctx.get(&survived)? == "second try", "retried")?;
+    let path = marker.path().join("no-retry").display().to_string();
+    let killed = exit_once::remote_with(&ctx, exit_once::options().max_retries(0), path);
+    match ctx.get(&killed) {
+        Err(Error::WorkerKilled { reason, .. }) => {
+            check(
+                reason.to_string().contains("exited with code 3"),
+                reason.to_string(),
+            )?;
+        }
+        other => return Err(format!("expected WorkerKilled, got {other:?}").into()),
+    }
+    Ok(())
+}
+
+fn wait_returns_the_ready_ones() -> Result<(), Failed> {
+    let ctx = embedded();
+    let slow = sleep_ms::remote(&ctx, 30_000u64);
+    let fast: Vec<_> = (0..3).map(|_| sleep_ms::remote(&ctx, 1u64)).collect();
+    let mut all = vec![slow];
+    all.extend(fast);
+    let (ready, pending) = ctx.wait(&all, 4, Some(Duration::from_secs(3)));
+    check(
+        ready.len() == 3 && pending.len() == 1,
+        format!("{} ready", ready.len()),
+    )?;
+    check(pending[0].id() == all[0].id(), "the slow one is pending")?;
+    Ok(())
+}
+
+fn actors_keep_state_in_order() -> Result<(), Failed> {
+    let ctx = embedded();
+    let counter = CounterHandle::new(&ctx, 10u64)?;
+    let results: Vec<ObjectRef<u64>> = (0..100).map(|_| counter.incr(1u64)).collect();
+    let values = ctx.get_all(&results)?;
+    check(
+        values == (11..=110).collect::<Vec<u64>>(),
+        "calls ran in order",
+    )?;
+    check(ctx.get(&counter.value())? == 110, "value")?;
+    let named = CounterHandle::new_with(&ctx, CounterHandle::options().name("shared"), 5u64)?;
+    let found = CounterHandle::lookup(&ctx, "shared")?;
+    check(ctx.get(&found.incr(2u64))? == 7, "named lookup")?;
+    check(ctx.get(&named.value())? == 7, "same actor")?;
+    match CounterHandle::new_with(&ctx, CounterHandle::options().name("shared"), 1u64) {
+        Err(Error::Config(message)) => check(message.contains("already exists"), message)?,
+        other => return Err(format!("expected a name clash, got {other:?}").into()),
+    }
+    ctx.kill(counter.handle())?;
+    match ctx.get(&counter.value()) {
+        Err(Error::ActorDied { reason, .. }) => check(reason.contains("killed"), reason)?,
+        other => return Err(format!("expected ActorDied, got {other:?}").into()),
+    }
+    Ok(())
+}
+
+fn actor_restarts_once_then_dies() -> Result<(), Failed> {
+    let ctx = embedded();
+    let counter = CounterHandle::new_with(&ctx, CounterHandle::options().max_restarts(1), 0u64)?;
+    check(ctx.get(&counter.incr(5u64))? == 5, "first life")?;
+    match ctx.get(&counter.crash()) {
+        Err(Error::ActorDied { reason, .. }) => {
+            check(reason.contains("exited with code 9"), reason)?
+        }
+        other => return Err(format!("expected ActorDied, got {other:?}").into()),
+    }
+    // Restarted: the constructor ran again.
+    check(
+        ctx.get(&counter.incr(1u64))? == 1,
+        "second life starts fresh",
+    )?;
+    check(
+        matches!(ctx.get(&counter.crash()), Err(Error::ActorDied { .. })),
+        "second crash",
+    )?;
+    match ctx.get(&counter.incr(1u64)) {
+        Err(Error::ActorDied { reason, .. }) => {
+            check(reason.contains("exited with code 9"), reason)?
+        }
+        other => return Err(format!("expected ActorDied for good, got {other:?}").into()),
+    }
+    // An actor whose constructor fails is dead with the constructor's message.
+    let broken = CounterHandle::broken(&ctx, "bad config".to_string())?;
+    match ctx.get(&broken.value()) {
+        Err(Error::ActorDied { reason, .. }) => check(reason.contains("bad config"), reason)?,
+        other => return Err(format!("expected ActorDied, got {other:?}").into()),
+    }
+    Ok(())
+}
+
+fn concurrent_actor_calls() -> Result<(), Failed> {
+    let ctx = embedded();
+    let sleeper = SleeperHandle::new_with(&ctx, SleeperHandle::options().max_concurrency(4))?;
+    let started = std::time::Instant::now();
+    let calls: Vec<_> = (0..4).map(|_| sleeper.nap(300u64)).collect();
+    ctx.get_all(&calls)?;
+    let elapsed = started.elapsed();
+    check(
+        elapsed < Duration::from_millis(1100),
+        format!("4 naps of 300 ms took {elapsed:?}"),
+    )?;
+    Ok(())
+}
+
+/// Polls `condition` every 50 ms until it holds or `limit` passes.
+pub fn wait_until(limit: Duration, mut condition: impl FnMut() -> bool) -> bool {
+    let deadline = std::time::Instant::now() + limit;
+    while std::time::Instant::now() < deadline {
+        if condition() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    condition()
+}
+
+fn main() {
+    photon::worker_entry();
+    cluster::raylet_entry();
+    let args = Arguments::from_args();
+    let tests = vec![
+        Trial::test("embedded::tasks_fan_out_and_in", tasks_fan_out_and_in),
+        Trial::test(
+            "embedded::objects_inline_and_stored",
+            objects_inline_and_stored,
+        ),
+        Trial::test(
+            "embedded::freed_objects_leave_the_store",
+            freed_objects_leave_the_store,
+        ),
+        Trial::test("embedded::errors_are_typed", errors_are_typed),
+        Trial::test(
+            "embedded::dead_workers_are_retried_or_reported",
+            dead_workers_are_retried_or_reported,
+        ),
+        Trial::test(
+            "embedded::wait_returns_the_ready_ones",
+            wait_returns_the_ready_ones,
+        ),
+        Trial::test(
+            "embedded::actors_keep_state_in_order",
+            actors_keep_state_in_order,
+        ),
+        Trial::test(
+            "embedded::actor_restarts_once_then_dies",
+            actor_restarts_once_then_dies,
+        ),
+        Trial::test("embedded::concurrent_actor_calls", concurrent_actor_calls),
+        Trial::test("cluster::three_raylets", cluster::three_raylets),
+        Trial::test(
+            "cluster::lineage_rebuilds_lost_objects",
+            cluster::lineage_rebuilds_lost_objects,
+        ),
+    ];
+    libtest_mimic::run(&args, tests).exit();
+}
