@@ -45,7 +45,7 @@ use photon_proto::{NodeId, VersionService};
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
-use tracing::info;
+use tracing::{info, warn};
 
 pub use error::{Error, Result};
 pub use head_link::HeadLink;
@@ -90,6 +90,9 @@ impl RayletConfig {
         }
     }
 }
+
+/// How long a stopping raylet waits for clients to finish their calls.
+const SERVER_DRAIN: Duration = Duration::from_secs(2);
 
 /// What a started raylet is, for the caller to print.
 #[derive(Debug, Clone)]
@@ -206,8 +209,16 @@ pub async fn run(
         }
     };
     stop.cancel();
-    let served = server.await.expect("raylet server task panicked");
+    // Workers first: their connections (and calls waiting on leases) would
+    // otherwise hold the server's graceful shutdown open.
     pool.shutdown().await;
+    let served = match tokio::time::timeout(SERVER_DRAIN, server).await {
+        Ok(served) => served.expect("raylet server task panicked"),
+        Err(_) => {
+            warn!("clients still connected after {SERVER_DRAIN:?}; stopping anyway");
+            Ok(())
+        }
+    };
     exit_watcher.abort();
     info!(address = %info.address, "raylet stopped");
     outcome?;

@@ -25,7 +25,7 @@ pub enum ObjectBytes {
     /// Held in memory.
     Inline(Bytes),
     /// A read-only mapping of the store's pages.
-    Mapped(MappedRead),
+    Mapped(Box<MappedRead>),
 }
 
 impl Deref for ObjectBytes {
@@ -135,9 +135,9 @@ pub(crate) async fn read(
         .map_err(|e| ReadError::Other(Error::Cluster(format!("object {id}: {e}"))))?;
     let mapping = MappedObject::open(&descriptor)
         .map_err(|e| ReadError::Other(Error::Cluster(format!("cannot map object {id}: {e}"))))?;
-    Ok(ObjectBytes::Mapped(MappedRead {
+    Ok(ObjectBytes::Mapped(Box::new(MappedRead {
         mapping,
         raylet: raylet.clone(),
         id,
-    }))
+    })))
 }

@@ -27,12 +27,15 @@ pub trait ActorInstance: Send + Sync + 'static {
     fn call(self: Arc<Self>, method: &str, args: Args) -> BoxFuture<Result<Vec<u8>, String>>;
 }
 
+/// What constructing an actor yields.
+pub type Constructed = Result<Arc<dyn ActorInstance>, String>;
+
 /// An actor class: constructs instances by constructor name.
 pub struct ActorClass {
     /// `module::path::Type`.
     pub name: &'static str,
     /// The generated constructor dispatcher.
-    pub construct: fn(&str, Args) -> BoxFuture<Result<Arc<dyn ActorInstance>, String>>,
+    pub construct: fn(&str, Args) -> BoxFuture<Constructed>,
 }
 
 inventory::collect!(RemoteFunction);

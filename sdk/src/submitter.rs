@@ -83,7 +83,7 @@ impl ShapeState {
 }
 
 enum Event {
-    Submit(PendingTask),
+    Submit(Box<PendingTask>),
     Granted {
         shape: Shape,
         raylet: String,
@@ -158,7 +158,7 @@ impl Submitter {
 
     /// Queues a task whose arguments are resolved.
     pub(crate) fn submit(&self, task: PendingTask) {
-        let _ = self.events.send(Event::Submit(task));
+        let _ = self.events.send(Event::Submit(Box::new(task)));
     }
 
     /// Returns every lease and stops.
@@ -186,6 +186,7 @@ impl Loop {
             };
             match event {
                 Event::Submit(task) => {
+                    let task = *task;
                     let shape: Shape = task.resources.clone().into_iter().collect();
                     self.shapes
                         .entry(shape.clone())
@@ -379,7 +380,7 @@ impl Loop {
                     tokio::spawn(async move {
                         match core.rebuild(lost, failure.message.clone()).await {
                             Ok(()) => {
-                                let _ = events.send(Event::Submit(task));
+                                let _ = events.send(Event::Submit(Box::new(task)));
                             }
                             Err(err) => {
                                 core.objects.set(task.return_id, ObjectState::Failed(err));

@@ -127,7 +127,7 @@ fn errors_are_typed() -> Result<(), Failed> {
         other => return Err(format!("expected an error, got {other:?}").into()),
     }
     // The failure propagates to a task that takes the failed object.
-    let dependent = add::remote(&ctx, &fails::remote(&ctx, 3u32), 1u64);
+    let dependent = add::remote(&ctx, fails::remote(&ctx, 3u32), 1u64);
     check(
         matches!(ctx.get(&dependent), Err(Error::TaskFailed { .. })),
         "propagated",
