@@ -59,6 +59,9 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    // A worker process (started by a raylet for `photon::remote` functions and
+    // actors defined in this binary) runs the worker loop and exits here.
+    photon::worker_entry();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("PHOTON_LOG")

@@ -173,7 +173,8 @@ pub struct MappedObjectMut {
 
 impl MappedObjectMut {
     /// Maps an object whose writer was handed over with
-    /// [`crate::ObjectWriter::into_descriptor`].
+    /// [`crate::ObjectWriter::into_descriptor`], every page wired in up
+    /// front (`MAP_POPULATE`): the writer fills it all.
     pub fn open(descriptor: &ObjectDescriptor) -> Result<Self> {
         if !descriptor.writable {
             return Err(Error::InvalidDescriptor {
@@ -185,7 +186,7 @@ impl MappedObjectMut {
         // SAFETY: the store gave this range to one unsealed object and handed
         // its only writer to us; nobody else reads or writes it until sealed.
         let mmap =
-            unsafe { options(descriptor, false).map_mut(&file) }.map_err(Error::io(format!(
+            unsafe { options(descriptor, true).map_mut(&file) }.map_err(Error::io(format!(
                 "cannot map object {} from {} for writing",
                 descriptor.object_id,
                 descriptor.segment_path.display()

@@ -16,6 +16,26 @@ pub fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>> {
     })
 }
 
+/// The size of `value` serialized.
+pub fn encoded_size<T: Serialize + ?Sized>(value: &T) -> Result<usize> {
+    postcard::experimental::serialized_size(value).map_err(|e| {
+        Error::Serialization(format!(
+            "cannot serialize a {}: {e}",
+            std::any::type_name::<T>()
+        ))
+    })
+}
+
+/// Serializes `value` into `buffer`, which must be exactly [`encoded_size`] long.
+pub fn encode_into<T: Serialize + ?Sized>(value: &T, buffer: &mut [u8]) -> Result<()> {
+    postcard::to_slice(value, buffer).map(|_| ()).map_err(|e| {
+        Error::Serialization(format!(
+            "cannot serialize a {}: {e}",
+            std::any::type_name::<T>()
+        ))
+    })
+}
+
 /// Deserializes a `T`; `what` names the value in the error.
 pub fn decode<T: DeserializeOwned>(bytes: &[u8], what: &str) -> Result<T> {
     postcard::from_bytes(bytes).map_err(|e| {

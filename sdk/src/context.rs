@@ -384,16 +384,25 @@ impl Core {
         Ok(())
     }
 
-    /// Stores a value: inline here when small, else in the local node's store.
-    pub(crate) async fn put_bytes(self: &Arc<Self>, bytes: Vec<u8>) -> Result<Arc<RefHandle>> {
+    /// Stores a value: inline here when small, else serialized straight
+    /// into the local node's shared memory.
+    pub(crate) async fn put_value<T: Serialize + ?Sized>(
+        self: &Arc<Self>,
+        value: &T,
+    ) -> Result<Arc<RefHandle>> {
         let id = ObjectId::for_put(
             self.driver_task,
             self.put_counter.fetch_add(1, Ordering::Relaxed),
         );
-        if bytes.len() <= INLINE_MAX {
-            return Ok(self.new_ref(id, ObjectState::Inline(Bytes::from(bytes))));
+        let size = codec::encoded_size(value)?;
+        if size <= INLINE_MAX {
+            let bytes = Bytes::from(codec::encode(value)?);
+            return Ok(self.new_ref(id, ObjectState::Inline(bytes)));
         }
-        object_io::write(&self.raylet, id, &bytes).await?;
+        object_io::write_with(&self.raylet, id, size, |buffer| {
+            codec::encode_into(value, buffer)
+        })
+        .await?;
         Ok(self.new_ref(
             id,
             ObjectState::Stored {
@@ -583,22 +592,16 @@ impl Context {
         ObjectRef::new(untyped.handle)
     }
 
-    /// Stores a value in the cluster.
+    /// Stores a value in the cluster: inline in this driver when small,
+    /// else serialized straight into the node's shared memory (one copy).
     pub fn put<T: Serialize>(&self, value: &T) -> Result<ObjectRef<T>> {
         self.block_on(self.put_async(value))
     }
 
-    /// [`Context::put`] for async code.
+    /// [`Context::put`] for async code (a large value is copied on the
+    /// calling thread).
     pub async fn put_async<T: Serialize>(&self, value: &T) -> Result<ObjectRef<T>> {
-        let bytes = codec::encode(value)?;
-        let core = self.core.clone();
-        let handle = self
-            .core
-            .runtime
-            .spawn(async move { core.put_bytes(bytes).await })
-            .await
-            .map_err(|e| Error::Cluster(e.to_string()))??;
-        Ok(ObjectRef::new(handle))
+        Ok(ObjectRef::new(self.core.put_value(value).await?))
     }
 
     /// The value of `object`, waiting for its task.
@@ -608,14 +611,8 @@ impl Context {
 
     /// [`Context::get`] for async code.
     pub async fn get_async<T: DeserializeOwned>(&self, object: &ObjectRef<T>) -> Result<T> {
-        let core = self.core.clone();
         let id = object.id();
-        let bytes = self
-            .core
-            .runtime
-            .spawn(async move { core.get_bytes(id).await })
-            .await
-            .map_err(|e| Error::Cluster(e.to_string()))??;
+        let bytes = self.core.get_bytes(id).await?;
         codec::decode(&bytes, &format!("object {id}"))
     }
 

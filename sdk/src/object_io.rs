@@ -72,11 +72,26 @@ pub(crate) enum ReadError {
 
 /// Writes `data` as a primary copy of `id` in the local store.
 pub(crate) async fn write(raylet: &RayletClient, id: ObjectId, data: &[u8]) -> Result<()> {
+    write_with(raylet, id, data.len(), |buffer| {
+        buffer.copy_from_slice(data);
+        Ok(())
+    })
+    .await
+}
+
+/// Creates `id` (`size` bytes) in the local store, lets `fill` write it in
+/// place through shared memory (no intermediate copy), and seals it.
+pub(crate) async fn write_with(
+    raylet: &RayletClient,
+    id: ObjectId,
+    size: usize,
+    fill: impl FnOnce(&mut [u8]) -> Result<()>,
+) -> Result<()> {
     let mut raylet = raylet.clone();
     let descriptor = match raylet
         .create_object(CreateObjectRequest {
             object_id: id.to_vec(),
-            size: data.len() as u64,
+            size: size as u64,
         })
         .await
     {
@@ -87,14 +102,22 @@ pub(crate) async fn write(raylet: &RayletClient, id: ObjectId, data: &[u8]) -> R
     };
     let descriptor = ObjectDescriptor::try_from(descriptor)
         .map_err(|e| Error::Cluster(format!("object {id}: {e}")))?;
-    let data_len = data.len();
-    // Map and copy off the async runtime: a 100 MiB copy takes tens of milliseconds.
-    let copied = tokio::task::block_in_place(|| {
-        let mut mapping = MappedObjectMut::open(&descriptor)?;
-        mapping[..data_len].copy_from_slice(data);
-        Ok::<_, photon_object_store::Error>(())
+    // Off the async runtime's worker: a 100 MiB copy takes tens of milliseconds.
+    let filled = tokio::task::block_in_place(|| {
+        let mut mapping = MappedObjectMut::open(&descriptor)
+            .map_err(|e| Error::Cluster(format!("cannot map object {id}: {e}")))?;
+        fill(&mut mapping[..size])
     });
-    copied.map_err(|e| Error::Cluster(format!("cannot write object {id}: {e}")))?;
+    if let Err(err) = filled {
+        // The raylet drops the unsealed object when the id is created again;
+        // free it now instead.
+        let _ = raylet
+            .delete_object(photon_proto::v1::DeleteObjectRequest {
+                object_id: id.to_vec(),
+            })
+            .await;
+        return Err(err);
+    }
     raylet
         .seal_object(SealObjectRequest {
             object_id: id.to_vec(),
@@ -133,7 +156,7 @@ pub(crate) async fn read(
     };
     let descriptor = ObjectDescriptor::try_from(descriptor)
         .map_err(|e| ReadError::Other(Error::Cluster(format!("object {id}: {e}"))))?;
-    let mapping = MappedObject::open(&descriptor)
+    let mapping = MappedObject::open_populated(&descriptor)
         .map_err(|e| ReadError::Other(Error::Cluster(format!("cannot map object {id}: {e}"))))?;
     Ok(ObjectBytes::Mapped(Box::new(MappedRead {
         mapping,

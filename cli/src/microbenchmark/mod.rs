@@ -4,6 +4,7 @@
 use clap::Subcommand;
 use serde::Serialize;
 
+mod core;
 mod embed;
 mod head;
 mod processes;
@@ -15,6 +16,13 @@ mod transfer;
 pub enum Which {
     /// The shared-memory object store: puts, gets, cross-process reads, against memcpy.
     Store {
+        /// One JSON object per line instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The SDK through real processes: cluster start, tasks and actor calls
+    /// (sync and async), small puts and gets, a 100 MiB put.
+    Core {
         /// One JSON object per line instead of a table.
         #[arg(long)]
         json: bool,
@@ -68,6 +76,7 @@ pub fn run(which: Which) -> anyhow::Result<()> {
             let mut report = Report::new(json);
             store::run(&mut report)
         }
+        Which::Core { json } => core::run(&mut Report::new(json)),
         Which::Head { json, nodes } => head::run(&mut Report::new(json), &nodes),
         Which::Transfer { json } => transfer::run(&mut Report::new(json)),
         Which::Embed {
