@@ -768,7 +768,7 @@ mod actors {
             max_restarts,
             program: "/bin/sh".into(),
             args: vec!["-c".into(), "exec sleep 120".into()],
-            env: Default::default(),
+            ..Default::default()
         }
     }
 

@@ -616,6 +616,19 @@ impl Context {
         codec::decode(&bytes, &format!("object {id}"))
     }
 
+    /// [`Context::get`], giving up with [`Error::Timeout`] after `limit`.
+    pub fn get_timeout<T: DeserializeOwned>(
+        &self,
+        object: &ObjectRef<T>,
+        limit: Duration,
+    ) -> Result<T> {
+        self.block_on(async {
+            tokio::time::timeout(limit, self.get_async(object))
+                .await
+                .map_err(|_| Error::Timeout(limit))?
+        })
+    }
+
     /// The values of all `objects`, in order.
     pub fn get_all<T: DeserializeOwned>(&self, objects: &[ObjectRef<T>]) -> Result<Vec<T>> {
         self.block_on(async {

@@ -10,10 +10,16 @@ pub use mock::*;
 #[tokio::main(flavor = "current_thread")]
 #[photon::main]
 async fn main() {
-    assert!(
-        mock::worker_entry_called(),
-        "worker_entry did not run first"
-    );
+    let called_first = mock::worker_entry_called();
     tokio::task::yield_now().await;
-    println!("main_attr: ok");
+    // libtest-mimic speaks the test-harness protocol nextest expects.
+    let args = libtest_mimic::Arguments::from_args();
+    let trial = libtest_mimic::Trial::test("worker_entry_runs_before_main_body", move || {
+        if called_first {
+            Ok(())
+        } else {
+            Err("worker_entry did not run first".into())
+        }
+    });
+    libtest_mimic::run(&args, vec![trial]).exit();
 }

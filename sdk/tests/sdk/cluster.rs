@@ -7,7 +7,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use libtest_mimic::Failed;
-use photon::{Config, Context, ObjectRef};
+use photon::{Config, Context, Error, ObjectRef};
 
 use crate::functions::*;
 use crate::{check, wait_until};
@@ -171,6 +171,29 @@ pub fn three_raylets() -> Result<(), Failed> {
         1u64,
     )?;
     check(ctx.get(&counter.incr(1u64))? == 2, "remote actor")?;
+    Ok(())
+}
+
+pub fn lost_put_objects_say_so() -> Result<(), Failed> {
+    let cluster = LoopbackCluster::start();
+    let mut first = cluster.raylet(serde_json::json!({}));
+    let second = cluster.raylet(serde_json::json!({}));
+    let ctx = cluster.driver(&first);
+    let put = ctx.put(&vec![5u8; 500_000])?;
+    check(
+        ctx.get(&put)?.len() == 500_000,
+        "readable while its node lives",
+    )?;
+    first.kill9();
+    match ctx.get(&put) {
+        Err(Error::ObjectLost { object, cause }) => {
+            check(object == put.id(), "names the object")?;
+            check(cause.contains("made by put"), cause.clone())?;
+            check(cause.contains(&first.address), cause)?;
+        }
+        other => return Err(format!("expected ObjectLost, got {other:?}").into()),
+    }
+    drop(second);
     Ok(())
 }
 

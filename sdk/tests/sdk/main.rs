@@ -173,6 +173,10 @@ fn wait_returns_the_ready_ones() -> Result<(), Failed> {
         format!("{} ready", ready.len()),
     )?;
     check(pending[0].id() == all[0].id(), "the slow one is pending")?;
+    match ctx.get_timeout(&all[0], Duration::from_millis(100)) {
+        Err(Error::Timeout(limit)) => check(limit == Duration::from_millis(100), "limit")?,
+        other => return Err(format!("expected Timeout, got {other:?}").into()),
+    }
     Ok(())
 }
 
@@ -298,6 +302,10 @@ fn main() {
         Trial::test(
             "cluster::lineage_rebuilds_lost_objects",
             cluster::lineage_rebuilds_lost_objects,
+        ),
+        Trial::test(
+            "cluster::lost_put_objects_say_so",
+            cluster::lost_put_objects_say_so,
         ),
     ];
     libtest_mimic::run(&args, tests).exit();
