@@ -13,7 +13,6 @@ use photon_proto::v1::{
     TaskSpec, task_arg, task_reply,
 };
 use photon_proto::{ActorId, ObjectId, WorkerId};
-use serde::de::DeserializeOwned;
 use tokio::sync::mpsc;
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::UnboundedReceiverStream;
@@ -96,11 +95,7 @@ impl ActorHandle {
     }
 
     /// Calls `method` (what the generated handle methods do).
-    pub fn call<T: DeserializeOwned>(
-        &self,
-        method: &'static str,
-        args: Vec<Result<TaskArg>>,
-    ) -> ObjectRef<T> {
+    pub fn call<T>(&self, method: &'static str, args: Vec<Result<TaskArg>>) -> ObjectRef<T> {
         let task_id = self.core.next_task_id();
         let return_id = ObjectId::for_return(task_id, 0);
         let handle = self.core.new_ref(return_id, ObjectState::Pending);
@@ -434,5 +429,9 @@ fn complete(
         }),
         None => return,
     };
-    core.objects.set(call.return_id, state);
+    let stored = matches!(state, ObjectState::Stored { .. });
+    if !core.objects.set(call.return_id, state) && stored {
+        // Nobody wants the result any more.
+        drop(core.delete_copies(call.return_id));
+    }
 }

@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use arrow::array::RecordBatch;
 use bytes::Bytes;
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
@@ -30,7 +31,7 @@ use crate::codec;
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::lineage::Lineage;
-use crate::object_io::{self, INLINE_MAX, ObjectBytes, ReadError};
+use crate::object_io::{self, INLINE_MAX, Mapping, ObjectBytes, ReadError};
 use crate::object_ref::{ArgKind, ObjectRef, RefHandle, TaskArg};
 use crate::objects::{ObjectState, ObjectTable};
 use crate::options::{ActorOptions, TaskOptions};
@@ -96,12 +97,13 @@ impl Core {
         };
         self.lineage.object_freed(id);
         if let ObjectState::Stored { .. } = freed.state {
-            self.delete_copies(id);
+            drop(self.delete_copies(id));
         }
     }
 
-    /// Deletes every copy of a stored object (the primary and any fetched ones).
-    pub(crate) fn delete_copies(self: &Arc<Self>, id: ObjectId) {
+    /// Deletes every copy of a stored object (the primary and any fetched
+    /// ones), in the background.
+    pub(crate) fn delete_copies(self: &Arc<Self>, id: ObjectId) -> tokio::task::JoinHandle<()> {
         let core = self.clone();
         self.runtime.spawn(async move {
             let Ok(reply) = core
@@ -123,12 +125,16 @@ impl Core {
                         .await;
                 }
             }
-        });
+        })
     }
 
     /// Waits for an object's bytes, rebuilding it from lineage when every
     /// copy is gone.
-    pub(crate) async fn get_bytes(self: &Arc<Self>, id: ObjectId) -> Result<ObjectBytes> {
+    pub(crate) async fn get_bytes(
+        self: &Arc<Self>,
+        id: ObjectId,
+        how: Mapping,
+    ) -> Result<ObjectBytes> {
         for _ in 0..=MAX_REBUILDS {
             let state = self
                 .objects
@@ -143,7 +149,7 @@ impl Core {
                 ObjectState::Failed(err) => return Err(err),
                 ObjectState::Pending => continue,
                 ObjectState::Stored { address, .. } => {
-                    match object_io::read(&self.raylet, id).await {
+                    match object_io::read(&self.raylet, id, how).await {
                         Ok(bytes) => return Ok(bytes),
                         Err(ReadError::Other(err)) => return Err(err),
                         Err(ReadError::Lost(why)) => {
@@ -384,6 +390,25 @@ impl Core {
         Ok(())
     }
 
+    /// Stores already-encoded bytes: inline here when small, else copied into
+    /// the local node's shared memory.
+    pub(crate) async fn put_encoded(self: &Arc<Self>, bytes: Vec<u8>) -> Result<Arc<RefHandle>> {
+        let id = ObjectId::for_put(
+            self.driver_task,
+            self.put_counter.fetch_add(1, Ordering::Relaxed),
+        );
+        if bytes.len() <= INLINE_MAX {
+            return Ok(self.new_ref(id, ObjectState::Inline(Bytes::from(bytes))));
+        }
+        object_io::write(&self.raylet, id, &bytes).await?;
+        Ok(self.new_ref(
+            id,
+            ObjectState::Stored {
+                address: self.raylet_address.clone(),
+            },
+        ))
+    }
+
     /// Stores a value: inline here when small, else serialized straight
     /// into the local node's shared memory.
     pub(crate) async fn put_value<T: Serialize + ?Sized>(
@@ -430,14 +455,17 @@ impl Drop for Owned {
             core.submitter.shutdown().await;
             core.actors.shutdown();
             // Free everything this job created.
+            let mut deletions = Vec::new();
             for id in core.objects.ids() {
                 if let Some(ObjectState::Stored { .. }) = core.objects.peek(id) {
-                    core.delete_copies(id);
+                    deletions.push(core.delete_copies(id));
                 }
                 core.lineage.object_freed(id);
             }
             let _ = core.lineage.flush().await;
-            tokio::time::sleep(Duration::from_millis(20)).await;
+            let _ =
+                tokio::time::timeout(Duration::from_secs(5), futures::future::join_all(deletions))
+                    .await;
             if let Some(cluster) = cluster.as_mut() {
                 cluster.stop().await;
             }
@@ -447,10 +475,12 @@ impl Drop for Owned {
 }
 
 /// A driver's handle on its cluster. Cheap to clone; the cluster connection
-/// (and an embedded cluster) ends when the last clone drops.
+/// (and an embedded cluster) ends when the last clone drops, after freeing
+/// every object the driver created.
 ///
 /// Methods without `_async` block the calling thread: call them from plain
 /// code, not from inside an async runtime (use the `_async` versions there).
+/// For the same reason the last clone must be dropped outside async code.
 #[derive(Clone)]
 pub struct Context {
     pub(crate) core: Arc<Core>,
@@ -581,8 +611,32 @@ impl Context {
         self.core.runtime.block_on(future)
     }
 
+    /// Stores an Arrow record batch (as Arrow IPC, buffers 64-byte aligned).
+    pub fn put_batch(&self, batch: &RecordBatch) -> Result<ObjectRef<RecordBatch>> {
+        self.block_on(self.put_batch_async(batch))
+    }
+
+    /// [`Context::put_batch`] for async code.
+    pub async fn put_batch_async(&self, batch: &RecordBatch) -> Result<ObjectRef<RecordBatch>> {
+        let bytes = crate::batch::encode_batch(batch)?;
+        Ok(ObjectRef::new(self.core.put_encoded(bytes).await?))
+    }
+
+    /// A record batch, zero-copy: its buffers point into the object's
+    /// shared-memory mapping (pinned until the batch is dropped).
+    pub fn get_batch(&self, object: &ObjectRef<RecordBatch>) -> Result<RecordBatch> {
+        self.block_on(self.get_batch_async(object))
+    }
+
+    /// [`Context::get_batch`] for async code.
+    pub async fn get_batch_async(&self, object: &ObjectRef<RecordBatch>) -> Result<RecordBatch> {
+        let id = object.id();
+        let bytes = self.core.get_bytes(id, Mapping::Lazy).await?;
+        crate::batch::decode_batch(&bytes, &format!("object {id}"))
+    }
+
     /// Submits a remote function (what `f::remote` calls).
-    pub fn submit_task<T: DeserializeOwned>(
+    pub fn submit_task<T>(
         &self,
         function: &'static str,
         options: TaskOptions,
@@ -612,7 +666,7 @@ impl Context {
     /// [`Context::get`] for async code.
     pub async fn get_async<T: DeserializeOwned>(&self, object: &ObjectRef<T>) -> Result<T> {
         let id = object.id();
-        let bytes = self.core.get_bytes(id).await?;
+        let bytes = self.core.get_bytes(id, Mapping::Populated).await?;
         codec::decode(&bytes, &format!("object {id}"))
     }
 

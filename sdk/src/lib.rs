@@ -24,6 +24,10 @@
 //! - [`Context::put`], [`Context::get`], [`Context::get_all`], [`Context::wait`];
 //!   values up to 100 KiB travel inline, larger ones through the node's
 //!   shared-memory object store.
+//! - Arrow `RecordBatch` values ([`Context::put_batch`], `RecordBatch`
+//!   arguments and results of remote functions and actor methods) travel as
+//!   Arrow IPC and are read back zero-copy from shared memory
+//!   ([`Context::get_batch`]).
 //! - Tasks are retried when their worker or node dies; lost objects are
 //!   rebuilt from lineage (kept by the head); errors are typed ([`Error`]).
 //!
@@ -32,6 +36,7 @@
 //! as a worker runs the worker loop instead of the program.
 
 mod actor_client;
+mod batch;
 mod clients;
 mod cluster;
 mod codec;
@@ -58,6 +63,9 @@ pub use photon_macros::{actor, main, remote};
 pub use photon_proto::{ActorId, ObjectId};
 pub use worker::worker_entry;
 
+/// Arrow, as the SDK uses it (record batches travel as Arrow IPC).
+pub use arrow;
+
 /// What the macros' generated code uses. Not a stable API.
 #[doc(hidden)]
 pub mod __private {
@@ -66,6 +74,7 @@ pub mod __private {
     pub use tokio::sync::RwLock;
 
     pub use crate::registry::{
-        ActorClass, ActorInstance, Args, BoxFuture, RemoteFunction, check_arity, decode, encode,
+        ActorClass, ActorInstance, Args, BoxFuture, RemoteFunction, check_arity, decode,
+        decode_batch, encode, encode_batch,
     };
 }

@@ -4,6 +4,7 @@
 //! and read in place.
 
 use std::ops::Deref;
+use std::sync::Arc;
 
 use bytes::Bytes;
 use photon_object_store::{MappedObject, MappedObjectMut, ObjectDescriptor};
@@ -25,7 +26,27 @@ pub enum ObjectBytes {
     /// Held in memory.
     Inline(Bytes),
     /// A read-only mapping of the store's pages.
-    Mapped(Box<MappedRead>),
+    Mapped(Arc<MappedRead>),
+}
+
+impl ObjectBytes {
+    /// The same bytes as a `bytes::Bytes`, without copying: a mapping stays
+    /// pinned for as long as the returned value (or any slice of it) lives.
+    pub fn share(&self) -> Bytes {
+        match self {
+            Self::Inline(bytes) => bytes.clone(),
+            Self::Mapped(mapped) => Bytes::from_owner(SharedMapping(mapped.clone())),
+        }
+    }
+}
+
+/// A mapping shared with `Bytes` (which needs an owner it can hold).
+struct SharedMapping(Arc<MappedRead>);
+
+impl AsRef<[u8]> for SharedMapping {
+    fn as_ref(&self) -> &[u8] {
+        &self.0.mapping
+    }
 }
 
 impl Deref for ObjectBytes {
@@ -44,21 +65,21 @@ pub struct MappedRead {
     mapping: MappedObject,
     raylet: RayletClient,
     id: ObjectId,
+    /// Where the release runs: the value may be dropped on any thread.
+    runtime: tokio::runtime::Handle,
 }
 
 impl Drop for MappedRead {
     fn drop(&mut self) {
         let mut raylet = self.raylet.clone();
         let id = self.id;
-        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            runtime.spawn(async move {
-                let _ = raylet
-                    .release_object(ReleaseObjectRequest {
-                        object_id: id.to_vec(),
-                    })
-                    .await;
-            });
-        }
+        self.runtime.spawn(async move {
+            let _ = raylet
+                .release_object(ReleaseObjectRequest {
+                    object_id: id.to_vec(),
+                })
+                .await;
+        });
     }
 }
 
@@ -127,10 +148,21 @@ pub(crate) async fn write_with(
     Ok(())
 }
 
+/// How to map an object read from the store.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Mapping {
+    /// Wire in every page now (the reader deserializes all of it).
+    Populated,
+    /// Pages come in as they are touched (a record batch whose columns may
+    /// not all be read).
+    Lazy,
+}
+
 /// Maps `id` from the local store, pulling it from another node first.
 pub(crate) async fn read(
     raylet: &RayletClient,
     id: ObjectId,
+    how: Mapping,
 ) -> std::result::Result<ObjectBytes, ReadError> {
     let mut client = raylet.clone();
     let descriptor = match client
@@ -141,10 +173,14 @@ pub(crate) async fn read(
         .await
     {
         Ok(reply) => reply.into_inner(),
-        Err(status) if status.code() == Code::NotFound => {
-            return Err(ReadError::Lost(status.message().to_string()));
-        }
-        Err(status) if status.code() == Code::Unavailable => {
+        // No copy left, or this node's raylet itself is gone (its
+        // connection refused or cut mid-call).
+        Err(status)
+            if matches!(
+                status.code(),
+                Code::NotFound | Code::Unavailable | Code::Cancelled
+            ) =>
+        {
             return Err(ReadError::Lost(status.message().to_string()));
         }
         Err(status) => {
@@ -156,11 +192,16 @@ pub(crate) async fn read(
     };
     let descriptor = ObjectDescriptor::try_from(descriptor)
         .map_err(|e| ReadError::Other(Error::Cluster(format!("object {id}: {e}"))))?;
-    let mapping = MappedObject::open_populated(&descriptor)
+    let mapped = match how {
+        Mapping::Populated => MappedObject::open_populated(&descriptor),
+        Mapping::Lazy => MappedObject::open(&descriptor),
+    };
+    let mapping = mapped
         .map_err(|e| ReadError::Other(Error::Cluster(format!("cannot map object {id}: {e}"))))?;
-    Ok(ObjectBytes::Mapped(Box::new(MappedRead {
+    Ok(ObjectBytes::Mapped(Arc::new(MappedRead {
         mapping,
         raylet: raylet.clone(),
         id,
+        runtime: tokio::runtime::Handle::current(),
     })))
 }

@@ -72,6 +72,16 @@ pub fn encode<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, String> {
     crate::codec::encode(value).map_err(|e| e.to_string())
 }
 
+/// Reads a record batch argument zero-copy (for generated code).
+pub fn decode_batch(data: &ObjectBytes, what: &str) -> Result<arrow::array::RecordBatch, String> {
+    crate::batch::decode_batch(data, what).map_err(|e| e.to_string())
+}
+
+/// Encodes a record batch result as Arrow IPC (for generated code).
+pub fn encode_batch(batch: &arrow::array::RecordBatch) -> Result<Vec<u8>, String> {
+    crate::batch::encode_batch(batch).map_err(|e| e.to_string())
+}
+
 /// Checks the argument count (for generated code).
 pub fn check_arity(args: &Args, expected: usize, what: &str) -> Result<(), String> {
     if args.len() == expected {

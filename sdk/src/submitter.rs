@@ -367,7 +367,8 @@ impl Loop {
                     address: stored.node_address,
                 };
                 if !core.objects.set(task.return_id, state) {
-                    core.delete_copies(task.return_id); // nobody wants it any more
+                    // Nobody wants it any more.
+                    drop(core.delete_copies(task.return_id));
                 }
             }
             Some(task_reply::Result::Failure(failure)) => {

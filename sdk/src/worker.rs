@@ -24,7 +24,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::clients::{self, RayletClient};
 use crate::error::{Error, Result};
-use crate::object_io::{self, INLINE_MAX, ObjectBytes, ReadError};
+use crate::object_io::{self, INLINE_MAX, Mapping, ObjectBytes, ReadError};
 use crate::registry::{self, ActorInstance, Args};
 
 /// If this process was started as a worker (`PHOTON_WORKER=1`), runs the
@@ -232,7 +232,8 @@ impl Executor {
                         f.system = true;
                         f
                     })?;
-                    match object_io::read(&self.raylet, id).await {
+                    // Lazily: a record batch argument may be read column by column.
+                    match object_io::read(&self.raylet, id, Mapping::Lazy).await {
                         Ok(bytes) => fetched.push(bytes),
                         Err(ReadError::Lost(why)) => {
                             let mut f = self.failure(format!("argument {id} is lost: {why}"));

@@ -258,8 +258,14 @@ pub(crate) fn decode_args(args: &[Arg], owner: &str) -> (TokenStream2, Vec<Ident
         .map(|(index, (arg, local))| {
             let ty = &arg.ty;
             let what = format!("argument `{}` of ", arg.ident);
+            // Record batches travel as Arrow IPC and are read zero-copy, not through serde.
+            let decode = if is_record_batch(ty) {
+                quote!(decode_batch)
+            } else {
+                quote!(decode)
+            };
             quote! {
-                let #local: #ty = ::photon::__private::decode(
+                let #local: #ty = ::photon::__private::#decode(
                     &args[#index],
                     ::std::concat!(#what, ::std::module_path!(), #owner),
                 )?;
@@ -277,22 +283,41 @@ pub(crate) fn decode_args(args: &[Arg], owner: &str) -> (TokenStream2, Vec<Ident
     (stmts, locals)
 }
 
+/// True for a type named `RecordBatch` (e.g. `arrow::array::RecordBatch`):
+/// such values are encoded as Arrow IPC instead of serde.
+pub(crate) fn is_record_batch(ty: &Type) -> bool {
+    matches!(ty, Type::Path(path) if path.path.segments.last().is_some_and(|s| s.ident == "RecordBatch"))
+}
+
 /// The expression turning the result of `call` into `Result<Vec<u8>, String>`.
 pub(crate) fn encode_output(output: &Output, call: TokenStream2) -> TokenStream2 {
+    let encode = |ty: &Type| {
+        if is_record_batch(ty) {
+            quote!(::photon::__private::encode_batch)
+        } else {
+            quote!(::photon::__private::encode)
+        }
+    };
     match output {
         Output::Unit => quote! {{
             #call;
             ::photon::__private::encode(&())
         }},
-        Output::Value(_) => quote!(::photon::__private::encode(&#call)),
-        Output::Result(_) => quote! {
+        Output::Value(ty) => {
+            let encode = encode(ty);
+            quote!(#encode(&#call))
+        }
+        Output::Result(ty) => {
+            let encode = encode(ty);
+            quote! {
             match #call {
-                ::std::result::Result::Ok(value) => ::photon::__private::encode(&value),
+                ::std::result::Result::Ok(value) => #encode(&value),
                 ::std::result::Result::Err(error) => {
                     ::std::result::Result::Err(::std::format!("{error:#}"))
                 }
             }
-        },
+            }
+        }
     }
 }
 

@@ -1,6 +1,9 @@
 //! Remote functions and actors the tests use.
 
+use std::sync::Arc;
 use std::time::Duration;
+
+use photon::arrow::array::{Array, Int64Array, RecordBatch};
 
 #[photon::remote]
 pub fn square(x: u64) -> u64 {
@@ -119,4 +122,39 @@ impl Sleeper {
         tokio::time::sleep(Duration::from_millis(ms)).await;
         ms
     }
+}
+
+#[photon::remote]
+pub fn count_rows(batch: RecordBatch) -> u64 {
+    batch.num_rows() as u64
+}
+
+/// Doubles the `id` column (a record batch in, a record batch out).
+#[photon::remote]
+pub fn double_ids(batch: RecordBatch) -> Result<RecordBatch, String> {
+    let ids = batch
+        .column_by_name("id")
+        .and_then(|c| c.as_any().downcast_ref::<Int64Array>())
+        .ok_or("no Int64 column `id`")?;
+    let doubled: Int64Array = ids.iter().map(|v| v.map(|v| v * 2)).collect();
+    RecordBatch::try_new(
+        batch.schema(),
+        vec![Arc::new(doubled), batch.column(1).clone()],
+    )
+    .map_err(|e| e.to_string())
+}
+
+/// A batch column's first buffer lies in this process's mapping of a store segment.
+pub fn in_shared_memory(array: &dyn Array) -> bool {
+    let address = array.to_data().buffers()[0].as_ptr() as usize;
+    let maps = std::fs::read_to_string("/proc/self/maps").unwrap_or_default();
+    maps.lines()
+        .filter(|l| l.contains("photon-store"))
+        .any(|line| {
+            let range = line.split_whitespace().next().unwrap_or("");
+            let (start, end) = range.split_once('-').unwrap_or(("0", "0"));
+            let start = usize::from_str_radix(start, 16).unwrap_or(0);
+            let end = usize::from_str_radix(end, 16).unwrap_or(0);
+            (start..end).contains(&address)
+        })
 }

@@ -74,6 +74,41 @@ fn objects_inline_and_stored() -> Result<(), Failed> {
     Ok(())
 }
 
+fn record_batches_travel_zero_copy() -> Result<(), Failed> {
+    use std::sync::Arc;
+
+    use photon::arrow::array::{Int64Array, RecordBatch, StringArray};
+
+    let ctx = embedded();
+    let ids: Int64Array = (0..200_000i64).collect();
+    let texts: StringArray = (0..200_000).map(|i| Some(format!("row {i}"))).collect();
+    let batch =
+        RecordBatch::try_from_iter([("id", Arc::new(ids) as _), ("text", Arc::new(texts) as _)])?;
+    let stored = ctx.put_batch(&batch)?;
+    let back = ctx.get_batch(&stored)?;
+    check(back == batch, "round trip")?;
+    check(
+        in_shared_memory(back.column(0).as_ref()),
+        "read in place from shared memory",
+    )?;
+    check(
+        ctx.get(&count_rows::remote(&ctx, &stored))? == 200_000,
+        "rows seen by a task",
+    )?;
+    let doubled = ctx.get_batch(&double_ids::remote(&ctx, &stored))?;
+    let column = doubled
+        .column(0)
+        .as_any()
+        .downcast_ref::<Int64Array>()
+        .unwrap();
+    check(column.value(199_999) == 399_998, "a batch result")?;
+    check(doubled.column(1) == batch.column(1), "other column carried")?;
+    // Small batches travel inline.
+    let small = ctx.put_batch(&batch.slice(10, 5))?;
+    check(ctx.get_batch(&small)? == batch.slice(10, 5), "inline batch")?;
+    Ok(())
+}
+
 fn freed_objects_leave_the_store() -> Result<(), Failed> {
     let ctx = embedded();
     let baseline = ctx.object_store_used()?;
@@ -275,6 +310,10 @@ fn main() {
         Trial::test(
             "embedded::objects_inline_and_stored",
             objects_inline_and_stored,
+        ),
+        Trial::test(
+            "embedded::record_batches_travel_zero_copy",
+            record_batches_travel_zero_copy,
         ),
         Trial::test(
             "embedded::freed_objects_leave_the_store",
