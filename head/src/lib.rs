@@ -30,7 +30,6 @@ use photon_proto::auth::RequireToken;
 use photon_proto::v1::head_server::HeadServer;
 use photon_proto::v1::version_server::VersionServer;
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::info;
@@ -135,7 +134,7 @@ pub async fn run(
     let served = tonic::transport::Server::builder()
         .add_service(HeadServer::with_interceptor(service, auth.clone()))
         .add_service(VersionServer::with_interceptor(VersionService, auth))
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .serve_with_incoming_shutdown(photon_proto::net::incoming_nodelay(listener), shutdown)
         .await;
     // Fence (stopped accepting) → cancel → wait.
     state.cancel.cancel();

@@ -17,6 +17,7 @@
 
 pub mod auth;
 mod ids;
+pub mod net;
 mod resources;
 mod version;
 mod version_service;

@@ -43,7 +43,6 @@ use photon_proto::v1::raylet_server::RayletServer;
 use photon_proto::v1::version_server::VersionServer;
 use photon_proto::{NodeId, VersionService};
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
@@ -188,7 +187,7 @@ pub async fn run(
             ))
             .add_service(VersionServer::with_interceptor(VersionService, auth))
             .serve_with_incoming_shutdown(
-                TcpListenerStream::new(listener),
+                photon_proto::net::incoming_nodelay(listener),
                 stop.clone().cancelled_owned(),
             ),
     );

@@ -77,6 +77,7 @@ impl EmbeddedCluster {
         let mut raylet_config = RayletConfig::new(head_address.clone(), token.clone());
         raylet_config.advertise_host = "127.0.0.1".into();
         raylet_config.log_dir = dir.join("logs");
+        raylet_config.worker_memory_limit = config.worker_memory_limit;
         if let Some(bytes) = config.object_store_memory {
             raylet_config.store.capacity = bytes;
         }

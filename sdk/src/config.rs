@@ -32,6 +32,10 @@ pub struct Config {
     pub resources: BTreeMap<String, f64>,
     /// Embedded cluster: object store bytes (default: 30% of RAM).
     pub object_store_memory: Option<u64>,
+    /// Embedded cluster: a worker whose resident memory exceeds this many
+    /// bytes is killed, and its tasks fail with `WorkerKilled(Oom)` (default:
+    /// only when the node runs out).
+    pub worker_memory_limit: Option<u64>,
     /// Tasks pushed to one leased worker before its replies come back.
     pub max_tasks_in_flight_per_worker: Option<usize>,
 }

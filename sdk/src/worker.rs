@@ -18,7 +18,7 @@ use photon_proto::v1::{
 use photon_proto::{ActorId, NodeId, ObjectId, WorkerId};
 use photon_raylet::worker_pool::env;
 use tokio::sync::{Semaphore, mpsc};
-use tokio_stream::wrappers::{TcpListenerStream, UnboundedReceiverStream};
+use tokio_stream::wrappers::UnboundedReceiverStream;
 use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
 
@@ -101,7 +101,7 @@ async fn serve() -> Result<()> {
                     .max_encoding_message_size(usize::MAX),
                 RequireToken::new(token.clone()),
             ))
-            .serve_with_incoming(TcpListenerStream::new(listener)),
+            .serve_with_incoming(photon_proto::net::incoming_nodelay(listener)),
     );
     let reply = raylet
         .clone()

@@ -158,3 +158,11 @@ pub fn in_shared_memory(array: &dyn Array) -> bool {
             (start..end).contains(&address)
         })
 }
+
+/// Touches `mib` MiB, then holds it for a while.
+#[photon::remote]
+pub fn hog(mib: u64) -> u64 {
+    let memory = vec![1u8; (mib << 20) as usize];
+    std::thread::sleep(Duration::from_secs(3));
+    memory.iter().map(|&b| u64::from(b)).sum()
+}

@@ -196,6 +196,31 @@ fn dead_workers_are_retried_or_reported() -> Result<(), Failed> {
     Ok(())
 }
 
+fn memory_kills_reach_the_caller() -> Result<(), Failed> {
+    let ctx = photon::init(Config {
+        num_cpus: Some(2.0),
+        worker_memory_limit: Some(200 << 20),
+        ..Config::default()
+    })?;
+    let hog = hog::remote_with(&ctx, hog::options().max_retries(0), 400u64);
+    match ctx.get(&hog) {
+        Err(Error::WorkerKilled {
+            reason: photon::KillReason::Oom(why),
+            function,
+        }) => {
+            check(why.contains("killed for memory"), why.clone())?;
+            check(function.ends_with("::hog"), function)?;
+        }
+        other => return Err(format!("expected WorkerKilled(Oom), got {other:?}").into()),
+    }
+    // The node stays up: the next task runs.
+    check(
+        ctx.get(&square::remote(&ctx, 3u64))? == 9,
+        "cluster still works",
+    )?;
+    Ok(())
+}
+
 fn wait_returns_the_ready_ones() -> Result<(), Failed> {
     let ctx = embedded();
     let slow = sleep_ms::remote(&ctx, 30_000u64);
@@ -323,6 +348,10 @@ fn main() {
         Trial::test(
             "embedded::dead_workers_are_retried_or_reported",
             dead_workers_are_retried_or_reported,
+        ),
+        Trial::test(
+            "embedded::memory_kills_reach_the_caller",
+            memory_kills_reach_the_caller,
         ),
         Trial::test(
             "embedded::wait_returns_the_ready_ones",
