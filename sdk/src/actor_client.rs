@@ -349,6 +349,25 @@ async fn drive(
                 }
             };
             if let Some(call) = next {
+                // Wait for its arguments while still reading replies: an
+                // argument may be an earlier call's result on this stream.
+                let broken = {
+                    let arguments = arguments_ready(&owner, &call);
+                    tokio::pin!(arguments);
+                    loop {
+                        tokio::select! {
+                            () = &mut arguments => break false,
+                            reply = replies.next() => match reply {
+                                Some(Ok(reply)) => complete(&owner, class, &mut in_flight, reply),
+                                _ => break true,
+                            },
+                        }
+                    }
+                };
+                if broken {
+                    pending.push_front(call);
+                    break;
+                }
                 send(&owner, call, &sender, &mut in_flight).await;
             }
         }
@@ -368,6 +387,15 @@ async fn drive(
             );
         }
         backlog.extend(pending);
+    }
+}
+
+/// Waits until every reference argument of `call` has a value (or failed).
+async fn arguments_ready(core: &Arc<Core>, call: &Call) {
+    for arg in &call.args {
+        if let ArgKind::Ref(handle) = &arg.0 {
+            core.objects.wait_ready(handle.id).await;
+        }
     }
 }
 

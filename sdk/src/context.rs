@@ -200,12 +200,17 @@ impl Core {
             }
             // Keep the entry alive while rebuilding (the driver may not reference it).
             let _guard = self.new_ref(id, ObjectState::Pending);
-            if !self
-                .rebuilding
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .insert(id)
-            {
+            let leader = {
+                let mut rebuilding = self.rebuilding.lock().unwrap_or_else(|p| p.into_inner());
+                let leader = rebuilding.insert(id);
+                if leader {
+                    // Pending before anyone else can look, so followers wait
+                    // for this rebuild's outcome, not the stale location.
+                    self.objects.set(id, ObjectState::Pending);
+                }
+                leader
+            };
+            if !leader {
                 self.objects.wait_ready(id).await;
                 return Ok(());
             }
@@ -214,6 +219,10 @@ impl Core {
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .remove(&id);
+            if let Err(err) = &outcome {
+                // Nobody may wait on it forever.
+                self.objects.set(id, ObjectState::Failed(err.clone()));
+            }
             outcome
         })
     }
@@ -243,7 +252,6 @@ impl Core {
         };
         let spec = record.task.unwrap_or_default();
         tracing::info!(object = %id, function = %spec.function, %why, "rebuilding from lineage");
-        self.objects.set(id, ObjectState::Pending);
         let mut deps = Vec::new();
         for arg in &spec.args {
             let Some(task_arg::Kind::ObjectId(arg_id)) = &arg.kind else {
@@ -343,6 +351,12 @@ impl Core {
                 Ok(()) => {
                     if lineage {
                         self.lineage.record(task.return_id, &task.spec);
+                    }
+                    if self.objects.peek(task.return_id).is_none() {
+                        // Its ref was dropped while arguments were pending:
+                        // nothing wants the result (recorded first, so no race).
+                        self.lineage.object_freed(task.return_id);
+                        return;
                     }
                     self.submitter.submit(task);
                 }

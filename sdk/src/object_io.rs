@@ -124,11 +124,19 @@ pub(crate) async fn write_with(
     let descriptor = ObjectDescriptor::try_from(descriptor)
         .map_err(|e| Error::Cluster(format!("object {id}: {e}")))?;
     // Off the async runtime's worker: a 100 MiB copy takes tens of milliseconds.
-    let filled = tokio::task::block_in_place(|| {
+    let fill_now = || {
         let mut mapping = MappedObjectMut::open(&descriptor)
             .map_err(|e| Error::Cluster(format!("cannot map object {id}: {e}")))?;
         fill(&mut mapping[..size])
-    });
+    };
+    let multi_thread = tokio::runtime::Handle::try_current()
+        .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+    let filled = if multi_thread {
+        tokio::task::block_in_place(fill_now)
+    } else {
+        // A current-thread runtime (e.g. `#[tokio::test]`) cannot block in place.
+        fill_now()
+    };
     if let Err(err) = filled {
         // The raylet drops the unsealed object when the id is created again;
         // free it now instead.
@@ -174,11 +182,12 @@ pub(crate) async fn read(
     {
         Ok(reply) => reply.into_inner(),
         // No copy left, or this node's raylet itself is gone (its
-        // connection refused or cut mid-call).
+        // connection refused, cut mid-call, or broken: tonic says Unknown
+        // for a transport error; our raylet never answers Unknown itself).
         Err(status)
             if matches!(
                 status.code(),
-                Code::NotFound | Code::Unavailable | Code::Cancelled
+                Code::NotFound | Code::Unavailable | Code::Cancelled | Code::Unknown
             ) =>
         {
             return Err(ReadError::Lost(status.message().to_string()));

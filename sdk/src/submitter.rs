@@ -55,6 +55,8 @@ struct Lease {
     in_flight: HashMap<Vec<u8>, (PendingTask, Instant)>,
     idle_since: Instant,
     last_reply: Instant,
+    /// Which grant this is (the same worker may be leased again later).
+    generation: u64,
 }
 
 #[derive(Default)]
@@ -96,10 +98,12 @@ enum Event {
     },
     Reply {
         worker: WorkerId,
+        generation: u64,
         reply: TaskReply,
     },
     StreamEnded {
         worker: WorkerId,
+        generation: u64,
     },
     WorkerDied {
         cause: DeathCause,
@@ -151,6 +155,7 @@ impl Submitter {
             events: events.clone(),
             shapes: HashMap::new(),
             leases: HashMap::new(),
+            grants: 0,
         };
         tokio::spawn(state.run(receiver));
         Self { events }
@@ -176,9 +181,16 @@ struct Loop {
     events: mpsc::UnboundedSender<Event>,
     shapes: HashMap<Shape, ShapeState>,
     leases: HashMap<WorkerId, Lease>,
+    grants: u64,
 }
 
 impl Loop {
+    fn is_current(&self, worker: WorkerId, generation: u64) -> bool {
+        self.leases
+            .get(&worker)
+            .is_some_and(|lease| lease.generation == generation)
+    }
+
     async fn run(mut self, mut receiver: mpsc::UnboundedReceiver<Event>) {
         while let Some(event) = receiver.recv().await {
             let Some(core) = self.core.upgrade() else {
@@ -211,8 +223,22 @@ impl Loop {
                         }
                     }
                 }
-                Event::Reply { worker, reply } => self.reply(&core, worker, reply),
-                Event::StreamEnded { worker } => self.stream_ended(&core, worker),
+                // A worker id comes back when the raylet reuses the process:
+                // events of an earlier lease on it must not touch the new one.
+                Event::Reply {
+                    worker,
+                    generation,
+                    reply,
+                } => {
+                    if self.is_current(worker, generation) {
+                        self.reply(&core, worker, reply);
+                    }
+                }
+                Event::StreamEnded { worker, generation } => {
+                    if self.is_current(worker, generation) {
+                        self.stream_ended(&core, worker);
+                    }
+                }
                 Event::WorkerDied { cause, tasks } => {
                     for task in tasks {
                         self.retry_or_fail(&core, task, &cause);
@@ -301,6 +327,8 @@ impl Loop {
                 return;
             }
         };
+        self.grants += 1;
+        let generation = self.grants;
         let (sender, receiver) = mpsc::unbounded_channel();
         let events = self.events.clone();
         tokio::spawn(async move {
@@ -312,14 +340,19 @@ impl Loop {
                 Ok(response) => {
                     let mut replies = response.into_inner();
                     while let Some(Ok(reply)) = replies.next().await {
-                        if events.send(Event::Reply { worker, reply }).is_err() {
+                        let reply = Event::Reply {
+                            worker,
+                            generation,
+                            reply,
+                        };
+                        if events.send(reply).is_err() {
                             return;
                         }
                     }
                 }
                 Err(status) => debug!(%worker, error = status.message(), "worker stream failed"),
             }
-            let _ = events.send(Event::StreamEnded { worker });
+            let _ = events.send(Event::StreamEnded { worker, generation });
         });
         state.workers.push(worker);
         self.leases.insert(
@@ -332,6 +365,7 @@ impl Loop {
                 in_flight: HashMap::new(),
                 idle_since: Instant::now(),
                 last_reply: Instant::now(),
+                generation,
             },
         );
         self.dispatch(core, &shape);
