@@ -407,20 +407,12 @@ impl Core {
     /// Stores already-encoded bytes: inline here when small, else copied into
     /// the local node's shared memory.
     pub(crate) async fn put_encoded(self: &Arc<Self>, bytes: Vec<u8>) -> Result<Arc<RefHandle>> {
-        let id = ObjectId::for_put(
-            self.driver_task,
-            self.put_counter.fetch_add(1, Ordering::Relaxed),
-        );
-        if bytes.len() <= INLINE_MAX {
-            return Ok(self.new_ref(id, ObjectState::Inline(Bytes::from(bytes))));
-        }
-        object_io::write(&self.raylet, id, &bytes).await?;
-        Ok(self.new_ref(
-            id,
-            ObjectState::Stored {
-                address: self.raylet_address.clone(),
-            },
-        ))
+        let bytes = Bytes::from(bytes);
+        let fill = |buffer: &mut [u8]| {
+            buffer.copy_from_slice(&bytes);
+            Ok(())
+        };
+        self.put_with(bytes.len(), || Ok(bytes.clone()), fill).await
     }
 
     /// Stores a value: inline here when small, else serialized straight
@@ -429,19 +421,32 @@ impl Core {
         self: &Arc<Self>,
         value: &T,
     ) -> Result<Arc<RefHandle>> {
+        let size = codec::encoded_size(value)?;
+        self.put_with(
+            size,
+            || codec::encode(value).map(Bytes::from),
+            |buffer| codec::encode_into(value, buffer),
+        )
+        .await
+    }
+
+    /// A new `put` object of `size` bytes: `inline` makes the bytes when they
+    /// are small enough to keep here, else `fill` writes them into the local
+    /// store through shared memory.
+    async fn put_with(
+        self: &Arc<Self>,
+        size: usize,
+        inline: impl FnOnce() -> Result<Bytes>,
+        fill: impl FnOnce(&mut [u8]) -> Result<()>,
+    ) -> Result<Arc<RefHandle>> {
         let id = ObjectId::for_put(
             self.driver_task,
             self.put_counter.fetch_add(1, Ordering::Relaxed),
         );
-        let size = codec::encoded_size(value)?;
         if size <= INLINE_MAX {
-            let bytes = Bytes::from(codec::encode(value)?);
-            return Ok(self.new_ref(id, ObjectState::Inline(bytes)));
+            return Ok(self.new_ref(id, ObjectState::Inline(inline()?)));
         }
-        object_io::write_with(&self.raylet, id, size, |buffer| {
-            codec::encode_into(value, buffer)
-        })
-        .await?;
+        object_io::write_with(&self.raylet, id, size, fill).await?;
         Ok(self.new_ref(
             id,
             ObjectState::Stored {
