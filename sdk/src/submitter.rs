@@ -463,14 +463,7 @@ impl Loop {
         tokio::spawn(async move {
             let cause = why_worker_died(&owner, &lease.raylet, worker).await;
             // Tell the raylet, so it takes the worker back (or knows it is gone).
-            if let Ok(mut client) = owner.raylet_at(&lease.raylet) {
-                let _ = client
-                    .return_worker_lease(ReturnWorkerLeaseRequest {
-                        worker_id: worker.to_vec(),
-                        kill: true,
-                    })
-                    .await;
-            }
+            return_to_raylet(&owner, &lease.raylet, worker, true).await;
             let _ = events.send(Event::WorkerDied { cause, tasks });
         });
         self.dispatch(core, &lease.shape);
@@ -525,14 +518,7 @@ impl Loop {
             }
             let core = core.clone();
             tokio::spawn(async move {
-                if let Ok(mut client) = core.raylet_at(&lease.raylet) {
-                    let _ = client
-                        .return_worker_lease(ReturnWorkerLeaseRequest {
-                            worker_id: worker.to_vec(),
-                            kill: false,
-                        })
-                        .await;
-                }
+                return_to_raylet(&core, &lease.raylet, worker, false).await;
             });
         }
     }
@@ -541,14 +527,20 @@ impl Loop {
         let Some(lease) = self.leases.remove(&worker) else {
             return;
         };
-        if let Ok(mut client) = core.raylet_at(&lease.raylet) {
-            let _ = client
-                .return_worker_lease(ReturnWorkerLeaseRequest {
-                    worker_id: worker.to_vec(),
-                    kill,
-                })
-                .await;
-        }
+        return_to_raylet(core, &lease.raylet, worker, kill).await;
+    }
+}
+
+/// Returns a lease to the raylet that granted it (`kill`: stop the worker
+/// instead of reusing it). Best effort: a dead raylet has nothing to take back.
+async fn return_to_raylet(core: &Core, raylet: &str, worker: WorkerId, kill: bool) {
+    if let Ok(mut client) = core.raylet_at(raylet) {
+        let _ = client
+            .return_worker_lease(ReturnWorkerLeaseRequest {
+                worker_id: worker.to_vec(),
+                kill,
+            })
+            .await;
     }
 }
 
