@@ -83,6 +83,13 @@ impl ObjectTable {
         true
     }
 
+    /// Whether the object is referenced and still waits for its value.
+    pub(crate) fn is_pending(&self, id: ObjectId) -> bool {
+        self.lock()
+            .get(&id)
+            .is_some_and(|e| matches!(e.state, ObjectState::Pending))
+    }
+
     /// The current state, if the object is referenced.
     pub(crate) fn peek(&self, id: ObjectId) -> Option<ObjectState> {
         self.lock().get(&id).map(|e| e.state.clone())
