@@ -40,17 +40,23 @@ pub struct LeaseManager {
     leases: Mutex<HashMap<WorkerId, Lease>>,
 }
 
-/// Gives the resources back unless the lease was granted (a cancelled
-/// request must not leak them).
-struct PendingReservation<'a> {
+/// A lease being granted. Dropped before the grant (the request was
+/// cancelled, or failed) it gives the resources back and returns the worker
+/// to the pool, so neither leaks.
+struct PendingLease<'a> {
     host: &'a ActorHost,
+    pool: &'a WorkerPool,
     reservation: Option<Reservation>,
+    worker: Option<Worker>,
 }
 
-impl Drop for PendingReservation<'_> {
+impl Drop for PendingLease<'_> {
     fn drop(&mut self) {
         if let Some(reservation) = self.reservation.take() {
             self.host.unreserve(&reservation);
+        }
+        if let Some(worker) = self.worker.take() {
+            self.pool.release(&worker);
         }
     }
 }
@@ -112,9 +118,11 @@ impl LeaseManager {
         if !self.host.total().contains(&resources) {
             return self.elsewhere(&resources, request.no_spillback).await;
         }
-        let mut pending = PendingReservation {
+        let mut pending = PendingLease {
             host: &self.host,
+            pool: &self.pool,
             reservation: None,
+            worker: None,
         };
         let mut last_spill_check = Instant::now();
         while pending.reservation.is_none() {
@@ -147,27 +155,31 @@ impl LeaseManager {
             args: request.args,
             env,
         };
-        let worker = self
-            .pool
-            .lease(&spec)
-            .map_err(|err| Status::failed_precondition(err.to_string()))?;
-        let address = match self.directory.wait_registered(worker.id).await {
+        let worker = pending.worker.insert(
+            self.pool
+                .lease(&spec)
+                .map_err(|err| Status::failed_precondition(err.to_string()))?,
+        );
+        let (worker_id, pid) = (worker.id, worker.pid);
+        let address = match self.directory.wait_registered(worker_id).await {
             Ok(address) => address,
             Err(status) => {
-                self.pool.kill(worker.id);
+                pending.worker = None;
+                self.pool.kill(worker_id);
                 return Err(status);
             }
         };
         let reply = WorkerLeaseReply {
-            worker_id: worker.id.to_vec(),
+            worker_id: worker_id.to_vec(),
             worker_address: address,
             node_id: self.node_id.to_vec(),
-            pid: worker.pid,
+            pid,
             ..Default::default()
         };
         let reservation = pending.reservation.take().expect("reserved above");
+        let worker = pending.worker.take().expect("leased above");
         self.lock().insert(
-            worker.id,
+            worker_id,
             Lease {
                 worker,
                 reservation,

@@ -213,16 +213,7 @@ impl Loop {
                     worker,
                     address,
                 } => self.granted(&core, shape, raylet, worker, address),
-                Event::LeaseFailed { shape, error } => {
-                    let state = self.shapes.entry(shape.clone()).or_default();
-                    state.requests = state.requests.saturating_sub(1);
-                    if state.workers.is_empty() && state.requests == 0 {
-                        for task in state.queue.drain(..) {
-                            core.objects
-                                .set(task.return_id, ObjectState::Failed(error.clone()));
-                        }
-                    }
-                }
+                Event::LeaseFailed { shape, error } => self.lease_failed(&core, &shape, error),
                 // A worker id comes back when the raylet reuses the process:
                 // events of an earlier lease on it must not touch the new one.
                 Event::Reply {
@@ -244,7 +235,19 @@ impl Loop {
                         self.retry_or_fail(&core, task, &cause);
                     }
                 }
-                Event::Tick => self.return_idle(&core),
+                Event::Tick => {
+                    self.return_idle(&core);
+                    // Shapes whose lease requests failed try again (a backoff of one tick).
+                    let waiting: Vec<Shape> = self
+                        .shapes
+                        .iter()
+                        .filter(|(_, state)| !state.queue.is_empty() && state.requests == 0)
+                        .map(|(shape, _)| shape.clone())
+                        .collect();
+                    for shape in waiting {
+                        self.dispatch(&core, &shape);
+                    }
+                }
                 Event::Shutdown(done) => {
                     let workers: Vec<WorkerId> = self.leases.keys().copied().collect();
                     for worker in workers {
@@ -305,8 +308,38 @@ impl Loop {
                     },
                     Err(error) => Event::LeaseFailed { shape, error },
                 };
-                let _ = events.send(event);
+                // Granted after the loop stopped (the driver shut down): give it back.
+                if let Err(mpsc::error::SendError(Event::Granted { raylet, worker, .. })) =
+                    events.send(event)
+                {
+                    return_to_raylet(&core, &raylet, worker, false).await;
+                }
             });
+        }
+    }
+
+    /// A lease request failed. An unschedulable shape fails its queued
+    /// tasks; other failures (a raylet restarting, a refused connection)
+    /// cost each queued task one retry, and the next tick asks again.
+    fn lease_failed(&mut self, core: &Arc<Core>, shape: &Shape, error: Error) {
+        let state = self.shapes.entry(shape.clone()).or_default();
+        state.requests = state.requests.saturating_sub(1);
+        if !state.workers.is_empty() || state.requests > 0 {
+            return; // other workers will run the queue
+        }
+        let unschedulable = matches!(error, Error::Unschedulable { .. });
+        if !unschedulable {
+            warn!(%error, "a lease request failed; queued tasks will ask again");
+        }
+        let queue = std::mem::take(&mut state.queue);
+        for mut task in queue {
+            if unschedulable || task.retries_left == 0 {
+                core.objects
+                    .set(task.return_id, ObjectState::Failed(error.clone()));
+            } else {
+                task.retries_left -= 1;
+                state.queue.push_back(task);
+            }
         }
     }
 
@@ -323,7 +356,10 @@ impl Loop {
         let client = match clients::worker(&address, &core.token) {
             Ok(client) => client,
             Err(err) => {
-                warn!(%err, "cannot reach a leased worker");
+                warn!(%err, "cannot reach a leased worker; returning it");
+                let owner = core.clone();
+                tokio::spawn(async move { return_to_raylet(&owner, &raylet, worker, true).await });
+                self.dispatch(core, &shape);
                 return;
             }
         };
@@ -409,7 +445,22 @@ impl Loop {
                 if !failure.lost_object.is_empty()
                     && let Ok(lost) = ObjectId::from_slice(&failure.lost_object)
                 {
-                    // An argument is gone: rebuild it, then run the task again.
+                    // An argument is gone: rebuild it, then run the task again
+                    // (which costs a retry, so a chain of losses ends).
+                    if task.retries_left == 0 {
+                        let error = Error::ObjectLost {
+                            object: lost,
+                            cause: format!(
+                                "{function} needed it and has no retries left: {}",
+                                failure.message
+                            ),
+                        };
+                        core.objects.set(task.return_id, ObjectState::Failed(error));
+                        self.dispatch(core, &shape);
+                        return;
+                    }
+                    let mut task = task;
+                    task.retries_left -= 1;
                     let events = self.events.clone();
                     let core = core.clone();
                     tokio::spawn(async move {
