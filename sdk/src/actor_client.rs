@@ -448,6 +448,16 @@ fn complete(
         Some(task_reply::Result::Stored(stored)) => ObjectState::Stored {
             address: stored.node_address,
         },
+        // An argument was lost with its node: say so (the caller may rebuild it).
+        Some(task_reply::Result::Failure(failure)) if !failure.lost_object.is_empty() => {
+            match ObjectId::from_slice(&failure.lost_object) {
+                Ok(object) => ObjectState::Failed(Error::ObjectLost {
+                    object,
+                    cause: failure.message,
+                }),
+                Err(e) => ObjectState::Failed(Error::Cluster(format!("bad lost object id: {e}"))),
+            }
+        }
         Some(task_reply::Result::Failure(failure)) => ObjectState::Failed(Error::TaskFailed {
             function: format!("{class}::{}", call.method),
             message: failure.message,

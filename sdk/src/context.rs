@@ -18,7 +18,7 @@ use photon_proto::v1::{
     GetObjectLocationsRequest, KillActorRequest, NodeState, TaskArg as ProtoArg, TaskSpec,
     task_arg,
 };
-use photon_proto::{JobId, NodeId, ObjectId, TaskId};
+use photon_proto::{JobId, NodeId, ObjectId, Quantity, TaskId};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::runtime::Runtime;
@@ -41,6 +41,21 @@ use crate::submitter::{PendingTask, Submitter};
 const MAX_REBUILDS: usize = 3;
 /// How long a blocking get spins on a pending object before it parks.
 const GET_SPIN: Duration = Duration::from_micros(200);
+
+/// A live node as the head last heard of it.
+#[derive(Clone, Debug)]
+pub struct NodeView {
+    /// Its raylet's address.
+    pub address: String,
+    /// Resources in total by name (`CPU`, `GPU`, `memory`, custom).
+    pub total: std::collections::HashMap<String, f64>,
+    /// Resources not reserved now.
+    pub available: std::collections::HashMap<String, f64>,
+    /// Bytes in its object store.
+    pub object_store_used: u64,
+    /// Its object store's capacity in bytes.
+    pub object_store_capacity: u64,
+}
 
 /// The driver's shared state.
 pub(crate) struct Core {
@@ -706,6 +721,16 @@ impl Context {
         codec::decode(&bytes, &format!("object {id}"))
     }
 
+    /// Waits until `object` has a value, without fetching it; the object's
+    /// error when its task failed. (A stored value may still turn out lost
+    /// when read.)
+    pub async fn ready_async<T>(&self, object: &ObjectRef<T>) -> Result<()> {
+        match self.core.objects.wait_ready(object.id()).await {
+            Some(ObjectState::Failed(err)) => Err(err),
+            _ => Ok(()),
+        }
+    }
+
     /// [`Context::get`], giving up with [`Error::Timeout`] after `limit`.
     pub fn get_timeout<T: DeserializeOwned>(
         &self,
@@ -835,18 +860,41 @@ impl Context {
         Ok(())
     }
 
-    /// Bytes held in the object stores of all live nodes (as of their latest
-    /// heartbeats, which come every 500 ms).
-    pub fn object_store_used(&self) -> Result<u64> {
+    /// The live nodes, as of their latest heartbeats (every 500 ms).
+    pub fn cluster_nodes(&self) -> Result<Vec<NodeView>> {
         let mut head = self.core.head.clone();
         let status = self
             .block_on(head.get_cluster_status(GetClusterStatusRequest {}))
             .map_err(|s| Error::cluster("cannot read the cluster status", &s))?
             .into_inner();
+        let amounts = |map: &std::collections::HashMap<String, i64>| {
+            map.iter()
+                .map(|(name, &units)| (name.clone(), Quantity::from_units(units).as_f64()))
+                .collect()
+        };
         Ok(status
             .nodes
             .iter()
             .filter(|n| n.state == NodeState::Alive as i32)
+            .filter_map(|n| {
+                let info = n.info.as_ref()?;
+                Some(NodeView {
+                    address: info.address.clone(),
+                    total: amounts(&info.total),
+                    available: amounts(&n.available),
+                    object_store_used: n.object_store_used,
+                    object_store_capacity: info.object_store_capacity,
+                })
+            })
+            .collect())
+    }
+
+    /// Bytes held in the object stores of all live nodes (as of their latest
+    /// heartbeats, which come every 500 ms).
+    pub fn object_store_used(&self) -> Result<u64> {
+        Ok(self
+            .cluster_nodes()?
+            .iter()
             .map(|n| n.object_store_used)
             .sum())
     }

@@ -1,0 +1,164 @@
+//! Where an input or output URL points: an object store and a path inside it.
+//! Local paths and `file://` go through object_store's local filesystem so
+//! that S3 and local files share one code path.
+
+use std::path::{Component, Path as FsPath, PathBuf};
+use std::sync::Arc;
+
+use crate::error::{Error, Result};
+use object_store::ObjectStore;
+use object_store::local::LocalFileSystem;
+use object_store::path::Path;
+
+/// A resolved URL.
+pub struct Location {
+    /// The store holding it.
+    pub store: Arc<dyn ObjectStore>,
+    /// The object (or prefix, for a directory) inside `store`.
+    pub path: Path,
+    /// The URL as the user wrote it, without a trailing `/`; used in messages.
+    pub display: String,
+    /// The filesystem path for local locations: object_store cannot tell a
+    /// missing directory from an empty one, or remove empty directories.
+    pub local: Option<PathBuf>,
+}
+
+impl Location {
+    /// How to name `path` (an object under this location) in messages.
+    pub fn display_of(&self, path: &Path) -> String {
+        let relative = path.prefix_match(&self.path).map(|parts| {
+            parts
+                .map(|part| part.as_ref().to_string())
+                .collect::<Vec<_>>()
+        });
+        match relative {
+            Some(parts) if !parts.is_empty() => format!("{}/{}", self.display, parts.join("/")),
+            _ => self.display.clone(),
+        }
+    }
+}
+
+fn invalid(message: String) -> Error {
+    Error::Invalid(message)
+}
+
+/// Resolves a local path, `file://` URL or (with the `s3` feature) `s3://` URL.
+pub fn resolve(url: &str) -> Result<Location> {
+    let display = match url.trim_end_matches('/') {
+        "" => url.to_string(),
+        trimmed => trimmed.to_string(),
+    };
+    if let Some((scheme, _)) = url.split_once("://") {
+        return match scheme {
+            "file" => {
+                let parsed =
+                    url::Url::parse(url).map_err(|e| invalid(format!("{url} is not a valid URL: {e}")))?;
+                let path = parsed
+                    .to_file_path()
+                    .map_err(|()| invalid(format!("{url} is not a local file URL")))?;
+                local(&path, display)
+            }
+            "s3" => s3(url, display),
+            other => {
+                Err(invalid(format!(
+                    "{url}: unsupported URL scheme {other:?}; use a local path, file:// or s3://"
+                )))
+            }
+        };
+    }
+    local(FsPath::new(url), display)
+}
+
+fn local(path: &FsPath, display: String) -> Result<Location> {
+    let absolute = std::path::absolute(path)
+        .map_err(|e| invalid(format!("cannot make {} an absolute path: {e}", path.display())))?;
+    let absolute = normalize(&absolute);
+    let object_path = Path::from_absolute_path(&absolute)
+        .map_err(|e| invalid(format!("{display} is not a usable local path: {e}")))?;
+    Ok(Location {
+        store: Arc::new(LocalFileSystem::new()),
+        path: object_path,
+        display,
+        local: Some(absolute),
+    })
+}
+
+/// Drops `.` and resolves `..` lexically: object_store paths may hold neither.
+fn normalize(path: &FsPath) -> PathBuf {
+    let mut out = PathBuf::new();
+    for component in path.components() {
+        match component {
+            Component::CurDir => {}
+            Component::ParentDir => {
+                out.pop();
+            }
+            other => out.push(other),
+        }
+    }
+    out
+}
+
+#[cfg(feature = "s3")]
+fn s3(url: &str, display: String) -> Result<Location> {
+    let parsed = url::Url::parse(url).map_err(|e| invalid(format!("{url} is not a valid URL: {e}")))?;
+    let store = object_store::aws::AmazonS3Builder::from_env()
+        .with_url(url)
+        .build()
+        .map_err(|e| {
+            invalid(format!(
+                "cannot open {url} (credentials come from the AWS_* variables): {e}"
+            ))
+        })?;
+    let path = Path::from_url_path(parsed.path())
+        .map_err(|e| invalid(format!("{url} has an invalid object path: {e}")))?;
+    Ok(Location {
+        store: Arc::new(store),
+        path,
+        display,
+        local: None,
+    })
+}
+
+#[cfg(not(feature = "s3"))]
+fn s3(url: &str, _display: String) -> Result<Location> {
+    Err(invalid(format!(
+        "{url}: this photon was built without S3 support; rebuild it with `--features s3`"
+    )))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn local_paths_are_absolute_and_normalized() {
+        let location = resolve("/tmp/a/./b/../c/").unwrap();
+        assert_eq!(location.path.as_ref(), "tmp/a/c");
+        assert_eq!(location.display, "/tmp/a/./b/../c");
+        assert_eq!(location.local.as_deref(), Some(FsPath::new("/tmp/a/c")));
+        let child = location.path.child("part-00000.parquet");
+        assert_eq!(
+            location.display_of(&child),
+            "/tmp/a/./b/../c/part-00000.parquet"
+        );
+    }
+
+    #[test]
+    fn file_urls_are_local() {
+        let location = resolve("file:///tmp/x%20y").unwrap();
+        assert_eq!(location.local.as_deref(), Some(FsPath::new("/tmp/x y")));
+    }
+
+    #[test]
+    fn unknown_schemes_are_refused() {
+        let err = resolve("gs://bucket/x").err().unwrap().to_string();
+        assert!(err.contains("unsupported URL scheme \"gs\""), "{err}");
+    }
+
+    #[cfg(not(feature = "s3"))]
+    #[test]
+    fn s3_without_the_feature_says_how_to_get_it() {
+        let err = resolve("s3://bucket/x").err().unwrap().to_string();
+        assert!(err.contains("--features s3"), "{err}");
+    }
+}

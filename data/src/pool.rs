@@ -1,0 +1,221 @@
+//! An actor pool for one stage: actors that construct the stage's
+//! functions once (a model loads once) and then take block after block.
+
+use std::time::{Duration, Instant};
+
+use arrow::array::RecordBatch;
+use photon::{ActorOptions, Context, ObjectRef};
+
+use crate::error::{Error, Result};
+use crate::steps::{StageActorHandle, Step};
+
+/// An idle actor above the pool's minimum goes after this long.
+const IDLE: Duration = Duration::from_secs(2);
+
+/// How a pool is sized and placed.
+#[derive(Clone, Debug)]
+pub(crate) struct PoolSpec {
+    pub min: usize,
+    pub max: usize,
+    pub num_cpus: f64,
+    pub num_gpus: f64,
+    pub max_concurrency: u32,
+}
+
+struct PoolActor {
+    handle: StageActorHandle,
+    in_flight: usize,
+    /// A call came back, so its constructor ran.
+    ready: bool,
+    idle_since: Instant,
+}
+
+/// The actors of one stage.
+pub(crate) struct Pool {
+    spec: PoolSpec,
+    steps: Vec<Step>,
+    /// CPUs the stages feeding this one need, kept free for them.
+    upstream_cpus: f64,
+    /// The most actors the cluster can hold next to the upstream stages.
+    limit: usize,
+    actors: Vec<Option<PoolActor>>,
+    /// Why the pool is smaller than asked, for the progress output.
+    note: Option<String>,
+}
+
+impl Pool {
+    pub(crate) fn new(spec: PoolSpec, steps: Vec<Step>, upstream_cpus: f64) -> Self {
+        Self {
+            limit: spec.max,
+            spec,
+            steps,
+            upstream_cpus,
+            actors: Vec::new(),
+            note: None,
+        }
+    }
+
+    /// Sizes the pool to the cluster and starts `min` actors, so they
+    /// construct while the first blocks are read.
+    pub(crate) fn start(&mut self, ctx: &Context) -> Result<()> {
+        let nodes = ctx.cluster_nodes()?;
+        let total = |name: &str| -> f64 {
+            nodes
+                .iter()
+                .map(|n| n.total.get(name).copied().unwrap_or(0.0))
+                .sum()
+        };
+        let (cpus, gpus) = (total("CPU"), total("GPU"));
+        let mut limit = self.spec.max;
+        if self.spec.num_cpus > 0.0 {
+            // Never take the CPUs the stages that feed the pool need (Ray
+            // Data hangs exactly so: its read tasks wait behind actors
+            // holding every CPU).
+            let room = ((cpus - self.upstream_cpus) / self.spec.num_cpus + 1e-9).floor();
+            if room < 1.0 {
+                return Err(Error::Invalid(format!(
+                    "the actor pool needs {} CPUs per actor, but the cluster has {cpus} CPUs \
+                     and the stages feeding the pool need {}: lower num_cpus or add nodes",
+                    self.spec.num_cpus, self.upstream_cpus
+                )));
+            }
+            limit = limit.min(room as usize);
+        }
+        if self.spec.num_gpus > 0.0 {
+            let room = (gpus / self.spec.num_gpus + 1e-9).floor();
+            if room < 1.0 {
+                return Err(Error::Invalid(format!(
+                    "the actor pool needs {} GPUs per actor, but the cluster has {gpus}: \
+                     start raylets with --num-gpus or lower num_gpus",
+                    self.spec.num_gpus
+                )));
+            }
+            limit = limit.min(room as usize);
+        }
+        if limit < self.spec.max {
+            let note = format!(
+                "pool capped at {limit} of {} actors: the cluster has {cpus} CPUs and {gpus} \
+                 GPUs, and {} CPUs stay free for the stages feeding it",
+                self.spec.max, self.upstream_cpus
+            );
+            tracing::warn!("{note}");
+            self.note = Some(note);
+        }
+        self.limit = limit.max(1);
+        for _ in 0..self.spec.min.min(self.limit) {
+            self.add(ctx)?;
+        }
+        Ok(())
+    }
+
+    fn add(&mut self, ctx: &Context) -> Result<()> {
+        let options = ActorOptions::new()
+            .num_cpus(self.spec.num_cpus)
+            .num_gpus(self.spec.num_gpus)
+            .max_concurrency(self.spec.max_concurrency.max(1));
+        let handle = StageActorHandle::new_with(ctx, options, self.steps.clone())?;
+        self.actors.push(Some(PoolActor {
+            handle,
+            in_flight: 0,
+            ready: false,
+            idle_since: Instant::now(),
+        }));
+        Ok(())
+    }
+
+    fn live(&self) -> impl Iterator<Item = (usize, &PoolActor)> {
+        self.actors
+            .iter()
+            .enumerate()
+            .filter_map(|(i, a)| a.as_ref().map(|a| (i, a)))
+    }
+
+    /// Sends `block` to the least busy actor with room (each holds its
+    /// running calls plus one queued, so it never waits for the driver).
+    pub(crate) fn call(
+        &mut self,
+        block: &ObjectRef<RecordBatch>,
+        part: String,
+    ) -> Option<(usize, ObjectRef<RecordBatch>)> {
+        let per_actor = self.spec.max_concurrency.max(1) as usize + 1;
+        let (index, _) = self
+            .live()
+            .filter(|(_, a)| a.in_flight < per_actor)
+            .min_by_key(|(_, a)| (a.in_flight, !a.ready))?;
+        let actor = self.actors[index].as_mut().expect("live");
+        actor.in_flight += 1;
+        Some((index, actor.handle.apply(block, part)))
+    }
+
+    /// Adds an actor when blocks wait, every actor is busy, none is still
+    /// constructing, and the pool may grow.
+    pub(crate) fn grow_if_needed(&mut self, ctx: &Context, queued: usize) -> Result<()> {
+        let live = self.live().count();
+        let constructing = self.live().any(|(_, a)| !a.ready);
+        if queued > 0 && live < self.limit && !constructing {
+            self.add(ctx)?;
+        }
+        Ok(())
+    }
+
+    /// A call on `index` came back.
+    pub(crate) fn done(&mut self, index: usize, _took: Duration) {
+        if let Some(actor) = self.actors[index].as_mut() {
+            actor.in_flight = actor.in_flight.saturating_sub(1);
+            actor.ready = true;
+            if actor.in_flight == 0 {
+                actor.idle_since = Instant::now();
+            }
+        }
+    }
+
+    /// The actor at `index` died: drop it (a new one replaces it on demand).
+    pub(crate) fn lost(&mut self, index: usize, ctx: &Context) {
+        if let Some(actor) = self.actors[index].take() {
+            let _ = ctx.kill(actor.handle.handle());
+        }
+        if self.live().count() < self.spec.min.min(self.limit) {
+            let _ = self.add(ctx);
+        }
+    }
+
+    /// Stops actors idle for a while, down to the minimum.
+    pub(crate) fn shrink_idle(&mut self, ctx: &Context) {
+        let floor = self.spec.min.max(1);
+        let idle: Vec<usize> = self
+            .live()
+            .filter(|(_, a)| a.in_flight == 0 && a.ready && a.idle_since.elapsed() >= IDLE)
+            .map(|(i, _)| i)
+            .collect();
+        for index in idle {
+            if self.live().count() <= floor {
+                break;
+            }
+            if let Some(actor) = self.actors[index].take() {
+                let _ = ctx.kill(actor.handle.handle());
+            }
+        }
+    }
+
+    /// Stops every actor.
+    pub(crate) fn shutdown(&mut self, ctx: &Context) {
+        for actor in self.actors.iter_mut().filter_map(Option::take) {
+            let _ = ctx.kill(actor.handle.handle());
+        }
+    }
+
+    /// "2 active, 1 constructing (max 3)", and why it is capped.
+    pub(crate) fn describe(&self) -> String {
+        let ready = self.live().filter(|(_, a)| a.ready).count();
+        let constructing = self.live().count() - ready;
+        let mut text = format!(
+            "actors {ready} active, {constructing} constructing ({}..={})",
+            self.spec.min, self.limit
+        );
+        if let Some(note) = &self.note {
+            text.push_str("; ");
+            text.push_str(note);
+        }
+        text
+    }
+}

@@ -1,0 +1,168 @@
+//! What a run did, per stage. Each stage's worker appends a record (rows,
+//! bytes, time) to the block's schema metadata, so the records travel with
+//! the block to the driver for free; the driver adds what only it sees
+//! (retries, time blocked by the memory budget, peak store use).
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arrow::array::RecordBatch;
+use arrow::datatypes::Schema;
+use serde::{Deserialize, Serialize};
+
+/// The metadata key holding the stage records of a block.
+const KEY: &str = "photon.stages";
+
+/// What one stage did to one block.
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize)]
+pub(crate) struct StageRecord {
+    pub rows: u64,
+    pub bytes: u64,
+    pub micros: u64,
+}
+
+impl StageRecord {
+    pub(crate) fn since(started: Instant) -> impl FnOnce(&RecordBatch) -> Self {
+        move |batch| Self {
+            rows: batch.num_rows() as u64,
+            bytes: batch.get_array_memory_size() as u64,
+            micros: started.elapsed().as_micros() as u64,
+        }
+    }
+}
+
+/// The records of the stages a block went through so far.
+pub(crate) fn history(batch: &RecordBatch) -> Vec<StageRecord> {
+    batch
+        .schema()
+        .metadata()
+        .get(KEY)
+        .and_then(|json| serde_json::from_str(json).ok())
+        .unwrap_or_default()
+}
+
+/// The batch without the records (what user functions and files see).
+pub(crate) fn strip(batch: RecordBatch) -> RecordBatch {
+    if !batch.schema().metadata().contains_key(KEY) {
+        return batch;
+    }
+    let mut metadata = batch.schema().metadata().clone();
+    metadata.remove(KEY);
+    let schema = Schema::new_with_metadata(batch.schema().fields().clone(), metadata);
+    batch
+        .with_schema(Arc::new(schema))
+        .expect("only metadata changed")
+}
+
+/// `batch` carrying `history` plus this stage's record.
+pub(crate) fn append(
+    batch: RecordBatch,
+    history: &[StageRecord],
+    record: impl FnOnce(&RecordBatch) -> StageRecord,
+) -> RecordBatch {
+    let mut records = history.to_vec();
+    records.push(record(&batch));
+    let mut metadata: HashMap<String, String> = batch.schema().metadata().clone();
+    metadata.insert(
+        KEY.into(),
+        serde_json::to_string(&records).expect("plain numbers"),
+    );
+    let schema = Schema::new_with_metadata(batch.schema().fields().clone(), metadata);
+    batch
+        .with_schema(Arc::new(schema))
+        .expect("only metadata changed")
+}
+
+/// A schema as JSON: `[{"name", "type", "nullable"}]` (for manifests).
+pub(crate) fn describe_schema(schema: &Schema) -> String {
+    let fields: Vec<serde_json::Value> = schema
+        .fields()
+        .iter()
+        .map(|f| {
+            serde_json::json!({
+                "name": f.name(),
+                "type": f.data_type().to_string(),
+                "nullable": f.is_nullable(),
+            })
+        })
+        .collect();
+    serde_json::to_string(&fields).expect("plain values")
+}
+
+/// One stage's totals.
+#[derive(Clone, Debug, Default)]
+pub struct StageStats {
+    /// What the stage does (`read_parquet → select_columns`, `map_batches(Embed) ×1..=3 actors`).
+    pub name: String,
+    /// Blocks it finished.
+    pub blocks: u64,
+    /// Rows it produced.
+    pub rows: u64,
+    /// Bytes (in memory) it produced.
+    pub bytes: u64,
+    /// Time its calls took, summed over blocks (a worker's busy time).
+    pub busy: Duration,
+    /// From its first call to its last result.
+    pub wall: Duration,
+    /// Calls that failed for a cluster reason and ran again.
+    pub retries: u64,
+}
+
+/// What a run did.
+#[derive(Clone, Debug, Default)]
+pub struct Stats {
+    /// Per stage, in pipeline order.
+    pub stages: Vec<StageStats>,
+    /// The whole run.
+    pub wall: Duration,
+    /// Time no new block could start because blocks in flight filled the memory budget.
+    pub backpressure: Duration,
+    /// Most bytes held in the cluster's object stores during the run (sampled).
+    pub peak_object_store_bytes: u64,
+    /// Blocks rebuilt from their source after a copy or an actor was lost.
+    pub reconstructions: u64,
+    /// Blocks skipped because the user function failed (within `max_errored_blocks`).
+    pub skipped_blocks: u64,
+}
+
+impl Stats {
+    /// Folds a finished block's records into the stage totals.
+    pub(crate) fn record(&mut self, records: &[StageRecord]) {
+        for (stage, record) in self.stages.iter_mut().zip(records) {
+            stage.blocks += 1;
+            stage.rows += record.rows;
+            stage.bytes += record.bytes;
+            stage.busy += Duration::from_micros(record.micros);
+        }
+    }
+}
+
+impl fmt::Display for Stats {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for stage in &self.stages {
+            writeln!(
+                f,
+                "{}: {} blocks, {} rows, {:.1} MiB, busy {:.2}s, wall {:.2}s, {} retries",
+                stage.name,
+                stage.blocks,
+                stage.rows,
+                stage.bytes as f64 / (1 << 20) as f64,
+                stage.busy.as_secs_f64(),
+                stage.wall.as_secs_f64(),
+                stage.retries
+            )?;
+        }
+        write!(
+            f,
+            "total {:.2}s; blocked by the memory budget {:.2}s; peak object store {:.1} MiB; \
+             {} reconstructions; {} skipped blocks",
+            self.wall.as_secs_f64(),
+            self.backpressure.as_secs_f64(),
+            self.peak_object_store_bytes as f64 / (1 << 20) as f64,
+            self.reconstructions,
+            self.skipped_blocks
+        )
+    }
+}

@@ -1,0 +1,351 @@
+//! The worker side of a pipeline: what a read task, a map task and a pool
+//! actor run on one block. A stage is a source (or an input block) followed
+//! by steps fused into one call, so a block crosses the object store once
+//! per stage, not once per operator.
+
+use std::sync::{Arc, Mutex};
+
+use std::time::Instant;
+
+use arrow::array::{RecordBatch, StringArray, UInt64Array};
+use arrow::datatypes::{DataType, Field, Schema};
+use futures::TryStreamExt;
+use object_store::PutPayload;
+use parquet::arrow::ArrowWriter;
+use parquet::arrow::arrow_reader::{RowSelection, RowSelector};
+use parquet::arrow::async_reader::{ParquetObjectReader, ParquetRecordBatchStreamBuilder};
+use parquet::arrow::ProjectionMask;
+use parquet::basic::Compression;
+use parquet::file::properties::WriterProperties;
+use serde::{Deserialize, Serialize};
+
+use crate::location;
+use crate::stats::{self, StageRecord};
+use crate::udf::{self, DynUdf};
+
+/// Where a block's rows come from.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum Source {
+    /// Rows `skip .. skip + rows` of the given row groups of a Parquet file.
+    Parquet {
+        /// The file.
+        url: String,
+        /// Its row groups holding the rows.
+        row_groups: Vec<usize>,
+        /// Rows to skip at the start of the first row group.
+        skip: usize,
+        /// Rows to read.
+        rows: usize,
+        /// Columns to read (all when `None`).
+        columns: Option<Vec<String>>,
+    },
+    /// Int64 ids `start..end` in a column `id`.
+    Range {
+        /// First id.
+        start: i64,
+        /// One past the last id.
+        end: i64,
+    },
+}
+
+/// One operation of a stage.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum Step {
+    /// Keep these columns, in this order.
+    Select(Vec<String>),
+    /// A user function, called on slices of at most `batch_size` rows.
+    Map {
+        /// Its registered type name.
+        udf: String,
+        /// Its constructor's arguments (JSON).
+        args: Vec<u8>,
+        /// Rows per call; the whole block when `None`.
+        batch_size: Option<usize>,
+    },
+    /// Write the block as a Parquet part under `staging` (a URL), named by
+    /// the call's `part` argument; the block becomes a one-row summary (see
+    /// [`summary_schema`]).
+    Write {
+        /// The staging directory.
+        staging: String,
+    },
+}
+
+/// Runs a source stage: read the block, then its steps.
+#[photon::remote]
+pub async fn read_stage(
+    source: Source,
+    steps: Vec<Step>,
+    part: String,
+) -> Result<RecordBatch, String> {
+    let started = Instant::now();
+    let block = read_source(&source).await?;
+    let mut udfs = Udfs::new(&steps)?;
+    let output = run_sync_steps(block, &steps, &mut udfs)?;
+    let output = finish_writes(output, &steps, &part).await?;
+    Ok(stats::append(output, &[], StageRecord::since(started)))
+}
+
+/// Runs a task stage on a block made by an earlier stage.
+#[photon::remote]
+pub async fn map_stage(
+    block: RecordBatch,
+    steps: Vec<Step>,
+    part: String,
+) -> Result<RecordBatch, String> {
+    let started = Instant::now();
+    let history = stats::history(&block);
+    let mut udfs = Udfs::new(&steps)?;
+    let output = run_sync_steps(stats::strip(block), &steps, &mut udfs)?;
+    let output = finish_writes(output, &steps, &part).await?;
+    Ok(stats::append(output, &history, StageRecord::since(started)))
+}
+
+/// An actor of a pool: constructs its stage's functions once, then runs
+/// block after block. With `max_concurrency` above one, each concurrent
+/// call gets its own constructed functions (made on first need, then reused).
+pub struct StageActor {
+    steps: Vec<Step>,
+    idle: Mutex<Vec<Udfs>>,
+}
+
+#[photon::actor]
+impl StageActor {
+    /// Constructs the stage's functions (a model loads here).
+    pub fn new(steps: Vec<Step>) -> Result<Self, String> {
+        let udfs = Udfs::new(&steps)?;
+        Ok(StageActor {
+            steps,
+            idle: Mutex::new(vec![udfs]),
+        })
+    }
+
+    /// Runs the stage on one block (`part`: its part name when the stage writes).
+    pub async fn apply(&self, block: RecordBatch, part: String) -> Result<RecordBatch, String> {
+        let started = Instant::now();
+        let history = stats::history(&block);
+        let spare = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
+        let mut udfs = match spare {
+            Some(udfs) => udfs,
+            None => Udfs::new(&self.steps)?,
+        };
+        let output = run_sync_steps(stats::strip(block), &self.steps, &mut udfs);
+        self.idle
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(udfs);
+        let output = finish_writes(output?, &self.steps, &part).await?;
+        Ok(stats::append(output, &history, StageRecord::since(started)))
+    }
+}
+
+/// The constructed functions of a stage's `Map` steps, by step index.
+pub(crate) struct Udfs(Vec<Option<DynUdf>>);
+
+impl Udfs {
+    fn new(steps: &[Step]) -> Result<Self, String> {
+        steps
+            .iter()
+            .map(|step| match step {
+                Step::Map { udf, args, .. } => udf::construct_by_name(udf, args).map(Some),
+                _ => Ok(None),
+            })
+            .collect::<Result<_, _>>()
+            .map(Udfs)
+    }
+}
+
+/// Every step but a trailing `Write` (which needs I/O, done after).
+fn run_sync_steps(
+    mut block: RecordBatch,
+    steps: &[Step],
+    udfs: &mut Udfs,
+) -> Result<RecordBatch, String> {
+    for (index, step) in steps.iter().enumerate() {
+        block = match step {
+            Step::Select(columns) => select(&block, columns)?,
+            Step::Map { batch_size, .. } => {
+                let udf = udfs.0[index].as_mut().expect("constructed for each map step");
+                map_in_slices(block, *batch_size, udf)?
+            }
+            Step::Write { .. } => return Ok(block),
+        };
+    }
+    Ok(block)
+}
+
+async fn finish_writes(
+    block: RecordBatch,
+    steps: &[Step],
+    part: &str,
+) -> Result<RecordBatch, String> {
+    match steps.last() {
+        Some(Step::Write { staging }) => write_part(&block, staging, part).await,
+        _ => Ok(block),
+    }
+}
+
+/// Keeps `columns`, in order.
+pub(crate) fn select(block: &RecordBatch, columns: &[String]) -> Result<RecordBatch, String> {
+    let schema = block.schema();
+    let indices = columns
+        .iter()
+        .map(|name| {
+            schema.index_of(name).map_err(|_| {
+                let names: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
+                format!(
+                    "select_columns: the block has no column {name:?} (its columns: {})",
+                    names.join(", ")
+                )
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    block.project(&indices).map_err(|e| e.to_string())
+}
+
+/// Calls `udf` on zero-copy slices of at most `batch_size` rows and joins
+/// the results.
+fn map_in_slices(
+    block: RecordBatch,
+    batch_size: Option<usize>,
+    udf: &mut DynUdf,
+) -> Result<RecordBatch, String> {
+    let rows = block.num_rows();
+    let size = batch_size.unwrap_or(rows).max(1);
+    if rows <= size {
+        return udf(block);
+    }
+    let mut outputs = Vec::with_capacity(rows.div_ceil(size));
+    let mut offset = 0;
+    while offset < rows {
+        let length = size.min(rows - offset);
+        outputs.push(udf(block.slice(offset, length)).map_err(|e| {
+            format!("rows {offset}..{} of the block: {e}", offset + length)
+        })?);
+        offset += length;
+    }
+    let schema = outputs[0].schema();
+    arrow::compute::concat_batches(&schema, &outputs)
+        .map_err(|e| format!("the function's outputs do not share one schema: {e}"))
+}
+
+/// Reads one source block.
+pub(crate) async fn read_source(source: &Source) -> Result<RecordBatch, String> {
+    match source {
+        Source::Range { start, end } => {
+            let ids = arrow::array::Int64Array::from_iter_values(*start..*end);
+            let schema = Schema::new(vec![Field::new("id", DataType::Int64, false)]);
+            RecordBatch::try_new(Arc::new(schema), vec![Arc::new(ids)]).map_err(|e| e.to_string())
+        }
+        Source::Parquet {
+            url,
+            row_groups,
+            skip,
+            rows,
+            columns,
+        } => read_parquet_block(url, row_groups, *skip, *rows, columns.as_deref())
+            .await
+            .map_err(|e| format!("cannot read {url}: {e}")),
+    }
+}
+
+async fn read_parquet_block(
+    url: &str,
+    row_groups: &[usize],
+    skip: usize,
+    rows: usize,
+    columns: Option<&[String]>,
+) -> Result<RecordBatch, String> {
+    let location = location::resolve(url).map_err(|e| e.to_string())?;
+    let meta = location
+        .store
+        .head(&location.path)
+        .await
+        .map_err(|e| e.to_string())?;
+    let reader = ParquetObjectReader::new(location.store.clone(), location.path.clone())
+        .with_file_size(meta.size);
+    let builder = ParquetRecordBatchStreamBuilder::new(reader)
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut builder = builder
+        .with_row_groups(row_groups.to_vec())
+        .with_row_selection(RowSelection::from(vec![
+            RowSelector::skip(skip),
+            RowSelector::select(rows),
+        ]))
+        .with_batch_size(rows.max(1));
+    if let Some(columns) = columns {
+        let schema = builder.schema().clone();
+        let indices = columns
+            .iter()
+            .map(|c| schema.index_of(c).map_err(|_| format!("no column {c:?}")))
+            .collect::<Result<Vec<_>, _>>()?;
+        let mask = ProjectionMask::roots(builder.parquet_schema(), indices);
+        builder = builder.with_projection(mask);
+    }
+    let schema = builder.schema().clone();
+    let stream = builder.build().map_err(|e| e.to_string())?;
+    let batches: Vec<RecordBatch> = stream.try_collect().await.map_err(|e| e.to_string())?;
+    let block = match batches.len() {
+        1 => batches.into_iter().next().expect("one"),
+        _ => {
+            let schema = batches.first().map_or(schema, |b| b.schema());
+            arrow::compute::concat_batches(&schema, &batches).map_err(|e| e.to_string())?
+        }
+    };
+    if block.num_rows() != rows {
+        return Err(format!(
+            "read {} rows where the footer promised {rows}; the file changed or is corrupt",
+            block.num_rows()
+        ));
+    }
+    Ok(block)
+}
+
+/// The one-row summary a `Write` step leaves: the part, its rows and bytes,
+/// and the written schema (JSON).
+pub(crate) fn summary_schema() -> Arc<Schema> {
+    Arc::new(Schema::new(vec![
+        Field::new("part", DataType::Utf8, false),
+        Field::new("rows", DataType::UInt64, false),
+        Field::new("bytes", DataType::UInt64, false),
+        Field::new("schema", DataType::Utf8, false),
+    ]))
+}
+
+/// Writes `block` as one Parquet object: a single atomic put (the local
+/// store writes a temporary file and renames it), so a retried block
+/// replaces its own part whole.
+async fn write_part(block: &RecordBatch, staging: &str, part: &str) -> Result<RecordBatch, String> {
+    let location = location::resolve(staging).map_err(|e| e.to_string())?;
+    let mut buffer = Vec::new();
+    let properties = WriterProperties::builder()
+        .set_compression(Compression::SNAPPY)
+        .build();
+    let mut writer = ArrowWriter::try_new(&mut buffer, block.schema(), Some(properties))
+        .map_err(|e| format!("cannot encode part {part}: {e}"))?;
+    writer
+        .write(block)
+        .map_err(|e| format!("cannot encode part {part}: {e}"))?;
+    writer
+        .close()
+        .map_err(|e| format!("cannot encode part {part}: {e}"))?;
+    let bytes = buffer.len() as u64;
+    let path = location.path.child(part);
+    location
+        .store
+        .put(&path, PutPayload::from(buffer))
+        .await
+        .map_err(|e| format!("cannot write {}: {e}", location.display_of(&path)))?;
+    let schema = stats::describe_schema(&block.schema());
+    RecordBatch::try_new(
+        summary_schema(),
+        vec![
+            Arc::new(StringArray::from(vec![part.to_string()])),
+            Arc::new(UInt64Array::from(vec![block.num_rows() as u64])),
+            Arc::new(UInt64Array::from(vec![bytes])),
+            Arc::new(StringArray::from(vec![schema])),
+        ],
+    )
+    .map_err(|e| e.to_string())
+}
