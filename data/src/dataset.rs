@@ -31,6 +31,7 @@ pub struct MapOptions {
     actors: Option<RangeInclusive<usize>>,
     num_cpus: f64,
     num_gpus: f64,
+    resources: Vec<(String, f64)>,
     max_concurrency: u32,
     max_errored_blocks: usize,
 }
@@ -49,6 +50,7 @@ impl MapOptions {
             actors: None,
             num_cpus: 1.0,
             num_gpus: 0.0,
+            resources: Vec::new(),
             max_concurrency: 1,
             max_errored_blocks: 0,
         }
@@ -76,6 +78,13 @@ impl MapOptions {
     /// GPUs per task or actor; fractions share a GPU.
     pub fn num_gpus(mut self, gpus: f64) -> Self {
         self.num_gpus = gpus;
+        self
+    }
+
+    /// An amount of a custom resource per task or actor (only nodes started
+    /// with it run them).
+    pub fn resource(mut self, name: &str, amount: f64) -> Self {
+        self.resources.push((name.to_string(), amount));
         self
     }
 
@@ -134,7 +143,10 @@ pub struct Dataset {
 /// Reads Parquet files: local paths, `file://` or `s3://` URLs, directories
 /// (their `*.parquet`) and `dir/*.parquet` globs.
 pub fn read_parquet<S: Into<String>>(ctx: &Context, urls: impl IntoIterator<Item = S>) -> Dataset {
-    Dataset::new(ctx, SourceSpec::Parquet(urls.into_iter().map(Into::into).collect()))
+    Dataset::new(
+        ctx,
+        SourceSpec::Parquet(urls.into_iter().map(Into::into).collect()),
+    )
 }
 
 /// Ids `0..n` in an Int64 column `id`.
@@ -154,6 +166,7 @@ struct Draft {
     actors: Option<MapOptions>,
     cpus: f64,
     gpus: f64,
+    resources: Vec<(String, f64)>,
     max_errored_blocks: usize,
 }
 
@@ -174,8 +187,9 @@ impl Dataset {
 
     /// Keeps these columns, in this order (read only these from Parquet).
     pub fn select_columns(mut self, columns: &[&str]) -> Self {
-        self.ops
-            .push(Op::Select(columns.iter().map(|c| (*c).to_string()).collect()));
+        self.ops.push(Op::Select(
+            columns.iter().map(|c| (*c).to_string()).collect(),
+        ));
         self
     }
 
@@ -285,9 +299,7 @@ impl Dataset {
         let (sender, receiver) = std::sync::mpsc::sync_channel::<Result<RecordBatch>>(4);
         let dataset = self.clone();
         std::thread::spawn(move || {
-            let result = dataset.execute(None, |output| {
-                Ok(sender.send(Ok(output.batch)).is_ok())
-            });
+            let result = dataset.execute(None, |output| Ok(sender.send(Ok(output.batch)).is_ok()));
             if let Err(err) = result {
                 let _ = sender.send(Err(err));
             }
@@ -324,10 +336,9 @@ impl Dataset {
             return Ok(schema);
         }
         let batches = self.take(1)?;
-        batches
-            .first()
-            .map(RecordBatch::schema)
-            .ok_or_else(|| Error::Invalid("the pipeline produced no rows to take a schema from".into()))
+        batches.first().map(RecordBatch::schema).ok_or_else(|| {
+            Error::Invalid("the pipeline produced no rows to take a schema from".into())
+        })
     }
 
     /// Compiles, plans and runs the pipeline; returns the skipped blocks.
@@ -415,7 +426,9 @@ impl Dataset {
                     .block_on(source::plan(urls, &needs, &cutting))
             }
             SourceSpec::Range(n) => {
-                let rows = (*n as usize).div_ceil(min_blocks.max(1)).clamp(1, RANGE_BLOCK_ROWS);
+                let rows = (*n as usize)
+                    .div_ceil(min_blocks.max(1))
+                    .clamp(1, RANGE_BLOCK_ROWS);
                 let mut blocks = source::range_blocks(*n, rows);
                 if let Some(limit) = self.limit {
                     source::truncate(&mut blocks, limit);
@@ -469,6 +482,7 @@ impl Dataset {
             actors: None,
             cpus: 1.0,
             gpus: 0.0,
+            resources: Vec::new(),
             max_errored_blocks: 0,
         }];
         let mut typed = None;
@@ -497,8 +511,12 @@ impl Dataset {
                         current.steps.push(step);
                         current.cpus = current.cpus.max(map.options.num_cpus);
                         current.gpus = current.gpus.max(map.options.num_gpus);
-                        current.max_errored_blocks =
-                            current.max_errored_blocks.max(map.options.max_errored_blocks);
+                        current
+                            .resources
+                            .extend(map.options.resources.iter().cloned());
+                        current.max_errored_blocks = current
+                            .max_errored_blocks
+                            .max(map.options.max_errored_blocks);
                     } else {
                         drafts.push(Draft {
                             names: vec![name],
@@ -506,6 +524,7 @@ impl Dataset {
                             actors: map.options.actors.as_ref().map(|_| map.options.clone()),
                             cpus: map.options.num_cpus,
                             gpus: map.options.num_gpus,
+                            resources: map.options.resources.clone(),
                             max_errored_blocks: map.options.max_errored_blocks,
                         });
                     }
@@ -534,17 +553,14 @@ fn build_stages(drafts: Vec<Draft>) -> Vec<Stage> {
                     max: *range.end(),
                     num_cpus: draft.cpus,
                     num_gpus: draft.gpus,
+                    resources: draft.resources.clone(),
                     max_concurrency: options.max_concurrency,
                 };
                 Compute::Actors(Pool::new(spec, draft.steps.clone(), upstream_cpus))
             }
             None => {
                 upstream_cpus = upstream_cpus.max(draft.cpus);
-                Compute::Tasks(
-                    TaskOptions::new()
-                        .num_cpus(draft.cpus)
-                        .num_gpus(draft.gpus),
-                )
+                Compute::Tasks(TaskOptions::new().num_cpus(draft.cpus).num_gpus(draft.gpus))
             }
         };
         stages.push(Stage {
@@ -576,7 +592,9 @@ fn summary_of(output: &Output) -> Result<(Part, String)> {
         bytes.as_any().downcast_ref::<UInt64Array>(),
         schema.as_any().downcast_ref::<StringArray>(),
     ) else {
-        return Err(Error::Cluster("a write summary has unexpected types".into()));
+        return Err(Error::Cluster(
+            "a write summary has unexpected types".into(),
+        ));
     };
     if part.is_empty() {
         return Err(Error::Cluster("an empty write summary".into()));

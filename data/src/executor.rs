@@ -308,10 +308,7 @@ impl Executor {
         if let (Some(actor), Compute::Actors(pool)) = (actor, &mut self.stages[stage].compute) {
             pool.done(actor, started.elapsed());
         }
-        let outcome = self
-            .ctx
-            .runtime()
-            .block_on(self.ctx.ready_async(&output));
+        let outcome = self.ctx.runtime().block_on(self.ctx.ready_async(&output));
         if let Err(err) = outcome {
             return self.failed(block, stage, actor, err).map(|()| true);
         }
@@ -337,7 +334,8 @@ impl Executor {
             }
         }
         self.charged -= self.blocks[block].charge;
-        self.progress.stage_done(stage, records.last().map_or(0, |r| r.rows));
+        self.progress
+            .stage_done(stage, records.last().map_or(0, |r| r.rows));
         deliver(Output {
             index: block,
             batch: stats::strip(batch),
@@ -420,7 +418,11 @@ impl Executor {
         let in_flight: Vec<usize> = (0..self.stages.len())
             .map(|s| self.running.iter().filter(|r| r.stage == s).count())
             .collect();
-        self.progress
-            .tick(&in_flight, self.charged, self.budget, self.stats.peak_object_store_bytes);
+        self.progress.tick(
+            &in_flight,
+            self.charged,
+            self.budget,
+            self.stats.peak_object_store_bytes,
+        );
     }
 }

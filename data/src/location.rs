@@ -51,27 +51,29 @@ pub fn resolve(url: &str) -> Result<Location> {
     if let Some((scheme, _)) = url.split_once("://") {
         return match scheme {
             "file" => {
-                let parsed =
-                    url::Url::parse(url).map_err(|e| invalid(format!("{url} is not a valid URL: {e}")))?;
+                let parsed = url::Url::parse(url)
+                    .map_err(|e| invalid(format!("{url} is not a valid URL: {e}")))?;
                 let path = parsed
                     .to_file_path()
                     .map_err(|()| invalid(format!("{url} is not a local file URL")))?;
                 local(&path, display)
             }
             "s3" => s3(url, display),
-            other => {
-                Err(invalid(format!(
-                    "{url}: unsupported URL scheme {other:?}; use a local path, file:// or s3://"
-                )))
-            }
+            other => Err(invalid(format!(
+                "{url}: unsupported URL scheme {other:?}; use a local path, file:// or s3://"
+            ))),
         };
     }
     local(FsPath::new(url), display)
 }
 
 fn local(path: &FsPath, display: String) -> Result<Location> {
-    let absolute = std::path::absolute(path)
-        .map_err(|e| invalid(format!("cannot make {} an absolute path: {e}", path.display())))?;
+    let absolute = std::path::absolute(path).map_err(|e| {
+        invalid(format!(
+            "cannot make {} an absolute path: {e}",
+            path.display()
+        ))
+    })?;
     let absolute = normalize(&absolute);
     let object_path = Path::from_absolute_path(&absolute)
         .map_err(|e| invalid(format!("{display} is not a usable local path: {e}")))?;
@@ -100,7 +102,8 @@ fn normalize(path: &FsPath) -> PathBuf {
 
 #[cfg(feature = "s3")]
 fn s3(url: &str, display: String) -> Result<Location> {
-    let parsed = url::Url::parse(url).map_err(|e| invalid(format!("{url} is not a valid URL: {e}")))?;
+    let parsed =
+        url::Url::parse(url).map_err(|e| invalid(format!("{url} is not a valid URL: {e}")))?;
     let store = object_store::aws::AmazonS3Builder::from_env()
         .with_url(url)
         .build()

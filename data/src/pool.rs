@@ -19,6 +19,7 @@ pub(crate) struct PoolSpec {
     pub max: usize,
     pub num_cpus: f64,
     pub num_gpus: f64,
+    pub resources: Vec<(String, f64)>,
     pub max_concurrency: u32,
 }
 
@@ -65,7 +66,7 @@ impl Pool {
                 .map(|n| n.total.get(name).copied().unwrap_or(0.0))
                 .sum()
         };
-        let (cpus, gpus) = (total("CPU"), total("GPU"));
+        let cpus = total("CPU");
         let mut limit = self.spec.max;
         if self.spec.num_cpus > 0.0 {
             // Never take the CPUs the stages that feed the pool need (Ray
@@ -81,21 +82,25 @@ impl Pool {
             }
             limit = limit.min(room as usize);
         }
-        if self.spec.num_gpus > 0.0 {
-            let room = (gpus / self.spec.num_gpus + 1e-9).floor();
+        let mut wanted = vec![("GPU".to_string(), self.spec.num_gpus)];
+        wanted.extend(self.spec.resources.iter().cloned());
+        for (name, amount) in wanted.into_iter().filter(|(_, amount)| *amount > 0.0) {
+            let have = total(&name);
+            let room = (have / amount + 1e-9).floor();
             if room < 1.0 {
                 return Err(Error::Invalid(format!(
-                    "the actor pool needs {} GPUs per actor, but the cluster has {gpus}: \
-                     start raylets with --num-gpus or lower num_gpus",
-                    self.spec.num_gpus
+                    "the actor pool needs {amount} {name} per actor, but the cluster has \
+                     {have}: start raylets with more (--num-gpus, --resources) or ask for less"
                 )));
             }
-            limit = limit.min(room as usize);
+            if (room as usize) < limit {
+                limit = room as usize;
+            }
         }
         if limit < self.spec.max {
             let note = format!(
-                "pool capped at {limit} of {} actors: the cluster has {cpus} CPUs and {gpus} \
-                 GPUs, and {} CPUs stay free for the stages feeding it",
+                "pool capped at {limit} of {} actors by the cluster's resources \
+                 ({} CPUs stay free for the stages feeding it)",
                 self.spec.max, self.upstream_cpus
             );
             tracing::warn!("{note}");
@@ -109,10 +114,13 @@ impl Pool {
     }
 
     fn add(&mut self, ctx: &Context) -> Result<()> {
-        let options = ActorOptions::new()
+        let mut options = ActorOptions::new()
             .num_cpus(self.spec.num_cpus)
             .num_gpus(self.spec.num_gpus)
             .max_concurrency(self.spec.max_concurrency.max(1));
+        for (name, amount) in &self.spec.resources {
+            options = options.resource(name, *amount);
+        }
         let handle = StageActorHandle::new_with(ctx, options, self.steps.clone())?;
         self.actors.push(Some(PoolActor {
             handle,
@@ -132,16 +140,19 @@ impl Pool {
 
     /// Sends `block` to the least busy actor with room (each holds its
     /// running calls plus one queued, so it never waits for the driver).
+    /// An actor still constructing gets work only when no actor is ready:
+    /// it may wait long for resources, and its calls with it.
     pub(crate) fn call(
         &mut self,
         block: &ObjectRef<RecordBatch>,
         part: String,
     ) -> Option<(usize, ObjectRef<RecordBatch>)> {
         let per_actor = self.spec.max_concurrency.max(1) as usize + 1;
+        let any_ready = self.live().any(|(_, a)| a.ready);
         let (index, _) = self
             .live()
-            .filter(|(_, a)| a.in_flight < per_actor)
-            .min_by_key(|(_, a)| (a.in_flight, !a.ready))?;
+            .filter(|(_, a)| a.in_flight < per_actor && (a.ready || !any_ready))
+            .min_by_key(|(_, a)| a.in_flight)?;
         let actor = self.actors[index].as_mut().expect("live");
         actor.in_flight += 1;
         Some((index, actor.handle.apply(block, part)))

@@ -130,8 +130,15 @@ impl Progress {
                     .stages
                     .iter()
                     .map(|l| {
-                        let pool = l.pool.as_deref().map(|p| format!(", {p}")).unwrap_or_default();
-                        format!("{} {}/{} ({} running{pool})", l.name, l.done, self.total, l.in_flight)
+                        let pool = l
+                            .pool
+                            .as_deref()
+                            .map(|p| format!(", {p}"))
+                            .unwrap_or_default();
+                        format!(
+                            "{} {}/{} ({} running{pool})",
+                            l.name, l.done, self.total, l.in_flight
+                        )
                     })
                     .collect();
                 eprintln!(

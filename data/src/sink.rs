@@ -115,7 +115,10 @@ impl Sink {
         if self.overwrite {
             for path in list(&self.location, &self.location.path).await? {
                 if !path.as_ref().starts_with(self.staging.as_ref()) {
-                    store.delete(&path).await.map_err(|e| self.io("remove", &path, e))?;
+                    store
+                        .delete(&path)
+                        .await
+                        .map_err(|e| self.io("remove", &path, e))?;
                 }
             }
         }
@@ -138,7 +141,10 @@ impl Sink {
         });
         let path = self.location.path.child(MANIFEST);
         store
-            .put(&path, PutPayload::from(serde_json::to_vec_pretty(&manifest).expect("json")))
+            .put(
+                &path,
+                PutPayload::from(serde_json::to_vec_pretty(&manifest).expect("json")),
+            )
             .await
             .map_err(|e| self.io("write", &path, e))?;
         self.remove_staging().await;

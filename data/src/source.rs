@@ -8,8 +8,8 @@ use std::sync::Arc;
 use arrow::datatypes::{DataType, SchemaRef};
 use object_store::{ObjectMeta, ObjectStore};
 use parquet::arrow::arrow_reader::ArrowReaderMetadata;
-use parquet::arrow::async_reader::ParquetObjectReader;
 use parquet::arrow::arrow_reader::ArrowReaderOptions;
+use parquet::arrow::async_reader::ParquetObjectReader;
 
 use crate::error::{Error, Result};
 use crate::location::{self, Location};
@@ -57,7 +57,9 @@ pub(crate) async fn plan(
     cutting: &Cutting,
 ) -> Result<(SchemaRef, Vec<SourceBlock>)> {
     if urls.is_empty() {
-        return Err(Error::Invalid("read_parquet was given no input URLs".into()));
+        return Err(Error::Invalid(
+            "read_parquet was given no input URLs".into(),
+        ));
     }
     let mut files = Vec::new();
     for url in urls {
@@ -91,7 +93,11 @@ pub(crate) async fn plan(
                 .iter()
                 .map(|c| schema.index_of(c).expect("checked"))
                 .collect();
-            Arc::new(schema.project(&indices).map_err(|e| Error::Invalid(e.to_string()))?)
+            Arc::new(
+                schema
+                    .project(&indices)
+                    .map_err(|e| Error::Invalid(e.to_string()))?,
+            )
         }
         None => schema,
     };
@@ -99,7 +105,8 @@ pub(crate) async fn plan(
 }
 
 async fn open(store: Arc<dyn ObjectStore>, meta: ObjectMeta, url: String) -> Result<InputFile> {
-    let mut reader = ParquetObjectReader::new(store, meta.location.clone()).with_file_size(meta.size);
+    let mut reader =
+        ParquetObjectReader::new(store, meta.location.clone()).with_file_size(meta.size);
     let metadata = ArrowReaderMetadata::load_async(&mut reader, ArrowReaderOptions::new())
         .await
         .map_err(|e| {

@@ -8,7 +8,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use arrow::array::RecordBatch;
+use arrow::array::{RecordBatch, RecordBatchOptions};
 use arrow::datatypes::Schema;
 use serde::{Deserialize, Serialize};
 
@@ -24,12 +24,19 @@ pub(crate) struct StageRecord {
 }
 
 impl StageRecord {
-    pub(crate) fn since(started: Instant) -> impl FnOnce(&RecordBatch) -> Self {
-        move |batch| Self {
+    /// The rows and bytes of a stage's data (before a write turns it into a summary).
+    pub(crate) fn of(batch: &RecordBatch) -> Self {
+        Self {
             rows: batch.num_rows() as u64,
             bytes: batch.get_array_memory_size() as u64,
-            micros: started.elapsed().as_micros() as u64,
+            micros: 0,
         }
+    }
+
+    /// With the stage's time, from `started` to now.
+    pub(crate) fn took(mut self, started: Instant) -> Self {
+        self.micros = started.elapsed().as_micros() as u64;
+        self
     }
 }
 
@@ -50,9 +57,14 @@ pub(crate) fn strip(batch: RecordBatch) -> RecordBatch {
     }
     let mut metadata = batch.schema().metadata().clone();
     metadata.remove(KEY);
+    with_metadata(&batch, metadata)
+}
+
+/// The same columns under a schema with other metadata.
+fn with_metadata(batch: &RecordBatch, metadata: HashMap<String, String>) -> RecordBatch {
     let schema = Schema::new_with_metadata(batch.schema().fields().clone(), metadata);
-    batch
-        .with_schema(Arc::new(schema))
+    let options = RecordBatchOptions::new().with_row_count(Some(batch.num_rows()));
+    RecordBatch::try_new_with_options(Arc::new(schema), batch.columns().to_vec(), &options)
         .expect("only metadata changed")
 }
 
@@ -60,19 +72,16 @@ pub(crate) fn strip(batch: RecordBatch) -> RecordBatch {
 pub(crate) fn append(
     batch: RecordBatch,
     history: &[StageRecord],
-    record: impl FnOnce(&RecordBatch) -> StageRecord,
+    record: StageRecord,
 ) -> RecordBatch {
     let mut records = history.to_vec();
-    records.push(record(&batch));
+    records.push(record);
     let mut metadata: HashMap<String, String> = batch.schema().metadata().clone();
     metadata.insert(
         KEY.into(),
         serde_json::to_string(&records).expect("plain numbers"),
     );
-    let schema = Schema::new_with_metadata(batch.schema().fields().clone(), metadata);
-    batch
-        .with_schema(Arc::new(schema))
-        .expect("only metadata changed")
+    with_metadata(&batch, metadata)
 }
 
 /// A schema as JSON: `[{"name", "type", "nullable"}]` (for manifests).

@@ -12,9 +12,9 @@ use arrow::datatypes::{DataType, Field, Schema};
 use futures::TryStreamExt;
 use object_store::PutPayload;
 use parquet::arrow::ArrowWriter;
+use parquet::arrow::ProjectionMask;
 use parquet::arrow::arrow_reader::{RowSelection, RowSelector};
 use parquet::arrow::async_reader::{ParquetObjectReader, ParquetRecordBatchStreamBuilder};
-use parquet::arrow::ProjectionMask;
 use parquet::basic::Compression;
 use parquet::file::properties::WriterProperties;
 use serde::{Deserialize, Serialize};
@@ -82,8 +82,9 @@ pub async fn read_stage(
     let block = read_source(&source).await?;
     let mut udfs = Udfs::new(&steps)?;
     let output = run_sync_steps(block, &steps, &mut udfs)?;
+    let record = StageRecord::of(&output);
     let output = finish_writes(output, &steps, &part).await?;
-    Ok(stats::append(output, &[], StageRecord::since(started)))
+    Ok(stats::append(output, &[], record.took(started)))
 }
 
 /// Runs a task stage on a block made by an earlier stage.
@@ -97,8 +98,9 @@ pub async fn map_stage(
     let history = stats::history(&block);
     let mut udfs = Udfs::new(&steps)?;
     let output = run_sync_steps(stats::strip(block), &steps, &mut udfs)?;
+    let record = StageRecord::of(&output);
     let output = finish_writes(output, &steps, &part).await?;
-    Ok(stats::append(output, &history, StageRecord::since(started)))
+    Ok(stats::append(output, &history, record.took(started)))
 }
 
 /// An actor of a pool: constructs its stage's functions once, then runs
@@ -134,8 +136,10 @@ impl StageActor {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .push(udfs);
-        let output = finish_writes(output?, &self.steps, &part).await?;
-        Ok(stats::append(output, &history, StageRecord::since(started)))
+        let output = output?;
+        let record = StageRecord::of(&output);
+        let output = finish_writes(output, &self.steps, &part).await?;
+        Ok(stats::append(output, &history, record.took(started)))
     }
 }
 
@@ -165,7 +169,9 @@ fn run_sync_steps(
         block = match step {
             Step::Select(columns) => select(&block, columns)?,
             Step::Map { batch_size, .. } => {
-                let udf = udfs.0[index].as_mut().expect("constructed for each map step");
+                let udf = udfs.0[index]
+                    .as_mut()
+                    .expect("constructed for each map step");
                 map_in_slices(block, *batch_size, udf)?
             }
             Step::Write { .. } => return Ok(block),
@@ -219,9 +225,10 @@ fn map_in_slices(
     let mut offset = 0;
     while offset < rows {
         let length = size.min(rows - offset);
-        outputs.push(udf(block.slice(offset, length)).map_err(|e| {
-            format!("rows {offset}..{} of the block: {e}", offset + length)
-        })?);
+        outputs.push(
+            udf(block.slice(offset, length))
+                .map_err(|e| format!("rows {offset}..{} of the block: {e}", offset + length))?,
+        );
         offset += length;
     }
     let schema = outputs[0].schema();

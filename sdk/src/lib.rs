@@ -50,6 +50,7 @@ mod objects;
 mod options;
 mod registry;
 mod submitter;
+pub mod testing;
 mod worker;
 
 pub use actor_client::ActorHandle;

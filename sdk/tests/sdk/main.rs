@@ -331,7 +331,7 @@ pub fn wait_until(limit: Duration, mut condition: impl FnMut() -> bool) -> bool 
 
 fn main() {
     photon::worker_entry();
-    cluster::raylet_entry();
+    photon::testing::raylet_entry();
     let args = Arguments::from_args();
     let tests = vec![
         Trial::test("embedded::tasks_fan_out_and_in", tasks_fan_out_and_in),

@@ -1,0 +1,122 @@
+//! Batch functions the tests run (registered, so workers find them).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use arrow::array::{Array, Int64Array, RecordBatch, StringArray, UInt64Array};
+use arrow::datatypes::{DataType, Field, Schema};
+use photon_data::{BatchUdf, register_udf};
+
+fn ids(batch: &RecordBatch) -> Result<&Int64Array, String> {
+    batch
+        .column_by_name("id")
+        .and_then(|c| c.as_any().downcast_ref::<Int64Array>())
+        .ok_or_else(|| "no Int64 column id".to_string())
+}
+
+/// Adds `square` = id² (and sleeps `pause_ms` per batch, to stretch a run).
+pub struct Square {
+    pause: Duration,
+}
+
+impl BatchUdf for Square {
+    type Args = u64;
+
+    fn new(pause_ms: u64) -> Result<Self, String> {
+        Ok(Square {
+            pause: Duration::from_millis(pause_ms),
+        })
+    }
+
+    fn call(&mut self, batch: RecordBatch) -> Result<RecordBatch, String> {
+        std::thread::sleep(self.pause);
+        let squares: Int64Array = ids(&batch)?.iter().map(|v| v.map(|v| v * v)).collect();
+        let mut fields: Vec<Field> = batch
+            .schema()
+            .fields()
+            .iter()
+            .map(|f| f.as_ref().clone())
+            .collect();
+        fields.push(Field::new("square", DataType::Int64, true));
+        let mut columns = batch.columns().to_vec();
+        columns.push(Arc::new(squares));
+        RecordBatch::try_new(Arc::new(Schema::new(fields)), columns).map_err(|e| e.to_string())
+    }
+
+    fn input_columns(_: &u64) -> Vec<(String, Vec<DataType>)> {
+        vec![("id".into(), vec![DataType::Int64])]
+    }
+}
+register_udf!(Square);
+
+/// Fails on the batch holding id `bad`.
+pub struct FailOn {
+    bad: i64,
+}
+
+impl BatchUdf for FailOn {
+    type Args = i64;
+
+    fn new(bad: i64) -> Result<Self, String> {
+        Ok(FailOn { bad })
+    }
+
+    fn call(&mut self, batch: RecordBatch) -> Result<RecordBatch, String> {
+        if ids(&batch)?.iter().any(|v| v == Some(self.bad)) {
+            return Err(format!("id {} is cursed", self.bad));
+        }
+        Ok(batch)
+    }
+}
+register_udf!(FailOn);
+
+/// Counts the characters of `text` into `length` (needs a string column).
+pub struct TextLength;
+
+impl BatchUdf for TextLength {
+    type Args = ();
+
+    fn new((): ()) -> Result<Self, String> {
+        Ok(TextLength)
+    }
+
+    fn call(&mut self, batch: RecordBatch) -> Result<RecordBatch, String> {
+        let text = batch
+            .column_by_name("text")
+            .and_then(|c| c.as_any().downcast_ref::<StringArray>())
+            .ok_or("no Utf8 column text")?;
+        let lengths: UInt64Array = text.iter().map(|t| t.map(|t| t.len() as u64)).collect();
+        RecordBatch::try_new(
+            Arc::new(Schema::new(vec![
+                Field::new("id", DataType::Int64, true),
+                Field::new("length", DataType::UInt64, true),
+            ])),
+            vec![
+                batch.column_by_name("id").ok_or("no id")?.clone(),
+                Arc::new(lengths),
+            ],
+        )
+        .map_err(|e| e.to_string())
+    }
+
+    fn input_columns(_: &()) -> Vec<(String, Vec<DataType>)> {
+        vec![("text".into(), vec![DataType::Utf8, DataType::LargeUtf8])]
+    }
+}
+register_udf!(TextLength);
+
+/// Passes batches through (4× the store test, the benchmark's shape).
+pub struct Identity;
+
+impl BatchUdf for Identity {
+    type Args = ();
+
+    fn new((): ()) -> Result<Self, String> {
+        Ok(Identity)
+    }
+
+    fn call(&mut self, batch: RecordBatch) -> Result<RecordBatch, String> {
+        Ok(batch)
+    }
+}
+register_udf!(Identity);
