@@ -3,6 +3,8 @@
 //! this test binary in worker mode, so `main` routes first (libtest-mimic
 //! lists and runs the tests, which nextest understands).
 
+#[cfg(feature = "s3")]
+mod s3;
 mod udfs;
 
 use std::collections::BTreeSet;
@@ -495,5 +497,14 @@ fn main() {
             three_raylets_survive_a_killed_node,
         ),
     ];
+    #[cfg(feature = "s3")]
+    let tests = {
+        let mut tests = tests;
+        tests.push(Trial::test(
+            "s3::read_and_write_against_a_local_server",
+            s3::read_and_write_against_a_local_server,
+        ));
+        tests
+    };
     libtest_mimic::run(&args, tests).exit();
 }

@@ -1,0 +1,145 @@
+//! `s3://` read and write against a real S3-compatible server on loopback:
+//! moto's server mode (`pip install 'moto[server]'`, which `.ci/run` does).
+//! Built with the `s3` feature only.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use libtest_mimic::Failed;
+use photon_data::{Error, MapOptions, ProgressMode};
+
+use crate::udfs::Square;
+use crate::{check, embedded};
+
+/// A moto S3 server on a free loopback port, stopped on drop.
+struct MotoServer {
+    child: Child,
+    port: u16,
+}
+
+impl MotoServer {
+    fn start() -> Result<Self, Failed> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let child = Command::new("python3")
+            .args([
+                "-m",
+                "moto.server",
+                "-H",
+                "127.0.0.1",
+                "-p",
+                &port.to_string(),
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| format!("cannot start moto (pip install 'moto[server]'): {e}"))?;
+        let server = Self { child, port };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if Instant::now() > deadline {
+                return Err("moto did not listen within 30 s (pip install 'moto[server]')".into());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Ok(server)
+    }
+
+    /// Creates a bucket (moto does not check signatures).
+    fn create_bucket(&self, name: &str) -> Result<(), Failed> {
+        let mut stream = TcpStream::connect(("127.0.0.1", self.port))?;
+        write!(
+            stream,
+            "PUT /{name} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+            self.port
+        )?;
+        let mut reply = String::new();
+        stream.read_to_string(&mut reply)?;
+        check(
+            reply.starts_with("HTTP/1.1 200"),
+            format!("create bucket: {reply}"),
+        )
+    }
+}
+
+impl Drop for MotoServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn read_and_write_against_a_local_server() -> Result<(), Failed> {
+    let server = MotoServer::start()?;
+    server.create_bucket("photon")?;
+    let endpoint = format!("http://127.0.0.1:{}", server.port);
+    for (key, value) in [
+        ("AWS_ACCESS_KEY_ID", "test"),
+        ("AWS_SECRET_ACCESS_KEY", "test"),
+        ("AWS_REGION", "us-east-1"),
+        ("AWS_ALLOW_HTTP", "true"),
+        ("AWS_ENDPOINT", endpoint.as_str()),
+    ] {
+        // SAFETY: set before the cluster (and its threads) start; nextest
+        // runs each test in its own process. Workers inherit them.
+        #[allow(unsafe_code)]
+        unsafe {
+            std::env::set_var(key, value)
+        };
+    }
+    // Inputs uploaded through the same store code the pipeline uses.
+    let local = tempfile::tempdir()?;
+    crate::write_input(local.path(), 2, 3_000, 1_000);
+    let runtime = tokio::runtime::Runtime::new()?;
+    for name in ["input-000.parquet", "input-001.parquet"] {
+        let location = photon_data::location::resolve(&format!("s3://photon/in/{name}"))?;
+        let bytes = std::fs::read(local.path().join(name))?;
+        runtime.block_on(location.store.put(&location.path, bytes.into()))?;
+    }
+    let ctx = embedded(None);
+    let pipeline = || {
+        photon_data::read_parquet(&ctx, ["s3://photon/in/"])
+            .select_columns(&["id"])
+            .map_batches::<Square>(0, MapOptions::new().actors(1..=2))
+            .progress(ProgressMode::Off)
+    };
+    let summary = pipeline().write_parquet("s3://photon/out", false)?;
+    check(summary.rows == 6_000, format!("{} rows", summary.rows))?;
+    // Read the output back from S3: the manifest and every id once.
+    let rows = photon_data::read_parquet(&ctx, ["s3://photon/out/"])
+        .progress(ProgressMode::Off)
+        .count()?;
+    check(rows == 6_000, format!("read back {rows} rows"))?;
+    let mut ids: Vec<i64> = Vec::new();
+    for batch in photon_data::read_parquet(&ctx, ["s3://photon/out/*.parquet"])
+        .progress(ProgressMode::Off)
+        .iter_batches()
+    {
+        let batch = batch?;
+        let column = batch.column_by_name("id").ok_or("no id column")?;
+        let column = column
+            .as_any()
+            .downcast_ref::<arrow::array::Int64Array>()
+            .ok_or("id is not Int64")?;
+        ids.extend(column.values().iter());
+    }
+    ids.sort_unstable();
+    check(
+        ids == (0..6_000).collect::<Vec<i64>>(),
+        format!("{} ids", ids.len()),
+    )?;
+    let manifest = photon_data::location::resolve("s3://photon/out/_SUCCESS")?;
+    let manifest =
+        runtime.block_on(async { manifest.store.get(&manifest.path).await?.bytes().await })?;
+    let manifest: serde_json::Value = serde_json::from_slice(&manifest)?;
+    check(manifest["rows"] == 6_000, format!("{manifest}"))?;
+    // A second write to the same place is refused.
+    match pipeline().write_parquet("s3://photon/out", false) {
+        Err(Error::Invalid(message)) => check(message.contains("not empty"), message)?,
+        other => return Err(format!("expected a refusal, got {other:?}").into()),
+    }
+    Ok(())
+}
