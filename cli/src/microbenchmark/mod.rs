@@ -5,6 +5,7 @@ use clap::Subcommand;
 use serde::Serialize;
 
 mod core;
+mod data;
 mod embed;
 mod head;
 mod processes;
@@ -23,6 +24,13 @@ pub enum Which {
     /// The SDK through real processes: cluster start, tasks and actor calls
     /// (sync and async), small puts and gets, a 100 MiB put.
     Core {
+        /// One JSON object per line instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// photon-data: an identity map_batches over ~1 GiB of Parquet (tasks and
+    /// an actor pool), against reading and writing the files in one process.
+    Data {
         /// One JSON object per line instead of a table.
         #[arg(long)]
         json: bool,
@@ -77,6 +85,7 @@ pub fn run(which: Which) -> anyhow::Result<()> {
             store::run(&mut report)
         }
         Which::Core { json } => core::run(&mut Report::new(json)),
+        Which::Data { json } => data::run(&mut Report::new(json)),
         Which::Head { json, nodes } => head::run(&mut Report::new(json), &nodes),
         Which::Transfer { json } => transfer::run(&mut Report::new(json)),
         Which::Embed {

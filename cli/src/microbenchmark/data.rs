@@ -1,0 +1,223 @@
+//! `photon microbenchmark data`: an identity `map_batches` over about 1 GiB
+//! of Parquet on the local cluster, next to reading and writing the same
+//! files in this one process (the reference, measured in the same run, with
+//! a thread per core like the cluster gets).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use arrow::array::{BinaryArray, Int64Array, RecordBatch};
+use arrow::datatypes::{DataType, Field, Schema};
+use parquet::arrow::ArrowWriter;
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use parquet::basic::Compression;
+use parquet::file::properties::WriterProperties;
+use photon::Config;
+use photon_data::{BatchUdf, MapOptions, ProgressMode, register_udf};
+
+use super::Report;
+
+/// Rows per generated file and payload bytes per row: 16 files of 64 MiB.
+const FILES: usize = 16;
+const ROWS_PER_FILE: usize = 64 * 1024;
+const PAYLOAD: usize = 1024;
+
+/// Passes batches through: the framework's cost and nothing else.
+pub struct Identity;
+
+impl BatchUdf for Identity {
+    type Args = ();
+
+    fn new((): ()) -> Result<Self, String> {
+        Ok(Identity)
+    }
+
+    fn call(&mut self, batch: RecordBatch) -> Result<RecordBatch, String> {
+        Ok(batch)
+    }
+}
+register_udf!(Identity);
+
+/// Runs the figures.
+pub fn run(report: &mut Report) -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let input = dir.path().join("input");
+    let bytes = generate(&input)?;
+    report.figure("data_input_bytes", bytes as f64, "B");
+    let blocks = FILES * 4;
+
+    // The reference: read and write every file in this process.
+    let started = Instant::now();
+    reference(&input, &dir.path().join("reference"))?;
+    let reference = started.elapsed().as_secs_f64();
+    let rows = (FILES * ROWS_PER_FILE) as f64;
+    report.figure("data_reference_read_write_s", reference, "s");
+    report.figure(
+        "data_reference_gbps",
+        bytes as f64 / reference / 1e9,
+        "GB/s",
+    );
+
+    let ctx = photon::init(Config::default())?;
+    let input_url = input.display().to_string();
+    // Tasks: read → identity → write fuse into one task per block.
+    let started = Instant::now();
+    let tasks = photon_data::read_parquet(&ctx, [input_url.clone()])
+        .block_bytes(bytes / blocks as u64)
+        .map_batches::<Identity>((), MapOptions::new())
+        .progress(ProgressMode::Off);
+    let written = tasks.write_parquet(&dir.path().join("tasks").display().to_string(), false)?;
+    let tasks_s = started.elapsed().as_secs_f64();
+    anyhow::ensure!(
+        written.rows as f64 == rows,
+        "tasks wrote {} rows",
+        written.rows
+    );
+    report.figure("data_identity_tasks_s", tasks_s, "s");
+    report.figure("data_identity_tasks_rows_per_s", rows / tasks_s, "1/s");
+    report.figure(
+        "data_identity_tasks_gbps",
+        bytes as f64 / tasks_s / 1e9,
+        "GB/s",
+    );
+    report.figure(
+        "data_identity_tasks_overhead_pct",
+        (tasks_s / reference - 1.0) * 100.0,
+        "%",
+    );
+    report.figure("data_identity_tasks_overhead_pct_goal", 15.0, "%");
+    report.figure(
+        "data_identity_tasks_per_block_overhead_ms",
+        (tasks_s - reference) * 1e3 / written.parts.len() as f64,
+        "ms",
+    );
+
+    // An actor pool: every block crosses the object store between stages.
+    let started = Instant::now();
+    let actors = photon_data::read_parquet(&ctx, [input_url])
+        .block_bytes(bytes / blocks as u64)
+        .map_batches::<Identity>((), MapOptions::new().actors(1..=2).num_cpus(0.5))
+        .progress(ProgressMode::Off);
+    let written = actors.write_parquet(&dir.path().join("actors").display().to_string(), false)?;
+    let actors_s = started.elapsed().as_secs_f64();
+    anyhow::ensure!(
+        written.rows as f64 == rows,
+        "actors wrote {} rows",
+        written.rows
+    );
+    report.figure("data_identity_actors_s", actors_s, "s");
+    report.figure(
+        "data_identity_actors_gbps",
+        bytes as f64 / actors_s / 1e9,
+        "GB/s",
+    );
+    report.figure(
+        "data_identity_actors_overhead_pct",
+        (actors_s / reference - 1.0) * 100.0,
+        "%",
+    );
+    if let Some(stats) = actors.stats() {
+        report.figure(
+            "data_identity_actors_peak_store_mib",
+            stats.peak_object_store_bytes as f64 / (1 << 20) as f64,
+            "MiB",
+        );
+    }
+    Ok(())
+}
+
+/// Writes the input: ids and incompressible payloads. Returns its bytes.
+fn generate(dir: &Path) -> anyhow::Result<u64> {
+    std::fs::create_dir_all(dir)?;
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("id", DataType::Int64, false),
+        Field::new("payload", DataType::Binary, false),
+    ]));
+    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    let mut total = 0;
+    for file in 0..FILES {
+        let first = (file * ROWS_PER_FILE) as i64;
+        let ids = Int64Array::from_iter_values(first..first + ROWS_PER_FILE as i64);
+        let mut payload = vec![0u8; ROWS_PER_FILE * PAYLOAD];
+        for chunk in payload.chunks_mut(8) {
+            // xorshift: fast, and snappy cannot shrink it.
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            chunk.copy_from_slice(&state.to_le_bytes()[..chunk.len()]);
+        }
+        let payloads = BinaryArray::from_iter_values(payload.chunks(PAYLOAD));
+        let batch = RecordBatch::try_new(schema.clone(), vec![Arc::new(ids), Arc::new(payloads)])?;
+        let path = dir.join(format!("input-{file:03}.parquet"));
+        write(&path, &batch)?;
+        total += std::fs::metadata(&path)?.len();
+    }
+    Ok(total)
+}
+
+fn write(path: &Path, batch: &RecordBatch) -> anyhow::Result<()> {
+    let properties = WriterProperties::builder()
+        .set_compression(Compression::SNAPPY)
+        .set_max_row_group_size(ROWS_PER_FILE / 4)
+        .build();
+    let mut writer = ArrowWriter::try_new(
+        std::fs::File::create(path)?,
+        batch.schema(),
+        Some(properties),
+    )?;
+    writer.write(batch)?;
+    writer.close()?;
+    Ok(())
+}
+
+/// Reads and rewrites every file, a thread per core.
+fn reference(input: &Path, output: &Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(output)?;
+    let mut files: Vec<PathBuf> = std::fs::read_dir(input)?
+        .map(|e| e.map(|e| e.path()))
+        .collect::<Result<_, _>>()?;
+    files.sort();
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let chunks: Vec<Vec<PathBuf>> = (0..threads)
+        .map(|t| files.iter().skip(t).step_by(threads).cloned().collect())
+        .collect();
+    std::thread::scope(|scope| {
+        let workers: Vec<_> = chunks
+            .into_iter()
+            .map(|files| {
+                scope.spawn(move || -> anyhow::Result<()> {
+                    for file in files {
+                        let reader =
+                            ParquetRecordBatchReaderBuilder::try_new(std::fs::File::open(&file)?)?
+                                .build()?;
+                        let name = file.file_name().expect("a file");
+                        let properties = WriterProperties::builder()
+                            .set_compression(Compression::SNAPPY)
+                            .build();
+                        let mut writer = None;
+                        for batch in reader {
+                            let batch = batch?;
+                            let writer = match &mut writer {
+                                Some(writer) => writer,
+                                None => writer.insert(ArrowWriter::try_new(
+                                    std::fs::File::create(output.join(name))?,
+                                    batch.schema(),
+                                    Some(properties.clone()),
+                                )?),
+                            };
+                            writer.write(&batch)?;
+                        }
+                        if let Some(writer) = writer {
+                            writer.close()?;
+                        }
+                    }
+                    Ok(())
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .try_for_each(|w| w.join().expect("reference thread"))
+    })
+}
