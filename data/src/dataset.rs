@@ -24,6 +24,16 @@ pub const DEFAULT_BLOCK_BYTES: u64 = 64 << 20;
 /// Rows per block of `range`.
 const RANGE_BLOCK_ROWS: usize = 100_000;
 
+/// How `write_parquet_with` writes.
+#[derive(Clone, Debug, Default)]
+pub struct WriteOptions {
+    /// Replace what the destination holds.
+    pub overwrite: bool,
+    /// Stored under `metadata` in the `_SUCCESS` manifest (the job's model,
+    /// inputs, versions).
+    pub metadata: serde_json::Value,
+}
+
 /// How `map_batches` runs its function.
 #[derive(Clone, Debug)]
 pub struct MapOptions {
@@ -132,6 +142,7 @@ pub struct Dataset {
     source: SourceSpec,
     ops: Vec<Op>,
     limit: Option<usize>,
+    row_numbers: Option<String>,
     block_bytes: u64,
     memory_budget: Option<u64>,
     progress: ProgressMode,
@@ -177,6 +188,7 @@ impl Dataset {
             source,
             ops: Vec::new(),
             limit: None,
+            row_numbers: None,
             block_bytes: DEFAULT_BLOCK_BYTES,
             memory_budget: None,
             progress: ProgressMode::Auto,
@@ -190,6 +202,18 @@ impl Dataset {
         self.ops.push(Op::Select(
             columns.iter().map(|c| (*c).to_string()).collect(),
         ));
+        self
+    }
+
+    /// Adds an Int64 column `column` numbering the rows over the whole input
+    /// (files in name order), as they were read: ids for inputs without one.
+    /// Parquet sources only.
+    pub fn with_row_numbers(mut self, column: &str) -> Self {
+        if !matches!(self.source, SourceSpec::Parquet(_)) {
+            self.invalid
+                .get_or_insert("with_row_numbers works on read_parquet sources".into());
+        }
+        self.row_numbers = Some(column.to_string());
         self
     }
 
@@ -267,8 +291,19 @@ impl Dataset {
     /// `_SUCCESS` manifest last. Refuses a non-empty destination unless
     /// `overwrite`.
     pub fn write_parquet(&self, url: &str, overwrite: bool) -> Result<WriteSummary> {
+        self.write_parquet_with(
+            url,
+            WriteOptions {
+                overwrite,
+                ..WriteOptions::default()
+            },
+        )
+    }
+
+    /// [`Dataset::write_parquet`] with options (extra manifest metadata).
+    pub fn write_parquet_with(&self, url: &str, options: WriteOptions) -> Result<WriteSummary> {
         let runtime = self.ctx.runtime().clone();
-        let sink = runtime.block_on(Sink::prepare(url, overwrite))?;
+        let sink = runtime.block_on(Sink::prepare(url, options.overwrite))?;
         let write = Step::Write {
             staging: sink.staging_url(),
         };
@@ -284,7 +319,8 @@ impl Dataset {
             Ok(skipped) => {
                 parts.sort_by_key(|(index, _)| *index);
                 let parts = parts.into_iter().map(|(_, part)| part).collect();
-                runtime.block_on(sink.commit(parts, schema.unwrap_or_default(), skipped))
+                let schema = schema.unwrap_or_default();
+                runtime.block_on(sink.commit(parts, schema, skipped, options.metadata))
             }
             Err(err) => {
                 runtime.block_on(sink.abort());
@@ -420,6 +456,7 @@ impl Dataset {
                     target_bytes: self.block_bytes,
                     min_blocks,
                     limit: self.limit,
+                    row_numbers: self.row_numbers.clone(),
                 };
                 self.ctx
                     .runtime()

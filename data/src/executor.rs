@@ -365,6 +365,12 @@ impl Executor {
                     "{name} failed on block {block} ({origin}): {message}"
                 )))
             }
+            photon::Error::ActorDied { reason, .. } if reason.contains("constructor failed") => {
+                // Starting another actor would fail the same way.
+                Err(Error::Udf(format!(
+                    "{name}: its actors cannot start: {reason}"
+                )))
+            }
             other => {
                 if let (Some(actor), Compute::Actors(pool)) =
                     (actor, &mut self.stages[stage].compute)

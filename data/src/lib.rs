@@ -44,7 +44,9 @@ mod stats;
 mod steps;
 mod udf;
 
-pub use dataset::{DEFAULT_BLOCK_BYTES, Dataset, MapOptions, from_batches, range, read_parquet};
+pub use dataset::{
+    DEFAULT_BLOCK_BYTES, Dataset, MapOptions, WriteOptions, from_batches, range, read_parquet,
+};
 pub use error::{Error, Result};
 pub use progress::ProgressMode;
 pub use sink::{MANIFEST, Part, WriteSummary};

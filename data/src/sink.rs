@@ -110,6 +110,7 @@ impl Sink {
         parts: Vec<Part>,
         schema: String,
         skipped_blocks: Vec<String>,
+        metadata: serde_json::Value,
     ) -> Result<WriteSummary> {
         let store = &self.location.store;
         if self.overwrite {
@@ -138,6 +139,7 @@ impl Sink {
             "bytes": bytes,
             "schema": serde_json::from_str::<serde_json::Value>(&schema).unwrap_or_default(),
             "skipped_blocks": skipped_blocks,
+            "metadata": metadata,
         });
         let path = self.location.path.child(MANIFEST);
         store

@@ -42,6 +42,8 @@ pub(crate) struct Cutting {
     pub min_blocks: usize,
     /// Keep only the first this many rows.
     pub limit: Option<usize>,
+    /// Number the rows over the whole input in this Int64 column.
+    pub row_numbers: Option<String>,
 }
 
 /// One input file with its footer.
@@ -80,8 +82,10 @@ pub(crate) async fn plan(
         )));
     }
     let mut blocks = Vec::new();
+    let mut file_offset = 0u64;
     for file in &files {
-        blocks.extend(cut_file(file, needs.columns, cutting.target_bytes));
+        blocks.extend(cut_file(file, needs.columns, cutting, file_offset));
+        file_offset += file.metadata.metadata().file_metadata().num_rows().max(0) as u64;
     }
     split_until(&mut blocks, cutting.min_blocks);
     if let Some(limit) = cutting.limit {
@@ -189,7 +193,13 @@ fn check_schemas(files: &[InputFile], needs: &Needs<'_>) -> Result<SchemaRef> {
 }
 
 /// A file's row groups grouped into blocks of about `target_bytes`.
-fn cut_file(file: &InputFile, columns: Option<&[String]>, target_bytes: u64) -> Vec<SourceBlock> {
+fn cut_file(
+    file: &InputFile,
+    columns: Option<&[String]>,
+    cutting: &Cutting,
+    file_offset: u64,
+) -> Vec<SourceBlock> {
+    let target_bytes = cutting.target_bytes;
     let metadata = file.metadata.metadata();
     let wanted = |path: &str| {
         columns.is_none_or(|columns| {
@@ -215,11 +225,12 @@ fn cut_file(file: &InputFile, columns: Option<&[String]>, target_bytes: u64) -> 
         entry.3 += bytes;
         first_row += rows;
         if entry.3 >= target_bytes {
-            blocks.push(block_of(file, columns, current.take().expect("set above")));
+            let entry = current.take().expect("set above");
+            blocks.push(block_of(file, columns, cutting, file_offset, entry));
         }
     }
     if let Some(entry) = current.filter(|e| e.2 > 0) {
-        blocks.push(block_of(file, columns, entry));
+        blocks.push(block_of(file, columns, cutting, file_offset, entry));
     }
     blocks.retain(|b| b.rows > 0);
     blocks
@@ -228,6 +239,8 @@ fn cut_file(file: &InputFile, columns: Option<&[String]>, target_bytes: u64) -> 
 fn block_of(
     file: &InputFile,
     columns: Option<&[String]>,
+    cutting: &Cutting,
+    file_offset: u64,
     (groups, start, rows, bytes): (Vec<usize>, usize, usize, u64),
 ) -> SourceBlock {
     SourceBlock {
@@ -237,6 +250,8 @@ fn block_of(
             skip: 0,
             rows,
             columns: columns.map(<[String]>::to_vec),
+            row_numbers: cutting.row_numbers.clone(),
+            first_row: file_offset + start as u64,
         },
         rows,
         bytes,
@@ -290,6 +305,8 @@ fn split_at(block: &SourceBlock, head_rows: usize) -> (SourceBlock, SourceBlock)
             row_groups,
             skip,
             columns,
+            row_numbers,
+            first_row,
             ..
         } => (
             Source::Parquet {
@@ -298,6 +315,8 @@ fn split_at(block: &SourceBlock, head_rows: usize) -> (SourceBlock, SourceBlock)
                 skip: *skip,
                 rows: head_rows,
                 columns: columns.clone(),
+                row_numbers: row_numbers.clone(),
+                first_row: *first_row,
             },
             Source::Parquet {
                 url: url.clone(),
@@ -305,6 +324,8 @@ fn split_at(block: &SourceBlock, head_rows: usize) -> (SourceBlock, SourceBlock)
                 skip: skip + head_rows,
                 rows: tail_rows,
                 columns: columns.clone(),
+                row_numbers: row_numbers.clone(),
+                first_row: first_row + head_rows as u64,
             },
         ),
     };

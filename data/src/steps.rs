@@ -38,6 +38,11 @@ pub enum Source {
         rows: usize,
         /// Columns to read (all when `None`).
         columns: Option<Vec<String>>,
+        /// Append the rows' numbers over the whole input (Int64) under this
+        /// name; the block's first row has number `first_row`.
+        row_numbers: Option<String>,
+        /// The input-wide number of the block's first row.
+        first_row: u64,
     },
     /// Int64 ids `start..end` in a column `id`.
     Range {
@@ -250,9 +255,17 @@ pub(crate) async fn read_source(source: &Source) -> Result<RecordBatch, String> 
             skip,
             rows,
             columns,
-        } => read_parquet_block(url, row_groups, *skip, *rows, columns.as_deref())
-            .await
-            .map_err(|e| format!("cannot read {url}: {e}")),
+            row_numbers,
+            first_row,
+        } => {
+            let block = read_parquet_block(url, row_groups, *skip, *rows, columns.as_deref())
+                .await
+                .map_err(|e| format!("cannot read {url}: {e}"))?;
+            match row_numbers {
+                Some(name) => add_row_numbers(block, name, *first_row),
+                None => Ok(block),
+            }
+        }
     }
 }
 
@@ -307,6 +320,23 @@ async fn read_parquet_block(
         ));
     }
     Ok(block)
+}
+
+/// `block` with an Int64 column `name` numbering its rows from `first`.
+fn add_row_numbers(block: RecordBatch, name: &str, first: u64) -> Result<RecordBatch, String> {
+    let first = first as i64;
+    let numbers =
+        arrow::array::Int64Array::from_iter_values(first..first + block.num_rows() as i64);
+    let mut fields: Vec<Field> = block
+        .schema()
+        .fields()
+        .iter()
+        .map(|f| f.as_ref().clone())
+        .collect();
+    fields.push(Field::new(name, DataType::Int64, false));
+    let mut columns = block.columns().to_vec();
+    columns.push(Arc::new(numbers));
+    RecordBatch::try_new(Arc::new(Schema::new(fields)), columns).map_err(|e| e.to_string())
 }
 
 /// The one-row summary a `Write` step leaves: the part, its rows and bytes,

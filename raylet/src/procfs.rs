@@ -24,6 +24,21 @@ pub fn peak_resident_bytes(pid: u32) -> Option<u64> {
     Some(kib_field(&status, "VmHWM:")? * 1024)
 }
 
+/// The child processes of `pid` (from every thread's `children` list).
+pub fn children(pid: u32) -> Vec<u32> {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    tasks
+        .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("children")).ok())
+        .flat_map(|list| {
+            list.split_whitespace()
+                .filter_map(|p| p.parse().ok())
+                .collect::<Vec<u32>>()
+        })
+        .collect()
+}
+
 /// Fraction of the node's memory in use (1 - MemAvailable / MemTotal).
 pub fn node_memory_used() -> Option<f64> {
     let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;

@@ -151,4 +151,3 @@ impl LoopbackCluster {
         .expect("driver joins")
     }
 }
-

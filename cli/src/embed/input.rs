@@ -380,7 +380,7 @@ fn null_text(url: &str, column: &str, row: usize) -> anyhow::Error {
     )
 }
 
-fn push_texts(
+pub(crate) fn push_texts(
     array: &ArrayRef,
     texts: &mut Vec<String>,
     null_error: impl Fn(usize) -> anyhow::Error,

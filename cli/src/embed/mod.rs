@@ -12,6 +12,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use photon_inference::{Backend, EmbedStats, EmbedderOptions, SentenceEmbedder, model_cache};
 use serde::Serialize;
 
+mod cluster;
 pub mod corpus;
 pub mod input;
 pub mod output;
@@ -54,10 +55,18 @@ pub struct EmbedArgs {
     #[arg(long)]
     overwrite: bool,
     /// Run the model in this process, without a cluster: the reference for
-    /// framework overhead. (Today every run works this way; running on a
-    /// Photon cluster arrives with the photon-data layer.)
+    /// framework overhead.
     #[arg(long)]
     in_process: bool,
+    /// Embedder actors: `MIN..MAX` (or one number). Each loads the model once.
+    #[arg(long, default_value = "1..1", value_parser = parse_actors)]
+    actors: (usize, usize),
+    /// GPUs per actor (fractions share a GPU).
+    #[arg(long, default_value_t = 0.0)]
+    num_gpus: f64,
+    /// A running cluster's head (default: an embedded local cluster).
+    #[arg(long)]
+    address: Option<String>,
     /// Which engine runs the model.
     #[arg(long, value_enum, default_value_t = BackendArg::Auto)]
     backend: BackendArg,
@@ -98,8 +107,150 @@ struct Summary {
     output_bytes: u64,
 }
 
-/// Runs `photon embed`.
+/// `MIN..MAX` or `N`.
+fn parse_actors(text: &str) -> Result<(usize, usize), String> {
+    let parse = |t: &str| {
+        t.trim()
+            .parse::<usize>()
+            .map_err(|_| format!("--actors {text:?}: expected MIN..MAX or N, like 1..3"))
+    };
+    let (min, max) = match text.split_once("..") {
+        Some((min, max)) => (parse(min)?, parse(max.trim_start_matches('='))?),
+        None => (parse(text)?, parse(text)?),
+    };
+    if min > max || max == 0 {
+        return Err(format!(
+            "--actors {text:?}: need 0 <= MIN <= MAX and MAX >= 1"
+        ));
+    }
+    Ok((min, max))
+}
+
+/// Runs `photon embed`: on a cluster, or in this process with `--in-process`.
 pub fn run(args: EmbedArgs) -> Result<()> {
+    if args.in_process {
+        run_in_process(args)
+    } else {
+        run_on_cluster(args)
+    }
+}
+
+/// The model, from `--model` or the cache (fetched if missing).
+fn model_dir(args: &EmbedArgs) -> Result<PathBuf> {
+    match &args.model {
+        Some(dir) => Ok(dir.clone()),
+        None => Ok(model_cache::ensure_default_model(say)?),
+    }
+}
+
+fn backend_name(backend: BackendArg) -> &'static str {
+    match backend {
+        BackendArg::Auto => "auto",
+        BackendArg::FastCpu => "fast-cpu",
+        BackendArg::Candle => "candle",
+    }
+}
+
+/// The pipeline on a cluster: validate, read blocks, embed on the actor
+/// pool, write parts exactly once.
+fn run_on_cluster(args: EmbedArgs) -> Result<()> {
+    let started = Instant::now();
+    let peak = cluster::TreeMemory::sample();
+    let ctx = photon::init(photon::Config {
+        address: args.address.clone(),
+        ..photon::Config::default()
+    })?;
+    // Everything that can be wrong with the output, the input or the model
+    // is found before any actor starts (the pipeline checks the input's
+    // types again, as it does for every job).
+    ctx.runtime()
+        .block_on(output::check_output(&args.output, args.overwrite))?;
+    let id_column = args
+        .id_column
+        .clone()
+        .unwrap_or_else(|| cluster::ROW_NUMBER.to_string());
+    let mut columns = vec![args.column.as_str()];
+    if let Some(id) = &args.id_column {
+        columns.push(id);
+    }
+    let mut dataset = photon_data::read_parquet(&ctx, args.input.clone()).select_columns(&columns);
+    dataset.schema().map_err(|e| anyhow::anyhow!("{e}"))?;
+    let model = model_dir(&args)?;
+    photon_inference::model_dir::ModelDir::open(&model)?;
+    let spec = cluster::EmbedSpec {
+        model: std::path::absolute(&model)?,
+        column: args.column.clone(),
+        id_column: id_column.clone(),
+        threads: args.threads,
+        batch_size: args.batch_size,
+        backend: backend_name(args.backend).to_string(),
+    };
+    if args.id_column.is_none() {
+        dataset = dataset.with_row_numbers(cluster::ROW_NUMBER);
+    }
+    let (min, max) = args.actors;
+    let dataset = dataset.map_batches::<cluster::EmbedBatches>(
+        spec,
+        photon_data::MapOptions::new()
+            .actors(min..=max)
+            .num_cpus(1.0)
+            .num_gpus(args.num_gpus),
+    );
+    let metadata = serde_json::json!({
+        "model": model.display().to_string(),
+        "inputs": args.input,
+        "column": args.column,
+        "id_column": args.id_column,
+        "actors": [min, max],
+        "photon_version": env!("CARGO_PKG_VERSION"),
+    });
+    let written = dataset
+        .write_parquet_with(
+            &args.output,
+            photon_data::WriteOptions {
+                overwrite: args.overwrite,
+                metadata,
+            },
+        )
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let wall = started.elapsed().as_secs_f64();
+    let stats = dataset.stats().unwrap_or_default();
+    let summary = serde_json::json!({
+        "rows": written.rows,
+        "wall_seconds": wall,
+        "rows_per_s": written.rows as f64 / wall,
+        "peak_memory_bytes": peak.stop(),
+        "parts": written.parts.len(),
+        "output_bytes": written.bytes,
+        "output": written.url,
+        "reconstructions": stats.reconstructions,
+        "model": model.display().to_string(),
+    });
+    if args.json {
+        println!("{summary}");
+    } else {
+        println!(
+            "embedded {} rows in {wall:.1} s: {:.1} rows/s end to end on {min}..{max} actor(s)",
+            written.rows,
+            written.rows as f64 / wall
+        );
+        println!("{stats}");
+        println!(
+            "  peak memory {:.0} MiB (this process and its workers, summed RSS)",
+            summary["peak_memory_bytes"].as_u64().unwrap_or(0) as f64 / (1 << 20) as f64
+        );
+        println!(
+            "  output: {} ({} part(s), {:.1} MiB, _SUCCESS written)",
+            written.url,
+            written.parts.len(),
+            written.bytes as f64 / (1 << 20) as f64
+        );
+    }
+    Ok(())
+}
+
+/// The reference path: everything in this process.
+fn run_in_process(args: EmbedArgs) -> Result<()> {
     let started = Instant::now();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -120,10 +271,7 @@ pub fn run(args: EmbedArgs) -> Result<()> {
         started.elapsed().as_secs_f64()
     ));
 
-    let model_dir = match &args.model {
-        Some(dir) => dir.clone(),
-        None => model_cache::ensure_default_model(say)?,
-    };
+    let model_dir = model_dir(&args)?;
     let loading = Instant::now();
     let options = EmbedderOptions {
         backend: match args.backend {

@@ -1,0 +1,154 @@
+//! `photon embed` on a Photon cluster (an embedded local one by default):
+//! a photon-data pipeline `read_parquet → map_batches(embedder actors) →
+//! write_parquet`. Each actor loads the model once and embeds block after
+//! block; the data layer validates the input first, streams blocks through
+//! the object store, rebuilds what a dead node lost and writes each part
+//! exactly once, with `_SUCCESS` last.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use arrow::array::{ArrayRef, FixedSizeListArray, Float32Array, RecordBatch};
+use arrow::datatypes::{DataType, Field, Schema};
+use photon_data::{BatchUdf, register_udf};
+use photon_inference::{Backend, EmbedderOptions, SentenceEmbedder};
+use serde::{Deserialize, Serialize};
+
+use super::input::push_texts;
+
+/// The row-number column `read_parquet` adds when no id column is given.
+pub const ROW_NUMBER: &str = "_row";
+
+/// What each embedder actor is constructed from.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct EmbedSpec {
+    /// The sentence-transformers directory (on every node: the model cache
+    /// or a shared path).
+    pub model: PathBuf,
+    /// The text column.
+    pub column: String,
+    /// The column that becomes `id`.
+    pub id_column: String,
+    /// CPU threads per actor (0: one per core).
+    pub threads: usize,
+    /// Most texts per model batch.
+    pub batch_size: Option<usize>,
+    /// `auto`, `fast-cpu` or `candle`.
+    pub backend: String,
+}
+
+/// One actor's model: embeds a block's texts into `id, embedding` rows.
+pub struct EmbedBatches {
+    embedder: SentenceEmbedder,
+    spec: EmbedSpec,
+}
+
+impl BatchUdf for EmbedBatches {
+    type Args = EmbedSpec;
+
+    fn new(spec: EmbedSpec) -> Result<Self, String> {
+        let backend = match spec.backend.as_str() {
+            "fast-cpu" => Backend::FastCpu,
+            "candle" => Backend::Candle,
+            _ => Backend::Auto,
+        };
+        let options = EmbedderOptions {
+            backend,
+            threads: spec.threads,
+            max_batch_rows: spec.batch_size,
+            ..EmbedderOptions::default()
+        };
+        let embedder = SentenceEmbedder::load(&spec.model, options)
+            .map_err(|e| format!("cannot load the model {}: {e:#}", spec.model.display()))?;
+        Ok(Self { embedder, spec })
+    }
+
+    fn call(&mut self, batch: RecordBatch) -> Result<RecordBatch, String> {
+        let column = &self.spec.column;
+        let array = batch
+            .column_by_name(column)
+            .ok_or_else(|| format!("the block has no column {column:?}"))?;
+        let mut texts = Vec::with_capacity(batch.num_rows());
+        push_texts(array, &mut texts, |row| {
+            anyhow::anyhow!(
+                "row {row} of the block: column {column:?} is null; drop or fill null texts \
+                 before embedding"
+            )
+        })
+        .map_err(|e| e.to_string())?;
+        let ids = batch
+            .column_by_name(&self.spec.id_column)
+            .ok_or_else(|| format!("the block has no column {:?}", self.spec.id_column))?
+            .clone();
+        let embeddings = self.embedder.embed(&texts).map_err(|e| format!("{e:#}"))?;
+        embedding_batch(ids, embeddings.values, self.embedder.dim())
+    }
+
+    fn input_columns(spec: &EmbedSpec) -> Vec<(String, Vec<DataType>)> {
+        let text_types = vec![DataType::Utf8, DataType::LargeUtf8, DataType::Utf8View];
+        let mut columns = vec![(spec.column.clone(), text_types)];
+        if spec.id_column != ROW_NUMBER {
+            columns.push((spec.id_column.clone(), Vec::new()));
+        }
+        columns
+    }
+}
+register_udf!(EmbedBatches);
+
+/// `id` and `embedding: FixedSizeList<Float32, dim>`, as the in-process path writes.
+fn embedding_batch(ids: ArrayRef, values: Vec<f32>, dim: usize) -> Result<RecordBatch, String> {
+    let item = Arc::new(Field::new("item", DataType::Float32, false));
+    let embeddings = FixedSizeListArray::try_new(
+        item.clone(),
+        dim as i32,
+        Arc::new(Float32Array::from(values)),
+        None,
+    )
+    .map_err(|e| e.to_string())?;
+    let schema = Schema::new(vec![
+        Field::new("id", ids.data_type().clone(), true),
+        Field::new(
+            "embedding",
+            DataType::FixedSizeList(item, dim as i32),
+            false,
+        ),
+    ]);
+    RecordBatch::try_new(Arc::new(schema), vec![ids, Arc::new(embeddings)])
+        .map_err(|e| e.to_string())
+}
+
+/// Samples the summed resident memory of this process and its children
+/// (the embedded raylet's workers) until stopped; keeps the peak.
+pub struct TreeMemory {
+    stop: std::sync::mpsc::Sender<()>,
+    sampler: std::thread::JoinHandle<u64>,
+}
+
+impl TreeMemory {
+    /// Starts sampling every 100 ms.
+    pub fn sample() -> Self {
+        let (stop, stopped) = std::sync::mpsc::channel();
+        let sampler = std::thread::spawn(move || {
+            let me = std::process::id();
+            let mut peak = 0;
+            loop {
+                let total: u64 = std::iter::once(me)
+                    .chain(photon_raylet::procfs::children(me))
+                    .filter_map(photon_raylet::procfs::resident_bytes)
+                    .sum();
+                peak = peak.max(total);
+                match stopped.recv_timeout(std::time::Duration::from_millis(100)) {
+                    Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+                    _ => return peak,
+                }
+            }
+        });
+        Self { stop, sampler }
+    }
+
+    /// The peak, in bytes.
+    pub fn stop(self) -> u64 {
+        let _ = self.stop.send(());
+        self.sampler.join().unwrap_or(0)
+    }
+}
