@@ -394,11 +394,18 @@ pub(crate) fn range_blocks(n: i64, rows_per_block: usize) -> Vec<SourceBlock> {
         .collect()
 }
 
-/// The files one URL names, sorted: a file, a directory of `*.parquet`
-/// (skipping hidden and `_`-prefixed names), or `dir/*.parquet`-style globs.
-async fn list_files(url: &str) -> Result<Vec<(Arc<dyn ObjectStore>, ObjectMeta, String)>> {
+/// A listed file: its store, its metadata, its URL for messages.
+pub type ListedFile = (Arc<dyn ObjectStore>, ObjectMeta, String);
+
+/// Which file names a listing keeps.
+type NameFilter = Box<dyn Fn(&str) -> bool>;
+
+/// The files one URL names, sorted, each with its store and display URL: a
+/// file, a directory of `*.parquet` (skipping hidden and `_`-prefixed names),
+/// or `dir/*.parquet`-style globs.
+pub async fn list_files(url: &str) -> Result<Vec<ListedFile>> {
     let io = |what: &str, e: object_store::Error| Error::Io(format!("cannot {what} {url}: {e}"));
-    let (location, filter): (Location, Box<dyn Fn(&str) -> bool>) = match split_glob(url) {
+    let (location, filter): (Location, NameFilter) = match split_glob(url) {
         Some((dir, pattern)) => {
             let pattern = pattern.to_string();
             (

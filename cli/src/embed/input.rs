@@ -15,8 +15,8 @@ use object_store::{ObjectMeta, ObjectStore};
 use parquet::arrow::ProjectionMask;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReader;
 use parquet::arrow::async_reader::{ParquetObjectReader, ParquetRecordBatchStreamBuilder};
-
-use super::store::{self, Location};
+#[cfg(test)]
+use photon_data::source::{glob_match, split_glob};
 
 /// Files whose footers are fetched at once while checking schemas.
 const METADATA_CONCURRENCY: usize = 16;
@@ -131,117 +131,14 @@ pub async fn read_input(
     })
 }
 
-/// The files one URL names, sorted.
+/// The files one URL names, sorted (photon-data's listing: files,
+/// directories of `*.parquet`, globs).
 async fn list_files(url: &str) -> Result<Vec<InputFile>> {
-    if let Some((dir, pattern)) = split_glob(url) {
-        let location = store::resolve(dir)?;
-        let listing = location
-            .store
-            .list_with_delimiter(Some(&location.path))
-            .await
-            .with_context(|| format!("cannot list {dir}"))?;
-        let mut files: Vec<InputFile> = listing
-            .objects
-            .into_iter()
-            .filter(|meta| {
-                meta.location
-                    .filename()
-                    .is_some_and(|n| glob_match(pattern, n))
-            })
-            .map(|meta| input_file(&location, meta))
-            .collect();
-        if files.is_empty() {
-            bail!("input {url} matched no files");
-        }
-        files.sort_by(|a, b| a.meta.location.cmp(&b.meta.location));
-        return Ok(files);
-    }
-
-    let location = store::resolve(url)?;
-    if location.path.as_ref() != "" {
-        match location.store.head(&location.path).await {
-            Ok(meta) => {
-                return Ok(vec![InputFile {
-                    store: location.store.clone(),
-                    meta,
-                    url: location.display.clone(),
-                }]);
-            }
-            // Not an object: maybe a directory (or an S3 prefix).
-            Err(object_store::Error::NotFound { .. }) => {}
-            Err(err) => return Err(err).with_context(|| format!("cannot read input {url}")),
-        }
-    }
-    if let Some(local) = &location.local
-        && !local.is_dir()
-    {
-        bail!("input {url} does not exist");
-    }
-    let listing = location
-        .store
-        .list_with_delimiter(Some(&location.path))
-        .await
-        .with_context(|| format!("cannot list {url}"))?;
-    let mut files: Vec<InputFile> = listing
-        .objects
+    let files = photon_data::source::list_files(url).await?;
+    Ok(files
         .into_iter()
-        .filter(|meta| meta.location.filename().is_some_and(is_data_file))
-        .map(|meta| input_file(&location, meta))
-        .collect();
-    if files.is_empty() {
-        bail!("input {url} has no *.parquet files");
-    }
-    files.sort_by(|a, b| a.meta.location.cmp(&b.meta.location));
-    Ok(files)
-}
-
-fn input_file(location: &Location, meta: ObjectMeta) -> InputFile {
-    InputFile {
-        store: location.store.clone(),
-        url: location.display_of(&meta.location),
-        meta,
-    }
-}
-
-/// `*.parquet`, skipping hidden and `_`-prefixed files (`_SUCCESS`, temporaries),
-/// as Spark and pyarrow do.
-fn is_data_file(name: &str) -> bool {
-    name.ends_with(".parquet") && !name.starts_with('.') && !name.starts_with('_')
-}
-
-/// Splits `dir/pattern` when the last path segment holds `*` or `?`.
-fn split_glob(url: &str) -> Option<(&str, &str)> {
-    let (dir, last) = match url.rsplit_once('/') {
-        Some(("", last)) => ("/", last),
-        Some((dir, last)) => (dir, last),
-        None => (".", url),
-    };
-    last.contains(['*', '?']).then_some((dir, last))
-}
-
-/// `*` matches any run of characters, `?` any one character.
-fn glob_match(pattern: &str, name: &str) -> bool {
-    let pattern: Vec<char> = pattern.chars().collect();
-    let name: Vec<char> = name.chars().collect();
-    // Classic backtracking over the last `*` seen: linear for one star.
-    let (mut p, mut n) = (0, 0);
-    let mut star: Option<(usize, usize)> = None;
-    while n < name.len() {
-        if p < pattern.len() && (pattern[p] == '?' || pattern[p] == name[n]) {
-            p += 1;
-            n += 1;
-        } else if p < pattern.len() && pattern[p] == '*' {
-            star = Some((p, n));
-            p += 1;
-        } else if let Some((star_p, star_n)) = star {
-            p = star_p + 1;
-            n = star_n + 1;
-            star = Some((star_p, star_n + 1));
-        } else {
-            return false;
-        }
-    }
-    pattern[p..].iter().all(|&c| c == '*')
+        .map(|(store, meta, url)| InputFile { store, meta, url })
+        .collect())
 }
 
 /// Opens the footer of `file` and checks its columns.

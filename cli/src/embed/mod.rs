@@ -16,7 +16,6 @@ mod cluster;
 pub mod corpus;
 pub mod input;
 pub mod output;
-mod store;
 
 /// Rows embedded between progress updates. The first chunk is small so the
 /// first vectors (and the time to them) come quickly.
@@ -27,7 +26,7 @@ const FIRST_CHUNK_ROWS: usize = 64;
 #[derive(Debug, Args)]
 pub struct EmbedArgs {
     /// Input Parquet: files, directories or globs (`data/*.parquet`); local
-    /// paths, `file://`, or `s3://` in builds with the `s3` feature.
+    /// paths, `file://`, or `s3://` (credentials and endpoint from AWS_* variables).
     #[arg(long, required = true, num_args = 1..)]
     input: Vec<String>,
     /// The text column.

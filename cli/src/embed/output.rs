@@ -20,7 +20,7 @@ use parquet::arrow::ArrowWriter;
 use parquet::basic::Compression;
 use parquet::file::properties::WriterProperties;
 
-use super::store::{self, Location};
+use photon_data::location::{self as store, Location};
 
 /// Rows per output file: big enough for efficient reads, small enough that a
 /// part fits in memory while it is encoded.
