@@ -355,7 +355,8 @@ pub(crate) fn summary_schema() -> Arc<Schema> {
 /// replaces its own part whole.
 async fn write_part(block: &RecordBatch, staging: &str, part: &str) -> Result<RecordBatch, String> {
     let location = location::resolve(staging).map_err(|e| e.to_string())?;
-    let mut buffer = Vec::new();
+    // Sized up front: growing a Vec of many MiB by doubling copies it each time.
+    let mut buffer = Vec::with_capacity(block.get_array_memory_size() + (64 << 10));
     let properties = WriterProperties::builder()
         .set_compression(Compression::SNAPPY)
         .build();

@@ -654,9 +654,9 @@ impl Context {
     fn spin_while_pending(&self, id: ObjectId) {
         let start = Instant::now();
         while self.core.objects.is_pending(id) && start.elapsed() < GET_SPIN {
-            for _ in 0..64 {
-                std::hint::spin_loop();
-            }
+            // Yield rather than spin hard: on a busy core the thread that
+            // brings the reply may be waiting for this one.
+            std::thread::yield_now();
         }
     }
 
