@@ -388,8 +388,9 @@ impl Executor {
                 }
                 tracing::info!(block, %origin, stage = %name, error = %other, "running the block again from its source");
                 self.stats.stages[stage].retries += 1;
-                if stage > 0 || entry.object.is_none() {
-                    self.stats.reconstructions += u64::from(stage > 0);
+                // Past the first stage, earlier stages' work is redone too.
+                if stage > 0 {
+                    self.stats.reconstructions += 1;
                 }
                 let input = entry.object.clone();
                 self.queues[0].push_front((block, input));
