@@ -405,6 +405,7 @@ type NameFilter = Box<dyn Fn(&str) -> bool>;
 /// or `dir/*.parquet`-style globs.
 pub async fn list_files(url: &str) -> Result<Vec<ListedFile>> {
     let io = |what: &str, e: object_store::Error| Error::Io(format!("cannot {what} {url}: {e}"));
+    let glob = split_glob(url).is_some();
     let (location, filter): (Location, NameFilter) = match split_glob(url) {
         Some((dir, pattern)) => {
             let pattern = pattern.to_string();
@@ -449,9 +450,11 @@ pub async fn list_files(url: &str) -> Result<Vec<ListedFile>> {
         })
         .collect();
     if files.is_empty() {
-        return Err(Error::Invalid(format!(
-            "input {url} matched no *.parquet files"
-        )));
+        return Err(Error::Invalid(if glob {
+            format!("input {url} matched no files")
+        } else {
+            format!("input {url} has no *.parquet files")
+        }));
     }
     files.sort_by(|a, b| a.1.location.cmp(&b.1.location));
     Ok(files)

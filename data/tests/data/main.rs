@@ -312,7 +312,7 @@ fn bad_inputs_fail_before_anything_runs() -> Result<(), Failed> {
     std::fs::create_dir_all(&nothing)?;
     expect_invalid(
         photon_data::read_parquet(&ctx, [nothing.to_str().unwrap()]).write_parquet(out_url, false),
-        &["matched no *.parquet files"],
+        &["has no *.parquet files"],
     )?;
     // An unregistered function... is a compile-time fact here; an empty pool range is not.
     expect_invalid(
@@ -447,7 +447,22 @@ fn three_raylets_survive_a_killed_node() -> Result<(), Failed> {
         let out = out.clone();
         std::thread::spawn(move || dataset.write_parquet(out.to_str().unwrap(), false))
     };
-    std::thread::sleep(Duration::from_millis(1_500));
+    // Once parts are being written, both actors hold calls: kill one's node.
+    let staged = |dir: &Path| -> usize {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return 0;
+        };
+        entries
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_name().to_string_lossy().starts_with("_temporary"))
+            .filter_map(|e| std::fs::read_dir(e.path()).ok())
+            .map(|parts| parts.count())
+            .sum()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while staged(&out) < 2 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
     second.kill9();
     let summary = run.join().expect("the run thread")?;
     let (ids, manifest, temporaries) = read_output(&out);
