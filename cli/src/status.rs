@@ -41,6 +41,16 @@ struct NodeView {
     object_store_capacity: u64,
     last_heartbeat_age_ms: u64,
     pid: u32,
+    /// Lease requests waiting on the node, by shape.
+    pending: Vec<DemandView>,
+}
+
+#[derive(Debug, Serialize)]
+struct DemandView {
+    resources: BTreeMap<String, f64>,
+    count: u32,
+    oldest_wait_ms: u64,
+    reason: String,
 }
 
 #[derive(Debug, Serialize)]
@@ -116,6 +126,16 @@ fn node_view(record: NodeRecord) -> NodeView {
         object_store_capacity: info.object_store_capacity,
         last_heartbeat_age_ms: record.last_heartbeat_age_ms,
         pid: info.pid,
+        pending: record
+            .pending
+            .into_iter()
+            .map(|d| DemandView {
+                resources: amounts(&d.resources),
+                count: d.count,
+                oldest_wait_ms: d.oldest_wait_ms,
+                reason: d.reason,
+            })
+            .collect(),
     }
 }
 
@@ -203,6 +223,32 @@ pub fn run(args: StatusArgs) -> anyhow::Result<()> {
             ),
             node.object_store_used as f64 / 1073741824.0,
             node.object_store_capacity as f64 / 1073741824.0
+        );
+        for demand in &node.pending {
+            let shape: Vec<String> = demand
+                .resources
+                .iter()
+                .map(|(name, amount)| format!("{name}: {amount}"))
+                .collect();
+            println!(
+                "    pending      {} × {{{}}} for {:.1}s: {}",
+                demand.count,
+                shape.join(", "),
+                demand.oldest_wait_ms as f64 / 1000.0,
+                demand.reason
+            );
+        }
+    }
+    let waiting: u32 = view
+        .nodes
+        .iter()
+        .flat_map(|n| &n.pending)
+        .map(|d| d.count)
+        .sum();
+    if waiting > 0 {
+        println!(
+            "
+pending demand: {waiting} lease request(s) waiting for resources"
         );
     }
     if !view.actors.is_empty() {

@@ -11,6 +11,7 @@ use photon::{Context, TaskOptions};
 
 use crate::error::{Error, Result};
 use crate::executor::{Compute, Executor, Input, Output, Stage};
+use crate::filter::{self, Predicate};
 use crate::pool::{Pool, PoolSpec};
 use crate::progress::{Progress, ProgressMode};
 use crate::sink::{Part, Sink, WriteSummary};
@@ -132,6 +133,7 @@ struct MapOp {
 #[derive(Clone)]
 enum Op {
     Select(Vec<String>),
+    Filter(Predicate),
     Map(MapOp),
 }
 
@@ -142,8 +144,10 @@ pub struct Dataset {
     source: SourceSpec,
     ops: Vec<Op>,
     limit: Option<usize>,
+    repartition: Option<usize>,
     row_numbers: Option<String>,
     block_bytes: u64,
+    read_cpus: f64,
     memory_budget: Option<u64>,
     progress: ProgressMode,
     /// An error found while building (reported when the pipeline runs).
@@ -188,8 +192,10 @@ impl Dataset {
             source,
             ops: Vec::new(),
             limit: None,
+            repartition: None,
             row_numbers: None,
             block_bytes: DEFAULT_BLOCK_BYTES,
+            read_cpus: 1.0,
             memory_budget: None,
             progress: ProgressMode::Auto,
             invalid: None,
@@ -214,6 +220,27 @@ impl Dataset {
                 .get_or_insert("with_row_numbers works on read_parquet sources".into());
         }
         self.row_numbers = Some(column.to_string());
+        self
+    }
+
+    /// Keeps the rows `predicate` holds for: `filter(col("lang").eq("en"))`.
+    /// Columns a filter reads before the first `map_batches` are checked
+    /// against the input before anything runs.
+    pub fn filter(mut self, predicate: Predicate) -> Self {
+        self.ops.push(Op::Filter(predicate));
+        self
+    }
+
+    /// Runs the pipeline as exactly `blocks` blocks of equal input rows, so
+    /// a write makes `blocks` parts. Every operator maps a block to one
+    /// block, so the rows are rebalanced where they are read; a filter or a
+    /// function that drops rows can leave blocks of unequal size.
+    pub fn repartition(mut self, blocks: usize) -> Self {
+        if blocks == 0 {
+            self.invalid
+                .get_or_insert("repartition(0): a pipeline needs one block at least".into());
+        }
+        self.repartition = Some(blocks.max(1));
         self
     }
 
@@ -264,6 +291,14 @@ impl Dataset {
     /// worker gets work.
     pub fn block_bytes(mut self, bytes: u64) -> Self {
         self.block_bytes = bytes.max(1);
+        self
+    }
+
+    /// CPUs each read task reserves (default 1). Reading is mostly I/O and
+    /// decoding: 0 leaves every CPU to an actor pool whose work dwarfs it
+    /// (a model), so a 2-CPU node can run 2 one-CPU actors and still read.
+    pub fn read_num_cpus(mut self, cpus: f64) -> Self {
+        self.read_cpus = cpus.max(0.0);
         self
     }
 
@@ -345,7 +380,11 @@ impl Dataset {
 
     /// Rows in the output (read from the footers when nothing maps the rows).
     pub fn count(&self) -> Result<u64> {
-        if !self.ops.iter().any(|op| matches!(op, Op::Map(_))) {
+        if !self
+            .ops
+            .iter()
+            .any(|op| matches!(op, Op::Map(_) | Op::Filter(_)))
+        {
             let (_, blocks) = self.plan(&[], 1)?;
             return Ok(blocks.iter().map(|b| b.rows as u64).sum());
         }
@@ -400,11 +439,12 @@ impl Dataset {
             .map(|n| n.total.get("CPU").copied().unwrap_or(0.0))
             .sum();
         let min_blocks = (2 * pool_max).max(2 * cpus.ceil() as usize).max(1);
-        let (_, sources) = self.plan(&typed, min_blocks)?;
+        let (schema, sources) = self.plan(&typed, min_blocks)?;
+        self.check_filters(&schema)?;
         let input = match &self.source {
-            SourceSpec::Batches(batches) => {
+            SourceSpec::Batches(_) => {
                 let mut objects = Vec::new();
-                for (batch, source) in batches.iter().zip(sources) {
+                for (batch, source) in self.input_batches()?.iter().zip(sources) {
                     objects.push((self.ctx.put_batch(batch)?, source));
                 }
                 Input::Objects(objects)
@@ -457,6 +497,7 @@ impl Dataset {
                     min_blocks,
                     limit: self.limit,
                     row_numbers: self.row_numbers.clone(),
+                    exact_blocks: self.repartition,
                 };
                 self.ctx
                     .runtime()
@@ -470,6 +511,9 @@ impl Dataset {
                 if let Some(limit) = self.limit {
                     source::truncate(&mut blocks, limit);
                 }
+                if let Some(count) = self.repartition {
+                    blocks = source::rebalance(blocks, count);
+                }
                 let schema = arrow::datatypes::Schema::new(vec![arrow::datatypes::Field::new(
                     "id",
                     DataType::Int64,
@@ -477,10 +521,8 @@ impl Dataset {
                 )]);
                 Ok((Arc::new(schema), blocks))
             }
-            SourceSpec::Batches(batches) => {
-                let Some(first) = batches.first() else {
-                    return Err(Error::Invalid("from_batches was given no batches".into()));
-                };
+            SourceSpec::Batches(_) => {
+                let batches = self.input_batches()?;
                 let blocks = batches
                     .iter()
                     .enumerate()
@@ -491,9 +533,77 @@ impl Dataset {
                         origin: format!("batch {i} rows 0..{}", b.num_rows()),
                     })
                     .collect();
-                Ok((first.schema(), blocks))
+                Ok((batches[0].schema(), blocks))
             }
         }
+    }
+
+    /// The batches of a `from_batches` source after `limit` and
+    /// `repartition` (zero-copy slices; a repartition concatenates first).
+    fn input_batches(&self) -> Result<Vec<RecordBatch>> {
+        let SourceSpec::Batches(batches) = &self.source else {
+            return Ok(Vec::new());
+        };
+        let Some(first) = batches.first() else {
+            return Err(Error::Invalid("from_batches was given no batches".into()));
+        };
+        let mut batches = batches.clone();
+        if let Some(limit) = self.limit {
+            let mut left = limit;
+            batches = batches
+                .into_iter()
+                .map_while(|b| {
+                    let rows = b.num_rows().min(left);
+                    left -= rows;
+                    (rows > 0).then(|| b.slice(0, rows))
+                })
+                .collect();
+        }
+        if let Some(count) = self.repartition {
+            let all = arrow::compute::concat_batches(&first.schema(), &batches)
+                .map_err(|e| Error::Invalid(format!("from_batches: {e}")))?;
+            let total = all.num_rows();
+            let count = count.clamp(1, total.max(1));
+            batches = (0..count)
+                .map(|i| {
+                    let start = total * i / count;
+                    all.slice(start, total * (i + 1) / count - start)
+                })
+                .collect();
+        }
+        if batches.is_empty() {
+            batches.push(first.slice(0, 0));
+        }
+        Ok(batches)
+    }
+
+    /// Checks the columns filters read before the first `map_batches`
+    /// against the input schema (as earlier `select_columns` leave it).
+    fn check_filters(&self, schema: &SchemaRef) -> Result<()> {
+        let input = match &self.source {
+            SourceSpec::Parquet(urls) => format!("input {}", urls.join(", ")),
+            SourceSpec::Range(_) => "range".to_string(),
+            SourceSpec::Batches(_) => "from_batches".to_string(),
+        };
+        let mut schema = schema.clone();
+        for op in &self.ops {
+            match op {
+                Op::Map(_) => break,
+                Op::Select(columns) => {
+                    let indices: Vec<usize> = columns
+                        .iter()
+                        .filter_map(|c| schema.index_of(c).ok())
+                        .collect();
+                    schema = Arc::new(
+                        schema
+                            .project(&indices)
+                            .map_err(|e| Error::Invalid(format!("select_columns: {e}")))?,
+                    );
+                }
+                Op::Filter(predicate) => filter::check(predicate, &schema, &input)?,
+            }
+        }
+        Ok(())
     }
 
     /// Columns a leading `select_columns` asks of a Parquet source.
@@ -517,7 +627,7 @@ impl Dataset {
             names: vec![source_name.to_string()],
             steps: Vec::new(),
             actors: None,
-            cpus: 1.0,
+            cpus: self.read_cpus,
             gpus: 0.0,
             resources: Vec::new(),
             max_errored_blocks: 0,
@@ -534,6 +644,10 @@ impl Dataset {
                     }
                     current.names.push("select_columns".into());
                     current.steps.push(Step::Select(columns.clone()));
+                }
+                Op::Filter(predicate) => {
+                    current.names.push("filter".into());
+                    current.steps.push(Step::Filter(predicate.clone()));
                 }
                 Op::Map(map) => {
                     typed.get_or_insert_with(|| map.input_columns.clone());

@@ -334,6 +334,9 @@ impl Executor {
             }
         }
         self.charged -= self.blocks[block].charge;
+        self.stats
+            .first_block
+            .get_or_insert_with(|| self.started.elapsed());
         self.progress
             .stage_done(stage, records.last().map_or(0, |r| r.rows));
         deliver(Output {

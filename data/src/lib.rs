@@ -35,6 +35,7 @@
 mod dataset;
 mod error;
 mod executor;
+mod filter;
 pub mod location;
 mod pool;
 mod progress;
@@ -48,6 +49,7 @@ pub use dataset::{
     DEFAULT_BLOCK_BYTES, Dataset, MapOptions, WriteOptions, from_batches, range, read_parquet,
 };
 pub use error::{Error, Result};
+pub use filter::{Column, Comparison, Predicate, Value, col};
 pub use progress::ProgressMode;
 pub use sink::{MANIFEST, Part, WriteSummary};
 pub use stats::{StageStats, Stats};

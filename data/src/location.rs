@@ -59,8 +59,10 @@ pub fn resolve(url: &str) -> Result<Location> {
                 local(&path, display)
             }
             "s3" => s3(url, display),
+            "memory" => memory(url, display),
             other => Err(invalid(format!(
-                "{url}: unsupported URL scheme {other:?}; use a local path, file:// or s3://"
+                "{url}: unsupported URL scheme {other:?}; use a local path, file://, s3:// or \
+                 memory://"
             ))),
         };
     }
@@ -83,6 +85,36 @@ fn local(path: &FsPath, display: String) -> Result<Location> {
         display,
         local: Some(absolute),
     })
+}
+
+/// `memory://name/path`: files in shared memory (`/dev/shm`), seen by every
+/// process of this machine (driver, raylet, workers) but no other machine,
+/// and gone at reboot. For tests and single-node scratch data: an in-process
+/// store would be invisible to the worker processes.
+fn memory(url: &str, display: String) -> Result<Location> {
+    let rest = url.trim_start_matches("memory://");
+    if rest.split('/').any(|part| part == "..") {
+        return Err(invalid(format!("{url}: memory:// paths may not hold `..`")));
+    }
+    let root = memory_root()?;
+    local(&root.join(rest), display)
+}
+
+/// The directory holding this user's `memory://` files.
+fn memory_root() -> Result<PathBuf> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+    let base = match FsPath::new("/dev/shm") {
+        shm if shm.is_dir() => shm.to_path_buf(),
+        _ => std::env::temp_dir(),
+    };
+    let uid = std::fs::metadata("/proc/self").map_or(0, |m| m.uid());
+    let root = base.join(format!("photon-memory-{uid}"));
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&root)
+        .map_err(|e| invalid(format!("cannot create {}: {e}", root.display())))?;
+    Ok(root)
 }
 
 /// Drops `.` and resolves `..` lexically: object_store paths may hold neither.
@@ -150,6 +182,26 @@ mod tests {
     fn file_urls_are_local() {
         let location = resolve("file:///tmp/x%20y").unwrap();
         assert_eq!(location.local.as_deref(), Some(FsPath::new("/tmp/x y")));
+    }
+
+    #[test]
+    fn memory_urls_live_in_shared_memory() {
+        let location = resolve("memory://tests/a/b.parquet").unwrap();
+        let local = location.local.unwrap();
+        assert!(local.ends_with("tests/a/b.parquet"), "{}", local.display());
+        assert!(
+            local
+                .parent()
+                .and_then(|p| p.parent())
+                .and_then(|p| p.parent())
+                .and_then(|p| p.file_name())
+                .is_some_and(|name| name.to_string_lossy().starts_with("photon-memory-")),
+            "{}",
+            local.display()
+        );
+        assert_eq!(location.display, "memory://tests/a/b.parquet");
+        let err = resolve("memory://../x").err().unwrap().to_string();
+        assert!(err.contains("may not hold `..`"), "{err}");
     }
 
     #[test]

@@ -44,6 +44,9 @@ pub(crate) struct Cutting {
     pub limit: Option<usize>,
     /// Number the rows over the whole input in this Int64 column.
     pub row_numbers: Option<String>,
+    /// Exactly this many blocks of equal rows (`repartition`), instead of
+    /// `target_bytes` and `min_blocks`.
+    pub exact_blocks: Option<usize>,
 }
 
 /// One input file with its footer.
@@ -87,9 +90,14 @@ pub(crate) async fn plan(
         blocks.extend(cut_file(file, needs.columns, cutting, file_offset));
         file_offset += file.metadata.metadata().file_metadata().num_rows().max(0) as u64;
     }
-    split_until(&mut blocks, cutting.min_blocks);
+    if cutting.exact_blocks.is_none() {
+        split_until(&mut blocks, cutting.min_blocks);
+    }
     if let Some(limit) = cutting.limit {
         truncate(&mut blocks, limit);
+    }
+    if let Some(count) = cutting.exact_blocks {
+        blocks = rebalance(blocks, count);
     }
     let schema = match needs.columns {
         Some(columns) => {
@@ -287,6 +295,29 @@ fn split_at(block: &SourceBlock, head_rows: usize) -> (SourceBlock, SourceBlock)
     let tail_rows = block.rows - head_rows;
     let head_bytes = block.bytes * head_rows as u64 / block.rows.max(1) as u64;
     let (head, tail) = match &block.source {
+        Source::Concat(parts) => {
+            let (mut head, mut tail) = (Vec::new(), Vec::new());
+            let mut seen = 0;
+            for (source, rows) in parts {
+                if seen + rows <= head_rows {
+                    head.push((source.clone(), *rows));
+                } else if seen >= head_rows {
+                    tail.push((source.clone(), *rows));
+                } else {
+                    let piece = SourceBlock {
+                        source: source.clone(),
+                        rows: *rows,
+                        bytes: 0,
+                        origin: String::new(),
+                    };
+                    let (a, b) = split_at(&piece, head_rows - seen);
+                    head.push((a.source, a.rows));
+                    tail.push((b.source, b.rows));
+                }
+                seen += rows;
+            }
+            (Source::Concat(head), Source::Concat(tail))
+        }
         Source::Range { start, end } => {
             let middle = start + head_rows as i64;
             (
@@ -344,6 +375,54 @@ fn split_at(block: &SourceBlock, head_rows: usize) -> (SourceBlock, SourceBlock)
             origin: origin_tail,
         },
     )
+}
+
+/// `count` blocks of equal rows (fewer when there are fewer rows), joining
+/// the ends of neighbouring blocks (and files) where a block spans them.
+pub(crate) fn rebalance(blocks: Vec<SourceBlock>, count: usize) -> Vec<SourceBlock> {
+    let total: usize = blocks.iter().map(|b| b.rows).sum();
+    if total == 0 {
+        return blocks;
+    }
+    let count = count.clamp(1, total);
+    let mut pieces: std::collections::VecDeque<SourceBlock> = blocks.into();
+    let mut balanced = Vec::with_capacity(count);
+    for index in 0..count {
+        let want = total * (index + 1) / count - total * index / count;
+        let mut parts = Vec::new();
+        let mut have = 0;
+        while have < want {
+            let block = pieces.pop_front().expect("the rows add up");
+            let block = if block.rows > want - have {
+                let (head, tail) = split_at(&block, want - have);
+                pieces.push_front(tail);
+                head
+            } else {
+                block
+            };
+            have += block.rows;
+            parts.push(block);
+        }
+        balanced.push(join(parts));
+    }
+    balanced
+}
+
+/// One block reading `parts` one after another.
+fn join(mut parts: Vec<SourceBlock>) -> SourceBlock {
+    if parts.len() == 1 {
+        return parts.pop().expect("one");
+    }
+    SourceBlock {
+        rows: parts.iter().map(|p| p.rows).sum(),
+        bytes: parts.iter().map(|p| p.bytes).sum(),
+        origin: parts
+            .iter()
+            .map(|p| p.origin.as_str())
+            .collect::<Vec<_>>()
+            .join(" + "),
+        source: Source::Concat(parts.into_iter().map(|p| (p.source, p.rows)).collect()),
+    }
 }
 
 /// "f rows a..b" split after `head` rows.

@@ -21,6 +21,31 @@ pub(crate) struct StageRecord {
     pub rows: u64,
     pub bytes: u64,
     pub micros: u64,
+    /// CPU time of the worker process during the call.
+    #[serde(default)]
+    pub cpu_micros: u64,
+}
+
+/// When a call started, in wall time and in the worker process's CPU time.
+pub(crate) struct Timer {
+    wall: Instant,
+    cpu: Duration,
+}
+
+impl Timer {
+    pub(crate) fn start() -> Self {
+        Self {
+            wall: Instant::now(),
+            cpu: process_cpu_time(),
+        }
+    }
+}
+
+/// CPU time this process has used, all threads together (a model's
+/// intra-op threads included, which a thread clock would miss).
+fn process_cpu_time() -> Duration {
+    use nix::time::{ClockId, clock_gettime};
+    clock_gettime(ClockId::CLOCK_PROCESS_CPUTIME_ID).map_or(Duration::ZERO, Duration::from)
 }
 
 impl StageRecord {
@@ -30,12 +55,14 @@ impl StageRecord {
             rows: batch.num_rows() as u64,
             bytes: batch.get_array_memory_size() as u64,
             micros: 0,
+            cpu_micros: 0,
         }
     }
 
-    /// With the stage's time, from `started` to now.
-    pub(crate) fn took(mut self, started: Instant) -> Self {
-        self.micros = started.elapsed().as_micros() as u64;
+    /// With the stage's wall and CPU time since `started`.
+    pub(crate) fn took(mut self, started: Timer) -> Self {
+        self.micros = started.wall.elapsed().as_micros() as u64;
+        self.cpu_micros = process_cpu_time().saturating_sub(started.cpu).as_micros() as u64;
         self
     }
 }
@@ -113,6 +140,10 @@ pub struct StageStats {
     pub bytes: u64,
     /// Time its calls took, summed over blocks (a worker's busy time).
     pub busy: Duration,
+    /// CPU time of the worker processes during its calls, summed over blocks
+    /// (calls that overlap in one actor, with `max_concurrency`, each count
+    /// the whole process).
+    pub cpu: Duration,
     /// From its first call to its last result.
     pub wall: Duration,
     /// Calls that failed for a cluster reason and ran again.
@@ -126,6 +157,8 @@ pub struct Stats {
     pub stages: Vec<StageStats>,
     /// The whole run.
     pub wall: Duration,
+    /// From the run's start to the first block out of the last stage.
+    pub first_block: Option<Duration>,
     /// Time no new block could start because blocks in flight filled the memory budget.
     pub backpressure: Duration,
     /// Most bytes held in the cluster's object stores during the run (sampled).
@@ -144,6 +177,7 @@ impl Stats {
             stage.rows += record.rows;
             stage.bytes += record.bytes;
             stage.busy += Duration::from_micros(record.micros);
+            stage.cpu += Duration::from_micros(record.cpu_micros);
         }
     }
 }
@@ -153,15 +187,19 @@ impl fmt::Display for Stats {
         for stage in &self.stages {
             writeln!(
                 f,
-                "{}: {} blocks, {} rows, {:.1} MiB, busy {:.2}s, wall {:.2}s, {} retries",
+                "{}: {} blocks, {} rows, {:.1} MiB, busy {:.2}s, cpu {:.2}s, wall {:.2}s, {} retries",
                 stage.name,
                 stage.blocks,
                 stage.rows,
                 stage.bytes as f64 / (1 << 20) as f64,
                 stage.busy.as_secs_f64(),
+                stage.cpu.as_secs_f64(),
                 stage.wall.as_secs_f64(),
                 stage.retries
             )?;
+        }
+        if let Some(first) = self.first_block {
+            write!(f, "first block out after {:.2}s; ", first.as_secs_f64())?;
         }
         write!(
             f,

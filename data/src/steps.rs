@@ -5,8 +5,6 @@
 
 use std::sync::{Arc, Mutex};
 
-use std::time::Instant;
-
 use arrow::array::{RecordBatch, StringArray, UInt64Array};
 use arrow::datatypes::{DataType, Field, Schema};
 use futures::TryStreamExt;
@@ -19,6 +17,7 @@ use parquet::basic::Compression;
 use parquet::file::properties::WriterProperties;
 use serde::{Deserialize, Serialize};
 
+use crate::filter::Predicate;
 use crate::location;
 use crate::stats::{self, StageRecord};
 use crate::udf::{self, DynUdf};
@@ -44,6 +43,9 @@ pub enum Source {
         /// The input-wide number of the block's first row.
         first_row: u64,
     },
+    /// Several sources' rows, one after another (each with its row count):
+    /// a block that `repartition` made span files.
+    Concat(Vec<(Source, usize)>),
     /// Int64 ids `start..end` in a column `id`.
     Range {
         /// First id.
@@ -58,6 +60,8 @@ pub enum Source {
 pub enum Step {
     /// Keep these columns, in this order.
     Select(Vec<String>),
+    /// Keep the rows the predicate holds for.
+    Filter(Predicate),
     /// A user function, called on slices of at most `batch_size` rows.
     Map {
         /// Its registered type name.
@@ -83,7 +87,7 @@ pub async fn read_stage(
     steps: Vec<Step>,
     part: String,
 ) -> Result<RecordBatch, String> {
-    let started = Instant::now();
+    let started = stats::Timer::start();
     let block = read_source(&source).await?;
     let mut udfs = Udfs::new(&steps)?;
     let output = run_sync_steps(block, &steps, &mut udfs)?;
@@ -99,7 +103,7 @@ pub async fn map_stage(
     steps: Vec<Step>,
     part: String,
 ) -> Result<RecordBatch, String> {
-    let started = Instant::now();
+    let started = stats::Timer::start();
     let history = stats::history(&block);
     let mut udfs = Udfs::new(&steps)?;
     let output = run_sync_steps(stats::strip(block), &steps, &mut udfs)?;
@@ -129,7 +133,7 @@ impl StageActor {
 
     /// Runs the stage on one block (`part`: its part name when the stage writes).
     pub async fn apply(&self, block: RecordBatch, part: String) -> Result<RecordBatch, String> {
-        let started = Instant::now();
+        let started = stats::Timer::start();
         let history = stats::history(&block);
         let spare = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
         let mut udfs = match spare {
@@ -173,6 +177,7 @@ fn run_sync_steps(
     for (index, step) in steps.iter().enumerate() {
         block = match step {
             Step::Select(columns) => select(&block, columns)?,
+            Step::Filter(predicate) => predicate.apply(&block)?,
             Step::Map { batch_size, .. } => {
                 let udf = udfs.0[index]
                     .as_mut()
@@ -244,6 +249,14 @@ fn map_in_slices(
 /// Reads one source block.
 pub(crate) async fn read_source(source: &Source) -> Result<RecordBatch, String> {
     match source {
+        Source::Concat(parts) => {
+            let mut batches = Vec::with_capacity(parts.len());
+            for (part, _) in parts {
+                batches.push(Box::pin(read_source(part)).await?);
+            }
+            let schema = batches.first().ok_or("an empty block")?.schema();
+            arrow::compute::concat_batches(&schema, &batches).map_err(|e| e.to_string())
+        }
         Source::Range { start, end } => {
             let ids = arrow::array::Int64Array::from_iter_values(*start..*end);
             let schema = Schema::new(vec![Field::new("id", DataType::Int64, false)]);

@@ -119,6 +119,7 @@ impl NodeTable {
                 entry.last_heartbeat = Instant::now();
                 entry.record.available = heartbeat.available.clone();
                 entry.record.object_store_used = heartbeat.object_store_used;
+                entry.record.pending = heartbeat.pending.clone();
                 Ok(())
             }
         }
@@ -136,6 +137,7 @@ impl NodeTable {
         entry.record.died_at_unix_ms = unix_ms();
         entry.record.death_reason = reason.to_string();
         entry.record.available.clear();
+        entry.record.pending.clear();
         if reason.starts_with("stopped") {
             info!(node = %id, reason, "node left the cluster");
         } else {

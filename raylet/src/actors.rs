@@ -3,6 +3,7 @@
 //! worker process that runs it. When a worker ends, its resources come back
 //! and the head hears why.
 
+use crate::demand::Demand;
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -63,6 +64,7 @@ pub struct ActorHost {
     ledger: Mutex<Ledger>,
     freed: Notify,
     pool: Arc<WorkerPool>,
+    demand: Demand,
 }
 
 impl ActorHost {
@@ -80,7 +82,13 @@ impl ActorHost {
                 constructor_errors: HashMap::new(),
             }),
             pool,
+            demand: Demand::default(),
         }
+    }
+
+    /// Lease requests waiting for this node's resources.
+    pub fn demand(&self) -> &Demand {
+        &self.demand
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Ledger> {

@@ -204,11 +204,15 @@ impl HeadLink {
         interval: Duration,
         stop: &CancellationToken,
     ) -> Result<StreamEnd> {
-        let beat = |draining| Heartbeat {
-            node_id: node.node_id.clone(),
-            available: actors.available().to_proto(),
-            object_store_used: store.stats().used,
-            draining,
+        let beat = |draining| {
+            let available = actors.available();
+            Heartbeat {
+                node_id: node.node_id.clone(),
+                available: available.to_proto(),
+                object_store_used: store.stats().used,
+                draining,
+                pending: actors.demand().summary(&available),
+            }
         };
         let (sender, receiver) = mpsc::channel(4);
         sender.send(beat(false)).await.expect("receiver is alive");

@@ -125,6 +125,7 @@ impl LeaseManager {
             worker: None,
         };
         let mut last_spill_check = Instant::now();
+        let mut waiting = None;
         while pending.reservation.is_none() {
             // Register interest before trying, so a release in between is not missed.
             let freed = self.host.freed().notified();
@@ -133,6 +134,10 @@ impl LeaseManager {
             match self.host.reserve(&resources) {
                 Ok(reservation) => pending.reservation = Some(reservation),
                 Err(_) => {
+                    if waiting.is_none() {
+                        waiting = Some(self.host.demand().wait(&resources));
+                        self.prestart_for(&request, &resources);
+                    }
                     if !request.no_spillback && last_spill_check.elapsed() >= SPILLBACK_CHECK {
                         last_spill_check = Instant::now();
                         if let Some(address) = self.node_with_room(&resources).await {
@@ -146,15 +151,9 @@ impl LeaseManager {
                 }
             }
         }
+        drop(waiting);
         let reservation = pending.reservation.as_ref().expect("reserved above");
-        let mut env: std::collections::BTreeMap<String, String> = request.env.into_iter().collect();
-        // A task without GPUs sees none, rather than every GPU of the node.
-        env.insert("CUDA_VISIBLE_DEVICES".into(), reservation.devices.clone());
-        let spec = WorkerSpec {
-            program: PathBuf::from(&request.program),
-            args: request.args,
-            env,
-        };
+        let spec = worker_spec(&request, &reservation.devices);
         let worker = pending.worker.insert(
             self.pool
                 .lease(&spec)
@@ -186,6 +185,22 @@ impl LeaseManager {
             },
         );
         Ok(reply)
+    }
+
+    /// A request that waits for resources gets a worker started for it
+    /// meanwhile (one idle per program at most), so the grant does not also
+    /// wait for a process to start. Only for requests without GPUs: which
+    /// devices a GPU request gets, and so its environment, is known at grant.
+    fn prestart_for(&self, request: &WorkerLeaseRequest, resources: &ResourceSet) {
+        if resources.get(photon_proto::names::GPU) > photon_proto::Quantity::ZERO {
+            return;
+        }
+        let spec = worker_spec(request, "");
+        if self.pool.idle_count(&spec) == 0
+            && let Err(err) = self.pool.prestart(&spec, 1)
+        {
+            debug!(error = %err, "cannot prestart a worker for a waiting lease");
+        }
     }
 
     /// `ReturnWorkerLease`: the worker goes back to the pool (or is stopped)
@@ -264,5 +279,19 @@ impl LeaseManager {
             .filter(|(available, _)| available.contains(resources))
             .max_by_key(|(available, _)| available.get(photon_proto::names::CPU))
             .and_then(|(_, n)| n.info.map(|info| info.address))
+    }
+}
+
+/// The worker a lease runs: the request's program and environment, with the
+/// granted GPU instances (none is an empty list, so a task without GPUs sees
+/// none rather than every GPU of the node).
+fn worker_spec(request: &WorkerLeaseRequest, devices: &str) -> WorkerSpec {
+    let mut env: std::collections::BTreeMap<String, String> =
+        request.env.clone().into_iter().collect();
+    env.insert("CUDA_VISIBLE_DEVICES".into(), devices.to_string());
+    WorkerSpec {
+        program: PathBuf::from(&request.program),
+        args: request.args.clone(),
+        env,
     }
 }

@@ -20,6 +20,7 @@
 //! through shared memory (`local_objects`).
 
 pub mod actors;
+pub mod demand;
 mod error;
 pub mod gpu;
 mod head_link;

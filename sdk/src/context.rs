@@ -55,6 +55,21 @@ pub struct NodeView {
     pub object_store_used: u64,
     /// Its object store's capacity in bytes.
     pub object_store_capacity: u64,
+    /// Lease requests waiting for its resources, by shape.
+    pub pending: Vec<PendingDemand>,
+}
+
+/// Lease requests of one resource shape waiting on a node.
+#[derive(Clone, Debug)]
+pub struct PendingDemand {
+    /// What each request needs, by resource name.
+    pub resources: std::collections::HashMap<String, f64>,
+    /// How many wait.
+    pub count: u32,
+    /// How long the oldest has waited.
+    pub oldest_wait: std::time::Duration,
+    /// Why they wait.
+    pub reason: String,
 }
 
 /// The driver's shared state.
@@ -884,6 +899,16 @@ impl Context {
                     available: amounts(&n.available),
                     object_store_used: n.object_store_used,
                     object_store_capacity: info.object_store_capacity,
+                    pending: n
+                        .pending
+                        .iter()
+                        .map(|d| PendingDemand {
+                            resources: amounts(&d.resources),
+                            count: d.count,
+                            oldest_wait: std::time::Duration::from_millis(d.oldest_wait_ms),
+                            reason: d.reason.clone(),
+                        })
+                        .collect(),
                 })
             })
             .collect())

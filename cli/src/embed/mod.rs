@@ -63,6 +63,11 @@ pub struct EmbedArgs {
     /// GPUs per actor (fractions share a GPU).
     #[arg(long, default_value_t = 0.0)]
     num_gpus: f64,
+    /// CPUs each actor reserves, which caps how many actors a node runs
+    /// (--threads sets how many the model uses). Read tasks reserve none:
+    /// the model's work dwarfs theirs.
+    #[arg(long, default_value_t = 1.0)]
+    actor_cpus: f64,
     /// A running cluster's head (default: an embedded local cluster).
     #[arg(long)]
     address: Option<String>,
@@ -188,13 +193,15 @@ fn run_on_cluster(args: EmbedArgs) -> Result<()> {
         dataset = dataset.with_row_numbers(cluster::ROW_NUMBER);
     }
     let (min, max) = args.actors;
-    let dataset = dataset.map_batches::<cluster::EmbedBatches>(
-        spec,
-        photon_data::MapOptions::new()
-            .actors(min..=max)
-            .num_cpus(1.0)
-            .num_gpus(args.num_gpus),
-    );
+    let dataset = dataset
+        .read_num_cpus(0.0)
+        .map_batches::<cluster::EmbedBatches>(
+            spec,
+            photon_data::MapOptions::new()
+                .actors(min..=max)
+                .num_cpus(args.actor_cpus)
+                .num_gpus(args.num_gpus),
+        );
     let metadata = serde_json::json!({
         "model": model.display().to_string(),
         "inputs": args.input,
@@ -223,6 +230,10 @@ fn run_on_cluster(args: EmbedArgs) -> Result<()> {
         "output_bytes": written.bytes,
         "output": written.url,
         "reconstructions": stats.reconstructions,
+        // From the command's start (the run's stats count from the pipeline's).
+        "first_block_seconds": stats
+            .first_block
+            .map(|first| wall - stats.wall.as_secs_f64() + first.as_secs_f64()),
         "model": model.display().to_string(),
     });
     if args.json {

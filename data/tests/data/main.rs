@@ -20,7 +20,7 @@ use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::file::properties::WriterProperties;
 use photon::testing::LoopbackCluster;
 use photon::{Config, Context};
-use photon_data::{Error, MapOptions, ProgressMode};
+use photon_data::{Error, MapOptions, ProgressMode, col};
 
 use udfs::*;
 
@@ -211,6 +211,86 @@ fn parquet_in_parquet_out() -> Result<(), Failed> {
         manifest["rows"] == 100 && temporaries.is_empty(),
         format!("{manifest}"),
     )?;
+    Ok(())
+}
+
+/// filter, repartition and select on memory:// input and output, with the
+/// filter's columns checked before anything runs.
+fn filter_and_repartition_in_memory() -> Result<(), Failed> {
+    let ctx = embedded(None);
+    let name = format!("photon-data-test-{}", std::process::id());
+    let input_url = format!("memory://{name}/in");
+    let input = photon_data::location::resolve(&input_url)?
+        .local
+        .expect("memory:// is a local directory");
+    write_input(&input, 3, 2_000, 500);
+    let output_url = format!("memory://{name}/out");
+    let output = photon_data::location::resolve(&output_url)?
+        .local
+        .expect("local");
+    let dataset = photon_data::read_parquet(&ctx, [input_url.clone()])
+        .filter(col("id").gt_eq(50).and(col("id").lt(5_500)))
+        .repartition(4)
+        .map_batches::<TextLength>((), MapOptions::new().actors(1..=2))
+        .filter(col("length").lt(13).or(col("id").eq(5_000)))
+        .select_columns(&["id"])
+        .progress(ProgressMode::Off);
+    let summary = dataset.write_parquet(&output_url, false)?;
+    let (ids, manifest, temporaries) = read_output(&output);
+    // "row 999 text" is 12 long, "row 1000 text" 13.
+    let expected: Vec<i64> = (50..1_000).chain([5_000]).collect();
+    check(
+        ids == expected,
+        format!("{} ids, first {:?}", ids.len(), ids.first()),
+    )?;
+    // 4 parts although 3 files: blocks of 1,500 input rows span files.
+    check(
+        summary.parts.len() == 4 && temporaries.is_empty() && manifest["rows"] == 951,
+        format!("{} parts, {manifest}", summary.parts.len()),
+    )?;
+    let stats = dataset.stats().expect("stats");
+    check(
+        stats.stages.iter().all(|s| s.cpu > Duration::ZERO),
+        format!("no CPU time recorded: {stats}"),
+    )?;
+    // Counting runs the filter.
+    let kept = photon_data::range(&ctx, 1_000)
+        .filter(col("id").lt(10).or(col("id").gt_eq(995)))
+        .repartition(3)
+        .progress(ProgressMode::Off);
+    check(kept.count()? == 15, "range filter count")?;
+    // Bad filters fail before anything runs, naming the input and column.
+    for (predicate, needles) in [
+        (
+            col("nope").eq(1),
+            vec!["has no column \"nope\"", &input_url, "id, text"],
+        ),
+        (
+            col("text").gt(3.5),
+            vec!["column \"text\" has type Utf8", "Float(3.5)"],
+        ),
+    ] {
+        expect_invalid(
+            photon_data::read_parquet(&ctx, [input_url.clone()])
+                .filter(predicate)
+                .progress(ProgressMode::Off)
+                .write_parquet(&format!("memory://{name}/bad"), false),
+            &needles,
+        )?;
+    }
+    expect_invalid(
+        photon_data::read_parquet(&ctx, [input_url.clone()])
+            .select_columns(&["text"])
+            .filter(col("id").eq(1))
+            .progress(ProgressMode::Off)
+            .write_parquet(&format!("memory://{name}/bad"), false),
+        &["has no column \"id\"", "its columns are: text"],
+    )?;
+    check(
+        !output.with_file_name("bad").exists(),
+        "a refused pipeline wrote nothing",
+    )?;
+    std::fs::remove_dir_all(input.parent().expect("the test's directory"))?;
     Ok(())
 }
 
@@ -502,6 +582,10 @@ fn main() {
         Trial::test(
             "embedded::function_errors_name_the_block_or_skip_it",
             function_errors_name_the_block_or_skip_it,
+        ),
+        Trial::test(
+            "embedded::filter_and_repartition_in_memory",
+            filter_and_repartition_in_memory,
         ),
         Trial::test(
             "embedded::four_times_the_store_streams",

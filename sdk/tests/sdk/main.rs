@@ -240,6 +240,46 @@ fn wait_returns_the_ready_ones() -> Result<(), Failed> {
     Ok(())
 }
 
+/// Tasks waiting for a CPU show up in the node's heartbeat as pending
+/// demand with the reason, and leave it once they run.
+fn pending_demand_is_reported() -> Result<(), Failed> {
+    let ctx = photon::init(Config {
+        num_cpus: Some(1.0),
+        ..Config::default()
+    })?;
+    let tasks: Vec<_> = (0..3).map(|_| sleep_ms::remote(&ctx, 1_500u64)).collect();
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let demand = loop {
+        let nodes = ctx.cluster_nodes()?;
+        if let Some(demand) = nodes.iter().flat_map(|n| &n.pending).next() {
+            break demand.clone();
+        }
+        if std::time::Instant::now() > deadline {
+            return Err("no pending demand reported within 5 s".into());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    check(
+        demand.count >= 1 && demand.resources.get("CPU") == Some(&1.0),
+        format!("{demand:?}"),
+    )?;
+    check(
+        demand
+            .reason
+            .contains("waiting for CPU: each needs 1, 0 free"),
+        demand.reason.clone(),
+    )?;
+    check(ctx.get_all(&tasks)? == vec![1_500; 3], "all three ran")?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(3);
+    while ctx.cluster_nodes()?.iter().any(|n| !n.pending.is_empty()) {
+        if std::time::Instant::now() > deadline {
+            return Err("demand still reported after the tasks ran".into());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Ok(())
+}
+
 fn actors_keep_state_in_order() -> Result<(), Failed> {
     let ctx = embedded();
     let counter = CounterHandle::new(&ctx, 10u64)?;
@@ -369,6 +409,10 @@ fn main() {
             actor_restarts_once_then_dies,
         ),
         Trial::test("embedded::concurrent_actor_calls", concurrent_actor_calls),
+        Trial::test(
+            "embedded::pending_demand_is_reported",
+            pending_demand_is_reported,
+        ),
         Trial::test("cluster::three_raylets", cluster::three_raylets),
         Trial::test(
             "cluster::lineage_rebuilds_lost_objects",
