@@ -246,10 +246,7 @@ pub fn run(args: StatusArgs) -> anyhow::Result<()> {
         .map(|d| d.count)
         .sum();
     if waiting > 0 {
-        println!(
-            "
-pending demand: {waiting} lease request(s) waiting for resources"
-        );
+        println!("\npending demand: {waiting} lease request(s) waiting for resources");
     }
     if !view.actors.is_empty() {
         let count = |state| view.actors.iter().filter(|a| a.state == state).count();

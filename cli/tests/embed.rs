@@ -239,3 +239,102 @@ fn bad_input_fails_before_the_model_loads_and_writes_nothing() {
     );
     assert!(!out.exists(), "nothing written");
 }
+
+/// The pids of `parent`'s child processes that are actors' workers.
+fn actor_workers(parent: u32) -> Vec<i32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            // The parent pid is the 4th field of /proc/PID/stat, after "(comm)".
+            let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+                return false;
+            };
+            let after_comm = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+            after_comm.split_whitespace().nth(1) == Some(&parent.to_string())
+        })
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/environ")).is_ok_and(|environ| {
+                environ
+                    .split(|&b| b == 0)
+                    .any(|kv| kv.starts_with(b"PHOTON_ACTOR_ID="))
+            })
+        })
+        .collect()
+}
+
+/// Parts staged (not yet published) under an output directory.
+fn staged_parts(out: &Path) -> usize {
+    let Ok(entries) = std::fs::read_dir(out) else {
+        return 0;
+    };
+    entries
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().starts_with("_temporary"))
+        .filter_map(|e| std::fs::read_dir(e.path()).ok())
+        .map(|parts| parts.count())
+        .sum()
+}
+
+#[test]
+fn a_worker_killed_mid_job_loses_no_row_and_repeats_none() {
+    let dir = tempfile::tempdir().unwrap();
+    let (model, corpus, out) = (
+        dir.path().join("model"),
+        dir.path().join("corpus.parquet"),
+        dir.path().join("out"),
+    );
+    write_tiny_bert(&model, 7).unwrap();
+    const ROWS: i64 = 20_000;
+    let made = photon(&[
+        "sample-corpus",
+        "--rows",
+        &ROWS.to_string(),
+        "--output",
+        corpus.to_str().unwrap(),
+    ]);
+    assert!(made.status.success(), "{}", text(&made.stderr));
+
+    let paths = [&corpus, &out, &model].map(|p| p.to_str().unwrap().to_string());
+    let job = Command::new(PHOTON)
+        .args(["embed", "--input", &paths[0], "--output", &paths[1]])
+        .args(["--model", &paths[2], "--id-column", "id"])
+        .args(["--actors", "2", "--threads", "1", "--batch-size", "4"])
+        .arg("--json")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("photon embed starts");
+    // Once parts are being staged the actors are busy: SIGKILL one of them.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    let victim = loop {
+        let workers = actor_workers(job.id());
+        if staged_parts(&out) >= 1 && !workers.is_empty() {
+            break workers[0];
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no part staged within 2 minutes"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    // ESRCH: the job finished first; the checks below still hold.
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(victim),
+        nix::sys::signal::Signal::SIGKILL,
+    );
+
+    let run = job.wait_with_output().unwrap();
+    assert!(run.status.success(), "{}", text(&run.stderr));
+    let summary: serde_json::Value = serde_json::from_slice(&run.stdout).unwrap();
+    assert_eq!(summary["rows"], ROWS, "{summary}");
+    // The victim may have been between blocks, so a retry is likely, not certain.
+    eprintln!("reconstructions: {}", summary["reconstructions"]);
+    let (ids, _) = read_output(&out);
+    assert_eq!(ids.len() as i64, ROWS);
+    let unique: std::collections::BTreeSet<i64> = ids.into_iter().collect();
+    assert_eq!(unique, (0..ROWS).collect(), "every id once");
+    assert_eq!(staged_parts(&out), 0, "no staged part left behind");
+}

@@ -147,6 +147,7 @@ pub struct Dataset {
     repartition: Option<usize>,
     row_numbers: Option<String>,
     block_bytes: u64,
+    first_block_rows: Option<usize>,
     read_cpus: f64,
     memory_budget: Option<u64>,
     progress: ProgressMode,
@@ -195,6 +196,7 @@ impl Dataset {
             repartition: None,
             row_numbers: None,
             block_bytes: DEFAULT_BLOCK_BYTES,
+            first_block_rows: None,
             read_cpus: 1.0,
             memory_budget: None,
             progress: ProgressMode::Auto,
@@ -231,8 +233,8 @@ impl Dataset {
         self
     }
 
-    /// Runs the pipeline as exactly `blocks` blocks of equal input rows, so
-    /// a write makes `blocks` parts. Every operator maps a block to one
+    /// Runs the pipeline as `blocks` blocks of equal input rows (fewer when
+    /// the input has fewer rows), so a write makes that many parts. Every operator maps a block to one
     /// block, so the rows are rebalanced where they are read; a filter or a
     /// function that drops rows can leave blocks of unequal size.
     pub fn repartition(mut self, blocks: usize) -> Self {
@@ -291,6 +293,15 @@ impl Dataset {
     /// worker gets work.
     pub fn block_bytes(mut self, bytes: u64) -> Self {
         self.block_bytes = bytes.max(1);
+        self
+    }
+
+    /// Makes the first block at most `rows` rows (the rest keep their
+    /// size), so the first results, and the first step of the progress
+    /// bar, come out soon after the pipeline starts. Ignored with
+    /// `repartition`.
+    pub fn first_block_rows(mut self, rows: usize) -> Self {
+        self.first_block_rows = Some(rows.max(1));
         self
     }
 
@@ -498,6 +509,7 @@ impl Dataset {
                     limit: self.limit,
                     row_numbers: self.row_numbers.clone(),
                     exact_blocks: self.repartition,
+                    first_block_rows: self.first_block_rows,
                 };
                 self.ctx
                     .runtime()
@@ -511,8 +523,10 @@ impl Dataset {
                 if let Some(limit) = self.limit {
                     source::truncate(&mut blocks, limit);
                 }
-                if let Some(count) = self.repartition {
-                    blocks = source::rebalance(blocks, count);
+                match (self.repartition, self.first_block_rows) {
+                    (Some(count), _) => blocks = source::rebalance(blocks, count),
+                    (None, Some(rows)) => source::small_first_block(&mut blocks, rows),
+                    (None, None) => {}
                 }
                 let schema = arrow::datatypes::Schema::new(vec![arrow::datatypes::Field::new(
                     "id",
@@ -547,17 +561,33 @@ impl Dataset {
         let Some(first) = batches.first() else {
             return Err(Error::Invalid("from_batches was given no batches".into()));
         };
+        if let Some((index, other)) = batches
+            .iter()
+            .enumerate()
+            .find(|(_, b)| b.schema().fields() != first.schema().fields())
+        {
+            return Err(Error::Invalid(format!(
+                "from_batches: batch {index} has schema {:?}, but batch 0 has {:?}; give \
+                 batches of one schema",
+                other.schema(),
+                first.schema()
+            )));
+        }
         let mut batches = batches.clone();
         if let Some(limit) = self.limit {
             let mut left = limit;
-            batches = batches
-                .into_iter()
-                .map_while(|b| {
-                    let rows = b.num_rows().min(left);
-                    left -= rows;
-                    (rows > 0).then(|| b.slice(0, rows))
-                })
-                .collect();
+            let mut kept = Vec::new();
+            for batch in batches {
+                if left == 0 {
+                    break;
+                }
+                let rows = batch.num_rows().min(left);
+                left -= rows;
+                if rows > 0 {
+                    kept.push(batch.slice(0, rows));
+                }
+            }
+            batches = kept;
         }
         if let Some(count) = self.repartition {
             let all = arrow::compute::concat_batches(&first.schema(), &batches)
@@ -586,6 +616,16 @@ impl Dataset {
             SourceSpec::Batches(_) => "from_batches".to_string(),
         };
         let mut schema = schema.clone();
+        if let Some(name) = &self.row_numbers {
+            // Added to every block as it is read (see `steps::add_row_numbers`).
+            let mut fields: Vec<_> = schema.fields().iter().cloned().collect();
+            fields.push(Arc::new(arrow::datatypes::Field::new(
+                name,
+                arrow::datatypes::DataType::Int64,
+                false,
+            )));
+            schema = Arc::new(arrow::datatypes::Schema::new(fields));
+        }
         for op in &self.ops {
             match op {
                 Op::Map(_) => break,

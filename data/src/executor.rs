@@ -131,6 +131,7 @@ impl Executor {
                 })
                 .collect(),
         };
+        let started = Instant::now();
         let stats = Stats {
             stages: stages
                 .iter()
@@ -139,6 +140,7 @@ impl Executor {
                     ..Default::default()
                 })
                 .collect(),
+            started: Some(started),
             ..Default::default()
         };
         Self {
@@ -156,7 +158,7 @@ impl Executor {
             skipped: Vec::new(),
             progress,
             last_sample: Instant::now() - SAMPLE,
-            started: Instant::now(),
+            started,
             blocked_since: None,
         }
     }

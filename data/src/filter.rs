@@ -204,7 +204,7 @@ impl Predicate {
         match self {
             Predicate::Compare { column, op, value } => {
                 let array = column_of(batch, column)?;
-                let constant = constant_like(value, array.data_type(), column)?;
+                let (array, constant) = comparable_pair(array, value, column)?;
                 let scalar = Scalar::new(constant);
                 let array = array.as_ref();
                 match op {
@@ -247,6 +247,35 @@ fn column_of<'a>(batch: &'a RecordBatch, name: &str) -> Result<&'a ArrayRef, Str
             names.join(", ")
         )
     })
+}
+
+/// The column and constant to compare: the constant cast to the column's
+/// type (its values' type for a dictionary column), or, for a whole number
+/// outside an integer column's range (`u8 < 1000`, `u32 > -1`), both as
+/// Float64, which keeps their order.
+fn comparable_pair(
+    array: &ArrayRef,
+    value: &Value,
+    column: &str,
+) -> Result<(ArrayRef, ArrayRef), String> {
+    let data_type = compared_type(array.data_type());
+    match constant_like(value, data_type, column) {
+        Ok(constant) => Ok((array.clone(), constant)),
+        Err(refused) if data_type.is_integer() && same_kind(value, data_type) => {
+            let wide = |a: &ArrayRef| arrow::compute::cast(a, &DataType::Float64);
+            let constant = constant_like(value, &DataType::Float64, column)?;
+            Ok((wide(array).map_err(|_| refused)?, constant))
+        }
+        Err(refused) => Err(refused),
+    }
+}
+
+/// The type a column's values compare as: a dictionary's values' type.
+fn compared_type(data_type: &DataType) -> &DataType {
+    match data_type {
+        DataType::Dictionary(_, values) => values,
+        other => other,
+    }
 }
 
 /// `value` as a one-element array of `data_type`.
@@ -294,7 +323,9 @@ fn same_kind(value: &Value, data_type: &DataType) -> bool {
 
 /// Whether a column of `data_type` can be compared with `value`.
 fn comparable(value: &Value, data_type: &DataType) -> bool {
+    let data_type = compared_type(data_type);
     constant_like(value, data_type, "").is_ok()
+        || data_type.is_integer() && same_kind(value, data_type)
 }
 
 /// Checks that `schema` (of `input`, for messages) has the columns
@@ -431,5 +462,36 @@ mod tests {
             &DataType::Date32
         ));
         assert!(!comparable(&Value::Bool(true), &DataType::Int8));
+    }
+
+    #[test]
+    fn out_of_range_constants_and_dictionary_columns_compare() {
+        let schema = Schema::new(vec![
+            Field::new("small", DataType::UInt8, false),
+            Field::new(
+                "lang",
+                DataType::Dictionary(Box::new(DataType::Int32), Box::new(DataType::Utf8)),
+                false,
+            ),
+        ]);
+        let lang: arrow::array::DictionaryArray<arrow::datatypes::Int32Type> =
+            vec!["en", "de", "en"].into_iter().collect();
+        let batch = RecordBatch::try_new(
+            Arc::new(schema),
+            vec![
+                Arc::new(arrow::array::UInt8Array::from(vec![0, 200, 255])),
+                Arc::new(lang),
+            ],
+        )
+        .unwrap();
+        let rows = |predicate: Predicate| predicate.apply(&batch).unwrap().num_rows();
+        assert_eq!(rows(col("small").lt(1000)), 3);
+        assert_eq!(rows(col("small").gt(-1)), 3);
+        assert_eq!(rows(col("small").eq(300)), 0);
+        assert_eq!(rows(col("small").gt(199)), 2);
+        assert_eq!(rows(col("lang").eq("en")), 2);
+        assert!(check(&col("small").lt(1000), batch.schema().as_ref(), "input").is_ok());
+        assert!(check(&col("lang").eq("de"), batch.schema().as_ref(), "input").is_ok());
+        assert!(check(&col("lang").eq(1), batch.schema().as_ref(), "input").is_err());
     }
 }

@@ -42,7 +42,8 @@ fn invalid(message: String) -> Error {
     Error::Invalid(message)
 }
 
-/// Resolves a local path, `file://` URL or (with the `s3` feature) `s3://` URL.
+/// Resolves a local path, `file://` URL, `memory://` URL or (with the `s3`
+/// feature) `s3://` URL.
 pub fn resolve(url: &str) -> Result<Location> {
     let display = match url.trim_end_matches('/') {
         "" => url.to_string(),
@@ -92,12 +93,22 @@ fn local(path: &FsPath, display: String) -> Result<Location> {
 /// and gone at reboot. For tests and single-node scratch data: an in-process
 /// store would be invisible to the worker processes.
 fn memory(url: &str, display: String) -> Result<Location> {
-    let rest = url.trim_start_matches("memory://");
-    if rest.split('/').any(|part| part == "..") {
-        return Err(invalid(format!("{url}: memory:// paths may not hold `..`")));
+    // `memory:///x` and `memory://x` name the same dataset; the path must
+    // stay under the memory root (joining an absolute path would leave it).
+    let rest = url.trim_start_matches("memory://").trim_start_matches('/');
+    let parts: Vec<&str> = rest.split('/').filter(|part| !part.is_empty()).collect();
+    if parts.is_empty() {
+        return Err(invalid(format!(
+            "{url}: name a dataset, e.g. memory://my-data/part.parquet"
+        )));
+    }
+    if parts.iter().any(|&part| part == ".." || part == ".") {
+        return Err(invalid(format!(
+            "{url}: memory:// paths may not hold `.` or `..`"
+        )));
     }
     let root = memory_root()?;
-    local(&root.join(rest), display)
+    local(&root.join(parts.join("/")), display)
 }
 
 /// The directory holding this user's `memory://` files.
@@ -114,6 +125,16 @@ fn memory_root() -> Result<PathBuf> {
         .mode(0o700)
         .create(&root)
         .map_err(|e| invalid(format!("cannot create {}: {e}", root.display())))?;
+    // /dev/shm is shared by every user: use the directory only if it is a
+    // real directory of ours that no one else can read or write.
+    let owned = std::fs::symlink_metadata(&root)
+        .is_ok_and(|m| m.file_type().is_dir() && m.uid() == uid && m.mode() & 0o077 == 0);
+    if !owned {
+        return Err(invalid(format!(
+            "{} is not a private directory of this user (uid {uid}): remove it and retry",
+            root.display()
+        )));
+    }
     Ok(root)
 }
 
@@ -201,7 +222,12 @@ mod tests {
         );
         assert_eq!(location.display, "memory://tests/a/b.parquet");
         let err = resolve("memory://../x").err().unwrap().to_string();
-        assert!(err.contains("may not hold `..`"), "{err}");
+        assert!(err.contains("may not hold `.` or `..`"), "{err}");
+        // An absolute-looking path stays under the memory root.
+        let rooted = resolve("memory:///etc/x").unwrap().local.unwrap();
+        assert!(rooted.ends_with("etc/x") && rooted != FsPath::new("/etc/x"));
+        let err = resolve("memory://").err().unwrap().to_string();
+        assert!(err.contains("name a dataset"), "{err}");
     }
 
     #[test]

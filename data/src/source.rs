@@ -47,6 +47,8 @@ pub(crate) struct Cutting {
     /// Exactly this many blocks of equal rows (`repartition`), instead of
     /// `target_bytes` and `min_blocks`.
     pub exact_blocks: Option<usize>,
+    /// The first block holds at most this many rows (not with `exact_blocks`).
+    pub first_block_rows: Option<usize>,
 }
 
 /// One input file with its footer.
@@ -92,6 +94,9 @@ pub(crate) async fn plan(
     }
     if cutting.exact_blocks.is_none() {
         split_until(&mut blocks, cutting.min_blocks);
+        if let Some(rows) = cutting.first_block_rows {
+            small_first_block(&mut blocks, rows);
+        }
     }
     if let Some(limit) = cutting.limit {
         truncate(&mut blocks, limit);
@@ -283,6 +288,19 @@ pub(crate) fn split_until(blocks: &mut Vec<SourceBlock>, min_blocks: usize) {
         let (first, second) = halve(&block);
         blocks.insert(index, second);
         blocks.insert(index, first);
+    }
+}
+
+/// Cuts the first block down to `rows` rows (the rest becomes the second
+/// block), so the pipeline's first output comes soon after it starts: with
+/// a model in the map stage, a block of thousands of rows takes a minute.
+pub(crate) fn small_first_block(blocks: &mut Vec<SourceBlock>, rows: usize) {
+    let Some(first) = blocks.first() else {
+        return;
+    };
+    if rows > 0 && first.rows > rows {
+        let (head, tail) = split_at(first, rows);
+        blocks.splice(0..1, [head, tail]);
     }
 }
 
@@ -578,4 +596,31 @@ pub fn glob_match(pattern: &str, name: &str) -> bool {
         }
     }
     pattern[p..].iter().all(|&c| c == '*')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ranges(blocks: &[SourceBlock]) -> Vec<String> {
+        blocks.iter().map(|b| b.origin.clone()).collect()
+    }
+
+    #[test]
+    fn the_first_block_can_be_cut_small() {
+        let mut blocks = range_blocks(1_000, 500);
+        small_first_block(&mut blocks, 64);
+        assert_eq!(
+            ranges(&blocks),
+            [
+                "range rows 0..64",
+                "range rows 64..500",
+                "range rows 500..1000"
+            ]
+        );
+        // A first block already that small stays as it is.
+        let mut blocks = range_blocks(100, 50);
+        small_first_block(&mut blocks, 64);
+        assert_eq!(blocks.len(), 2);
+    }
 }

@@ -155,6 +155,8 @@ pub struct StageStats {
 pub struct Stats {
     /// Per stage, in pipeline order.
     pub stages: Vec<StageStats>,
+    /// When the run started (to time `first_block` from a caller's clock).
+    pub started: Option<std::time::Instant>,
     /// The whole run.
     pub wall: Duration,
     /// From the run's start to the first block out of the last stage.

@@ -87,10 +87,11 @@ impl Demand {
 
 fn reason(shape: &ResourceSet, available: &ResourceSet) -> String {
     match available.shortfall(shape) {
-        Some((name, wanted, free)) => format!(
-            "waiting for {name}: each needs {wanted}, {free} free on this node, and no other \
-             node has room"
-        ),
+        // Whether another node has room is the spillback's business (and a
+        // no-spillback request never asks): say only what this node knows.
+        Some((name, wanted, free)) => {
+            format!("waiting for {name}: each needs {wanted}, {free} free on this node")
+        }
         None => "resources were just freed; being granted".to_string(),
     }
 }

@@ -17,8 +17,9 @@ pub mod corpus;
 pub mod input;
 pub mod output;
 
-/// Rows embedded between progress updates. The first chunk is small so the
-/// first vectors (and the time to them) come quickly.
+/// Rows embedded between progress updates. The first chunk (in process) and
+/// the first block (on a cluster) are small so the first vectors, and the
+/// time to them, come quickly.
 const CHUNK_ROWS: usize = 2_048;
 const FIRST_CHUNK_ROWS: usize = 64;
 
@@ -195,6 +196,7 @@ fn run_on_cluster(args: EmbedArgs) -> Result<()> {
     let (min, max) = args.actors;
     let dataset = dataset
         .read_num_cpus(0.0)
+        .first_block_rows(FIRST_CHUNK_ROWS)
         .map_batches::<cluster::EmbedBatches>(
             spec,
             photon_data::MapOptions::new()
@@ -231,9 +233,9 @@ fn run_on_cluster(args: EmbedArgs) -> Result<()> {
         "output": written.url,
         "reconstructions": stats.reconstructions,
         // From the command's start (the run's stats count from the pipeline's).
-        "first_block_seconds": stats
-            .first_block
-            .map(|first| wall - stats.wall.as_secs_f64() + first.as_secs_f64()),
+        "first_block_seconds": stats.first_block.zip(stats.started).map(|(first, run)| {
+            (run.duration_since(started) + first).as_secs_f64()
+        }),
         "model": model.display().to_string(),
     });
     if args.json {

@@ -259,6 +259,20 @@ fn filter_and_repartition_in_memory() -> Result<(), Failed> {
         .repartition(3)
         .progress(ProgressMode::Off);
     check(kept.count()? == 15, "range filter count")?;
+    // A filter on the row-number column; a small first block.
+    let numbered = photon_data::read_parquet(&ctx, [input_url.clone()])
+        .with_row_numbers("n")
+        .first_block_rows(7)
+        .filter(col("n").lt(100))
+        .select_columns(&["n"])
+        .progress(ProgressMode::Off);
+    let batches = numbered.take(1_000)?;
+    let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
+    check(rows == 100, format!("{rows} numbered rows"))?;
+    check(
+        batches.iter().any(|b| b.num_rows() == 7),
+        "the first block holds 7 rows",
+    )?;
     // Bad filters fail before anything runs, naming the input and column.
     for (predicate, needles) in [
         (
