@@ -249,6 +249,12 @@ impl Executor {
 
     fn dispatch(&mut self, stage: usize) -> Result<()> {
         while let Some((block, input)) = self.queues[stage].front().cloned() {
+            if block != 0 && self.first_block_upstream_of(stage) {
+                // The first block goes first (it is the small one with
+                // `first_block_rows`): later blocks whose reads finished
+                // sooner would queue ahead of it at the actors.
+                return Ok(());
+            }
             let steps = self.stages[stage].steps.clone();
             // Only a stage ending in a write uses it.
             let part = part_name(block);
@@ -294,6 +300,15 @@ impl Executor {
         Ok(())
     }
 
+    /// Whether block 0 is still queued or running in a stage before `stage`
+    /// (then it will reach `stage`: no wait on it can last forever).
+    fn first_block_upstream_of(&self, stage: usize) -> bool {
+        self.running.iter().any(|r| r.block == 0 && r.stage < stage)
+            || self.queues[..stage]
+                .iter()
+                .any(|queue| queue.iter().any(|(block, _)| *block == 0))
+    }
+
     /// Handles a finished call. False when `deliver` wants no more.
     fn finished(
         &mut self,
@@ -319,7 +334,12 @@ impl Executor {
             .unwrap_or_default();
         if stage + 1 < self.stages.len() {
             self.progress.stage_done(stage, 0);
-            self.queues[stage + 1].push_back((block, Some(output)));
+            // Earlier blocks first (this queue only grows here, so it stays
+            // sorted): the small first block reaches the next stage before
+            // blocks whose reads happened to finish sooner.
+            let queue = &mut self.queues[stage + 1];
+            let at = queue.partition_point(|(queued, _)| *queued < block);
+            queue.insert(at, (block, Some(output)));
             return Ok(true);
         }
         // The last stage: fetch the result (a write summary, or the data).

@@ -140,7 +140,8 @@ impl StageActor {
             Some(udfs) => udfs,
             None => Udfs::new(&self.steps)?,
         };
-        let output = run_sync_steps(stats::strip(block), &self.steps, &mut udfs);
+        let output =
+            photon::run_blocking(|| run_sync_steps(stats::strip(block), &self.steps, &mut udfs));
         self.idle
             .lock()
             .unwrap_or_else(|p| p.into_inner())

@@ -67,6 +67,23 @@ pub use worker::worker_entry;
 /// Arrow, as the SDK uses it (record batches travel as Arrow IPC).
 pub use arrow;
 
+/// Runs a long synchronous piece of work (a model's forward pass) inside an
+/// `async` remote function or actor method; synchronous ones are run so
+/// already. On a multi-threaded runtime the thread first hands its queued
+/// tasks to another thread: tokio keeps a just-woken task (the reply stream
+/// that the previous call's result woke) in a slot of this thread that no
+/// other thread takes, so without this each reply waits for the next call
+/// to finish.
+pub fn run_blocking<T>(body: impl FnOnce() -> T) -> T {
+    use tokio::runtime::{Handle, RuntimeFlavor};
+    match Handle::try_current() {
+        Ok(handle) if handle.runtime_flavor() == RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(body)
+        }
+        _ => body(),
+    }
+}
+
 /// What the macros' generated code uses. Not a stable API.
 #[doc(hidden)]
 pub mod __private {
@@ -78,4 +95,5 @@ pub mod __private {
         ActorClass, ActorInstance, Args, BoxFuture, RemoteFunction, check_arity, decode,
         decode_batch, encode, encode_batch,
     };
+    pub use crate::run_blocking;
 }

@@ -455,7 +455,6 @@ fn method_arm(method: &Method, self_ty: &Type, class: &Ident) -> TokenStream2 {
     let name = ident.to_string();
     let cfgs = cfg_attrs(func);
     let (decode, locals) = signature::decode_args(args, &format!("::{class}::{name}"));
-    let wait = signature::await_suffix(&func.sig);
     // The lock guard lives until the result is encoded, across the method's `.await` if any.
     let (lock, receiver) = if *mutable {
         (
@@ -469,7 +468,10 @@ fn method_arm(method: &Method, self_ty: &Type, class: &Ident) -> TokenStream2 {
         )
     };
     // Fully qualified so that a method of the guard type cannot be picked instead.
-    let call = quote!(<#self_ty>::#ident(#receiver, #(#locals),*) #wait);
+    let call = signature::invoke(
+        &func.sig,
+        quote!(<#self_ty>::#ident(#receiver, #(#locals),*)),
+    );
     let result = signature::encode_output(output, call);
     quote! {
         #(#cfgs)*
@@ -492,8 +494,7 @@ fn constructor_arm(ctor: &Constructor, self_ty: &Type, class: &Ident) -> TokenSt
     let name = ident.to_string();
     let cfgs = cfg_attrs(func);
     let (decode, locals) = signature::decode_args(args, &format!("::{class}::{name}"));
-    let wait = signature::await_suffix(&func.sig);
-    let call = quote!(<#self_ty>::#ident(#(#locals),*) #wait);
+    let call = signature::invoke(&func.sig, quote!(<#self_ty>::#ident(#(#locals),*)));
     let value = if *fallible {
         quote! {
             match #call {

@@ -321,12 +321,15 @@ pub(crate) fn encode_output(output: &Output, call: TokenStream2) -> TokenStream2
     }
 }
 
-/// The `.await` to append to a call of `sig`'s function, if it is `async`.
-pub(crate) fn await_suffix(sig: &Signature) -> TokenStream2 {
+/// `call` of `sig`'s function as the worker runs it: awaited if it is
+/// `async`; otherwise through `run_blocking`, so that a long synchronous
+/// body does not hold up the tasks queued on its runtime thread (the reply
+/// of the call before it among them).
+pub(crate) fn invoke(sig: &Signature, call: TokenStream2) -> TokenStream2 {
     if sig.asyncness.is_some() {
-        quote!(.await)
+        quote!(#call.await)
     } else {
-        quote!()
+        quote!(::photon::__private::run_blocking(|| #call))
     }
 }
 
