@@ -292,6 +292,11 @@ pub mod __private {
 
     pub struct ArgData(pub Vec<u8>);
 
+    /// As the SDK's: runs a synchronous body (here simply in place).
+    pub fn run_blocking<T>(body: impl FnOnce() -> T) -> T {
+        body()
+    }
+
     impl Deref for ArgData {
         type Target = [u8];
         fn deref(&self) -> &[u8] {
