@@ -666,7 +666,8 @@ mod tests {
         assert!(out.contains(run), "{out}");
         assert!(
             out.contains(
-                "::std::ops::Deref::deref(&guard),__photon_arg_0);::photon::__private::encode(&())"
+                "run_blocking(||<Worker>::run(::std::ops::Deref::deref(&guard),__photon_arg_0));\
+                 ::photon::__private::encode(&())"
             ),
             "{out}"
         );

@@ -184,7 +184,7 @@ mod tests {
         assert!(out.contains("check_arity(&args,2usize,"), "{out}");
         assert!(out.contains("\"argument`b`of\""), "{out}");
         assert!(
-            out.contains("encode(&self::add(__photon_arg_0,__photon_arg_1))"),
+            out.contains("encode(&::photon::__private::run_blocking(||self::add(__photon_arg_0,__photon_arg_1)))"),
             "{out}"
         );
         assert!(out.contains("inventory::submit!"), "{out}");
@@ -224,7 +224,7 @@ mod tests {
         assert!(out.contains("pub(crate)modping{"), "{out}");
         assert!(out.contains("->::photon::ObjectRef<()>"), "{out}");
         assert!(
-            out.contains("self::ping();::photon::__private::encode(&())"),
+            out.contains("run_blocking(||self::ping());::photon::__private::encode(&())"),
             "{out}"
         );
         assert_eq!(out.matches("#[cfg(feature=\"x\")]").count(), 3, "{out}");
