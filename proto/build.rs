@@ -17,12 +17,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         ".photon.v1.ObjectChunk.data",
         ".photon.v1.TaskArg.value",
         ".photon.v1.TaskReply.value",
+        ".photon.v1.PackageChunk.data",
+        ".photon.v1.LogChunk.data",
     ]);
     tonic_prost_build::configure().compile_with_config(
         prost_config,
         &[
             "proto/photon/v1/common.proto",
             "proto/photon/v1/head.proto",
+            "proto/photon/v1/job.proto",
             "proto/photon/v1/raylet.proto",
             "proto/photon/v1/task.proto",
             "proto/photon/v1/worker.proto",

@@ -5,7 +5,9 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod connect;
 mod embed;
+mod job;
 mod microbenchmark;
 mod model;
 mod session;
@@ -27,6 +29,11 @@ enum Command {
     Start(start::StartArgs),
     /// Show the cluster's nodes, their resources and liveness.
     Status(status::StatusArgs),
+    /// Submit jobs to a running cluster and follow, inspect, stop and list them.
+    Job {
+        #[command(subcommand)]
+        command: job::JobCommand,
+    },
     /// Stop what `photon start` started on this machine.
     Stop(stop::StopArgs),
     /// Embed a Parquet column of texts with a sentence-transformers model
@@ -75,6 +82,10 @@ fn main() -> ExitCode {
         Command::Start(args) => start::run(args),
         Command::Status(args) => status::run(args),
         Command::Stop(args) => stop::run(args),
+        Command::Job { command } => match job::run(command) {
+            Ok(code) => return code,
+            Err(err) => Err(err),
+        },
         Command::Embed(args) => embed::run(args),
         Command::Model { command } => model::run(command),
         Command::SampleCorpus { output, rows, seed } => {

@@ -19,6 +19,8 @@ use crate::session::{self, ClusterFile, PidFile};
 
 /// Default port of a head.
 pub const DEFAULT_HEAD_PORT: u16 = 6380;
+/// Default port of a head's status page and metrics (Ray's dashboard port).
+pub const DEFAULT_METRICS_PORT: u16 = 8265;
 /// How long a detached start waits for its process to be ready.
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -62,6 +64,11 @@ pub struct StartArgs {
     /// Silence after which the head declares a node dead, in milliseconds.
     #[arg(long, default_value_t = 3000, requires = "head")]
     node_timeout_ms: u64,
+    /// HTTP port for the status page (head), `/metrics`, `/healthz` and
+    /// `/readyz`; 0 picks a free one. Heads serve on 8265 unless given;
+    /// raylets serve only when given.
+    #[arg(long)]
+    metrics_port: Option<u16>,
     /// Stay in the foreground until SIGTERM/SIGINT.
     #[arg(long)]
     block: bool,
@@ -151,10 +158,14 @@ fn start_detached(args: &StartArgs) -> anyhow::Result<()> {
     }
 }
 
-async fn bind(host: &str, port: u16) -> anyhow::Result<TcpListener> {
-    let address: SocketAddr = format!("{host}:{port}")
+fn socket_address(host: &str, port: u16) -> anyhow::Result<SocketAddr> {
+    format!("{host}:{port}")
         .parse()
-        .with_context(|| format!("--host {host:?} is not an IP address"))?;
+        .with_context(|| format!("--host {host:?} is not an IP address"))
+}
+
+async fn bind(host: &str, port: u16) -> anyhow::Result<TcpListener> {
+    let address = socket_address(host, port)?;
     TcpListener::bind(address).await.map_err(|err| {
         if err.kind() == std::io::ErrorKind::AddrInUse {
             anyhow::anyhow!(
@@ -188,6 +199,10 @@ async fn run_blocking(args: StartArgs, overrides: ResourceOverrides) -> anyhow::
         config.resources = overrides;
         config.store = store;
         config.log_dir = session::home().join(format!("worker-logs-{pid}"));
+        config.metrics_address = args
+            .metrics_port
+            .map(|port| socket_address(&args.host, port))
+            .transpose()?;
         let listener = bind(&args.host, 0).await?;
         photon_raylet::run(
             config,
@@ -251,6 +266,8 @@ async fn run_head(
     let address = listener.local_addr()?.to_string();
     let mut config = HeadConfig::new(&session_dir, token.clone());
     config.node_timeout = Duration::from_millis(args.node_timeout_ms);
+    let metrics_port = args.metrics_port.unwrap_or(DEFAULT_METRICS_PORT);
+    config.metrics_address = Some(socket_address(&args.host, metrics_port)?);
     // The head stops after the raylet, so the raylet's goodbye reaches it.
     let head_stop = tokio_util::sync::CancellationToken::new();
     let mut head = tokio::spawn(photon_head::run(
@@ -266,6 +283,9 @@ async fn run_head(
     }
     .write()?;
     println!("head at {address}, session {}", session_dir.display());
+    if metrics_port != 0 {
+        println!("status page at http://{}:{metrics_port}/", args.host);
+    }
     let raylet = if args.no_raylet {
         PidFile {
             role: "head".into(),

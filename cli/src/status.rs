@@ -2,27 +2,20 @@
 
 use std::collections::BTreeMap;
 
-use anyhow::Context;
 use clap::Args;
-use photon_proto::auth::AttachToken;
-use photon_proto::v1::head_client::HeadClient;
 use photon_proto::v1::{
     ActorRecord, ActorState, GetClusterStatusRequest, ListActorsRequest, NodeRecord, NodeState,
 };
 use photon_proto::{ActorId, NodeId, ResourceSet};
 use serde::Serialize;
 
-use crate::session;
+use crate::connect::{Head, HeadArgs};
 
 /// Arguments of `photon status`.
 #[derive(Debug, Clone, Args)]
 pub struct StatusArgs {
-    /// The head, HOST:PORT (default: PHOTON_ADDRESS or this machine's head).
-    #[arg(long)]
-    address: Option<String>,
-    /// Cluster token (default: PHOTON_TOKEN or this machine's head).
-    #[arg(long)]
-    token: Option<String>,
+    #[command(flatten)]
+    head: HeadArgs,
     /// Print JSON instead of a table.
     #[arg(long)]
     json: bool,
@@ -41,6 +34,8 @@ struct NodeView {
     object_store_capacity: u64,
     last_heartbeat_age_ms: u64,
     pid: u32,
+    /// Where the raylet serves /metrics and health probes (empty: nowhere).
+    metrics_address: String,
     /// Lease requests waiting on the node, by shape.
     pending: Vec<DemandView>,
 }
@@ -97,6 +92,8 @@ struct ClusterView {
     cluster_id: String,
     protocol_version: u32,
     head_uptime_ms: u64,
+    /// Where the head serves its status page and /metrics (empty: nowhere).
+    metrics_address: String,
     nodes: Vec<NodeView>,
     actors: Vec<ActorView>,
 }
@@ -126,6 +123,7 @@ fn node_view(record: NodeRecord) -> NodeView {
         object_store_capacity: info.object_store_capacity,
         last_heartbeat_age_ms: record.last_heartbeat_age_ms,
         pid: info.pid,
+        metrics_address: info.metrics_address,
         pending: record
             .pending
             .into_iter()
@@ -141,26 +139,13 @@ fn node_view(record: NodeRecord) -> NodeView {
 
 /// Runs `photon status`.
 pub fn run(args: StatusArgs) -> anyhow::Result<()> {
-    let address = session::resolve_address(args.address)?;
-    let token = session::resolve_token(args.token)?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let reply = runtime.block_on(async {
-        let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{address}"))
-            .with_context(|| format!("{address:?} is not a HOST:PORT address"))?
-            .connect_timeout(std::time::Duration::from_secs(3));
-        let channel = endpoint
-            .connect()
-            .await
-            .with_context(|| format!("cannot reach the head at {address}; is it running?"))?;
-        let mut client = HeadClient::with_interceptor(
-            channel,
-            AttachToken::new(&token).map_err(anyhow::Error::msg)?,
-        );
-        let answered = |status: tonic::Status| {
-            anyhow::anyhow!("the head at {address} answered: {}", status.message())
-        };
+    let (address, reply) = runtime.block_on(async {
+        let head = Head::connect(&args.head).await?;
+        let mut client = head.head();
+        let answered = |status| head.refused(status);
         let cluster = client
             .get_cluster_status(GetClusterStatusRequest {})
             .await
@@ -169,7 +154,10 @@ pub fn run(args: StatusArgs) -> anyhow::Result<()> {
             .list_actors(ListActorsRequest {})
             .await
             .map_err(answered)?;
-        Ok::<_, anyhow::Error>((cluster.into_inner(), actors.into_inner().actors))
+        Ok::<_, anyhow::Error>((
+            head.address.clone(),
+            (cluster.into_inner(), actors.into_inner().actors),
+        ))
     })?;
     let (reply, actors) = reply;
     let view = ClusterView {
@@ -177,6 +165,7 @@ pub fn run(args: StatusArgs) -> anyhow::Result<()> {
         cluster_id: reply.cluster_id,
         protocol_version: reply.protocol_version,
         head_uptime_ms: reply.head_uptime_ms,
+        metrics_address: reply.metrics_address,
         nodes: reply.nodes.into_iter().map(node_view).collect(),
         actors: actors.into_iter().map(actor_view).collect(),
     };
@@ -191,6 +180,9 @@ pub fn run(args: StatusArgs) -> anyhow::Result<()> {
         view.address,
         view.nodes.len() - alive
     );
+    if !view.metrics_address.is_empty() {
+        println!("status page: http://{}/", view.metrics_address);
+    }
     for node in &view.nodes {
         let short_id = &node.node_id[..node.node_id.len().min(12)];
         println!("\n  node {short_id}  {}  {}", node.address, node.state);

@@ -14,6 +14,12 @@ pub enum Error {
         /// What failed.
         message: String,
     },
+    /// The HTTP endpoint (status page, metrics) cannot listen.
+    #[error("head status page: {message}")]
+    Http {
+        /// What failed, and what to do.
+        message: String,
+    },
     /// The gRPC server failed.
     #[error("head server on {address}: {source}")]
     Serve {

@@ -1,11 +1,17 @@
 //! Photon's head: the global control store.
 //!
-//! Owns the cluster's tables — today nodes (resources, liveness), a named KV
-//! and the object directory (in memory, re-reported by raylets); jobs, actors
-//! and lineage join them. Places actors (best fit for GPUs) and restarts them
-//! per `max_restarts` when their worker or node dies — persisted in
-//! redb under the session directory so that a `kill -9` and restart of the head
-//! loses nothing registered. Decides node liveness: a node is dead when its
+//! Owns the cluster's tables — nodes (resources, liveness), jobs, actors,
+//! lineage and a named KV, persisted in redb under the session directory so
+//! that a `kill -9` and restart of the head loses nothing registered — and
+//! the object directory (in memory, re-reported by raylets). Places actors
+//! (best fit for GPUs) and restarts them per `max_restarts` when their worker
+//! or node dies.
+//!
+//! Runs submitted jobs (`supervisor`): their programs and working
+//! directories arrive as content-hashed packages (`packages`), their drivers
+//! run on the head node with their output in the job's log, and everything a
+//! job leaves running is ended with it. Serves a status page, Prometheus
+//! metrics and health probes over HTTP (`http`). Decides node liveness: a node is dead when its
 //! heartbeats stop for `node_timeout` (default 3 s), or at once when its
 //! heartbeat stream breaks and a TCP probe of its raylet fails.
 //!
@@ -13,14 +19,20 @@
 
 mod actors;
 mod error;
+mod http;
+mod job_service;
+mod jobs;
 mod lineage;
 mod nodes;
 mod objects;
 mod persist;
+mod packages;
 mod placement;
 mod service;
+mod supervisor;
 
 use std::future::Future;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -28,6 +40,7 @@ use std::time::{Duration, Instant};
 use photon_proto::VersionService;
 use photon_proto::auth::RequireToken;
 use photon_proto::v1::head_server::HeadServer;
+use photon_proto::v1::jobs_server::JobsServer;
 use photon_proto::v1::version_server::VersionServer;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -36,8 +49,12 @@ use tracing::info;
 
 pub use error::{Error, Result};
 pub use persist::Persistence;
+pub use supervisor::env as job_env;
 
 use crate::actors::ActorTable;
+use crate::job_service::JobService;
+use crate::jobs::JobTable;
+use crate::packages::Packages;
 use crate::lineage::LineageTable;
 use crate::nodes::NodeTable;
 use crate::objects::ObjectDirectory;
@@ -59,6 +76,9 @@ pub struct HeadConfig {
     pub heartbeat_interval: Duration,
     /// Silence after which a node is declared dead.
     pub node_timeout: Duration,
+    /// Where to serve the status page, `/metrics` and health probes over
+    /// HTTP (port 0 picks one); `None`: not at all.
+    pub metrics_address: Option<SocketAddr>,
 }
 
 impl HeadConfig {
@@ -69,6 +89,7 @@ impl HeadConfig {
             token: token.into(),
             heartbeat_interval: Duration::from_millis(500),
             node_timeout: Duration::from_secs(3),
+            metrics_address: None,
         }
     }
 }
@@ -84,21 +105,34 @@ pub async fn run(
         .local_addr()
         .map_or_else(|_| "?".to_string(), |a| a.to_string());
     let data_dir = config.data_dir.clone();
-    let (persistence, (records, actor_records, lineage_records), cluster_id) =
+    let (persistence, (records, actor_records, lineage_records, job_records), cluster_id) =
         tokio::task::spawn_blocking(move || {
             let persistence = Persistence::open(&data_dir)?;
             let records = persistence.load_nodes()?;
             let actor_records = persistence.load_actors()?;
             let lineage_records = persistence.load_lineage()?;
+            let job_records = persistence.load_jobs()?;
             let cluster_id = persistence.cluster_id()?;
             Ok::<_, Error>((
                 persistence,
-                (records, actor_records, lineage_records),
+                (records, actor_records, lineage_records, job_records),
                 cluster_id,
             ))
         })
         .await
         .expect("head store task panicked")?;
+    let http_listener = match config.metrics_address {
+        Some(at) => Some(
+            photon_ops::bind(at, "--metrics-port")
+                .await
+                .map_err(|message| Error::Http { message })?,
+        ),
+        None => None,
+    };
+    let metrics_address = http_listener
+        .as_ref()
+        .and_then(|l| l.local_addr().ok())
+        .map_or_else(String::new, |a| a.to_string());
     let nodes = NodeTable::default();
     let restored = records.len();
     nodes.restore(records);
@@ -117,11 +151,28 @@ pub async fn run(
         raylets: Default::default(),
         token: config.token.clone(),
         unconfirmed_actors: Default::default(),
+        jobs: JobTable::default(),
+        packages: Packages::new(&config.data_dir),
+        data_dir: config.data_dir.clone(),
+        address: driver_address(&address),
+        metrics_address,
     });
+    state.jobs.restore(job_records);
     state.actors.restore(actor_records);
     state.lineage.restore(lineage_records);
     *state.unconfirmed_actors.lock().expect("fresh lock") = state.actors.alive_ids();
     info!(%address, restored_nodes = restored, cluster = %state.cluster_id, "head started");
+    state.resume_jobs().await;
+    let readiness = photon_ops::Readiness::default();
+    if let Some(listener) = http_listener {
+        info!(address = %state.metrics_address, "status page and metrics served");
+        let router = http::router(state.clone(), readiness.clone());
+        state.tasks.spawn(photon_ops::serve(
+            listener,
+            router,
+            state.cancel.clone().cancelled_owned(),
+        ));
+    }
 
     let detector = state
         .tasks
@@ -131,8 +182,13 @@ pub async fn run(
     let service = HeadService {
         state: state.clone(),
     };
+    let jobs = JobService {
+        state: state.clone(),
+    };
+    readiness.set(true);
     let served = tonic::transport::Server::builder()
         .add_service(HeadServer::with_interceptor(service, auth.clone()))
+        .add_service(JobsServer::with_interceptor(jobs, auth.clone()))
         .add_service(VersionServer::with_interceptor(VersionService, auth))
         .serve_with_incoming_shutdown(photon_proto::net::incoming_nodelay(listener), shutdown)
         .await;
@@ -143,6 +199,15 @@ pub async fn run(
     state.tasks.wait().await;
     info!(%address, "head stopped");
     served.map_err(|source| Error::Serve { address, source })
+}
+
+/// The head's address as a driver on this node dials it: a wildcard listen
+/// address becomes loopback.
+fn driver_address(listening: &str) -> String {
+    match listening.parse::<SocketAddr>() {
+        Ok(at) if at.ip().is_unspecified() => format!("127.0.0.1:{}", at.port()),
+        _ => listening.to_string(),
+    }
 }
 
 async fn detect_failures(state: Arc<HeadState>, timeout: Duration) {

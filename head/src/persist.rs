@@ -9,7 +9,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use photon_proto::v1::{ActorRecord, LineageRecord, NodeRecord};
+use photon_proto::v1::{ActorRecord, JobRecord, LineageRecord, NodeRecord};
 use photon_proto::{ActorId, NodeId, ObjectId};
 use prost::Message;
 use redb::{Database, ReadableTable, TableDefinition};
@@ -24,6 +24,7 @@ const KV: TableDefinition<&str, &[u8]> = TableDefinition::new("kv");
 const META: TableDefinition<&str, &str> = TableDefinition::new("meta");
 const ACTORS: Records = TableDefinition::new("actors");
 const LINEAGE: Records = TableDefinition::new("lineage");
+const JOBS: Records = TableDefinition::new("jobs");
 
 /// Handle to the head's database. Cheap to clone.
 #[derive(Clone)]
@@ -53,6 +54,7 @@ impl Persistence {
             txn.open_table(META)?;
             txn.open_table(ACTORS)?;
             txn.open_table(LINEAGE)?;
+            txn.open_table(JOBS)?;
             Ok(())
         })?;
         Ok(persistence)
@@ -141,6 +143,16 @@ impl Persistence {
     /// Every actor record.
     pub fn load_actors(&self) -> Result<Vec<ActorRecord>> {
         self.load_records(ACTORS, "actor")
+    }
+
+    /// Writes one job record.
+    pub fn save_job(&self, record: &JobRecord) -> Result<()> {
+        self.save_record(JOBS, record.job_id.as_bytes(), record)
+    }
+
+    /// Every job record.
+    pub fn load_jobs(&self) -> Result<Vec<JobRecord>> {
+        self.load_records(JOBS, "job")
     }
 
     /// Adds and removes lineage records in one transaction.

@@ -21,7 +21,7 @@ type Raylet = RayletClientHandle;
 const START_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl HeadState {
-    fn raylet(&self, address: &str) -> Result<Raylet, String> {
+    pub(crate) fn raylet(&self, address: &str) -> Result<Raylet, String> {
         let mut clients = self.raylets.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(client) = clients.get(address) {
             return Ok(client.clone());
@@ -132,12 +132,12 @@ impl HeadState {
         self.save_actor(id, updated).await;
     }
 
-    /// Ends an actor for good and stops its worker.
-    pub(crate) async fn kill_actor(&self, id: ActorId) -> Option<ActorRecord> {
+    /// Ends an actor for good (DEAD, `reason` recorded) and stops its worker.
+    pub(crate) async fn end_actor(&self, id: ActorId, reason: &str) -> Option<ActorRecord> {
         let previous = self.actors.get(id)?;
         let updated = self.actors.update(id, |r| {
             r.state = ActorState::Dead as i32;
-            r.reason = "killed by request".into();
+            r.reason = reason.into();
         })?;
         self.save_actor(id, updated.clone()).await;
         if previous.state == ActorState::Alive as i32

@@ -56,6 +56,16 @@ pub struct HeadState {
     pub(crate) token: String,
     /// Actors restored as alive after a head restart, until their node confirms them.
     pub(crate) unconfirmed_actors: std::sync::Mutex<std::collections::HashSet<ActorId>>,
+    /// Submitted jobs.
+    pub(crate) jobs: crate::jobs::JobTable,
+    /// Uploaded programs and working directories.
+    pub(crate) packages: crate::packages::Packages,
+    /// The session directory: database, packages, jobs' directories.
+    pub(crate) data_dir: std::path::PathBuf,
+    /// The head's gRPC address as drivers on this node reach it.
+    pub(crate) address: String,
+    /// Where the status page and metrics are served (empty: nowhere).
+    pub(crate) metrics_address: String,
 }
 
 impl HeadState {
@@ -229,6 +239,7 @@ impl Head for HeadService {
             protocol_version: PROTOCOL_VERSION,
             nodes: self.state.nodes.snapshot(),
             head_uptime_ms: self.state.started.elapsed().as_millis() as u64,
+            metrics_address: self.state.metrics_address.clone(),
         }))
     }
 
@@ -366,7 +377,7 @@ impl Head for HeadService {
     ) -> Result<Response<ActorRecord>, Status> {
         let id = ActorId::from_slice(&request.into_inner().actor_id)?;
         self.state
-            .kill_actor(id)
+            .end_actor(id, "killed by request")
             .await
             .map(Response::new)
             .ok_or_else(|| Status::not_found(format!("actor {id} is not known to the head")))

@@ -6,9 +6,10 @@ use std::time::Duration;
 use photon_object_store::ObjectStore;
 use photon_proto::auth::AttachToken;
 use photon_proto::v1::head_client::HeadClient;
+use photon_proto::v1::jobs_client::JobsClient;
 use photon_proto::v1::{
     ActorExit, GetClusterStatusRequest, GetObjectLocationsRequest, Heartbeat, NodeInfo, NodeRecord,
-    ObjectLocationUpdate, RegisterNodeRequest,
+    ObjectLocationUpdate, RegisterNodeRequest, WorkerLogLines,
 };
 use photon_proto::{NodeId, ObjectId, PROTOCOL_VERSION};
 use tokio::sync::mpsc;
@@ -31,6 +32,7 @@ const DRAIN_WAIT: Duration = Duration::from_secs(1);
 /// A lazily connected client of the head.
 pub struct HeadLink {
     client: Client,
+    jobs: JobsClient<InterceptedService<Channel, AttachToken>>,
     address: String,
 }
 
@@ -42,8 +44,10 @@ impl HeadLink {
             .connect_timeout(Duration::from_secs(1))
             .tcp_nodelay(true);
         let attach = AttachToken::new(token).map_err(Error::Config)?;
+        let channel = endpoint.connect_lazy();
         Ok(Self {
-            client: HeadClient::with_interceptor(endpoint.connect_lazy(), attach),
+            client: HeadClient::with_interceptor(channel.clone(), attach.clone()),
+            jobs: JobsClient::with_interceptor(channel, attach),
             address: address.to_string(),
         })
     }
@@ -120,6 +124,19 @@ impl HeadLink {
             .update_object_location(update)
             .await
             .map(|_| ())
+    }
+
+    /// Hands lines a job's workers printed to the head, for the job's log.
+    /// Best effort: a head that is away loses them from the job's log only
+    /// (they stay in the workers' own files).
+    pub async fn append_worker_logs(&self, job_id: String, data: Vec<u8>) {
+        let lines = WorkerLogLines {
+            job_id: job_id.clone(),
+            data,
+        };
+        if let Err(status) = self.jobs.clone().append_worker_logs(lines).await {
+            warn!(job = %job_id, error = status.message(), "cannot forward worker output to the head");
+        }
     }
 
     /// Tells the head an actor's worker ended.

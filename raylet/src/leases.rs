@@ -38,6 +38,8 @@ pub struct LeaseManager {
     directory: Arc<WorkerDirectory>,
     head: Arc<HeadLink>,
     leases: Mutex<HashMap<WorkerId, Lease>>,
+    /// Leases granted since start (for metrics).
+    granted: std::sync::atomic::AtomicU64,
 }
 
 /// A lease being granted. Dropped before the grant (the request was
@@ -77,6 +79,7 @@ impl LeaseManager {
             directory,
             head,
             leases: Mutex::default(),
+            granted: Default::default(),
         });
         let mut exits = manager.pool.subscribe();
         let weak = Arc::downgrade(&manager);
@@ -105,6 +108,11 @@ impl LeaseManager {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<WorkerId, Lease>> {
         self.leases.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Leases granted since start.
+    pub fn granted_total(&self) -> u64 {
+        self.granted.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Workers leased out now.
@@ -177,6 +185,8 @@ impl LeaseManager {
         };
         let reservation = pending.reservation.take().expect("reserved above");
         let worker = pending.worker.take().expect("leased above");
+        self.granted
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.lock().insert(
             worker_id,
             Lease {

@@ -18,12 +18,18 @@
 //! tasks to, or spill the request back to a node with room; workers register
 //! their own gRPC service (`worker_directory`) and read and write objects
 //! through shared memory (`local_objects`).
+//!
+//! What a job's workers print goes to the head for the job's log
+//! (`worker_logs`); a job that ended has its workers killed here at the
+//! head's request. With a metrics address it serves `/metrics`, `/healthz`
+//! and `/readyz` over HTTP (`http`).
 
 pub mod actors;
 pub mod demand;
 mod error;
 pub mod gpu;
 mod head_link;
+mod http;
 pub mod leases;
 mod local_objects;
 pub mod procfs;
@@ -31,10 +37,12 @@ pub mod resources;
 mod service;
 pub mod transfer;
 pub mod worker_directory;
+pub mod worker_logs;
 pub mod worker_pool;
 
 use std::collections::BTreeMap;
 use std::future::Future;
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use photon_object_store::{ObjectStore, StoreConfig};
@@ -72,6 +80,9 @@ pub struct RayletConfig {
     pub worker_memory_limit: Option<u64>,
     /// How long to try reaching the head at start before giving up.
     pub initial_connect_timeout: Duration,
+    /// Where to serve `/metrics`, `/healthz` and `/readyz` (port 0 picks
+    /// one); `None`: not at all.
+    pub metrics_address: Option<SocketAddr>,
 }
 
 impl RayletConfig {
@@ -87,6 +98,7 @@ impl RayletConfig {
             log_dir: std::env::temp_dir().join("photon-worker-logs"),
             worker_memory_limit: None,
             initial_connect_timeout: Duration::from_secs(10),
+            metrics_address: None,
         }
     }
 }
@@ -103,6 +115,8 @@ pub struct RayletInfo {
     pub address: String,
     /// The node's resources.
     pub resources: NodeResources,
+    /// Where `/metrics` and the health probes are served, if anywhere.
+    pub metrics_address: Option<String>,
 }
 
 /// Runs a raylet on `listener` until `shutdown` completes (then it tells the
@@ -123,10 +137,23 @@ pub async fn run(
         .local_addr()
         .map_err(|err| Error::Config(err.to_string()))?
         .port();
+    let http_listener = match config.metrics_address {
+        Some(at) => Some(
+            photon_ops::bind(at, "--metrics-port")
+                .await
+                .map_err(Error::Config)?,
+        ),
+        None => None,
+    };
+    let metrics_address = http_listener
+        .as_ref()
+        .and_then(|l| l.local_addr().ok())
+        .map(|a| format!("{}:{}", config.advertise_host, a.port()));
     let info = RayletInfo {
         node_id: NodeId::random(),
         address: format!("{}:{port}", config.advertise_host),
         resources,
+        metrics_address: metrics_address.clone(),
     };
     let node = NodeInfo {
         node_id: info.node_id.to_vec(),
@@ -136,6 +163,7 @@ pub async fn run(
         labels: config.labels.clone().into_iter().collect(),
         object_store_capacity: store.capacity(),
         pid: std::process::id(),
+        metrics_address: metrics_address.unwrap_or_default(),
     };
 
     let stop = CancellationToken::new();
@@ -166,6 +194,29 @@ pub async fn run(
         workers.clone(),
         link.clone(),
     );
+    let readiness = photon_ops::Readiness::default();
+    let http_server = http_listener.map(|listener| {
+        let view = http::NodeView {
+            store: store.clone(),
+            actors: actors.clone(),
+            leases: leases.clone(),
+            pool: pool.clone(),
+            node_id: info.node_id.to_string(),
+        };
+        tokio::spawn(photon_ops::serve(
+            listener,
+            http::router(view, readiness.clone()),
+            stop.clone().cancelled_owned(),
+        ))
+    });
+    let log_forwarder = tokio::spawn(worker_logs::forward(
+        pool.clone(),
+        actors.clone(),
+        link.clone(),
+        config.log_dir.clone(),
+        config.advertise_host.clone(),
+        stop.clone(),
+    ));
     let service = service::RayletService {
         transfers,
         actors: actors.clone(),
@@ -197,7 +248,10 @@ pub async fn run(
         store.clone(),
         &actors,
         config.initial_connect_timeout,
-        || started(&info),
+        || {
+            readiness.set(true);
+            started(&info)
+        },
         stop.clone(),
     );
     tokio::pin!(registered);
@@ -220,6 +274,11 @@ pub async fn run(
         }
     };
     exit_watcher.abort();
+    // The forwarder's last pass sends what the workers printed before they ended.
+    let _ = log_forwarder.await;
+    if let Some(server) = http_server {
+        let _ = server.await;
+    }
     info!(address = %info.address, "raylet stopped");
     outcome?;
     served.map_err(|source| Error::Serve {

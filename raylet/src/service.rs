@@ -8,13 +8,13 @@ use photon_proto::v1::raylet_server::Raylet;
 use photon_proto::v1::{
     ActorReadyReply, ActorReadyRequest, ActorSpec, ConnectActorReply, ConnectActorRequest,
     CreateObjectRequest, DeleteObjectReply, DeleteObjectRequest, FetchObjectReply,
-    FetchObjectRequest, GetObjectRequest, ObjectChunk, ObjectDescriptor, PullObjectRequest,
+    FetchObjectRequest, GetObjectRequest, KillJobWorkersReply, KillJobWorkersRequest, ObjectChunk, ObjectDescriptor, PullObjectRequest,
     PushObjectReply, RegisterWorkerReply, RegisterWorkerRequest, ReleaseObjectReply,
     ReleaseObjectRequest, ReturnWorkerLeaseReply, ReturnWorkerLeaseRequest, SealObjectReply,
     SealObjectRequest, StartActorReply, StopActorReply, StopActorRequest, WorkerExitReply,
     WorkerExitRequest, WorkerLeaseReply, WorkerLeaseRequest,
 };
-use photon_proto::{ActorId, NodeId, WorkerId};
+use photon_proto::{ActorId, JobId, NodeId, WorkerId};
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::actors::ActorHost;
@@ -85,6 +85,15 @@ impl Raylet for RayletService {
         let id = ActorId::from_slice(&request.into_inner().actor_id)?;
         self.actors.stop(id)?;
         Ok(Response::new(StopActorReply {}))
+    }
+
+    async fn kill_job_workers(
+        &self,
+        request: Request<KillJobWorkersRequest>,
+    ) -> Result<Response<KillJobWorkersReply>, Status> {
+        let job = JobId::from_slice(&request.into_inner().job_id)?;
+        let killed = self.pool.kill_job(&job.to_string());
+        Ok(Response::new(KillJobWorkersReply { killed }))
     }
 
     async fn request_worker_lease(

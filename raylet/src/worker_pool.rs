@@ -255,6 +255,36 @@ impl WorkerPool {
         }
     }
 
+    /// Kills every live worker of job `job` (by the job id in its
+    /// environment); returns how many.
+    pub fn kill_job(&self, job: &str) -> u32 {
+        let victims: Vec<u32> = self
+            .lock()
+            .live
+            .values()
+            .filter(|w| w.spec.env.get(crate::worker_logs::JOB_ID_ENV).map(String::as_str) == Some(job))
+            .map(|w| w.pid)
+            .collect();
+        for &pid in &victims {
+            let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
+        }
+        victims.len() as u32
+    }
+
+    /// Workers that ended since start, by how: `exited`, `signaled`, `oom`.
+    pub fn exit_counts(&self) -> BTreeMap<&'static str, u64> {
+        let mut counts = BTreeMap::from([("exited", 0), ("signaled", 0), ("oom", 0)]);
+        for reason in self.lock().exits.values() {
+            let kind = match reason {
+                ExitReason::Exited(_) => "exited",
+                ExitReason::Signaled(_) => "signaled",
+                ExitReason::KilledForMemory { .. } => "oom",
+            };
+            *counts.entry(kind).or_default() += 1;
+        }
+        counts
+    }
+
     /// Sends SIGKILL to a worker; its exit is reaped and broadcast as usual.
     pub fn kill(&self, worker: WorkerId) {
         if let Some(pid) = self.lock().live.get(&worker).map(|w| w.pid) {

@@ -150,6 +150,7 @@ impl ActorHandle {
             constructor: constructor.to_string(),
             constructor_args,
             max_concurrency: options.max_concurrency,
+            env: core.worker_env.clone(),
             ..Default::default()
         };
         core.head

@@ -85,6 +85,10 @@ pub(crate) struct Core {
     pub(crate) submitter: Submitter,
     pub(crate) actors: ActorClients,
     pub(crate) program: String,
+    /// Environment of this driver's workers: its job id (so raylets attribute
+    /// their output to the job and end them with it) and, for a submitted
+    /// job, its program's package (so a node that lacks the binary fetches it).
+    pub(crate) worker_env: std::collections::HashMap<String, String>,
     pub(crate) max_in_flight: usize,
     driver_task: TaskId,
     task_counter: AtomicU64,
@@ -582,7 +586,15 @@ async fn connect(config: &Config) -> Result<(Arc<Core>, Option<EmbeddedCluster>)
         .map_err(|e| Error::Config(format!("cannot find this program's path for workers: {e}")))?
         .display()
         .to_string();
-    let job = JobId::from_u32(rand_u32());
+    // A job submitted with `photon job submit` has its id from the head.
+    let job = std::env::var(JOB_ID_ENV)
+        .ok()
+        .and_then(|id| id.parse::<JobId>().ok())
+        .unwrap_or_else(|| JobId::from_u32(rand_u32()));
+    let mut worker_env = std::collections::HashMap::from([(JOB_ID_ENV.to_string(), job.to_string())]);
+    if let Ok(package) = std::env::var(PROGRAM_PACKAGE_ENV) {
+        worker_env.insert(PROGRAM_PACKAGE_ENV.to_string(), package);
+    }
     let lineage = Lineage::new();
     let core = Arc::new_cyclic(|weak| Core {
         runtime: tokio::runtime::Handle::current(),
@@ -596,6 +608,7 @@ async fn connect(config: &Config) -> Result<(Arc<Core>, Option<EmbeddedCluster>)
         submitter: Submitter::start(weak.clone(), raylet_address.clone()),
         actors: ActorClients::default(),
         program,
+        worker_env,
         max_in_flight: config.max_tasks_in_flight_per_worker.unwrap_or(16).max(1),
         driver_task: TaskId::for_driver(job),
         task_counter: AtomicU64::new(1),
@@ -608,6 +621,11 @@ async fn connect(config: &Config) -> Result<(Arc<Core>, Option<EmbeddedCluster>)
 }
 
 /// A job id that differs between drivers (pid and clock mixed).
+/// The job id of a driver the head started (and of every worker).
+const JOB_ID_ENV: &str = "PHOTON_JOB_ID";
+/// The content hash of a submitted job's program.
+const PROGRAM_PACKAGE_ENV: &str = "PHOTON_PROGRAM_PACKAGE";
+
 fn rand_u32() -> u32 {
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

@@ -292,6 +292,7 @@ impl Loop {
             let request = WorkerLeaseRequest {
                 resources: shape.clone().into_iter().collect(),
                 program: core.program.clone(),
+                env: core.worker_env.clone(),
                 ..Default::default()
             };
             let events = self.events.clone();

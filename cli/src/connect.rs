@@ -1,0 +1,83 @@
+//! Reaching a running head from a `photon` command: where it is, with which
+//! token, and errors that say what to do.
+
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Args;
+use photon_proto::auth::AttachToken;
+use photon_proto::v1::head_client::HeadClient;
+use photon_proto::v1::jobs_client::JobsClient;
+use tonic::Code;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::Channel;
+
+use crate::session;
+
+/// `--address` and `--token` of commands that talk to a running head.
+#[derive(Debug, Clone, Args)]
+pub struct HeadArgs {
+    /// The head, HOST:PORT (default: PHOTON_ADDRESS or this machine's head).
+    #[arg(long)]
+    pub address: Option<String>,
+    /// Cluster token (default: PHOTON_TOKEN or this machine's head).
+    #[arg(long)]
+    pub token: Option<String>,
+}
+
+type Authed = InterceptedService<Channel, AttachToken>;
+
+/// A connection to a head.
+pub struct Head {
+    /// Where it is.
+    pub address: String,
+    channel: Channel,
+    attach: AttachToken,
+}
+
+impl Head {
+    /// Connects to the head `args` name.
+    pub async fn connect(args: &HeadArgs) -> anyhow::Result<Self> {
+        let address = session::resolve_address(args.address.clone())?;
+        let token = session::resolve_token(args.token.clone())?;
+        let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{address}"))
+            .with_context(|| format!("{address:?} is not a HOST:PORT address"))?
+            .connect_timeout(Duration::from_secs(3));
+        let channel = endpoint.connect().await.map_err(|err| {
+            anyhow::anyhow!(
+                "cannot reach the head at {address} ({err}): is it running? Check --address or PHOTON_ADDRESS"
+            )
+        })?;
+        let attach = AttachToken::new(&token).map_err(anyhow::Error::msg)?;
+        Ok(Self {
+            address,
+            channel,
+            attach,
+        })
+    }
+
+    /// The control-plane service.
+    pub fn head(&self) -> HeadClient<Authed> {
+        HeadClient::with_interceptor(self.channel.clone(), self.attach.clone())
+    }
+
+    /// The jobs service.
+    pub fn jobs(&self) -> JobsClient<Authed> {
+        JobsClient::with_interceptor(self.channel.clone(), self.attach.clone())
+    }
+
+    /// The head's refusal as a one-line error that says what to do.
+    pub fn refused(&self, status: tonic::Status) -> anyhow::Error {
+        let address = &self.address;
+        match status.code() {
+            Code::Unavailable => anyhow::anyhow!(
+                "lost the head at {address} ({}): is it still running?",
+                status.message()
+            ),
+            Code::NotFound | Code::InvalidArgument | Code::FailedPrecondition => {
+                anyhow::anyhow!("{}", status.message())
+            }
+            _ => anyhow::anyhow!("the head at {address} answered: {}", status.message()),
+        }
+    }
+}

@@ -1,0 +1,133 @@
+//! Job packages: uploaded programs and working directories, stored once per
+//! content hash (sha256) under `<data_dir>/packages/`, so resubmitting the
+//! same binary uploads nothing and raylets can fetch a job's binary by hash.
+
+use std::io::Write;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest, Sha256};
+
+/// Bytes per chunk of an upload or download (well under gRPC's 4 MiB limit).
+pub const CHUNK: usize = 1 << 20;
+
+/// The package store of one head.
+#[derive(Debug, Clone)]
+pub struct Packages {
+    dir: PathBuf,
+}
+
+impl Packages {
+    /// Packages under `data_dir/packages`.
+    pub fn new(data_dir: &Path) -> Self {
+        Self {
+            dir: data_dir.join("packages"),
+        }
+    }
+
+    /// Where package `sha256` is (or would be) stored; `None` for a name that
+    /// is not a sha256 in hex (it could otherwise name any file).
+    pub fn path(&self, sha256: &str) -> Option<PathBuf> {
+        let valid = sha256.len() == 64 && sha256.bytes().all(|b| b.is_ascii_hexdigit());
+        valid.then(|| self.dir.join(sha256.to_ascii_lowercase()))
+    }
+
+    /// Whether package `sha256` is stored.
+    pub fn has(&self, sha256: &str) -> bool {
+        self.path(sha256).is_some_and(|p| p.is_file())
+    }
+
+    /// Starts an upload announced as `sha256`.
+    pub fn begin_upload(&self, sha256: &str) -> Result<Upload, String> {
+        let target = self
+            .path(sha256)
+            .ok_or_else(|| format!("{sha256:?} is not a sha256 in hex"))?;
+        std::fs::create_dir_all(&self.dir)
+            .map_err(|e| format!("cannot create {}: {e}", self.dir.display()))?;
+        let temp = tempfile::NamedTempFile::new_in(&self.dir)
+            .map_err(|e| format!("cannot create a file in {}: {e}", self.dir.display()))?;
+        Ok(Upload {
+            announced: sha256.to_ascii_lowercase(),
+            target,
+            temp,
+            hasher: Sha256::new(),
+            size: 0,
+        })
+    }
+}
+
+/// A package being uploaded: written to a temporary file and renamed into
+/// place only when its bytes hash to what was announced.
+pub struct Upload {
+    announced: String,
+    target: PathBuf,
+    temp: tempfile::NamedTempFile,
+    hasher: Sha256,
+    size: u64,
+}
+
+impl Upload {
+    /// Appends a chunk.
+    pub fn write(&mut self, data: &[u8]) -> Result<(), String> {
+        self.hasher.update(data);
+        self.size += data.len() as u64;
+        self.temp
+            .write_all(data)
+            .map_err(|e| format!("cannot write package {}: {e}", self.announced))
+    }
+
+    /// Verifies the hash and stores the package (executable: it may be a
+    /// program). Returns its size.
+    pub fn finish(self) -> Result<u64, String> {
+        let actual = hex::encode(self.hasher.finalize());
+        if actual != self.announced {
+            return Err(format!(
+                "the uploaded bytes hash to {actual}, not to the announced {}; nothing was stored",
+                self.announced
+            ));
+        }
+        let file = self.temp.as_file();
+        file.sync_all()
+            .and_then(|()| file.set_permissions(std::fs::Permissions::from_mode(0o755)))
+            .map_err(|e| format!("cannot store package {actual}: {e}"))?;
+        self.temp
+            .persist(&self.target)
+            .map_err(|e| format!("cannot store package {actual}: {e}"))?;
+        Ok(self.size)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sha256_hex(bytes: &[u8]) -> String {
+        hex::encode(Sha256::digest(bytes))
+    }
+
+    #[test]
+    fn a_package_is_stored_only_when_its_hash_matches() {
+        let dir = tempfile::tempdir().unwrap();
+        let packages = Packages::new(dir.path());
+        let hash = sha256_hex(b"hello world");
+        let mut upload = packages.begin_upload(&hash).unwrap();
+        upload.write(b"hello ").unwrap();
+        upload.write(b"world").unwrap();
+        assert_eq!(upload.finish().unwrap(), 11);
+        assert!(packages.has(&hash));
+        assert_eq!(
+            std::fs::read(packages.path(&hash).unwrap()).unwrap(),
+            b"hello world"
+        );
+
+        let other = sha256_hex(b"other");
+        let mut upload = packages.begin_upload(&other).unwrap();
+        upload.write(b"not other").unwrap();
+        let err = upload.finish().unwrap_err();
+        assert!(err.contains("not to the announced"), "{err}");
+        assert!(!packages.has(&other));
+        // Only the good package is left: no temporary files.
+        assert_eq!(std::fs::read_dir(dir.path().join("packages")).unwrap().count(), 1);
+        assert!(packages.begin_upload("../../etc/passwd").is_err());
+    }
+}

@@ -1,0 +1,166 @@
+//! Forwards what a job's workers print to the head, which appends it to the
+//! job's log: `photon job logs` then shows driver and worker output together,
+//! each worker line prefixed with its actor class or `worker`, pid and node
+//! (as Ray does). Workers write straight to their own files (a stalled head
+//! never blocks a worker); this tails those files.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::{Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use photon_proto::WorkerId;
+use tokio_util::sync::CancellationToken;
+
+use crate::actors::ActorHost;
+use crate::head_link::HeadLink;
+use crate::worker_pool::WorkerPool;
+
+/// Environment variable carrying a worker's job id (set by the SDK).
+pub const JOB_ID_ENV: &str = "PHOTON_JOB_ID";
+/// How often worker files are read.
+const PERIOD: Duration = Duration::from_millis(250);
+/// The most read from one file per pass.
+const MAX_READ: u64 = 1 << 20;
+
+/// One output file of a worker, read up to `offset`.
+struct TailedFile {
+    path: PathBuf,
+    offset: u64,
+    /// An incomplete last line, held until its newline arrives.
+    partial: Vec<u8>,
+}
+
+impl TailedFile {
+    fn new(path: PathBuf) -> Self {
+        Self {
+            path,
+            offset: 0,
+            partial: Vec::new(),
+        }
+    }
+
+    /// Appends the complete lines written since the last read to `out`, each
+    /// after `prefix`; with `last`, an incomplete final line too.
+    fn read_lines(&mut self, prefix: &str, last: bool, out: &mut Vec<u8>) {
+        if let Ok(mut file) = std::fs::File::open(&self.path)
+            && file.seek(SeekFrom::Start(self.offset)).is_ok()
+        {
+            let mut fresh = Vec::new();
+            if let Ok(read) = file.take(MAX_READ).read_to_end(&mut fresh) {
+                self.offset += read as u64;
+                self.partial.extend_from_slice(&fresh);
+            }
+        }
+        let complete = match self.partial.iter().rposition(|&b| b == b'\n') {
+            Some(end) => end + 1,
+            None if last => self.partial.len(),
+            None => 0,
+        };
+        let rest = self.partial.split_off(complete);
+        for line in self.partial.split_inclusive(|&b| b == b'\n') {
+            out.extend_from_slice(prefix.as_bytes());
+            out.extend_from_slice(line);
+            if !line.ends_with(b"\n") {
+                out.push(b'\n');
+            }
+        }
+        self.partial = rest;
+    }
+}
+
+/// A worker of a job whose output is being forwarded.
+struct TailedWorker {
+    job: String,
+    prefix: String,
+    files: [TailedFile; 2],
+}
+
+/// Forwards job workers' output until `cancel`.
+pub async fn forward(
+    pool: Arc<WorkerPool>,
+    actors: Arc<ActorHost>,
+    link: Arc<HeadLink>,
+    log_dir: PathBuf,
+    host: String,
+    cancel: CancellationToken,
+) {
+    let mut tailed: HashMap<WorkerId, TailedWorker> = HashMap::new();
+    let mut ticks = tokio::time::interval(PERIOD);
+    loop {
+        let stopping = tokio::select! {
+            () = cancel.cancelled() => true,
+            _ = ticks.tick() => false,
+        };
+        let live: HashMap<WorkerId, _> = pool.live().into_iter().map(|w| (w.id, w)).collect();
+        for (id, worker) in &live {
+            let Some(job) = worker.spec.env.get(JOB_ID_ENV) else {
+                continue;
+            };
+            let name = actors
+                .actor_of_worker(*id)
+                .map(|spec| short_class(&spec.class_name).to_string())
+                .unwrap_or_else(|| "worker".into());
+            let entry = tailed.entry(*id).or_insert_with(|| TailedWorker {
+                job: job.clone(),
+                prefix: String::new(),
+                files: ["out", "err"].map(|ext| TailedFile::new(worker_file(&log_dir, *id, ext))),
+            });
+            // An actor's worker learns its class after it starts.
+            entry.prefix = format!("({name} pid={}, ip={host}) ", worker.pid);
+        }
+        let mut batches: BTreeMap<String, Vec<u8>> = BTreeMap::new();
+        tailed.retain(|id, worker| {
+            let ended = stopping || !live.contains_key(id);
+            let batch = batches.entry(worker.job.clone()).or_default();
+            for file in &mut worker.files {
+                file.read_lines(&worker.prefix, ended, batch);
+            }
+            !ended
+        });
+        for (job, data) in batches {
+            if !data.is_empty() {
+                link.append_worker_logs(job, data).await;
+            }
+        }
+        if stopping {
+            return;
+        }
+    }
+}
+
+/// A worker's output file, as the worker pool names it.
+fn worker_file(log_dir: &Path, id: WorkerId, ext: &str) -> PathBuf {
+    log_dir.join(format!("worker-{id}.{ext}"))
+}
+
+/// `my_crate::module::Embedder` → `Embedder`.
+fn short_class(class: &str) -> &str {
+    class.rsplit("::").next().unwrap_or(class)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn complete_lines_are_prefixed_and_a_partial_one_waits() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("worker.out");
+        std::fs::write(&path, "one\ntwo\nthr").unwrap();
+        let mut file = TailedFile::new(path.clone());
+        let mut out = Vec::new();
+        file.read_lines("(A pid=1) ", false, &mut out);
+        assert_eq!(String::from_utf8(out).unwrap(), "(A pid=1) one\n(A pid=1) two\n");
+        let mut handle = std::fs::OpenOptions::new().append(true).open(&path).unwrap();
+        std::io::Write::write_all(&mut handle, b"ee\nfour").unwrap();
+        let mut out = Vec::new();
+        file.read_lines("> ", false, &mut out);
+        assert_eq!(String::from_utf8(out).unwrap(), "> three\n");
+        let mut out = Vec::new();
+        file.read_lines("> ", true, &mut out);
+        assert_eq!(String::from_utf8(out).unwrap(), "> four\n");
+        assert_eq!(short_class("a::b::Embedder"), "Embedder");
+    }
+}
