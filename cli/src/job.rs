@@ -220,7 +220,12 @@ async fn submit(args: SubmitArgs) -> anyhow::Result<ExitCode> {
     let working_dir_package = match &args.working_dir {
         Some(dir) => {
             let archive = pack_dir(dir)?;
-            upload(&head, archive.path(), &format!("working directory {}", dir.display())).await?
+            upload(
+                &head,
+                archive.path(),
+                &format!("working directory {}", dir.display()),
+            )
+            .await?
         }
         None => String::new(),
     };
@@ -387,7 +392,7 @@ async fn stop(head: &Head, id: &str, grace: f64, no_wait: bool) -> anyhow::Resul
         .await
         .map_err(|s| head.refused(s))?
         .into_inner();
-    if is_terminal(record.state) && !record.stop_requested {
+    if is_terminal(record.state) {
         eprintln!("job {id} had already ended: {}", outcome(&record));
         return Ok(ExitCode::SUCCESS);
     }
@@ -553,9 +558,15 @@ mod tests {
         assert_eq!(env["B"], "x=y");
         let err = parse_env(&["NOPE".into()]).unwrap_err().to_string();
         assert_eq!(err, "--env \"NOPE\" is not KEY=VALUE");
-        let err = find_program("./no-such-job", None).err().unwrap().to_string();
+        let err = find_program("./no-such-job", None)
+            .err()
+            .unwrap()
+            .to_string();
         assert!(err.contains("no such file"), "{err}");
-        let err = find_program("no-such-command-xyz", None).err().unwrap().to_string();
+        let err = find_program("no-such-command-xyz", None)
+            .err()
+            .unwrap()
+            .to_string();
         assert!(err.contains("not a command on PATH"), "{err}");
         assert!(matches!(find_program("sh", None), Ok(Program::Command(_))));
         let dir = tempfile::tempdir().unwrap();

@@ -199,6 +199,7 @@ async fn run_blocking(args: StartArgs, overrides: ResourceOverrides) -> anyhow::
         config.resources = overrides;
         config.store = store;
         config.log_dir = session::home().join(format!("worker-logs-{pid}"));
+        config.package_dir = session::home().join("packages");
         config.metrics_address = args
             .metrics_port
             .map(|port| socket_address(&args.host, port))
@@ -303,6 +304,7 @@ async fn run_head(
             ..store
         };
         config.log_dir = session_dir.join("logs");
+        config.package_dir = session_dir.join("raylet-packages");
         let listener = bind(&args.host, 0).await?;
         let stop = stop.clone();
         let head_address = address.clone();

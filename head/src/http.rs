@@ -62,13 +62,23 @@ fn node_id(record: &NodeRecord) -> String {
 
 /// `(resource, total, used)` of a node, in whole units (bytes for memory).
 fn node_resources(record: &NodeRecord) -> Vec<(String, f64, f64)> {
-    let total = ResourceSet::from_proto(&record.info.as_ref().map(|i| i.total.clone()).unwrap_or_default());
+    let total = ResourceSet::from_proto(
+        &record
+            .info
+            .as_ref()
+            .map(|i| i.total.clone())
+            .unwrap_or_default(),
+    );
     let available = ResourceSet::from_proto(&record.available);
     total
         .iter()
         .map(|(name, amount)| {
             let free = available.get(name).as_f64();
-            (name.to_string(), amount.as_f64(), (amount.as_f64() - free).max(0.0))
+            (
+                name.to_string(),
+                amount.as_f64(),
+                (amount.as_f64() - free).max(0.0),
+            )
         })
         .collect()
 }
@@ -140,7 +150,11 @@ async fn api_status(State(state): State<Arc<HeadState>>) -> Json<Value> {
 
 async fn job_log(State(state): State<Arc<HeadState>>, Path(id): Path<String>) -> Response {
     let Some(record) = state.jobs.get(&id) else {
-        return (StatusCode::NOT_FOUND, format!("no job {id:?} on this cluster\n")).into_response();
+        return (
+            StatusCode::NOT_FOUND,
+            format!("no job {id:?} on this cluster\n"),
+        )
+            .into_response();
     };
     let path = std::path::PathBuf::from(record.log_path);
     let text = tokio::task::spawn_blocking(move || {
@@ -240,7 +254,10 @@ pub(crate) fn head_metrics(state: &HeadState) -> Metrics {
         "photon_actors",
         "Actors by state",
         ["pending", "alive", "restarting", "dead"].map(|wanted| {
-            let count = actors.iter().filter(|a| actor_state(a.state) == wanted).count();
+            let count = actors
+                .iter()
+                .filter(|a| actor_state(a.state) == wanted)
+                .count();
             (labels([("state", &wanted)]), count as f64)
         }),
     );
@@ -251,7 +268,10 @@ pub(crate) fn head_metrics(state: &HeadState) -> Metrics {
             "Submitted jobs by state",
             STATES.map(|wanted| {
                 let count = jobs.iter().filter(|j| j.state == wanted as i32).count();
-                (labels([("state", &state_name(wanted as i32))]), count as f64)
+                (
+                    labels([("state", &state_name(wanted as i32))]),
+                    count as f64,
+                )
             }),
         )
         .gauge(

@@ -104,7 +104,9 @@ impl Jobs for JobService {
                         sha256: sha256.clone(),
                         data: Bytes::copy_from_slice(&buffer[..n]),
                     }),
-                    Err(e) => Err(Status::internal(format!("cannot read package {sha256}: {e}"))),
+                    Err(e) => Err(Status::internal(format!(
+                        "cannot read package {sha256}: {e}"
+                    ))),
                 };
                 let failed = chunk.is_err();
                 if sender.blocking_send(chunk).is_err() || failed {

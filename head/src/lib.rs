@@ -25,8 +25,8 @@ mod jobs;
 mod lineage;
 mod nodes;
 mod objects;
-mod persist;
 mod packages;
+mod persist;
 mod placement;
 mod service;
 mod supervisor;
@@ -54,10 +54,10 @@ pub use supervisor::env as job_env;
 use crate::actors::ActorTable;
 use crate::job_service::JobService;
 use crate::jobs::JobTable;
-use crate::packages::Packages;
 use crate::lineage::LineageTable;
 use crate::nodes::NodeTable;
 use crate::objects::ObjectDirectory;
+use crate::packages::Packages;
 use crate::service::{HeadService, HeadState};
 
 /// How often the failure detector looks for silent nodes.

@@ -127,7 +127,12 @@ mod tests {
         assert!(err.contains("not to the announced"), "{err}");
         assert!(!packages.has(&other));
         // Only the good package is left: no temporary files.
-        assert_eq!(std::fs::read_dir(dir.path().join("packages")).unwrap().count(), 1);
+        assert_eq!(
+            std::fs::read_dir(dir.path().join("packages"))
+                .unwrap()
+                .count(),
+            1
+        );
         assert!(packages.begin_upload("../../etc/passwd").is_err());
     }
 }

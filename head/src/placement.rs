@@ -134,12 +134,7 @@ impl HeadState {
 
     /// Ends an actor for good (DEAD, `reason` recorded) and stops its worker.
     pub(crate) async fn end_actor(&self, id: ActorId, reason: &str) -> Option<ActorRecord> {
-        let previous = self.actors.get(id)?;
-        let updated = self.actors.update(id, |r| {
-            r.state = ActorState::Dead as i32;
-            r.reason = reason.into();
-        })?;
-        self.save_actor(id, updated.clone()).await;
+        let (previous, updated) = self.mark_actor_dead(id, reason).await?;
         if previous.state == ActorState::Alive as i32
             && let Ok(mut raylet) = self.raylet(&previous.node_address)
             && let Err(status) = raylet
@@ -151,6 +146,22 @@ impl HeadState {
             warn!(actor = %id, error = status.message(), "cannot stop the actor's worker");
         }
         Some(updated)
+    }
+
+    /// Records an actor as DEAD for `reason`, so its worker's end (which the
+    /// caller brings about) restarts nothing. Returns the record before and after.
+    pub(crate) async fn mark_actor_dead(
+        &self,
+        id: ActorId,
+        reason: &str,
+    ) -> Option<(ActorRecord, ActorRecord)> {
+        let previous = self.actors.get(id)?;
+        let updated = self.actors.update(id, |r| {
+            r.state = ActorState::Dead as i32;
+            r.reason = reason.into();
+        })?;
+        self.save_actor(id, updated.clone()).await;
+        Some((previous, updated))
     }
 
     /// A node died: its actors are lost with it.

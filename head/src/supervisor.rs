@@ -171,7 +171,10 @@ impl HeadState {
         let id = self.jobs.new_id().to_string();
         let dir = self.job_dir(&id);
         std::fs::create_dir_all(dir.join("work")).map_err(|e| {
-            Status::internal(format!("cannot create the job's directory {}: {e}", dir.display()))
+            Status::internal(format!(
+                "cannot create the job's directory {}: {e}",
+                dir.display()
+            ))
         })?;
         let name = if request.name.is_empty() {
             Path::new(&request.program)
@@ -207,10 +210,7 @@ impl HeadState {
         id: &str,
         grace: Duration,
     ) -> Result<JobRecord, Status> {
-        let record = self
-            .jobs
-            .get(id)
-            .ok_or_else(|| unknown_job(id))?;
+        let record = self.jobs.get(id).ok_or_else(|| unknown_job(id))?;
         if is_terminal(record.state) {
             return Ok(record);
         }
@@ -264,7 +264,8 @@ impl HeadState {
             } else {
                 let ending = self.recorded_ending(&id);
                 let (state, message) = verdict(ending, record.stop_requested);
-                self.finish_job(&id, state, ending.exit_code(), message).await;
+                self.finish_job(&id, state, ending.exit_code(), message)
+                    .await;
             }
         }
     }
@@ -276,8 +277,12 @@ impl HeadState {
             .map_or(Ending::Unknown, Ending::Code)
     }
 
-    /// Records how job `id` ended, then ends everything it left running.
+    /// Ends everything job `id` left running (its workers' last output
+    /// reaches the log meanwhile), then records how it ended.
     async fn finish_job(&self, id: &str, state: JobState, exit_code: Option<i32>, message: String) {
+        if let Some(record) = self.jobs.get(id) {
+            self.clean_up_job(&record).await;
+        }
         let log = self.job_dir(id).join("job.log");
         let lines = last_lines(&log, LAST_LINES);
         let Some(record) = self.jobs.update(id, |r| {
@@ -290,12 +295,11 @@ impl HeadState {
             return;
         };
         info!(job = %id, state = crate::jobs::state_name(record.state), exit_code, message = %record.message, "job ended");
-        self.save_job(record.clone()).await;
-        self.clean_up_job(&record).await;
+        self.save_job(record).await;
     }
 
-    /// Kills what a finished job left: processes in its driver's group, its
-    /// actors, and its workers on every live node.
+    /// Kills what a finished job left: processes in its driver's group, and
+    /// its workers (actors' included) on every live node.
     async fn clean_up_job(&self, record: &JobRecord) {
         if record.driver_pid != 0 {
             signal_group(record.driver_pid, Signal::SIGKILL);
@@ -311,8 +315,11 @@ impl HeadState {
             .filter_map(|a| ActorId::from_slice(&a.spec?.actor_id).ok())
             .filter(|a| a.job_id() == job)
             .collect();
+        // Dead first, so that killing their workers restarts nothing; the
+        // raylets kill them with the job's other workers, forwarding their
+        // last output on the way.
         for actor in actors {
-            self.end_actor(actor, "its job ended").await;
+            self.mark_actor_dead(actor, "its job ended").await;
         }
         for node in self.nodes.snapshot() {
             if node.state != NodeState::Alive as i32 {
@@ -357,7 +364,12 @@ async fn supervise(state: Arc<HeadState>, id: String) {
     };
     if record.stop_requested {
         state
-            .finish_job(&id, JobState::Stopped, None, "stopped before it started".into())
+            .finish_job(
+                &id,
+                JobState::Stopped,
+                None,
+                "stopped before it started".into(),
+            )
             .await;
         return;
     }
@@ -432,7 +444,12 @@ async fn start_driver(
         })
         .await
         .map_err(|e| e.to_string())?
-        .map_err(|e| format!("cannot unpack the working directory into {}: {e}", work.display()))?;
+        .map_err(|e| {
+            format!(
+                "cannot unpack the working directory into {}: {e}",
+                work.display()
+            )
+        })?;
     }
     let program = if record.program_package.is_empty() {
         record.program.clone()

@@ -109,7 +109,10 @@ impl Readiness {
 }
 
 /// `/healthz`, `/readyz` and `/metrics` (`render` builds the metrics on each scrape).
-pub fn router(readiness: Readiness, render: impl Fn() -> Metrics + Send + Sync + 'static) -> Router {
+pub fn router(
+    readiness: Readiness,
+    render: impl Fn() -> Metrics + Send + Sync + 'static,
+) -> Router {
     let render = Arc::new(render);
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
@@ -151,7 +154,11 @@ pub async fn bind(address: SocketAddr, flag: &str) -> Result<TcpListener, String
 }
 
 /// Serves `router` on `listener` until `shutdown` completes.
-pub async fn serve(listener: TcpListener, router: Router, shutdown: impl Future<Output = ()> + Send + 'static) {
+pub async fn serve(
+    listener: TcpListener,
+    router: Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) {
     let address = listener
         .local_addr()
         .map_or_else(|_| "?".into(), |a| a.to_string());
@@ -197,15 +204,21 @@ mod tests {
                 .find(|s| s.metric == name && s.labels.values().any(|v| v == label))
                 .map(|s| s.value.clone())
         };
-        assert!(matches!(
-            value("photon_nodes", "alive"),
-            Some(prometheus_parse::Value::Gauge(v)) if v == 2.0
-        ), "{text}");
+        assert!(
+            matches!(
+                value("photon_nodes", "alive"),
+                Some(prometheus_parse::Value::Gauge(v)) if v == 2.0
+            ),
+            "{text}"
+        );
         // The parser knows OpenMetrics' `_total` sample of a counter as untyped.
-        assert!(matches!(
-            value("photon_worker_exits_total", "exited"),
-            Some(prometheus_parse::Value::Counter(v) | prometheus_parse::Value::Untyped(v)) if v == 3.0
-        ), "{text}");
+        assert!(
+            matches!(
+                value("photon_worker_exits_total", "exited"),
+                Some(prometheus_parse::Value::Counter(v) | prometheus_parse::Value::Untyped(v)) if v == 3.0
+            ),
+            "{text}"
+        );
         assert!(text.contains(r#"{reason="said \"no\""} 1"#), "{text}");
     }
 }

@@ -139,6 +139,23 @@ impl HeadLink {
         }
     }
 
+    /// Streams package `sha256` from the head.
+    pub async fn download_package(
+        &self,
+        sha256: &str,
+    ) -> Result<tonic::Streaming<photon_proto::v1::PackageChunk>, Status> {
+        let request = photon_proto::v1::PackageRef {
+            sha256: sha256.to_string(),
+            size: 0,
+        };
+        Ok(self
+            .jobs
+            .clone()
+            .download_package(request)
+            .await?
+            .into_inner())
+    }
+
     /// Tells the head an actor's worker ended.
     pub async fn report_actor_exit(&self, exit: ActorExit) -> Result<(), Status> {
         self.client

@@ -36,9 +36,12 @@ fn node_metrics(view: &NodeView) -> Metrics {
         .gauge(
             "photon_raylet_resource_capacity",
             "Resources of this node",
-            total
-                .iter()
-                .map(|(name, amount)| (labels([("node", node), ("resource", &name)]), amount.as_f64())),
+            total.iter().map(|(name, amount)| {
+                (
+                    labels([("node", node), ("resource", &name)]),
+                    amount.as_f64(),
+                )
+            }),
         )
         .gauge(
             "photon_raylet_resource_used",
@@ -49,11 +52,31 @@ fn node_metrics(view: &NodeView) -> Metrics {
             }),
         );
     let store_gauges: [(&str, &str, u64); 5] = [
-        ("photon_object_store_capacity_bytes", "Shared memory of this node's object store", stats.capacity),
-        ("photon_object_store_used_bytes", "Object store bytes allocated to objects in memory", stats.used),
-        ("photon_object_store_pinned_bytes", "Object store bytes that cannot be evicted or spilled now", stats.pinned),
-        ("photon_object_store_spilled_bytes", "Bytes of objects spilled to disk now", stats.spilled_bytes),
-        ("photon_object_store_objects", "Objects in the store, in memory or spilled", stats.objects),
+        (
+            "photon_object_store_capacity_bytes",
+            "Shared memory of this node's object store",
+            stats.capacity,
+        ),
+        (
+            "photon_object_store_used_bytes",
+            "Object store bytes allocated to objects in memory",
+            stats.used,
+        ),
+        (
+            "photon_object_store_pinned_bytes",
+            "Object store bytes that cannot be evicted or spilled now",
+            stats.pinned,
+        ),
+        (
+            "photon_object_store_spilled_bytes",
+            "Bytes of objects spilled to disk now",
+            stats.spilled_bytes,
+        ),
+        (
+            "photon_object_store_objects",
+            "Objects in the store, in memory or spilled",
+            stats.objects,
+        ),
     ];
     for (name, help, value) in store_gauges {
         metrics.gauge(name, help, [(labels([("node", node)]), value as f64)]);
@@ -77,7 +100,10 @@ fn node_metrics(view: &NodeView) -> Metrics {
         .gauge(
             "photon_lease_requests_pending",
             "Task lease requests waiting for resources on this node",
-            [(labels([("node", node)]), view.actors.demand().count() as f64)],
+            [(
+                labels([("node", node)]),
+                view.actors.demand().count() as f64,
+            )],
         )
         .gauge(
             "photon_leases_active",

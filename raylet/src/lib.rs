@@ -32,6 +32,7 @@ mod head_link;
 mod http;
 pub mod leases;
 mod local_objects;
+pub mod packages;
 pub mod procfs;
 pub mod resources;
 mod service;
@@ -76,6 +77,8 @@ pub struct RayletConfig {
     pub store: StoreConfig,
     /// Where worker logs go.
     pub log_dir: std::path::PathBuf,
+    /// Where job binaries fetched from the head are cached.
+    pub package_dir: std::path::PathBuf,
     /// Memory limit per worker process (killed above it, with the reason reported).
     pub worker_memory_limit: Option<u64>,
     /// How long to try reaching the head at start before giving up.
@@ -96,6 +99,7 @@ impl RayletConfig {
             labels: BTreeMap::new(),
             store: StoreConfig::default(),
             log_dir: std::env::temp_dir().join("photon-worker-logs"),
+            package_dir: std::env::temp_dir().join("photon-packages"),
             worker_memory_limit: None,
             initial_connect_timeout: Duration::from_secs(10),
             metrics_address: None,
@@ -209,20 +213,29 @@ pub async fn run(
             stop.clone().cancelled_owned(),
         ))
     });
-    let log_forwarder = tokio::spawn(worker_logs::forward(
+    let forwarder = std::sync::Arc::new(worker_logs::LogForwarder::new(
         pool.clone(),
         actors.clone(),
         link.clone(),
         config.log_dir.clone(),
         config.advertise_host.clone(),
-        stop.clone(),
     ));
+    let log_forwarder = tokio::spawn({
+        let forwarder = forwarder.clone();
+        let stop = stop.clone();
+        async move { forwarder.run(stop).await }
+    });
     let service = service::RayletService {
         transfers,
         actors: actors.clone(),
         leases,
         workers,
         pool: pool.clone(),
+        forwarder,
+        packages: std::sync::Arc::new(packages::PackageCache::new(
+            config.package_dir.clone(),
+            link.clone(),
+        )),
         node_id: info.node_id,
     };
     let raylet_service = RayletServer::new(service)

@@ -8,11 +8,11 @@ use photon_proto::v1::raylet_server::Raylet;
 use photon_proto::v1::{
     ActorReadyReply, ActorReadyRequest, ActorSpec, ConnectActorReply, ConnectActorRequest,
     CreateObjectRequest, DeleteObjectReply, DeleteObjectRequest, FetchObjectReply,
-    FetchObjectRequest, GetObjectRequest, KillJobWorkersReply, KillJobWorkersRequest, ObjectChunk, ObjectDescriptor, PullObjectRequest,
-    PushObjectReply, RegisterWorkerReply, RegisterWorkerRequest, ReleaseObjectReply,
-    ReleaseObjectRequest, ReturnWorkerLeaseReply, ReturnWorkerLeaseRequest, SealObjectReply,
-    SealObjectRequest, StartActorReply, StopActorReply, StopActorRequest, WorkerExitReply,
-    WorkerExitRequest, WorkerLeaseReply, WorkerLeaseRequest,
+    FetchObjectRequest, GetObjectRequest, KillJobWorkersReply, KillJobWorkersRequest, ObjectChunk,
+    ObjectDescriptor, PullObjectRequest, PushObjectReply, RegisterWorkerReply,
+    RegisterWorkerRequest, ReleaseObjectReply, ReleaseObjectRequest, ReturnWorkerLeaseReply,
+    ReturnWorkerLeaseRequest, SealObjectReply, SealObjectRequest, StartActorReply, StopActorReply,
+    StopActorRequest, WorkerExitReply, WorkerExitRequest, WorkerLeaseReply, WorkerLeaseRequest,
 };
 use photon_proto::{ActorId, JobId, NodeId, WorkerId};
 use tonic::{Request, Response, Status, Streaming};
@@ -35,6 +35,10 @@ pub struct RayletService {
     pub workers: Arc<WorkerDirectory>,
     /// The worker processes.
     pub pool: Arc<WorkerPool>,
+    /// Job binaries fetched from the head.
+    pub packages: Arc<crate::packages::PackageCache>,
+    /// What job workers print, on its way to the head.
+    pub forwarder: Arc<crate::worker_logs::LogForwarder>,
     /// This node.
     pub node_id: NodeId,
 }
@@ -75,7 +79,9 @@ impl Raylet for RayletService {
         &self,
         request: Request<ActorSpec>,
     ) -> Result<Response<StartActorReply>, Status> {
-        self.actors.start(&request.into_inner()).map(Response::new)
+        let mut spec = request.into_inner();
+        spec.program = self.packages.resolve(&spec.program, &spec.env).await?;
+        self.actors.start(&spec).map(Response::new)
     }
 
     async fn stop_actor(
@@ -92,7 +98,7 @@ impl Raylet for RayletService {
         request: Request<KillJobWorkersRequest>,
     ) -> Result<Response<KillJobWorkersReply>, Status> {
         let job = JobId::from_slice(&request.into_inner().job_id)?;
-        let killed = self.pool.kill_job(&job.to_string());
+        let killed = self.forwarder.end_job(&job.to_string()).await;
         Ok(Response::new(KillJobWorkersReply { killed }))
     }
 
@@ -100,10 +106,12 @@ impl Raylet for RayletService {
         &self,
         request: Request<WorkerLeaseRequest>,
     ) -> Result<Response<WorkerLeaseReply>, Status> {
-        self.leases
-            .request(request.into_inner())
-            .await
-            .map(Response::new)
+        let mut request = request.into_inner();
+        request.program = self
+            .packages
+            .resolve(&request.program, &request.env)
+            .await?;
+        self.leases.request(request).await.map(Response::new)
     }
 
     async fn return_worker_lease(

@@ -77,42 +77,99 @@ struct TailedWorker {
     files: [TailedFile; 2],
 }
 
-/// Forwards job workers' output until `cancel`.
-pub async fn forward(
+/// Tails the output files of every job's workers on this node.
+pub struct LogForwarder {
     pool: Arc<WorkerPool>,
     actors: Arc<ActorHost>,
     link: Arc<HeadLink>,
     log_dir: PathBuf,
     host: String,
-    cancel: CancellationToken,
-) {
-    let mut tailed: HashMap<WorkerId, TailedWorker> = HashMap::new();
-    let mut ticks = tokio::time::interval(PERIOD);
-    loop {
-        let stopping = tokio::select! {
-            () = cancel.cancelled() => true,
-            _ = ticks.tick() => false,
-        };
-        let live: HashMap<WorkerId, _> = pool.live().into_iter().map(|w| (w.id, w)).collect();
+    /// One pass at a time, so no line is read twice.
+    tailed: tokio::sync::Mutex<HashMap<WorkerId, TailedWorker>>,
+}
+
+impl LogForwarder {
+    /// A forwarder of the workers of `pool`, whose files are in `log_dir`.
+    pub fn new(
+        pool: Arc<WorkerPool>,
+        actors: Arc<ActorHost>,
+        link: Arc<HeadLink>,
+        log_dir: PathBuf,
+        host: String,
+    ) -> Self {
+        Self {
+            pool,
+            actors,
+            link,
+            log_dir,
+            host,
+            tailed: Default::default(),
+        }
+    }
+
+    /// Forwards every `PERIOD` until `cancel`, then a last time.
+    pub async fn run(&self, cancel: CancellationToken) {
+        let mut ticks = tokio::time::interval(PERIOD);
+        loop {
+            let stopping = tokio::select! {
+                () = cancel.cancelled() => true,
+                _ = ticks.tick() => false,
+            };
+            self.pass(stopping).await;
+            if stopping {
+                return;
+            }
+        }
+    }
+
+    /// Kills job `job`'s workers, waits (briefly) until they are reaped, and
+    /// forwards what they printed last, so the job's log is complete when
+    /// the head records the job's end. Returns how many were killed.
+    pub async fn end_job(&self, job: &str) -> u32 {
+        // Track the job's workers first: one that started since the last
+        // pass would otherwise end unseen.
+        self.pass(false).await;
+        let killed = self.pool.kill_job(job);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+        while self
+            .pool
+            .live()
+            .iter()
+            .any(|w| w.spec.env.get(JOB_ID_ENV).is_some_and(|j| j == job))
+            && tokio::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        self.pass(false).await;
+        killed
+    }
+
+    /// Reads new output of every job worker (all of it for workers that
+    /// ended, or all workers when `last`) and hands it to the head.
+    async fn pass(&self, last: bool) {
+        let mut tailed = self.tailed.lock().await;
+        let live: HashMap<WorkerId, _> = self.pool.live().into_iter().map(|w| (w.id, w)).collect();
         for (id, worker) in &live {
             let Some(job) = worker.spec.env.get(JOB_ID_ENV) else {
                 continue;
             };
-            let name = actors
+            let name = self
+                .actors
                 .actor_of_worker(*id)
                 .map(|spec| short_class(&spec.class_name).to_string())
                 .unwrap_or_else(|| "worker".into());
+            let log_dir = &self.log_dir;
             let entry = tailed.entry(*id).or_insert_with(|| TailedWorker {
                 job: job.clone(),
                 prefix: String::new(),
-                files: ["out", "err"].map(|ext| TailedFile::new(worker_file(&log_dir, *id, ext))),
+                files: ["out", "err"].map(|ext| TailedFile::new(worker_file(log_dir, *id, ext))),
             });
             // An actor's worker learns its class after it starts.
-            entry.prefix = format!("({name} pid={}, ip={host}) ", worker.pid);
+            entry.prefix = format!("({name} pid={}, ip={}) ", worker.pid, self.host);
         }
         let mut batches: BTreeMap<String, Vec<u8>> = BTreeMap::new();
         tailed.retain(|id, worker| {
-            let ended = stopping || !live.contains_key(id);
+            let ended = last || !live.contains_key(id);
             let batch = batches.entry(worker.job.clone()).or_default();
             for file in &mut worker.files {
                 file.read_lines(&worker.prefix, ended, batch);
@@ -121,11 +178,8 @@ pub async fn forward(
         });
         for (job, data) in batches {
             if !data.is_empty() {
-                link.append_worker_logs(job, data).await;
+                self.link.append_worker_logs(job, data).await;
             }
-        }
-        if stopping {
-            return;
         }
     }
 }
@@ -152,8 +206,14 @@ mod tests {
         let mut file = TailedFile::new(path.clone());
         let mut out = Vec::new();
         file.read_lines("(A pid=1) ", false, &mut out);
-        assert_eq!(String::from_utf8(out).unwrap(), "(A pid=1) one\n(A pid=1) two\n");
-        let mut handle = std::fs::OpenOptions::new().append(true).open(&path).unwrap();
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "(A pid=1) one\n(A pid=1) two\n"
+        );
+        let mut handle = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap();
         std::io::Write::write_all(&mut handle, b"ee\nfour").unwrap();
         let mut out = Vec::new();
         file.read_lines("> ", false, &mut out);

@@ -262,7 +262,13 @@ impl WorkerPool {
             .lock()
             .live
             .values()
-            .filter(|w| w.spec.env.get(crate::worker_logs::JOB_ID_ENV).map(String::as_str) == Some(job))
+            .filter(|w| {
+                w.spec
+                    .env
+                    .get(crate::worker_logs::JOB_ID_ENV)
+                    .map(String::as_str)
+                    == Some(job)
+            })
             .map(|w| w.pid)
             .collect();
         for &pid in &victims {

@@ -591,7 +591,8 @@ async fn connect(config: &Config) -> Result<(Arc<Core>, Option<EmbeddedCluster>)
         .ok()
         .and_then(|id| id.parse::<JobId>().ok())
         .unwrap_or_else(|| JobId::from_u32(rand_u32()));
-    let mut worker_env = std::collections::HashMap::from([(JOB_ID_ENV.to_string(), job.to_string())]);
+    let mut worker_env =
+        std::collections::HashMap::from([(JOB_ID_ENV.to_string(), job.to_string())]);
     if let Ok(package) = std::env::var(PROGRAM_PACKAGE_ENV) {
         worker_env.insert(PROGRAM_PACKAGE_ENV.to_string(), package);
     }

@@ -1,0 +1,218 @@
+//! The multi-process cluster harness of the CLI's tests: a head and raylets
+//! as real `photon` processes in temp dirs, killed on drop.
+#![allow(dead_code)] // each test binary uses part of it
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+pub const PHOTON: &str = env!("CARGO_BIN_EXE_photon");
+pub const STORE: &str = "33554432"; // 32 MiB per node keeps tests light
+
+/// Polls `condition` every 20 ms until it holds or `timeout` passes.
+pub fn wait_until<T>(timeout: Duration, what: &str, mut condition: impl FnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(value) = condition() {
+            return value;
+        }
+        assert!(
+            start.elapsed() < timeout,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A cluster whose processes are SIGKILLed on drop.
+pub struct Cluster {
+    pub home: tempfile::TempDir,
+    pub session: PathBuf,
+    pub children: Vec<Child>,
+    pub address: String,
+    pub token: String,
+}
+
+impl Cluster {
+    /// A head without a raylet.
+    pub fn start() -> Self {
+        let home = tempfile::tempdir().unwrap();
+        let session = home.path().join("session");
+        let mut cluster = Self {
+            home,
+            session,
+            children: Vec::new(),
+            address: String::new(),
+            token: String::new(),
+        };
+        cluster.start_head(0);
+        cluster
+    }
+
+    pub fn command(&self) -> Command {
+        let mut command = Command::new(PHOTON);
+        command
+            .env("PHOTON_HOME", self.home.path())
+            .env_remove("PHOTON_TOKEN")
+            .env_remove("PHOTON_ADDRESS");
+        command
+    }
+
+    /// A log file in the cluster's home, appended to.
+    pub fn log_file(&self, name: &str) -> std::fs::File {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.home.path().join(name))
+            .unwrap()
+    }
+
+    pub fn start_head(&mut self, port: u16) {
+        let cluster_file = self.home.path().join("cluster.json");
+        let _ = std::fs::remove_file(&cluster_file);
+        let child = self
+            .command()
+            .args([
+                "start",
+                "--head",
+                "--block",
+                "--no-raylet",
+                "--port",
+                &port.to_string(),
+                "--metrics-port",
+                "0",
+            ])
+            .arg("--session-dir")
+            .arg(&self.session)
+            .stdout(Stdio::null())
+            .stderr(self.log_file("head.log"))
+            .spawn()
+            .unwrap();
+        self.children.push(child);
+        let file: Value = wait_until(Duration::from_secs(20), "the head's cluster.json", || {
+            serde_json::from_slice(&std::fs::read(&cluster_file).ok()?).ok()
+        });
+        self.address = file["address"].as_str().unwrap().to_string();
+        self.token = std::fs::read_to_string(self.session.join("token")).unwrap();
+    }
+
+    /// Starts a raylet and waits until the head lists it alive; returns its pid.
+    pub fn add_raylet(&mut self, extra: &[&str]) -> u32 {
+        let before = self.alive_nodes().len();
+        let log_path = self
+            .home
+            .path()
+            .join(format!("raylet-{}.log", self.children.len()));
+        let mut command = self.command();
+        command.args([
+            "start",
+            "--block",
+            "--address",
+            &self.address,
+            "--token",
+            &self.token,
+            "--num-cpus",
+            "1",
+        ]);
+        if !extra.contains(&"--object-store-memory") {
+            command.args(["--object-store-memory", STORE]);
+        }
+        let child = command
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log_path).unwrap())
+            .spawn()
+            .unwrap();
+        let pid = child.id();
+        self.children.push(child);
+        wait_until(Duration::from_secs(20), "the raylet to register", || {
+            if let Some(status) = self.children.last_mut().unwrap().try_wait().unwrap() {
+                panic!(
+                    "raylet exited ({status}): {}",
+                    std::fs::read_to_string(&log_path).unwrap()
+                );
+            }
+            (self.alive_nodes().len() > before).then_some(())
+        });
+        pid
+    }
+
+    pub fn status(&self) -> Value {
+        let output = self
+            .command()
+            .args([
+                "status",
+                "--json",
+                "--address",
+                &self.address,
+                "--token",
+                &self.token,
+            ])
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "photon status failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        serde_json::from_slice(&output.stdout).unwrap()
+    }
+
+    pub fn nodes(&self) -> Vec<Value> {
+        self.status()["nodes"].as_array().unwrap().clone()
+    }
+
+    pub fn alive_nodes(&self) -> Vec<Value> {
+        self.nodes()
+            .into_iter()
+            .filter(|n| n["state"] == "alive")
+            .collect()
+    }
+
+    pub fn node_by_pid(&self, pid: u32) -> Value {
+        self.nodes()
+            .into_iter()
+            .find(|n| n["pid"] == pid)
+            .expect("node with pid")
+    }
+
+    pub fn kill(&mut self, pid: u32, signal: &str) {
+        let status = Command::new("kill")
+            .args([signal, &pid.to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let ends_process = signal == "-9" || signal == "-TERM";
+        if let Some(child) = self
+            .children
+            .iter_mut()
+            .find(|c| ends_process && c.id() == pid)
+        {
+            let _ = child.wait();
+        }
+    }
+
+    pub fn head_pid(&self) -> u32 {
+        self.children[0].id()
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for child in &mut self.children {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+pub fn failure(output: &Output) -> String {
+    assert!(
+        !output.status.success(),
+        "expected failure, got success: {}",
+        String::from_utf8_lossy(&output.stdout)
+    );
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
