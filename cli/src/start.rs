@@ -58,7 +58,9 @@ pub struct StartArgs {
     /// Shared memory for the object store, in bytes (default 30% of RAM).
     #[arg(long, value_name = "BYTES")]
     object_store_memory: Option<u64>,
-    /// Cluster token for joining (default: PHOTON_TOKEN or this machine's head).
+    /// Cluster token. Joining: default PHOTON_TOKEN or this machine's head.
+    /// A head: sets its token (e.g. from a Kubernetes Secret), else
+    /// PHOTON_TOKEN, else the session dir's, else a new one.
     #[arg(long)]
     token: Option<String>,
     /// Silence after which the head declares a node dead, in milliseconds.
@@ -262,7 +264,19 @@ async fn run_head(
         None => session::home().join(format!("session-{}-{}", unix_secs(), std::process::id())),
     };
     session::create_private_dir(&session_dir)?;
-    let token = session::session_token(&session_dir)?;
+    let given = args
+        .token
+        .clone()
+        .or_else(|| std::env::var("PHOTON_TOKEN").ok())
+        .filter(|t| !t.is_empty());
+    let token = match given {
+        // Stored too, so local `photon` commands find it in the session dir.
+        Some(token) => {
+            session::write_private(&session_dir.join("token"), token.as_bytes())?;
+            token
+        }
+        None => session::session_token(&session_dir)?,
+    };
     let listener = bind(&args.host, args.port).await?;
     let address = listener.local_addr()?.to_string();
     let mut config = HeadConfig::new(&session_dir, token.clone());

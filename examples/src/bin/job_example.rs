@@ -28,7 +28,7 @@ pub struct Tally {
 #[photon::actor(num_cpus = 0)]
 impl Tally {
     /// A tally at zero.
-    pub fn new() -> Self {
+    pub fn open() -> Self {
         println!("tally opened");
         Tally { total: 0 }
     }
@@ -56,7 +56,7 @@ fn main() -> photon::Result<()> {
         "driver: job {:?} started",
         std::env::var("PHOTON_JOB_ID").ok()
     );
-    let tally = TallyHandle::new(&ctx)?;
+    let tally = TallyHandle::open(&ctx)?;
     let squares: Vec<ObjectRef<u64>> = (1..=4u64).map(|x| square::remote(&ctx, x)).collect();
     let mut total = 0;
     for square in ctx.get_all(&squares)? {

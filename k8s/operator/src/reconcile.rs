@@ -1,0 +1,364 @@
+//! Reconciling a `PhotonCluster`: level-triggered and idempotent. Each pass
+//! checks the spec (a refused one gets `Valid=False` and nothing is
+//! created), makes sure the token Secret exists, applies the head's objects
+//! with server-side apply, brings every worker group to its wanted count
+//! (replacing failed workers), removes groups no longer in the spec, and
+//! writes the status: `HeadReady`, `WorkersReady`, `Ready`, per-group counts
+//! and the head's address.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use k8s_openapi::api::core::v1::{Pod, Secret};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::runtime::controller::Action;
+use kube::{Client, Resource, ResourceExt};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tracing::{info, warn};
+
+use crate::desired::{
+    self, CLUSTER_LABEL, ExistingWorker, GROUP_LABEL, INDEX_ANNOTATION, ROLE_LABEL,
+};
+use crate::types::{Condition, PhotonCluster, PhotonClusterStatus, WorkerGroupStatus};
+use crate::validate;
+
+/// The field manager of the operator's server-side applies.
+pub const MANAGER: &str = "photon-operator";
+
+/// What reconciling can fail with; the controller retries after a backoff.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The API server refused or failed a call.
+    #[error("Kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    /// The cluster has no namespace (it is a namespaced resource).
+    #[error("PhotonCluster {0} has no namespace")]
+    NoNamespace(String),
+}
+
+/// Shared by every reconcile.
+pub struct Context {
+    /// The API client.
+    pub client: Client,
+}
+
+/// Reconciles one cluster.
+pub async fn reconcile(cluster: Arc<PhotonCluster>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let name = cluster.name_any();
+    let namespace = cluster
+        .namespace()
+        .ok_or_else(|| Error::NoNamespace(name.clone()))?;
+    let client = ctx.client.clone();
+    let clusters: Api<PhotonCluster> = Api::namespaced(client.clone(), &namespace);
+    let previous = cluster.status.clone().unwrap_or_default();
+
+    let problems = validate::problems(&cluster.spec);
+    if !problems.is_empty() {
+        let message = problems.join("; ");
+        warn!(cluster = %name, %message, "refusing an invalid spec");
+        let status = PhotonClusterStatus {
+            conditions: vec![
+                condition(&previous, "Valid", false, "InvalidSpec", &message),
+                condition(
+                    &previous,
+                    "Ready",
+                    false,
+                    "InvalidSpec",
+                    "the spec is invalid: nothing was created",
+                ),
+            ],
+            observed_generation: cluster.metadata.generation,
+            ..Default::default()
+        };
+        write_status(&clusters, &name, &status).await?;
+        // Nothing to do until the spec changes.
+        return Ok(Action::await_change());
+    }
+
+    ensure_token(&client, &namespace, &cluster).await?;
+    if let Some(claim) = desired::head_state_claim(&cluster) {
+        apply(&client, &namespace, &claim).await?;
+    }
+    let deployment = apply(&client, &namespace, &desired::head_deployment(&cluster)).await?;
+    apply(&client, &namespace, &desired::head_service(&cluster)).await?;
+    let head_ready = deployment
+        .status
+        .as_ref()
+        .and_then(|s| s.ready_replicas)
+        .unwrap_or(0)
+        >= 1;
+
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &namespace);
+    let selector = format!("{CLUSTER_LABEL}={name},{ROLE_LABEL}=worker");
+    let workers = pods
+        .list(&ListParams::default().labels(&selector))
+        .await?
+        .items;
+    let mut groups = Vec::new();
+    for group in &cluster.spec.worker_groups {
+        let (min, max) = validate::bounds(group.replicas, group.min_replicas, group.max_replicas);
+        let wanted = group.replicas.clamp(min, max).max(0) as u32;
+        let existing: Vec<ExistingWorker> = workers
+            .iter()
+            .filter(|p| p.labels().get(GROUP_LABEL) == Some(&group.name))
+            .filter_map(existing_worker)
+            .collect();
+        let plan = desired::plan_workers(wanted, &existing);
+        for index in &plan.create {
+            let pod = desired::worker_pod(&cluster, group, *index);
+            match pods.create(&PostParams::default(), &pod).await {
+                Ok(_) => info!(cluster = %name, group = %group.name, index, "created a worker"),
+                // Created by a previous pass whose result was not seen yet.
+                Err(kube::Error::Api(e)) if e.code == 409 => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        for pod in &plan.delete {
+            delete_pod(&pods, pod).await?;
+            info!(cluster = %name, group = %group.name, %pod, "deleted a worker (scaled down or failed)");
+        }
+        let ready = workers
+            .iter()
+            .filter(|p| p.labels().get(GROUP_LABEL) == Some(&group.name))
+            .filter(|p| is_ready(p))
+            .count() as i32;
+        groups.push(WorkerGroupStatus {
+            name: group.name.clone(),
+            ready_replicas: ready,
+            desired_replicas: wanted as i32,
+        });
+    }
+    // Workers of groups no longer in the spec go.
+    for pod in &workers {
+        let group = pod.labels().get(GROUP_LABEL).cloned().unwrap_or_default();
+        if !cluster.spec.worker_groups.iter().any(|g| g.name == group) {
+            delete_pod(&pods, &pod.name_any()).await?;
+        }
+    }
+
+    let workers_ready = groups
+        .iter()
+        .all(|g| g.ready_replicas >= g.desired_replicas);
+    let summary: Vec<String> = groups
+        .iter()
+        .map(|g| format!("{}: {}/{}", g.name, g.ready_replicas, g.desired_replicas))
+        .collect();
+    let status = PhotonClusterStatus {
+        conditions: vec![
+            condition(&previous, "Valid", true, "SpecAccepted", ""),
+            condition(
+                &previous,
+                "HeadReady",
+                head_ready,
+                if head_ready {
+                    "HeadReady"
+                } else {
+                    "HeadStarting"
+                },
+                "",
+            ),
+            condition(
+                &previous,
+                "WorkersReady",
+                workers_ready,
+                if workers_ready {
+                    "AllWorkersReady"
+                } else {
+                    "WorkersStarting"
+                },
+                &summary.join(", "),
+            ),
+            condition(
+                &previous,
+                "Ready",
+                head_ready && workers_ready,
+                if head_ready && workers_ready {
+                    "ClusterReady"
+                } else {
+                    "Starting"
+                },
+                "",
+            ),
+        ],
+        worker_groups: groups,
+        head_address: Some(desired::head_address(&cluster)),
+        observed_generation: cluster.metadata.generation,
+    };
+    if cluster.status.as_ref() != Some(&status) {
+        write_status(&clusters, &name, &status).await?;
+    }
+    // Level-triggered: owned objects' events wake it too; this is the fallback.
+    let wait = if head_ready && workers_ready { 60 } else { 5 };
+    Ok(Action::requeue(Duration::from_secs(wait)))
+}
+
+/// What the controller does after a failed reconcile: retry soon.
+pub fn error_policy(cluster: Arc<PhotonCluster>, error: &Error, _: Arc<Context>) -> Action {
+    warn!(cluster = %cluster.name_any(), %error, "reconcile failed; retrying");
+    Action::requeue(Duration::from_secs(10))
+}
+
+fn existing_worker(pod: &Pod) -> Option<ExistingWorker> {
+    let index = pod.annotations().get(INDEX_ANNOTATION)?.parse().ok()?;
+    let phase = pod.status.as_ref().and_then(|s| s.phase.clone());
+    Some(ExistingWorker {
+        name: pod.name_any(),
+        index,
+        ended: matches!(phase.as_deref(), Some("Failed" | "Succeeded")),
+        terminating: pod.metadata.deletion_timestamp.is_some(),
+    })
+}
+
+fn is_ready(pod: &Pod) -> bool {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|conditions| {
+            conditions
+                .iter()
+                .any(|c| c.type_ == "Ready" && c.status == "True")
+        })
+}
+
+async fn delete_pod(pods: &Api<Pod>, name: &str) -> Result<(), Error> {
+    match pods.delete(name, &DeleteParams::default()).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Creates the token Secret unless it exists (an existing one is never
+/// changed: raylets and drivers hold its token).
+async fn ensure_token(
+    client: &Client,
+    namespace: &str,
+    cluster: &PhotonCluster,
+) -> Result<(), Error> {
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), namespace);
+    let name = desired::token_secret_name(cluster);
+    if secrets.get_opt(&name).await?.is_some() {
+        return Ok(());
+    }
+    let secret = desired::token_secret(cluster, &random_token());
+    match secrets.create(&PostParams::default(), &secret).await {
+        Ok(_) => {
+            info!(cluster = %cluster.name_any(), secret = %name, "generated the cluster token");
+            Ok(())
+        }
+        Err(kube::Error::Api(e)) if e.code == 409 => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// 32 random bytes in hex, from the kernel.
+fn random_token() -> String {
+    let mut bytes = [0u8; 32];
+    if let Ok(mut urandom) = std::fs::File::open("/dev/urandom") {
+        let _ = std::io::Read::read_exact(&mut urandom, &mut bytes);
+    }
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Server-side apply of `object` (its name and namespace from its metadata).
+async fn apply<K>(client: &Client, namespace: &str, object: &K) -> Result<K, Error>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + Serialize
+        + DeserializeOwned
+        + std::fmt::Debug,
+    <K as Resource>::DynamicType: Default,
+{
+    let api: Api<K> = Api::namespaced(client.clone(), namespace);
+    let name = object.meta().name.clone().unwrap_or_default();
+    let mut body = serde_json::to_value(object).expect("objects serialize");
+    body["apiVersion"] = K::api_version(&Default::default()).into();
+    body["kind"] = K::kind(&Default::default()).into();
+    Ok(api
+        .patch(
+            &name,
+            &PatchParams::apply(MANAGER).force(),
+            &Patch::Apply(body),
+        )
+        .await?)
+}
+
+async fn write_status(
+    clusters: &Api<PhotonCluster>,
+    name: &str,
+    status: &PhotonClusterStatus,
+) -> Result<(), Error> {
+    let patch = serde_json::json!({ "status": status });
+    clusters
+        .patch_status(name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await?;
+    Ok(())
+}
+
+/// A condition, keeping its transition time when its status did not change.
+fn condition(
+    previous: &PhotonClusterStatus,
+    type_: &str,
+    holds: bool,
+    reason: &str,
+    message: &str,
+) -> Condition {
+    let status = if holds { "True" } else { "False" };
+    let since = previous
+        .conditions
+        .iter()
+        .find(|c| c.type_ == type_ && c.status == status)
+        .and_then(|c| c.last_transition_time.clone())
+        .unwrap_or_else(now_rfc3339);
+    Condition {
+        type_: type_.into(),
+        status: status.into(),
+        reason: reason.into(),
+        message: message.into(),
+        last_transition_time: Some(since),
+    }
+}
+
+/// Now as RFC 3339 (UTC, seconds), as Kubernetes writes times.
+fn now_rfc3339() -> String {
+    let secs = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    rfc3339(secs)
+}
+
+/// Civil date from days since 1970 (Howard Hinnant's algorithm); written
+/// here rather than pulling a date crate into the operator for one format.
+fn rfc3339(unix_secs: u64) -> String {
+    let days = (unix_secs / 86_400) as i64;
+    let secs = unix_secs % 86_400;
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        secs / 3600,
+        secs / 60 % 60,
+        secs % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_are_rfc3339() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339(1_795_935_221), "2026-11-29T06:53:41Z");
+        assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z");
+    }
+}
