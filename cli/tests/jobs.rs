@@ -497,18 +497,33 @@ fn the_working_dir_and_env_reach_the_driver() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("data.txt"), "from the working dir\n").unwrap();
     let script = dir.path().join("run.sh");
-    std::fs::write(&script, "#!/bin/sh\ncat data.txt\necho \"mode=$MODE job=$PHOTON_JOB_ID\"\n").unwrap();
+    std::fs::write(
+        &script,
+        "#!/bin/sh\ncat data.txt\necho \"mode=$MODE job=$PHOTON_JOB_ID\"\n",
+    )
+    .unwrap();
     std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     let output = cluster
         .command()
-        .args(["job", "submit", "--address", &cluster.address, "--token", &cluster.token])
+        .args([
+            "job",
+            "submit",
+            "--address",
+            &cluster.address,
+            "--token",
+            &cluster.token,
+        ])
         .arg("--working-dir")
         .arg(dir.path())
         .args(["--env", "MODE=fast", "--", "run.sh"])
         .output()
         .unwrap();
     let stdout = text(&output.stdout);
-    assert!(output.status.success(), "{}\n{stdout}", text(&output.stderr));
+    assert!(
+        output.status.success(),
+        "{}\n{stdout}",
+        text(&output.stderr)
+    );
     assert!(stdout.contains("from the working dir\n"), "{stdout}");
     let list: Value =
         serde_json::from_slice(&photon(&cluster, &["job", "list", "--json"]).stdout).unwrap();

@@ -1,5 +1,6 @@
 //! `photon-operator`: watches `PhotonCluster` resources in every namespace
-//! and reconciles each into a head, worker pods and a token Secret. Serves
+//! and reconciles each into a head, worker pods and a token Secret; runs
+//! each `PhotonJob` on its cluster. Serves
 //! `/healthz`, `/readyz` and `/metrics` on port 8080 (`PHOTON_OPERATOR_PORT`).
 
 use std::sync::Arc;
@@ -10,8 +11,9 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Pod, Service};
 use kube::runtime::{Controller, watcher};
 use kube::{Api, Client};
+use photon_operator::job::{job_error_policy, reconcile_job};
 use photon_operator::reconcile::{Context, error_policy, reconcile};
-use photon_operator::types::PhotonCluster;
+use photon_operator::types::{PhotonCluster, PhotonJob};
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -39,12 +41,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             metrics
                 .counter(
                     "photon_operator_reconciles",
-                    "PhotonCluster reconciles that succeeded",
+                    "Reconciles of PhotonClusters and PhotonJobs that succeeded",
                     [(Vec::new(), reconciled.load(Ordering::Relaxed))],
                 )
                 .counter(
                     "photon_operator_reconcile_errors",
-                    "PhotonCluster reconciles that failed (retried)",
+                    "Reconciles of PhotonClusters and PhotonJobs that failed (retried)",
                     [(Vec::new(), failed.load(Ordering::Relaxed))],
                 );
             metrics
@@ -57,29 +59,37 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     ));
 
     let clusters: Api<PhotonCluster> = Api::all(client.clone());
+    let context = Arc::new(Context {
+        client: client.clone(),
+    });
     readiness.set(true);
-    tracing::info!(port, "photon-operator watching PhotonClusters");
-    Controller::new(clusters, watcher::Config::default())
-        .owns(Api::<Pod>::all(client.clone()), watcher::Config::default())
-        .owns(
-            Api::<Deployment>::all(client.clone()),
-            watcher::Config::default(),
-        )
-        .owns(
-            Api::<Service>::all(client.clone()),
-            watcher::Config::default(),
-        )
+    tracing::info!(
+        port,
+        "photon-operator watching PhotonClusters and PhotonJobs"
+    );
+    let count = |ok: bool| {
+        let counter = if ok { &reconciled } else { &failed };
+        counter.fetch_add(1, Ordering::Relaxed);
+    };
+    let config = watcher::Config::default;
+    let cluster_controller = Controller::new(clusters.clone(), config())
+        .owns(Api::<Pod>::all(client.clone()), config())
+        .owns(Api::<Deployment>::all(client.clone()), config())
+        .owns(Api::<Service>::all(client.clone()), config())
         .shutdown_on_signal()
-        .run(reconcile, error_policy, Arc::new(Context { client }))
+        .run(reconcile, error_policy, context.clone())
         .for_each(|outcome| {
-            let counter = if outcome.is_ok() {
-                &reconciled
-            } else {
-                &failed
-            };
-            counter.fetch_add(1, Ordering::Relaxed);
+            count(outcome.is_ok());
             async {}
-        })
-        .await;
+        });
+    let job_controller = Controller::new(Api::<PhotonJob>::all(client.clone()), config())
+        .owns(clusters, config())
+        .shutdown_on_signal()
+        .run(reconcile_job, job_error_policy, context)
+        .for_each(|outcome| {
+            count(outcome.is_ok());
+            async {}
+        });
+    futures::join!(cluster_controller, job_controller);
     Ok(())
 }

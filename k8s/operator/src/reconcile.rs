@@ -323,15 +323,38 @@ fn condition(
 
 /// Now as RFC 3339 (UTC, seconds), as Kubernetes writes times.
 fn now_rfc3339() -> String {
-    let secs = SystemTime::now()
+    rfc3339(now_unix())
+}
+
+/// Seconds since 1970.
+pub fn now_unix() -> u64 {
+    SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    rfc3339(secs)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// Seconds since 1970 of a `YYYY-MM-DDTHH:MM:SSZ` time (what `rfc3339` writes).
+pub fn parse_rfc3339(text: &str) -> Option<u64> {
+    let number = |range: std::ops::Range<usize>| text.get(range)?.parse::<i64>().ok();
+    if text.len() != 20 || !text.ends_with('Z') {
+        return None;
+    }
+    let (year, month, day) = (number(0..4)?, number(5..7)?, number(8..10)?);
+    let (hour, minute, second) = (number(11..13)?, number(14..16)?, number(17..19)?);
+    // Days from the civil date (the inverse of `rfc3339`'s algorithm).
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (month + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    u64::try_from(days * 86_400 + hour * 3600 + minute * 60 + second).ok()
 }
 
 /// Civil date from days since 1970 (Howard Hinnant's algorithm); written
 /// here rather than pulling a date crate into the operator for one format.
-fn rfc3339(unix_secs: u64) -> String {
+pub fn rfc3339(unix_secs: u64) -> String {
     let days = (unix_secs / 86_400) as i64;
     let secs = unix_secs % 86_400;
     let z = days + 719_468;
@@ -360,5 +383,9 @@ mod tests {
         assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
         assert_eq!(rfc3339(1_795_935_221), "2026-11-29T06:53:41Z");
         assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z");
+        for secs in [0, 951_782_400, 1_795_935_221, 4_102_444_800] {
+            assert_eq!(parse_rfc3339(&rfc3339(secs)), Some(secs));
+        }
+        assert_eq!(parse_rfc3339("yesterday"), None);
     }
 }

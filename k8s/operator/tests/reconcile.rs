@@ -2,77 +2,25 @@
 //! tower-test style): every request the operator makes is checked against
 //! a script of expected calls, answered, and recorded.
 
-use std::sync::{Arc, Mutex};
+mod support;
 
-use http::{Method, Request, Response, StatusCode};
-use kube::client::Body;
+use std::sync::Arc;
+
+use http::Method;
 use kube::runtime::controller::Action;
 use photon_operator::reconcile::{Context, reconcile};
 use photon_operator::types::{PhotonCluster, PhotonClusterSpec};
 use serde_json::{Value, json};
-
-/// One expected call: method, a piece of the path it must contain, and the answer.
-struct Expect {
-    method: Method,
-    path: &'static str,
-    status: StatusCode,
-    body: Value,
-}
-
-fn expect(method: Method, path: &'static str, status: u16, body: Value) -> Expect {
-    Expect {
-        method,
-        path,
-        status: StatusCode::from_u16(status).unwrap(),
-        body,
-    }
-}
-
-/// A request the operator made: path with query, JSON body.
-#[derive(Debug, Clone)]
-struct Call {
-    path: String,
-    body: Value,
-}
+use support::{Call, Expect, expect, serve};
 
 /// Runs one reconcile of `cluster` against `script`; returns its outcome and the calls.
 async fn run(cluster: PhotonCluster, script: Vec<Expect>) -> (Result<Action, String>, Vec<Call>) {
-    let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
-    let client = kube::Client::new(service, "default");
-    let calls = Arc::new(Mutex::new(Vec::new()));
-    let recorded = calls.clone();
-    let server = tokio::spawn(async move {
-        for expected in script {
-            let (request, respond) = handle.next_request().await.expect("a request");
-            let method = request.method().clone();
-            let path = request.uri().to_string();
-            let bytes = request.into_body().collect_bytes().await.unwrap();
-            let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-            recorded.lock().unwrap().push(Call {
-                path: path.clone(),
-                body,
-            });
-            assert!(
-                method == expected.method && path.contains(expected.path),
-                "expected {} …{}…, got {method} {path}",
-                expected.method,
-                expected.path
-            );
-            let response = Response::builder()
-                .status(expected.status)
-                .body(Body::from(serde_json::to_vec(&expected.body).unwrap()))
-                .unwrap();
-            respond.send_response(response);
-        }
-    });
-    let outcome = reconcile(Arc::new(cluster), Arc::new(Context { client }))
-        .await
-        .map_err(|e| e.to_string());
-    server
-        .await
-        .expect("every expected call was made, as scripted");
-    let calls = calls.lock().unwrap().clone();
-    (outcome, calls)
+    serve(script, |client| async move {
+        reconcile(Arc::new(cluster), Arc::new(Context { client }))
+            .await
+            .map_err(|e| e.to_string())
+    })
+    .await
 }
 
 fn cluster(spec: Value) -> PhotonCluster {
