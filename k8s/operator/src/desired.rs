@@ -457,14 +457,14 @@ pub fn worker_pod(cluster: &PhotonCluster, group: &WorkerGroup, index: u32) -> P
     }
 }
 
-/// What to do with one group's worker pods: create the missing indices
-/// below `desired`, delete pods at or above it (scale down from the top) and
-/// failed ones (recreated on the next pass).
+/// What to do with one group's worker pods: delete failed ones, delete the
+/// excess above `desired` (idle workers first, then the highest indices),
+/// and create the missing ones at the lowest free indices.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct WorkerPlan {
     /// Indices to create pods for.
     pub create: Vec<u32>,
-    /// Names of pods to delete.
+    /// Names of pods to delete, sorted.
     pub delete: Vec<String>,
 }
 
@@ -481,22 +481,31 @@ pub struct ExistingWorker {
     pub terminating: bool,
 }
 
-/// The plan for `desired` workers given `existing` ones.
-pub fn plan_workers(desired: u32, existing: &[ExistingWorker]) -> WorkerPlan {
+/// The plan for `desired` workers given `existing` ones; `idle` names
+/// workers to remove first when scaling down.
+pub fn plan_workers(desired: u32, existing: &[ExistingWorker], idle: &[String]) -> WorkerPlan {
     let mut plan = WorkerPlan::default();
-    for worker in existing {
-        if worker.terminating {
-            continue;
-        }
-        if worker.index >= desired || worker.ended {
+    let mut live: Vec<&ExistingWorker> = Vec::new();
+    for worker in existing.iter().filter(|w| !w.terminating) {
+        if worker.ended {
             plan.delete.push(worker.name.clone());
+        } else {
+            live.push(worker);
         }
     }
-    for index in 0..desired {
-        if !existing.iter().any(|w| w.index == index) {
-            plan.create.push(index);
-        }
+    // Victims last in `live`: busy before idle, then by index.
+    live.sort_by_key(|w| (idle.contains(&w.name), w.index));
+    while live.len() > desired as usize {
+        let victim = live.pop().expect("more than desired");
+        plan.delete.push(victim.name.clone());
     }
+    let missing = desired as usize - live.len();
+    // An index stays taken until its pod is gone (its name is).
+    plan.create = (0..)
+        .filter(|index| !existing.iter().any(|w| w.index == *index))
+        .take(missing)
+        .collect();
+    plan.delete.sort();
     plan
 }
 
@@ -593,7 +602,7 @@ mod tests {
     }
 
     #[test]
-    fn plans_scale_from_the_top_and_replace_failed_workers() {
+    fn plans_scale_idle_workers_or_the_top_down_and_replace_failed_ones() {
         let worker = |index, ended| ExistingWorker {
             name: format!("w-{index}"),
             index,
@@ -601,7 +610,7 @@ mod tests {
             terminating: false,
         };
         // 2 → 4: create 2 and 3.
-        let plan = plan_workers(4, &[worker(0, false), worker(1, false)]);
+        let plan = plan_workers(4, &[worker(0, false), worker(1, false)], &[]);
         assert_eq!(
             plan,
             WorkerPlan {
@@ -609,19 +618,21 @@ mod tests {
                 delete: vec![]
             }
         );
-        // 3 → 1: delete the top two.
-        let plan = plan_workers(1, &[worker(0, false), worker(1, false), worker(2, false)]);
-        assert_eq!(plan.delete, ["w-1", "w-2"]);
-        // A failed pod is deleted now and recreated on the next pass.
-        let plan = plan_workers(2, &[worker(0, true), worker(1, false)]);
+        // 3 → 1: delete the top two, or the idle ones first.
+        let three = [worker(0, false), worker(1, false), worker(2, false)];
+        assert_eq!(plan_workers(1, &three, &[]).delete, ["w-1", "w-2"]);
+        assert_eq!(plan_workers(2, &three, &["w-0".into()]).delete, ["w-0"]);
+        // A failed pod is deleted and replaced at once, under a free index
+        // (its own is taken until it is gone).
+        let plan = plan_workers(2, &[worker(0, true), worker(1, false)], &[]);
         assert_eq!(
             plan,
             WorkerPlan {
-                create: vec![],
+                create: vec![2],
                 delete: vec!["w-0".into()]
             }
         );
-        let plan = plan_workers(2, &[worker(1, false)]);
+        let plan = plan_workers(2, &[worker(1, false)], &[]);
         assert_eq!(plan.create, [0]);
     }
 }

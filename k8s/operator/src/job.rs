@@ -8,7 +8,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::{Resource, ResourceExt};
@@ -17,8 +16,7 @@ use photon_proto::v1::jobs_client::JobsClient;
 use photon_proto::v1::{JobRecord, JobRequest, JobState, StopJobRequest, SubmitJobRequest};
 use tracing::{info, warn};
 
-use crate::desired;
-use crate::reconcile::{Context, Error, MANAGER, now_unix, parse_rfc3339, rfc3339};
+use crate::reconcile::{Context, Error, MANAGER, cluster_token, now_unix, parse_rfc3339, rfc3339};
 use crate::types::{PhotonCluster, PhotonJob, PhotonJobStatus};
 
 /// How often a running job is looked at.
@@ -77,7 +75,7 @@ pub async fn reconcile_job(job: Arc<PhotonJob>, ctx: Arc<Context>) -> Result<Act
         write_status(&jobs, &name, &status).await?;
         return Ok(Action::requeue(POLL));
     };
-    let token = cluster_token(&ctx, &namespace, &cluster).await?;
+    let token = cluster_token(&ctx.client, &namespace, &cluster).await?;
     let mut head_jobs = match connect(&head, &token) {
         Ok(client) => client,
         Err(message) => {
@@ -271,28 +269,6 @@ async fn find_cluster(
         .await?
         .items;
     Ok(found.into_iter().next())
-}
-
-async fn cluster_token(
-    ctx: &Context,
-    namespace: &str,
-    cluster: &PhotonCluster,
-) -> Result<String, Error> {
-    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), namespace);
-    let secret = secrets.get(&desired::token_secret_name(cluster)).await?;
-    let token = secret
-        .data
-        .as_ref()
-        .and_then(|d| d.get("token"))
-        .map(|b| String::from_utf8_lossy(&b.0).into_owned())
-        .or_else(|| {
-            secret
-                .string_data
-                .as_ref()
-                .and_then(|d| d.get("token").cloned())
-        })
-        .unwrap_or_default();
-    Ok(token)
 }
 
 fn connect(

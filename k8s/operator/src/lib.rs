@@ -8,9 +8,11 @@
 //! - `desired`: the objects a cluster stands for, and the plan that brings
 //!   its worker pods to the wanted count.
 //! - `reconcile`: the controller's reconcile of a `PhotonCluster`.
+//! - `autoscale`: worker counts from the head's pending demand and idle nodes.
 //! - `job`: the reconcile of a `PhotonJob` (cluster, submission through the
 //!   head's job API, retries, deadline, cleanup after the TTL).
 
+pub mod autoscale;
 pub mod desired;
 pub mod job;
 pub mod reconcile;

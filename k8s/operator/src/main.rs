@@ -59,9 +59,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     ));
 
     let clusters: Api<PhotonCluster> = Api::all(client.clone());
-    let context = Arc::new(Context {
-        client: client.clone(),
-    });
+    let context = Arc::new(Context::new(client.clone()));
     readiness.set(true);
     tracing::info!(
         port,

@@ -21,7 +21,7 @@ use crate::desired::{
     self, CLUSTER_LABEL, ExistingWorker, GROUP_LABEL, INDEX_ANNOTATION, ROLE_LABEL,
 };
 use crate::types::{Condition, PhotonCluster, PhotonClusterStatus, WorkerGroupStatus};
-use crate::validate;
+use crate::{autoscale, validate};
 
 /// The field manager of the operator's server-side applies.
 pub const MANAGER: &str = "photon-operator";
@@ -41,6 +41,18 @@ pub enum Error {
 pub struct Context {
     /// The API client.
     pub client: Client,
+    /// Since when autoscaled workers have been idle.
+    pub idle: crate::autoscale::IdleClock,
+}
+
+impl Context {
+    /// A context for `client`.
+    pub fn new(client: Client) -> Self {
+        Self {
+            client,
+            idle: Default::default(),
+        }
+    }
 }
 
 /// Reconciles one cluster.
@@ -95,16 +107,18 @@ pub async fn reconcile(cluster: Arc<PhotonCluster>, ctx: Arc<Context>) -> Result
         .list(&ListParams::default().labels(&selector))
         .await?
         .items;
-    let mut groups = Vec::new();
-    for group in &cluster.spec.worker_groups {
-        let (min, max) = validate::bounds(group.replicas, group.min_replicas, group.max_replicas);
-        let wanted = group.replicas.clamp(min, max).max(0) as u32;
-        let existing: Vec<ExistingWorker> = workers
+    let existing_of = |group: &str| -> Vec<ExistingWorker> {
+        workers
             .iter()
-            .filter(|p| p.labels().get(GROUP_LABEL) == Some(&group.name))
+            .filter(|p| p.labels().get(GROUP_LABEL).map(String::as_str) == Some(group))
             .filter_map(existing_worker)
-            .collect();
-        let plan = desired::plan_workers(wanted, &existing);
+            .collect()
+    };
+    let (wanted, idle) = wanted_workers(&ctx, &cluster, &previous, &workers, head_ready).await;
+    let mut groups = Vec::new();
+    for ((group, wanted), idle) in cluster.spec.worker_groups.iter().zip(wanted).zip(idle) {
+        let existing = existing_of(&group.name);
+        let plan = desired::plan_workers(wanted, &existing, &idle);
         for index in &plan.create {
             let pod = desired::worker_pod(&cluster, group, *index);
             match pods.create(&PostParams::default(), &pod).await {
@@ -191,6 +205,113 @@ pub async fn reconcile(cluster: Arc<PhotonCluster>, ctx: Arc<Context>) -> Result
     // Level-triggered: owned objects' events wake it too; this is the fallback.
     let wait = if head_ready && workers_ready { 60 } else { 5 };
     Ok(Action::requeue(Duration::from_secs(wait)))
+}
+
+/// How many workers each group should have, and which of its workers are
+/// idle enough to go first: `replicas` (within its bounds), or with
+/// autoscaling on and the head up, what the head's pending demand and idle
+/// nodes call for (starting from the count the status last recorded).
+async fn wanted_workers(
+    ctx: &Context,
+    cluster: &PhotonCluster,
+    previous: &PhotonClusterStatus,
+    workers: &[Pod],
+    head_ready: bool,
+) -> (Vec<u32>, Vec<Vec<String>>) {
+    let groups = &cluster.spec.worker_groups;
+    let fixed = || {
+        let wanted = groups
+            .iter()
+            .map(|g| {
+                let (min, max) = validate::bounds(g.replicas, g.min_replicas, g.max_replicas);
+                g.replicas.clamp(min, max).max(0) as u32
+            })
+            .collect();
+        (wanted, vec![Vec::new(); groups.len()])
+    };
+    let Some(autoscaling) = cluster.spec.autoscaling.as_ref().filter(|a| a.enabled) else {
+        return fixed();
+    };
+    if !head_ready {
+        return fixed();
+    }
+    let namespace = cluster.namespace().unwrap_or_default();
+    let view = match cluster_token(&ctx.client, &namespace, cluster).await {
+        Ok(token) => {
+            // Where the status last recorded the head (the first pass: its Service).
+            let head = previous
+                .head_address
+                .clone()
+                .unwrap_or_else(|| desired::head_address(cluster));
+            autoscale::head_view(&head, &token).await
+        }
+        Err(err) => Err(err.to_string()),
+    };
+    let view = match view {
+        Ok(view) => view,
+        Err(err) => {
+            warn!(cluster = %cluster.name_any(), %err, "cannot read the head's demand; not autoscaling this pass");
+            return fixed();
+        }
+    };
+    let wait = Duration::from_secs(autoscaling.idle_seconds.unwrap_or(60).max(0) as u64);
+    let loads: Vec<autoscale::GroupLoad> = groups
+        .iter()
+        .map(|group| {
+            let (min, max) =
+                validate::bounds(group.replicas, group.min_replicas, group.max_replicas);
+            let current = previous
+                .worker_groups
+                .iter()
+                .find(|g| g.name == group.name)
+                .map_or(group.replicas, |g| g.desired_replicas);
+            let pods: Vec<(String, String)> = workers
+                .iter()
+                .filter(|p| p.labels().get(GROUP_LABEL) == Some(&group.name))
+                .filter_map(|p| Some((p.name_any(), p.status.as_ref()?.pod_ip.clone()?)))
+                .collect();
+            autoscale::GroupLoad {
+                live: current.clamp(min, max).max(0) as u32,
+                min: min.max(0) as u32,
+                max: max.max(0) as u32,
+                gpus: group
+                    .resources
+                    .as_ref()
+                    .is_some_and(|r| validate::gpus(r).unwrap_or(0) > 0),
+                idle: ctx.idle.idle_for(&pods, &view.idle_hosts, wait),
+            }
+        })
+        .collect();
+    let wanted = autoscale::desired(&loads, &view.demands);
+    for (load, (want, group)) in loads.iter().zip(wanted.iter().zip(groups)) {
+        if *want != load.live {
+            info!(cluster = %cluster.name_any(), group = %group.name, from = load.live, to = *want, "autoscaling");
+        }
+    }
+    (wanted, loads.into_iter().map(|l| l.idle).collect())
+}
+
+/// The cluster's token, from its Secret.
+pub(crate) async fn cluster_token(
+    client: &Client,
+    namespace: &str,
+    cluster: &PhotonCluster,
+) -> Result<String, Error> {
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), namespace);
+    let secret = secrets.get(&desired::token_secret_name(cluster)).await?;
+    let token = secret
+        .data
+        .as_ref()
+        .and_then(|d| d.get("token"))
+        .map(|b| String::from_utf8_lossy(&b.0).into_owned())
+        .or_else(|| {
+            secret
+                .string_data
+                .as_ref()
+                .and_then(|d| d.get("token").cloned())
+        })
+        .unwrap_or_default();
+    Ok(token)
 }
 
 /// What the controller does after a failed reconcile: retry soon.

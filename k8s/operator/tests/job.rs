@@ -16,39 +16,7 @@ use photon_proto::auth::AttachToken;
 use photon_proto::v1::JobRequest;
 use photon_proto::v1::jobs_client::JobsClient;
 use serde_json::{Value, json};
-use support::{Call, Expect, expect, serve};
-
-const TOKEN: &str = "job-test-token";
-
-/// A head on loopback; stops when dropped.
-struct Head {
-    address: String,
-    stop: tokio_util::sync::CancellationToken,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for Head {
-    fn drop(&mut self) {
-        self.stop.cancel();
-    }
-}
-
-async fn head() -> Head {
-    let dir = tempfile::tempdir().unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let address = listener.local_addr().unwrap().to_string();
-    let stop = tokio_util::sync::CancellationToken::new();
-    tokio::spawn(photon_head::run(
-        photon_head::HeadConfig::new(dir.path(), TOKEN),
-        listener,
-        stop.clone().cancelled_owned(),
-    ));
-    Head {
-        address,
-        stop,
-        _dir: dir,
-    }
-}
+use support::{Call, Expect, TOKEN, expect, head, serve};
 
 fn job(entrypoint: &[&str], backoff_limit: i32, status: Option<PhotonJobStatus>) -> PhotonJob {
     let spec: PhotonJobSpec = serde_json::from_value(json!({
@@ -113,7 +81,7 @@ fn ready_pass(head: &str) -> Vec<Expect> {
 
 async fn reconcile(job: PhotonJob, script: Vec<Expect>) -> (Result<Action, String>, Vec<Call>) {
     serve(script, |client| async move {
-        reconcile_job(Arc::new(job), Arc::new(Context { client }))
+        reconcile_job(Arc::new(job), Arc::new(Context::new(client)))
             .await
             .map_err(|e| e.to_string())
     })

@@ -16,7 +16,7 @@ use support::{Call, Expect, expect, serve};
 /// Runs one reconcile of `cluster` against `script`; returns its outcome and the calls.
 async fn run(cluster: PhotonCluster, script: Vec<Expect>) -> (Result<Action, String>, Vec<Call>) {
     serve(script, |client| async move {
-        reconcile(Arc::new(cluster), Arc::new(Context { client }))
+        reconcile(Arc::new(cluster), Arc::new(Context::new(client)))
             .await
             .map_err(|e| e.to_string())
     })
@@ -242,7 +242,7 @@ async fn scaling_from_2_to_4_creates_the_two_missing_workers() {
 }
 
 #[tokio::test]
-async fn a_failed_worker_is_deleted_to_be_replaced_and_the_head_reapplied() {
+async fn a_failed_worker_is_replaced_and_the_head_reapplied() {
     let (outcome, calls) = run(
         cpu_cluster(2),
         vec![
@@ -268,6 +268,12 @@ async fn a_failed_worker_is_deleted_to_be_replaced_and_the_head_reapplied() {
                 pod_list(vec![worker(0, "Failed", false), worker(1, "Running", true)]),
             ),
             expect(
+                Method::POST,
+                "/pods",
+                201,
+                created(&worker(2, "Pending", false)),
+            ),
+            expect(
                 Method::DELETE,
                 "/pods/demo-cpu-0",
                 200,
@@ -283,7 +289,11 @@ async fn a_failed_worker_is_deleted_to_be_replaced_and_the_head_reapplied() {
     )
     .await;
     assert!(outcome.is_ok(), "{outcome:?}");
-    let conditions = calls[5].body["status"]["conditions"]
+    assert_eq!(
+        calls[4].body["metadata"]["name"], "demo-cpu-2",
+        "replaced at once"
+    );
+    let conditions = calls[6].body["status"]["conditions"]
         .as_array()
         .unwrap()
         .clone();

@@ -74,3 +74,36 @@ pub async fn serve<T, F: std::future::Future<Output = T>>(
     let calls = calls.lock().unwrap().clone();
     (outcome, calls)
 }
+
+/// The token of the heads these tests start.
+pub const TOKEN: &str = "job-test-token";
+
+/// A head on loopback; stops when dropped.
+pub struct Head {
+    pub address: String,
+    stop: tokio_util::sync::CancellationToken,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Head {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+pub async fn head() -> Head {
+    let dir = tempfile::tempdir().unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap().to_string();
+    let stop = tokio_util::sync::CancellationToken::new();
+    tokio::spawn(photon_head::run(
+        photon_head::HeadConfig::new(dir.path(), TOKEN),
+        listener,
+        stop.clone().cancelled_owned(),
+    ));
+    Head {
+        address,
+        stop,
+        _dir: dir,
+    }
+}
