@@ -183,6 +183,7 @@ fn find_program(program: &str, working_dir: Option<&Path>) -> anyhow::Result<Pro
     if let Some(dir) = working_dir
         && dir.join(program).is_file()
     {
+        executable(&dir.join(program))?;
         return Ok(Program::InWorkingDir(format!("./{program}")));
     }
     let on_path = std::env::var_os("PATH")
@@ -550,6 +551,8 @@ impl From<JobRecord> for JobView {
 
 #[cfg(test)]
 mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
     use super::*;
 
     #[test]
@@ -571,12 +574,18 @@ mod tests {
         assert!(matches!(find_program("sh", None), Ok(Program::Command(_))));
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("run.sh"), "echo hi").unwrap();
+        let path = dir.path().join("run.sh").display().to_string();
+        let err = find_program(&path, None).err().unwrap().to_string();
+        assert!(err.contains("chmod +x"), "{err}");
+        let err = find_program("run.sh", Some(dir.path()))
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains("chmod +x"), "{err}");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
         assert!(matches!(
             find_program("run.sh", Some(dir.path())),
             Ok(Program::InWorkingDir(p)) if p == "./run.sh"
         ));
-        let path = dir.path().join("run.sh").display().to_string();
-        let err = find_program(&path, None).err().unwrap().to_string();
-        assert!(err.contains("chmod +x"), "{err}");
     }
 }

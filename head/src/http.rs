@@ -158,10 +158,16 @@ async fn job_log(State(state): State<Arc<HeadState>>, Path(id): Path<String>) ->
     };
     let path = std::path::PathBuf::from(record.log_path);
     let text = tokio::task::spawn_blocking(move || {
-        let length = std::fs::metadata(&path).map_or(0, |m| m.len());
-        let start = length.saturating_sub(PAGE_LOG_BYTES);
-        let bytes = std::fs::read(&path).unwrap_or_default();
-        String::from_utf8_lossy(&bytes[start as usize..]).into_owned()
+        use std::io::{Read, Seek, SeekFrom};
+        let mut tail = Vec::new();
+        if let Ok(mut file) = std::fs::File::open(&path) {
+            let length = file.metadata().map_or(0, |m| m.len());
+            let start = length.saturating_sub(PAGE_LOG_BYTES);
+            if file.seek(SeekFrom::Start(start)).is_ok() {
+                let _ = file.take(PAGE_LOG_BYTES).read_to_end(&mut tail);
+            }
+        }
+        String::from_utf8_lossy(&tail).into_owned()
     })
     .await
     .unwrap_or_default();

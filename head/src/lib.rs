@@ -162,7 +162,12 @@ pub async fn run(
     state.lineage.restore(lineage_records);
     *state.unconfirmed_actors.lock().expect("fresh lock") = state.actors.alive_ids();
     info!(%address, restored_nodes = restored, cluster = %state.cluster_id, "head started");
-    state.resume_jobs().await;
+    // In the background: adopting jobs may call raylets, and the server
+    // (and its health probes) should not wait for that.
+    let resuming = state.clone();
+    state
+        .tasks
+        .spawn(async move { resuming.resume_jobs().await });
     let readiness = photon_ops::Readiness::default();
     if let Some(listener) = http_listener {
         info!(address = %state.metrics_address, "status page and metrics served");
@@ -190,7 +195,15 @@ pub async fn run(
         .add_service(HeadServer::with_interceptor(service, auth.clone()))
         .add_service(JobsServer::with_interceptor(jobs, auth.clone()))
         .add_service(VersionServer::with_interceptor(VersionService, auth))
-        .serve_with_incoming_shutdown(photon_proto::net::incoming_nodelay(listener), shutdown)
+        .serve_with_incoming_shutdown(photon_proto::net::incoming_nodelay(listener), {
+            // Cancelling at once ends long streams (`job logs --follow`),
+            // which graceful shutdown would otherwise wait for, and stops jobs.
+            let cancel = state.cancel.clone();
+            async move {
+                shutdown.await;
+                cancel.cancel();
+            }
+        })
         .await;
     // Fence (stopped accepting) → cancel → wait.
     state.cancel.cancel();

@@ -220,24 +220,34 @@ impl HeadState {
             .ok_or_else(|| unknown_job(id))?;
         self.save_job(record.clone()).await;
         info!(job = %id, "stopping job");
-        if record.driver_pid != 0 {
-            signal_group(record.driver_pid, Signal::SIGTERM);
-            let state = self.clone();
-            let id = id.to_string();
-            self.tasks.spawn(async move {
-                tokio::select! {
-                    () = state.cancel.cancelled() => {}
-                    () = tokio::time::sleep(grace) => {}
-                }
-                if let Some(record) = state.jobs.get(&id)
-                    && !is_terminal(record.state)
-                {
-                    warn!(job = %id, ?grace, "job outlived its grace period: killing it");
-                    signal_group(record.driver_pid, Signal::SIGKILL);
-                }
-            });
-        }
+        self.stop_job_now(id, grace);
         Ok(record)
+    }
+
+    /// SIGTERM to job `id`'s driver group, SIGKILL after `grace`; nothing
+    /// while its driver is not started (the supervisor checks again then).
+    fn stop_job_now(self: &Arc<Self>, id: &str, grace: Duration) {
+        let Some(record) = self.jobs.get(id) else {
+            return;
+        };
+        if record.driver_pid == 0 {
+            return;
+        }
+        signal_group(record.driver_pid, Signal::SIGTERM);
+        let state = self.clone();
+        let id = id.to_string();
+        self.tasks.spawn(async move {
+            tokio::select! {
+                () = state.cancel.cancelled() => {}
+                () = tokio::time::sleep(grace) => {}
+            }
+            if let Some(record) = state.jobs.get(&id)
+                && !is_terminal(record.state)
+            {
+                warn!(job = %id, ?grace, "job outlived its grace period: killing it");
+                signal_group(record.driver_pid, Signal::SIGKILL);
+            }
+        });
     }
 
     /// After a restart: adopts drivers still running, records the outcome of
@@ -391,6 +401,10 @@ async fn supervise(state: Arc<HeadState>, id: String) {
         state.save_job(running).await;
     }
     info!(job = %id, pid, "job's driver started");
+    // A stop that came while the driver was being started.
+    if state.jobs.get(&id).is_some_and(|r| r.stop_requested) {
+        state.stop_job_now(&id, DEFAULT_GRACE);
+    }
     let status = tokio::select! {
         status = child.wait() => status,
         () = state.cancel.cancelled() => {
@@ -494,7 +508,9 @@ async fn start_driver(
     }
     command
         .spawn()
-        .map_err(|e| format!("cannot start the driver {program}: {e}"))
+        .map_err(|e| {
+            format!("cannot start the driver {program} under sh (a POSIX shell must be on the head node's PATH): {e}")
+        })
 }
 
 /// Waits for a driver the head adopted after a restart.

@@ -220,9 +220,11 @@ pub async fn run(
         config.log_dir.clone(),
         config.advertise_host.clone(),
     ));
+    // Stopped after the workers, so its last pass reads all they printed.
+    let forwarder_stop = CancellationToken::new();
     let log_forwarder = tokio::spawn({
         let forwarder = forwarder.clone();
-        let stop = stop.clone();
+        let stop = forwarder_stop.clone();
         async move { forwarder.run(stop).await }
     });
     let service = service::RayletService {
@@ -279,6 +281,7 @@ pub async fn run(
     // Workers first: their connections (and calls waiting on leases) would
     // otherwise hold the server's graceful shutdown open.
     pool.shutdown().await;
+    forwarder_stop.cancel();
     let served = match tokio::time::timeout(SERVER_DRAIN, server).await {
         Ok(served) => served.expect("raylet server task panicked"),
         Err(_) => {

@@ -47,10 +47,18 @@ impl TailedFile {
         if let Ok(mut file) = std::fs::File::open(&self.path)
             && file.seek(SeekFrom::Start(self.offset)).is_ok()
         {
-            let mut fresh = Vec::new();
-            if let Ok(read) = file.take(MAX_READ).read_to_end(&mut fresh) {
+            // A live worker's backlog is read a chunk per pass; an ended
+            // one's to the end, since this is the last pass that sees it.
+            loop {
+                let mut fresh = Vec::new();
+                let Ok(read) = (&mut file).take(MAX_READ).read_to_end(&mut fresh) else {
+                    break;
+                };
                 self.offset += read as u64;
                 self.partial.extend_from_slice(&fresh);
+                if !last || (read as u64) < MAX_READ {
+                    break;
+                }
             }
         }
         let complete = match self.partial.iter().rposition(|&b| b == b'\n') {

@@ -4,8 +4,9 @@
 //! group that can serve them, up to its `maxReplicas`; workers whose node
 //! has been idle for `idleSeconds` are removed, down to `minReplicas`.
 //!
-//! One worker per waiting request shape and pass (every few seconds): a
-//! conservative step, since one node may serve several waiting requests.
+//! One worker per waiting request shape and pass, and only to a group whose
+//! wanted workers are all ready: a conservative step, since one node may
+//! serve several waiting requests and a starting pod may be what they wait for.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -18,8 +19,10 @@ use photon_proto::{ResourceSet, names};
 /// One group as the autoscaler sees it.
 #[derive(Debug, Clone)]
 pub struct GroupLoad {
-    /// Live workers now.
+    /// Workers wanted now (the count the last pass settled on).
     pub live: u32,
+    /// Of those, ready.
+    pub ready: u32,
     /// Bounds.
     pub min: u32,
     /// Bounds.
@@ -50,7 +53,10 @@ pub fn desired(groups: &[GroupLoad], demands: &[Demand]) -> Vec<u32> {
             .filter(|&i| !demand.needs_gpu || groups[i].gpus)
             .collect();
         order.sort_by_key(|&i| groups[i].gpus);
-        if let Some(&i) = order.iter().find(|&&i| desired[i] < groups[i].max) {
+        // A group still starting the workers it was given does not grow:
+        // the demand may be waiting for exactly those.
+        let can_grow = |i: usize| desired[i] < groups[i].max && groups[i].ready >= groups[i].live;
+        if let Some(&i) = order.iter().find(|&&i| can_grow(i)) {
             desired[i] += 1;
         }
     }
@@ -153,6 +159,7 @@ mod tests {
     fn group(live: u32, min: u32, max: u32, gpus: bool, idle: &[&str]) -> GroupLoad {
         GroupLoad {
             live,
+            ready: live,
             min,
             max,
             gpus,
@@ -177,6 +184,12 @@ mod tests {
         // A full CPU group spills CPU work onto the GPU group; nothing beyond max.
         let full = [group(3, 1, 3, false, &[]), group(2, 0, 2, true, &[])];
         assert_eq!(desired(&full, &[cpu]), [3, 2]);
+        // A group whose new worker is not ready yet waits for it.
+        let starting = [GroupLoad {
+            ready: 1,
+            ..group(2, 1, 3, false, &[])
+        }];
+        assert_eq!(desired(&starting, &[cpu]), [2]);
         // No demand: idle workers go, down to min.
         let idle = [
             group(3, 1, 3, false, &["a", "b", "c"]),

@@ -109,7 +109,13 @@ fn requirements(resources: Option<&Resources>) -> Option<ResourceRequirements> {
     })
 }
 
-/// The images run as distroless' `nonroot` user; `fs_group` lets it write
+/// `photon` under tini, which reaps what job drivers leave behind (the
+/// container's PID 1 would otherwise collect zombies).
+fn tini_photon() -> Vec<String> {
+    ["/usr/bin/tini", "--", "photon"].map(String::from).to_vec()
+}
+
+/// The images run as the `nonroot` user (uid 65532); `fs_group` lets it write
 /// the head's state volume, which is often owned by root.
 fn security_context() -> PodSecurityContext {
     PodSecurityContext {
@@ -121,7 +127,7 @@ fn security_context() -> PodSecurityContext {
     }
 }
 
-/// distroless' `nonroot`.
+/// The images' `nonroot` user.
 const NONROOT_UID: i64 = 65532;
 
 fn http_probe(path: &str, port: i32, period: i32) -> Probe {
@@ -243,11 +249,16 @@ pub fn head_deployment(cluster: &PhotonCluster) -> Deployment {
             .then(EmptyDirVolumeSource::default),
         ..Default::default()
     };
+    // A raylet with no CPUs or GPUs runs beside the head: job drivers run
+    // on the head node and need a local raylet, whose leases spill to workers.
     let args = [
         "start",
         "--head",
         "--block",
-        "--no-raylet",
+        "--num-cpus",
+        "0",
+        "--num-gpus",
+        "0",
         "--host",
         "0.0.0.0",
         "--port",
@@ -265,7 +276,7 @@ pub fn head_deployment(cluster: &PhotonCluster) -> Deployment {
         name: "head".into(),
         image: Some(cluster.spec.image.clone()),
         image_pull_policy: cluster.spec.image_pull_policy.clone(),
-        command: Some(vec!["photon".into()]),
+        command: Some(tini_photon()),
         args: Some(args),
         env: Some(vec![token_env(cluster)]),
         ports: Some(vec![
@@ -405,7 +416,7 @@ pub fn worker_pod(cluster: &PhotonCluster, group: &WorkerGroup, index: u32) -> P
         name: "raylet".into(),
         image: Some(cluster.spec.image.clone()),
         image_pull_policy: cluster.spec.image_pull_policy.clone(),
-        command: Some(vec!["photon".into()]),
+        command: Some(tini_photon()),
         args: Some(args),
         env: Some(vec![
             pod_ip,

@@ -44,9 +44,18 @@ pub async fn reconcile_job(job: Arc<PhotonJob>, ctx: Arc<Context>) -> Result<Act
     if is_terminal(status.state.as_deref()) {
         return after_the_end(&job, &status, &clusters).await;
     }
-    if job.spec.entrypoint.is_empty() {
+    let refusal = if job.spec.entrypoint.is_empty() {
+        Some("spec.entrypoint is empty: name the program to run")
+    } else if job.spec.cluster_spec.is_none() && job.spec.cluster_selector.is_empty() {
+        Some(
+            "set spec.clusterSpec (a cluster for this job) or spec.clusterSelector (labels of an existing one)",
+        )
+    } else {
+        None
+    };
+    if let Some(refusal) = refusal {
         status.state = Some("Failed".into());
-        status.message = Some("spec.entrypoint is empty: name the program to run".into());
+        status.message = Some(refusal.into());
         write_status(&jobs, &name, &status).await?;
         return Ok(Action::await_change());
     }

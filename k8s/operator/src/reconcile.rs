@@ -32,6 +32,9 @@ pub enum Error {
     /// The API server refused or failed a call.
     #[error("Kubernetes API: {0}")]
     Kube(#[from] kube::Error),
+    /// No randomness for a cluster token.
+    #[error("cannot read /dev/urandom for a cluster token: {0}")]
+    Random(std::io::Error),
     /// The cluster has no namespace (it is a namespaced resource).
     #[error("PhotonCluster {0} has no namespace")]
     NoNamespace(String),
@@ -270,8 +273,14 @@ async fn wanted_workers(
                 .filter(|p| p.labels().get(GROUP_LABEL) == Some(&group.name))
                 .filter_map(|p| Some((p.name_any(), p.status.as_ref()?.pod_ip.clone()?)))
                 .collect();
+            let ready = workers
+                .iter()
+                .filter(|p| p.labels().get(GROUP_LABEL) == Some(&group.name))
+                .filter(|p| is_ready(p))
+                .count() as u32;
             autoscale::GroupLoad {
                 live: current.clamp(min, max).max(0) as u32,
+                ready,
                 min: min.max(0) as u32,
                 max: max.max(0) as u32,
                 gpus: group
@@ -362,7 +371,7 @@ async fn ensure_token(
     if secrets.get_opt(&name).await?.is_some() {
         return Ok(());
     }
-    let secret = desired::token_secret(cluster, &random_token());
+    let secret = desired::token_secret(cluster, &random_token()?);
     match secrets.create(&PostParams::default(), &secret).await {
         Ok(_) => {
             info!(cluster = %cluster.name_any(), secret = %name, "generated the cluster token");
@@ -374,12 +383,12 @@ async fn ensure_token(
 }
 
 /// 32 random bytes in hex, from the kernel.
-fn random_token() -> String {
+fn random_token() -> Result<String, Error> {
     let mut bytes = [0u8; 32];
-    if let Ok(mut urandom) = std::fs::File::open("/dev/urandom") {
-        let _ = std::io::Read::read_exact(&mut urandom, &mut bytes);
-    }
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut urandom| std::io::Read::read_exact(&mut urandom, &mut bytes))
+        .map_err(Error::Random)?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }
 
 /// Server-side apply of `object` (its name and namespace from its metadata).
