@@ -12,12 +12,14 @@ use std::time::Duration;
 use serde_json::Value;
 use support::{Cluster, PHOTON, failure, wait_until};
 
-/// The example job binary (`examples/src/bin/job_example.rs`), built if missing.
+/// The example job binary (`examples/src/bin/job_example.rs`; `scripts/test`
+/// builds it), built if missing — with the workspace's features, so it
+/// shares the dependencies already built.
 fn job_example() -> PathBuf {
     let path = std::path::Path::new(PHOTON).with_file_name("job_example");
     if !path.exists() {
         let status = std::process::Command::new(env!("CARGO"))
-            .args(["build", "-p", "photon-examples", "--bin", "job_example"])
+            .args(["build", "--workspace", "--bin", "job_example"])
             .status()
             .unwrap();
         assert!(status.success(), "cannot build the example job");
