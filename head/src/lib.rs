@@ -157,7 +157,7 @@ pub async fn run(
         address: driver_address(&address),
         metrics_address,
     });
-    state.jobs.restore(job_records);
+    state.jobs.restore(job_records.clone());
     state.actors.restore(actor_records);
     state.lineage.restore(lineage_records);
     *state.unconfirmed_actors.lock().expect("fresh lock") = state.actors.alive_ids();
@@ -167,7 +167,7 @@ pub async fn run(
     let resuming = state.clone();
     state
         .tasks
-        .spawn(async move { resuming.resume_jobs().await });
+        .spawn(async move { resuming.resume_jobs(job_records).await });
     let readiness = photon_ops::Readiness::default();
     if let Some(listener) = http_listener {
         info!(address = %state.metrics_address, "status page and metrics served");

@@ -252,8 +252,10 @@ impl HeadState {
 
     /// After a restart: adopts drivers still running, records the outcome of
     /// those that ended while the head was down.
-    pub(crate) async fn resume_jobs(self: &Arc<Self>) {
-        for record in self.jobs.all() {
+    /// `restored` are the records loaded at start: only those (jobs
+    /// submitted since are this run's own).
+    pub(crate) async fn resume_jobs(self: &Arc<Self>, restored: Vec<JobRecord>) {
+        for record in restored {
             if is_terminal(record.state) {
                 continue;
             }

@@ -79,6 +79,19 @@ fn ready_pass(head: &str) -> Vec<Expect> {
     ]
 }
 
+/// The pass that sees the job ended: `ready_pass`, then the cluster deleted
+/// (the tests' TTL is 0).
+fn final_pass(head: &str) -> Vec<Expect> {
+    let mut script = ready_pass(head);
+    script.push(expect(
+        Method::DELETE,
+        "/namespaces/ml/photonclusters/embed-cluster",
+        200,
+        ready_cluster(head),
+    ));
+    script
+}
+
 async fn reconcile(job: PhotonJob, script: Vec<Expect>) -> (Result<Action, String>, Vec<Call>) {
     serve(script, |client| async move {
         reconcile_job(Arc::new(job), Arc::new(Context::new(client)))
@@ -130,14 +143,8 @@ async fn a_job_is_submitted_followed_and_its_cluster_deleted_after_the_ttl() {
     wait_ended(&head.address, &id).await;
 
     // Pass 2: the head says it succeeded; with a TTL of 0 the cluster goes at once.
-    let mut script = ready_pass(&head.address);
-    script.push(expect(
-        Method::DELETE,
-        "/namespaces/ml/photonclusters/embed-cluster",
-        200,
-        ready_cluster(&head.address),
-    ));
-    let (outcome, calls) = reconcile(job(&entrypoint, 0, Some(status)), script).await;
+    let (outcome, calls) =
+        reconcile(job(&entrypoint, 0, Some(status)), final_pass(&head.address)).await;
     assert!(
         matches!(&outcome, Ok(action) if *action == Action::await_change()),
         "{outcome:?}"
@@ -188,14 +195,7 @@ async fn a_failing_job_is_resubmitted_within_its_backoff_limit_then_fails() {
     wait_ended(&head.address, second.job_id.as_deref().unwrap()).await;
 
     // The retry failed too: the job is Failed with the head's reason.
-    let mut script = ready_pass(&head.address);
-    script.push(expect(
-        Method::DELETE,
-        "/photonclusters/embed-cluster",
-        200,
-        ready_cluster(&head.address),
-    ));
-    let (_, calls) = reconcile(job(&entrypoint, 1, Some(second)), script).await;
+    let (_, calls) = reconcile(job(&entrypoint, 1, Some(second)), final_pass(&head.address)).await;
     let failed = status_of(&calls[2]);
     assert_eq!(failed.state.as_deref(), Some("Failed"));
     assert_eq!(

@@ -184,49 +184,57 @@ async fn a_fresh_cluster_gets_its_token_head_service_and_workers() {
     assert_eq!(ready["status"], "False");
 }
 
+/// A pass over a cluster whose Secret exists: the head applied (`ready`
+/// replicas), `pods` listed, then `changes`, then the status written.
+fn existing_cluster(ready: i32, pods: Vec<Value>, changes: Vec<Expect>) -> Vec<Expect> {
+    let mut script = vec![
+        expect(
+            Method::GET,
+            "/secrets/demo-token",
+            200,
+            json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "demo-token"}}),
+        ),
+        expect(
+            Method::PATCH,
+            "/deployments/demo-head?",
+            200,
+            echo_deployment(ready),
+        ),
+        expect(Method::PATCH, "/services/demo-head?", 200, service()),
+        expect(Method::GET, "/pods?", 200, pod_list(pods)),
+    ];
+    script.extend(changes);
+    script.push(expect(
+        Method::PATCH,
+        "/photonclusters/demo/status",
+        200,
+        cluster_echo(),
+    ));
+    script
+}
+
 #[tokio::test]
 async fn scaling_from_2_to_4_creates_the_two_missing_workers() {
     let (outcome, calls) = run(
         cpu_cluster(4),
-        vec![
-            expect(
-                Method::GET,
-                "/secrets/demo-token",
-                200,
-                json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "demo-token"}}),
-            ),
-            expect(
-                Method::PATCH,
-                "/deployments/demo-head?",
-                200,
-                echo_deployment(1),
-            ),
-            expect(Method::PATCH, "/services/demo-head?", 200, service()),
-            expect(
-                Method::GET,
-                "/pods?",
-                200,
-                pod_list(vec![worker(0, "Running", true), worker(1, "Running", true)]),
-            ),
-            expect(
-                Method::POST,
-                "/pods",
-                201,
-                created(&worker(2, "Pending", false)),
-            ),
-            expect(
-                Method::POST,
-                "/pods",
-                201,
-                created(&worker(3, "Pending", false)),
-            ),
-            expect(
-                Method::PATCH,
-                "/photonclusters/demo/status",
-                200,
-                cluster_echo(),
-            ),
-        ],
+        existing_cluster(
+            1,
+            vec![worker(0, "Running", true), worker(1, "Running", true)],
+            vec![
+                expect(
+                    Method::POST,
+                    "/pods",
+                    201,
+                    created(&worker(2, "Pending", false)),
+                ),
+                expect(
+                    Method::POST,
+                    "/pods",
+                    201,
+                    created(&worker(3, "Pending", false)),
+                ),
+            ],
+        ),
     )
     .await;
     assert!(outcome.is_ok(), "{outcome:?}");
@@ -245,47 +253,26 @@ async fn scaling_from_2_to_4_creates_the_two_missing_workers() {
 async fn a_failed_worker_is_replaced_and_the_head_reapplied() {
     let (outcome, calls) = run(
         cpu_cluster(2),
-        vec![
-            expect(
-                Method::GET,
-                "/secrets/demo-token",
-                200,
-                json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "demo-token"}}),
-            ),
-            // The head's Deployment is applied on every pass: a deleted or
-            // failed head comes back (Kubernetes replaces its pod).
-            expect(
-                Method::PATCH,
-                "/deployments/demo-head?",
-                200,
-                echo_deployment(0),
-            ),
-            expect(Method::PATCH, "/services/demo-head?", 200, service()),
-            expect(
-                Method::GET,
-                "/pods?",
-                200,
-                pod_list(vec![worker(0, "Failed", false), worker(1, "Running", true)]),
-            ),
-            expect(
-                Method::POST,
-                "/pods",
-                201,
-                created(&worker(2, "Pending", false)),
-            ),
-            expect(
-                Method::DELETE,
-                "/pods/demo-cpu-0",
-                200,
-                worker(0, "Failed", false),
-            ),
-            expect(
-                Method::PATCH,
-                "/photonclusters/demo/status",
-                200,
-                cluster_echo(),
-            ),
-        ],
+        // The head's Deployment is applied on every pass: a deleted or
+        // failed head comes back (Kubernetes replaces its pod).
+        existing_cluster(
+            0,
+            vec![worker(0, "Failed", false), worker(1, "Running", true)],
+            vec![
+                expect(
+                    Method::POST,
+                    "/pods",
+                    201,
+                    created(&worker(2, "Pending", false)),
+                ),
+                expect(
+                    Method::DELETE,
+                    "/pods/demo-cpu-0",
+                    200,
+                    worker(0, "Failed", false),
+                ),
+            ],
+        ),
     )
     .await;
     assert!(outcome.is_ok(), "{outcome:?}");
