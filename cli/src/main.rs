@@ -65,6 +65,12 @@ enum Command {
     },
 }
 
+/// mimalloc keeps freed memory for reuse where glibc's malloc hands big
+/// buffers back to the kernel: with glibc, the workers of `photon
+/// microbenchmark data` took 3.1M page faults, with mimalloc 66–90k.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     // A worker process (started by a raylet for `photon::remote` functions and
     // actors defined in this binary) runs the worker loop and exits here.

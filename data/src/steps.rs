@@ -364,17 +364,73 @@ pub(crate) fn summary_schema() -> Arc<Schema> {
     ]))
 }
 
-/// Writes `block` as one Parquet object: a single atomic put (the local
-/// store writes a temporary file and renames it), so a retried block
-/// replaces its own part whole.
+/// Writes `block` as one Parquet part, whole or not at all, so a retried
+/// block replaces its own part: locally, encoded straight into a temporary
+/// file renamed over the part; elsewhere, one atomic put of the encoded part.
 async fn write_part(block: &RecordBatch, staging: &str, part: &str) -> Result<RecordBatch, String> {
     let location = location::resolve(staging).map_err(|e| e.to_string())?;
+    let bytes = match &location.local {
+        Some(dir) => photon::run_blocking(|| write_local_part(block, dir, part))?,
+        None => put_part(block, &location, part).await?,
+    };
+    let schema = stats::describe_schema(&block.schema());
+    RecordBatch::try_new(
+        summary_schema(),
+        vec![
+            Arc::new(StringArray::from(vec![part.to_string()])),
+            Arc::new(UInt64Array::from(vec![block.num_rows() as u64])),
+            Arc::new(UInt64Array::from(vec![bytes])),
+            Arc::new(StringArray::from(vec![schema])),
+        ],
+    )
+    .map_err(|e| e.to_string())
+}
+
+/// Encodes `block` into `dir/part` through a temporary file in `dir` and a
+/// rename: the encoded part never sits whole in memory (object_store's local
+/// put would take it as one buffer), and a reader never sees half a part.
+fn write_local_part(block: &RecordBatch, dir: &std::path::Path, part: &str) -> Result<u64, String> {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static TEMPORARIES: AtomicU64 = AtomicU64::new(0);
+    let encode = |e: parquet::errors::ParquetError| format!("cannot encode part {part}: {e}");
+    let io = |what: &str, path: &std::path::Path, e: std::io::Error| {
+        format!("cannot {what} {}: {e}", path.display())
+    };
+    std::fs::create_dir_all(dir).map_err(|e| io("create", dir, e))?;
+    let temporary = dir.join(format!(
+        ".{part}.{}-{}.tmp",
+        std::process::id(),
+        TEMPORARIES.fetch_add(1, Ordering::Relaxed)
+    ));
+    let file = std::fs::File::create_new(&temporary).map_err(|e| io("create", &temporary, e))?;
+    let written = (|| {
+        let mut writer =
+            ArrowWriter::try_new(file, block.schema(), Some(part_properties())).map_err(encode)?;
+        writer.write(block).map_err(encode)?;
+        let file = writer.into_inner().map_err(encode)?;
+        let bytes = file
+            .metadata()
+            .map_err(|e| io("inspect", &temporary, e))?
+            .len();
+        let target = dir.join(part);
+        std::fs::rename(&temporary, &target).map_err(|e| io("write", &target, e))?;
+        Ok(bytes)
+    })();
+    if written.is_err() {
+        let _ = std::fs::remove_file(&temporary);
+    }
+    written
+}
+
+/// Encodes `block` in memory and stores it with one atomic put.
+async fn put_part(
+    block: &RecordBatch,
+    location: &location::Location,
+    part: &str,
+) -> Result<u64, String> {
     // Sized up front: growing a Vec of many MiB by doubling copies it each time.
     let mut buffer = Vec::with_capacity(block.get_array_memory_size() + (64 << 10));
-    let properties = WriterProperties::builder()
-        .set_compression(Compression::SNAPPY)
-        .build();
-    let mut writer = ArrowWriter::try_new(&mut buffer, block.schema(), Some(properties))
+    let mut writer = ArrowWriter::try_new(&mut buffer, block.schema(), Some(part_properties()))
         .map_err(|e| format!("cannot encode part {part}: {e}"))?;
     writer
         .write(block)
@@ -389,15 +445,11 @@ async fn write_part(block: &RecordBatch, staging: &str, part: &str) -> Result<Re
         .put(&path, PutPayload::from(buffer))
         .await
         .map_err(|e| format!("cannot write {}: {e}", location.display_of(&path)))?;
-    let schema = stats::describe_schema(&block.schema());
-    RecordBatch::try_new(
-        summary_schema(),
-        vec![
-            Arc::new(StringArray::from(vec![part.to_string()])),
-            Arc::new(UInt64Array::from(vec![block.num_rows() as u64])),
-            Arc::new(UInt64Array::from(vec![bytes])),
-            Arc::new(StringArray::from(vec![schema])),
-        ],
-    )
-    .map_err(|e| e.to_string())
+    Ok(bytes)
+}
+
+fn part_properties() -> WriterProperties {
+    WriterProperties::builder()
+        .set_compression(Compression::SNAPPY)
+        .build()
 }
