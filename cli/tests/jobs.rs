@@ -46,6 +46,16 @@ fn photon(cluster: &Cluster, args: &[&str]) -> Output {
 
 /// `photon job submit [flags] -- job_example [job args]`.
 fn submit(cluster: &Cluster, flags: &[&str], job_args: &[&str]) -> Output {
+    submit_program(cluster, flags, job_example().as_os_str(), job_args)
+}
+
+/// `photon job submit [flags] -- program [args]`.
+fn submit_program(
+    cluster: &Cluster,
+    flags: &[&str],
+    program: &std::ffi::OsStr,
+    args: &[&str],
+) -> Output {
     cluster
         .command()
         .args([
@@ -58,8 +68,8 @@ fn submit(cluster: &Cluster, flags: &[&str], job_args: &[&str]) -> Output {
         ])
         .args(flags)
         .arg("--")
-        .arg(job_example())
-        .args(job_args)
+        .arg(program)
+        .args(args)
         .output()
         .unwrap()
 }
@@ -505,21 +515,9 @@ fn the_working_dir_and_env_reach_the_driver() {
     )
     .unwrap();
     std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-    let output = cluster
-        .command()
-        .args([
-            "job",
-            "submit",
-            "--address",
-            &cluster.address,
-            "--token",
-            &cluster.token,
-        ])
-        .arg("--working-dir")
-        .arg(dir.path())
-        .args(["--env", "MODE=fast", "--", "run.sh"])
-        .output()
-        .unwrap();
+    let working_dir = dir.path().to_str().unwrap();
+    let flags = ["--working-dir", working_dir, "--env", "MODE=fast"];
+    let output = submit_program(&cluster, &flags, "run.sh".as_ref(), &[]);
     let stdout = text(&output.stdout);
     assert!(
         output.status.success(),

@@ -1,7 +1,8 @@
 //! `write_parquet`, exactly once. Every block is written by its stage as
 //! one part with a deterministic name (`part-00007.parquet`) under a staging
-//! directory, in one atomic put, so a retried or rebuilt block replaces its
-//! own part. When every block is done the driver moves the parts into place
+//! directory, whole or not at all (locally a temporary file renamed over the
+//! part, elsewhere one atomic put), so a retried or rebuilt block replaces
+//! its own part. When every block is done the driver moves the parts into place
 //! and writes the `_SUCCESS` manifest last; a failed run removes the staging
 //! directory and leaves the destination as it was.
 

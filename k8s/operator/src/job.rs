@@ -42,21 +42,24 @@ pub async fn reconcile_job(job: Arc<PhotonJob>, ctx: Arc<Context>) -> Result<Act
     let mut status = job.status.clone().unwrap_or_default();
 
     if is_terminal(status.state.as_deref()) {
-        return after_the_end(&job, &status, &clusters).await;
+        return after_the_end(&ctx, &job, &status, &clusters).await;
     }
     let refusal = if job.spec.entrypoint.is_empty() {
-        Some("spec.entrypoint is empty: name the program to run")
+        Some("spec.entrypoint is empty: name the program to run".to_string())
     } else if job.spec.cluster_spec.is_none() && job.spec.cluster_selector.is_empty() {
         Some(
-            "set spec.clusterSpec (a cluster for this job) or spec.clusterSelector (labels of an existing one)",
+            "set spec.clusterSpec (a cluster for this job) or spec.clusterSelector (labels of an existing one)".to_string(),
         )
+    } else if job.spec.cluster_spec.is_some() {
+        crate::validate::name_problem(&cluster_name(&job))
+            .map(|problem| format!("its cluster: {problem} (a shorter PhotonJob name)"))
     } else {
         None
     };
     if let Some(refusal) = refusal {
         status.state = Some("Failed".into());
-        status.message = Some(refusal.into());
-        write_status(&jobs, &name, &status).await?;
+        status.message = Some(refusal);
+        record(&ctx, &job, &jobs, &status).await?;
         return Ok(Action::await_change());
     }
 
@@ -65,7 +68,7 @@ pub async fn reconcile_job(job: Arc<PhotonJob>, ctx: Arc<Context>) -> Result<Act
         status.message = Some(format!(
             "no PhotonCluster in {namespace} has the labels of spec.clusterSelector"
         ));
-        write_status(&jobs, &name, &status).await?;
+        record(&ctx, &job, &jobs, &status).await?;
         return Ok(Action::requeue(Duration::from_secs(10)));
     };
     status.cluster_name = Some(cluster.name_any());
@@ -81,7 +84,7 @@ pub async fn reconcile_job(job: Arc<PhotonJob>, ctx: Arc<Context>) -> Result<Act
             "waiting for cluster {} to be ready",
             cluster.name_any()
         ));
-        write_status(&jobs, &name, &status).await?;
+        record(&ctx, &job, &jobs, &status).await?;
         return Ok(Action::requeue(POLL));
     };
     let token = cluster_token(&ctx.client, &namespace, &cluster).await?;
@@ -89,7 +92,7 @@ pub async fn reconcile_job(job: Arc<PhotonJob>, ctx: Arc<Context>) -> Result<Act
         Ok(client) => client,
         Err(message) => {
             status.message = Some(message);
-            write_status(&jobs, &name, &status).await?;
+            record(&ctx, &job, &jobs, &status).await?;
             return Ok(Action::requeue(POLL));
         }
     };
@@ -136,9 +139,9 @@ pub async fn reconcile_job(job: Arc<PhotonJob>, ctx: Arc<Context>) -> Result<Act
             }
         },
     }
-    write_status(&jobs, &name, &status).await?;
+    record(&ctx, &job, &jobs, &status).await?;
     if is_terminal(status.state.as_deref()) {
-        return after_the_end(&job, &status, &clusters).await;
+        return after_the_end(&ctx, &job, &status, &clusters).await;
     }
     Ok(Action::requeue(POLL))
 }
@@ -215,6 +218,7 @@ async fn follow(
 /// A finished job's cluster goes `ttlSecondsAfterFinished` after the end,
 /// when the job created it and `shutdownAfterJobFinishes` is on.
 async fn after_the_end(
+    ctx: &Context,
     job: &PhotonJob,
     status: &PhotonJobStatus,
     clusters: &Api<PhotonCluster>,
@@ -238,7 +242,11 @@ async fn after_the_end(
         .await
     {
         Ok(_) => {
-            info!(job = %job.name_any(), cluster = %cluster_name(job), "deleted the finished job's cluster")
+            info!(job = %job.name_any(), cluster = %cluster_name(job), "deleted the finished job's cluster");
+            let note = format!("deleted cluster {} (the job ended)", cluster_name(job));
+            ctx.events
+                .normal(job, "DeletedCluster", "DeleteCluster", note)
+                .await;
         }
         Err(kube::Error::Api(e)) if e.code == 404 => {}
         Err(e) => return Err(e.into()),
@@ -299,19 +307,90 @@ fn connect(
     ))
 }
 
-async fn write_status(
+/// Writes the job's status, then an event for what changed since the
+/// status the reconcile started from.
+async fn record(
+    ctx: &Context,
+    job: &PhotonJob,
     jobs: &Api<PhotonJob>,
-    name: &str,
     status: &PhotonJobStatus,
 ) -> Result<(), Error> {
     let patch = serde_json::json!({ "status": status });
-    jobs.patch_status(name, &PatchParams::default(), &Patch::Merge(&patch))
-        .await?;
+    jobs.patch_status(
+        &job.name_any(),
+        &PatchParams::default(),
+        &Patch::Merge(&patch),
+    )
+    .await?;
+    let before = job.status.clone().unwrap_or_default();
+    if let Some(change) = change(&before, status) {
+        let (warning, reason, note) = change;
+        match warning {
+            true => ctx.events.warning(job, reason, "Reconcile", note).await,
+            false => ctx.events.normal(job, reason, "Reconcile", note).await,
+        }
+    }
     Ok(())
 }
 
-/// What the controller does after a failed job reconcile: retry soon.
-pub fn job_error_policy(job: Arc<PhotonJob>, error: &Error, _: Arc<Context>) -> Action {
+/// The event for a status change, if any: (is it a warning, reason, note).
+fn change(
+    before: &PhotonJobStatus,
+    after: &PhotonJobStatus,
+) -> Option<(bool, &'static str, String)> {
+    let message = after.message.clone();
+    if after.state != before.state {
+        let state = after.state.as_deref().unwrap_or("Unknown");
+        let reason = match state {
+            "Pending" => "Pending",
+            "ClusterStarting" => "ClusterStarting",
+            "Running" => "Running",
+            "Succeeded" => "Succeeded",
+            "Stopped" => "Stopped",
+            _ => "Failed",
+        };
+        let note = message.unwrap_or_else(|| match &after.job_id {
+            Some(id) => format!("job {id} is {state} (attempt {})", after.attempts),
+            None => format!("the job is {state}"),
+        });
+        return Some((matches!(reason, "Failed" | "Stopped"), reason, note));
+    }
+    if after.job_id != before.job_id
+        && let Some(id) = &after.job_id
+    {
+        let note = format!(
+            "submitted to the head as job {id} (attempt {})",
+            after.attempts
+        );
+        return Some((false, "Submitted", note));
+    }
+    if after.message == before.message {
+        return None;
+    }
+    let message = message?;
+    let reason = if message.starts_with("DeadlineExceeded") {
+        "DeadlineExceeded"
+    } else if message.contains("submitting again") {
+        "Retrying"
+    } else if message.starts_with("the head refused") {
+        "SubmitRefused"
+    } else if message.starts_with("cannot reach the head") {
+        "HeadUnreachable"
+    } else {
+        return Some((false, "Waiting", message));
+    };
+    Some((true, reason, message))
+}
+
+/// What the controller does after a failed job reconcile: say why (log and
+/// event), retry soon.
+pub fn job_error_policy(job: Arc<PhotonJob>, error: &Error, ctx: Arc<Context>) -> Action {
     warn!(job = %job.name_any(), %error, "job reconcile failed; retrying");
+    let note = format!("{error}; retrying in 10 s");
+    tokio::spawn(async move {
+        ctx.events
+            .warning(job.as_ref(), "ReconcileFailed", "Reconcile", note)
+            .await;
+    });
     Action::requeue(Duration::from_secs(10))
 }

@@ -9,11 +9,13 @@
 //!   its worker pods to the wanted count.
 //! - `reconcile`: the controller's reconcile of a `PhotonCluster`.
 //! - `autoscale`: worker counts from the head's pending demand and idle nodes.
+//! - `events`: Kubernetes Events about what the operator did and why.
 //! - `job`: the reconcile of a `PhotonJob` (cluster, submission through the
 //!   head's job API, retries, deadline, cleanup after the TTL).
 
 pub mod autoscale;
 pub mod desired;
+pub mod events;
 pub mod job;
 pub mod reconcile;
 pub mod types;

@@ -46,12 +46,15 @@ pub struct Context {
     pub client: Client,
     /// Since when autoscaled workers have been idle.
     pub idle: crate::autoscale::IdleClock,
+    /// Kubernetes Events about what reconciles did.
+    pub events: crate::events::Events,
 }
 
 impl Context {
     /// A context for `client`.
     pub fn new(client: Client) -> Self {
         Self {
+            events: crate::events::Events::new(client.clone()),
             client,
             idle: Default::default(),
         }
@@ -68,10 +71,14 @@ pub async fn reconcile(cluster: Arc<PhotonCluster>, ctx: Arc<Context>) -> Result
     let clusters: Api<PhotonCluster> = Api::namespaced(client.clone(), &namespace);
     let previous = cluster.status.clone().unwrap_or_default();
 
-    let problems = validate::problems(&cluster.spec);
+    let mut problems = validate::problems(&cluster.spec);
+    problems.extend(validate::name_problem(&name));
     if !problems.is_empty() {
         let message = problems.join("; ");
         warn!(cluster = %name, %message, "refusing an invalid spec");
+        ctx.events
+            .warning(cluster.as_ref(), "InvalidSpec", "Validate", message.clone())
+            .await;
         let status = PhotonClusterStatus {
             conditions: vec![
                 condition(&previous, "Valid", false, "InvalidSpec", &message),
@@ -125,7 +132,17 @@ pub async fn reconcile(cluster: Arc<PhotonCluster>, ctx: Arc<Context>) -> Result
         for index in &plan.create {
             let pod = desired::worker_pod(&cluster, group, *index);
             match pods.create(&PostParams::default(), &pod).await {
-                Ok(_) => info!(cluster = %name, group = %group.name, index, "created a worker"),
+                Ok(created) => {
+                    info!(cluster = %name, group = %group.name, index, "created a worker");
+                    let note = format!(
+                        "created worker pod {} (group {}, index {index})",
+                        created.name_any(),
+                        group.name
+                    );
+                    ctx.events
+                        .normal(cluster.as_ref(), "CreatedWorker", "CreateWorker", note)
+                        .await;
+                }
                 // Created by a previous pass whose result was not seen yet.
                 Err(kube::Error::Api(e)) if e.code == 409 => {}
                 Err(e) => return Err(e.into()),
@@ -134,6 +151,18 @@ pub async fn reconcile(cluster: Arc<PhotonCluster>, ctx: Arc<Context>) -> Result
         for pod in &plan.delete {
             delete_pod(&pods, pod).await?;
             info!(cluster = %name, group = %group.name, %pod, "deleted a worker (scaled down or failed)");
+            let failed = existing.iter().any(|e| &e.name == pod && e.ended);
+            let (reason, why) = match failed {
+                true => ("ReplacingFailedWorker", "it ended"),
+                false => ("ScaledDown", "the group wants fewer workers"),
+            };
+            let note = format!(
+                "deleted worker pod {pod} (group {}): {why}; {} wanted",
+                group.name, wanted
+            );
+            ctx.events
+                .normal(cluster.as_ref(), reason, "DeleteWorker", note)
+                .await;
         }
         let ready = workers
             .iter()
@@ -323,9 +352,16 @@ pub(crate) async fn cluster_token(
     Ok(token)
 }
 
-/// What the controller does after a failed reconcile: retry soon.
-pub fn error_policy(cluster: Arc<PhotonCluster>, error: &Error, _: Arc<Context>) -> Action {
+/// What the controller does after a failed reconcile: say why (log and
+/// event), retry soon.
+pub fn error_policy(cluster: Arc<PhotonCluster>, error: &Error, ctx: Arc<Context>) -> Action {
     warn!(cluster = %cluster.name_any(), %error, "reconcile failed; retrying");
+    let note = format!("{error}; retrying in 10 s");
+    tokio::spawn(async move {
+        ctx.events
+            .warning(cluster.as_ref(), "ReconcileFailed", "Reconcile", note)
+            .await;
+    });
     Action::requeue(Duration::from_secs(10))
 }
 

@@ -52,6 +52,21 @@ pub fn problems(spec: &PhotonClusterSpec) -> Vec<String> {
     problems
 }
 
+/// The longest cluster name: its Service `<name>-head` must be a DNS label
+/// (at most 63 characters), and so must the `photon.dev/cluster` label value.
+pub const MAX_CLUSTER_NAME: usize = 63 - "-head".len();
+
+/// What is wrong with a cluster's name, if anything.
+pub fn name_problem(name: &str) -> Option<String> {
+    (name.len() > MAX_CLUSTER_NAME).then(|| {
+        format!(
+            "the name {name:?} has {} characters: at most {MAX_CLUSTER_NAME} fit (its Service \
+             {name}-head must be a DNS label of at most 63); choose a shorter name",
+            name.len()
+        )
+    })
+}
+
 /// `(min, max)` replicas of a group, defaulting to `replicas`.
 pub fn bounds(replicas: i32, min: Option<i32>, max: Option<i32>) -> (i32, i32) {
     (
@@ -91,6 +106,16 @@ fn is_dns_label(name: &str) -> bool {
 mod tests {
     use super::*;
     use crate::types::WorkerGroup;
+
+    #[test]
+    fn cluster_names_must_leave_room_for_the_head_service() {
+        assert_eq!(name_problem(&"a".repeat(58)), None);
+        let problem = name_problem(&"a".repeat(59)).unwrap();
+        assert!(
+            problem.contains("has 59 characters: at most 58 fit"),
+            "{problem}"
+        );
+    }
 
     fn spec(groups: Vec<WorkerGroup>) -> PhotonClusterSpec {
         PhotonClusterSpec {

@@ -16,7 +16,7 @@ use photon_proto::auth::AttachToken;
 use photon_proto::v1::JobRequest;
 use photon_proto::v1::jobs_client::JobsClient;
 use serde_json::{Value, json};
-use support::{Call, Expect, TOKEN, expect, head, serve};
+use support::{Call, Expect, TOKEN, expect, head, serve_with_events};
 
 fn job(entrypoint: &[&str], backoff_limit: i32, status: Option<PhotonJobStatus>) -> PhotonJob {
     let spec: PhotonJobSpec = serde_json::from_value(json!({
@@ -92,8 +92,13 @@ fn final_pass(head: &str) -> Vec<Expect> {
     script
 }
 
-async fn reconcile(job: PhotonJob, script: Vec<Expect>) -> (Result<Action, String>, Vec<Call>) {
-    serve(script, |client| async move {
+/// One reconcile of `job` against `script`: its outcome, the calls and
+/// the events published.
+async fn reconcile(
+    job: PhotonJob,
+    script: Vec<Expect>,
+) -> (Result<Action, String>, Vec<Call>, Vec<Call>) {
+    serve_with_events(script, |client| async move {
         reconcile_job(Arc::new(job), Arc::new(Context::new(client)))
             .await
             .map_err(|e| e.to_string())
@@ -130,7 +135,8 @@ async fn a_job_is_submitted_followed_and_its_cluster_deleted_after_the_ttl() {
     let head = head().await;
     let entrypoint = ["sh", "-c", "echo $GREETING from the job"];
     // Pass 1: the cluster is applied (owned by the job), the job submitted.
-    let (outcome, calls) = reconcile(job(&entrypoint, 0, None), ready_pass(&head.address)).await;
+    let (outcome, calls, events) =
+        reconcile(job(&entrypoint, 0, None), ready_pass(&head.address)).await;
     assert!(outcome.is_ok(), "{outcome:?}");
     let applied = &calls[0].body;
     assert_eq!(applied["metadata"]["ownerReferences"][0]["uid"], "job-uid");
@@ -140,10 +146,18 @@ async fn a_job_is_submitted_followed_and_its_cluster_deleted_after_the_ttl() {
     assert_eq!(status.attempts, 1);
     assert_eq!(status.cluster_name.as_deref(), Some("embed-cluster"));
     let id = status.job_id.clone().expect("a job id");
+    assert_eq!(
+        reasons(&events),
+        [(
+            "Normal",
+            "Running",
+            format!("job {id} is Running (attempt 1)")
+        )]
+    );
     wait_ended(&head.address, &id).await;
 
     // Pass 2: the head says it succeeded; with a TTL of 0 the cluster goes at once.
-    let (outcome, calls) =
+    let (outcome, calls, events) =
         reconcile(job(&entrypoint, 0, Some(status)), final_pass(&head.address)).await;
     assert!(
         matches!(&outcome, Ok(action) if *action == Action::await_change()),
@@ -152,27 +166,44 @@ async fn a_job_is_submitted_followed_and_its_cluster_deleted_after_the_ttl() {
     let status = status_of(&calls[2]);
     assert_eq!(status.state.as_deref(), Some("Succeeded"), "{status:?}");
     assert!(status.end_time.is_some());
+    assert_eq!(
+        reasons(&events),
+        [
+            (
+                "Normal",
+                "Succeeded",
+                format!("job {id} is Succeeded (attempt 1)")
+            ),
+            (
+                "Normal",
+                "DeletedCluster",
+                "deleted cluster embed-cluster (the job ended)".into()
+            ),
+        ]
+    );
 
     // Pass 3: a finished job whose cluster is gone does nothing more.
-    let (outcome, calls) = reconcile(
+    let (outcome, calls, events) = reconcile(
         job(&entrypoint, 0, Some(status)),
         vec![expect(Method::DELETE, "/photonclusters/embed-cluster", 404, json!({"kind": "Status", "apiVersion": "v1", "code": 404, "reason": "NotFound", "status": "Failure", "message": "gone"}))],
     )
     .await;
     assert!(outcome.is_ok(), "{outcome:?}");
     assert_eq!(calls.len(), 1);
+    assert!(events.is_empty(), "nothing happened: {events:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_job_is_resubmitted_within_its_backoff_limit_then_fails() {
     let head = head().await;
     let entrypoint = ["sh", "-c", "echo failing >&2; exit 3"];
-    let (_, calls) = reconcile(job(&entrypoint, 1, None), ready_pass(&head.address)).await;
+    let (_, calls, events) = reconcile(job(&entrypoint, 1, None), ready_pass(&head.address)).await;
     let first = status_of(&calls[2]);
+    assert_eq!(events.len(), 1, "{events:?}");
     wait_ended(&head.address, first.job_id.as_deref().unwrap()).await;
 
     // The first attempt failed: one retry is allowed, so it is submitted again.
-    let (_, calls) = reconcile(
+    let (_, calls, events) = reconcile(
         job(&entrypoint, 1, Some(first.clone())),
         ready_pass(&head.address),
     )
@@ -184,7 +215,8 @@ async fn a_failing_job_is_resubmitted_within_its_backoff_limit_then_fails() {
         message.contains("attempt 1 failed (the driver exited with code 3)"),
         "{message}"
     );
-    let (_, calls) = reconcile(
+    assert_eq!(reasons(&events), [("Warning", "Retrying", message)]);
+    let (_, calls, events) = reconcile(
         job(&entrypoint, 1, Some(retrying)),
         ready_pass(&head.address),
     )
@@ -192,14 +224,35 @@ async fn a_failing_job_is_resubmitted_within_its_backoff_limit_then_fails() {
     let second = status_of(&calls[2]);
     assert_eq!(second.attempts, 2);
     assert_ne!(second.job_id, first.job_id);
+    let note = format!(
+        "submitted to the head as job {} (attempt 2)",
+        second.job_id.as_deref().unwrap()
+    );
+    assert_eq!(reasons(&events), [("Normal", "Submitted", note)]);
     wait_ended(&head.address, second.job_id.as_deref().unwrap()).await;
 
     // The retry failed too: the job is Failed with the head's reason.
-    let (_, calls) = reconcile(job(&entrypoint, 1, Some(second)), final_pass(&head.address)).await;
+    let (_, calls, events) =
+        reconcile(job(&entrypoint, 1, Some(second)), final_pass(&head.address)).await;
     let failed = status_of(&calls[2]);
     assert_eq!(failed.state.as_deref(), Some("Failed"));
     assert_eq!(
         failed.message.as_deref(),
         Some("the driver exited with code 3")
     );
+    assert_eq!(
+        reasons(&events),
+        [("Warning", "Failed", "the driver exited with code 3".into())]
+    );
+}
+
+/// Each event's type, reason and note.
+fn reasons(events: &[Call]) -> Vec<(&str, &str, String)> {
+    events
+        .iter()
+        .map(|e| {
+            let field = |name: &str| e.body[name].as_str().unwrap_or_default();
+            (field("type"), field("reason"), field("note").to_string())
+        })
+        .collect()
 }

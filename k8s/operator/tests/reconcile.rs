@@ -11,11 +11,15 @@ use kube::runtime::controller::Action;
 use photon_operator::reconcile::{Context, reconcile};
 use photon_operator::types::{PhotonCluster, PhotonClusterSpec};
 use serde_json::{Value, json};
-use support::{Call, Expect, expect, serve};
+use support::{Call, Expect, expect, serve_with_events};
 
-/// Runs one reconcile of `cluster` against `script`; returns its outcome and the calls.
-async fn run(cluster: PhotonCluster, script: Vec<Expect>) -> (Result<Action, String>, Vec<Call>) {
-    serve(script, |client| async move {
+/// Runs one reconcile of `cluster` against `script`; returns its outcome,
+/// the calls and the events published.
+async fn run(
+    cluster: PhotonCluster,
+    script: Vec<Expect>,
+) -> (Result<Action, String>, Vec<Call>, Vec<Call>) {
+    serve_with_events(script, |client| async move {
         reconcile(Arc::new(cluster), Arc::new(Context::new(client)))
             .await
             .map_err(|e| e.to_string())
@@ -77,7 +81,7 @@ fn cpu_cluster(replicas: i32) -> PhotonCluster {
 
 #[tokio::test]
 async fn a_fresh_cluster_gets_its_token_head_service_and_workers() {
-    let (outcome, calls) = run(
+    let (outcome, calls, events) = run(
         cpu_cluster(2),
         vec![
             expect(
@@ -164,6 +168,8 @@ async fn a_fresh_cluster_gets_its_token_head_service_and_workers() {
         .map(|c| c.body["metadata"]["name"].as_str().unwrap())
         .collect();
     assert_eq!(names, ["demo-cpu-0", "demo-cpu-1"]);
+    let events: Vec<_> = reasons(&events).into_iter().map(|(_, r, _)| r).collect();
+    assert_eq!(events, ["CreatedWorker", "CreatedWorker"]);
     let args = calls[5].body["spec"]["containers"][0]["args"].to_string();
     assert!(
         args.contains("demo-head.ml.svc:6380") && args.contains("\"--num-cpus\",\"2\""),
@@ -215,7 +221,7 @@ fn existing_cluster(ready: i32, pods: Vec<Value>, changes: Vec<Expect>) -> Vec<E
 
 #[tokio::test]
 async fn scaling_from_2_to_4_creates_the_two_missing_workers() {
-    let (outcome, calls) = run(
+    let (outcome, calls, events) = run(
         cpu_cluster(4),
         existing_cluster(
             1,
@@ -244,6 +250,21 @@ async fn scaling_from_2_to_4_creates_the_two_missing_workers() {
         .collect();
     assert_eq!(created, ["demo-cpu-2", "demo-cpu-3"]);
     assert_eq!(
+        reasons(&events),
+        [
+            (
+                "Normal",
+                "CreatedWorker",
+                "created worker pod demo-cpu-2 (group cpu, index 2)"
+            ),
+            (
+                "Normal",
+                "CreatedWorker",
+                "created worker pod demo-cpu-3 (group cpu, index 3)"
+            ),
+        ]
+    );
+    assert_eq!(
         calls[6].body["status"]["workerGroups"][0],
         json!({"name": "cpu", "readyReplicas": 2, "desiredReplicas": 4})
     );
@@ -251,7 +272,7 @@ async fn scaling_from_2_to_4_creates_the_two_missing_workers() {
 
 #[tokio::test]
 async fn a_failed_worker_is_replaced_and_the_head_reapplied() {
-    let (outcome, calls) = run(
+    let (outcome, calls, events) = run(
         cpu_cluster(2),
         // The head's Deployment is applied on every pass: a deleted or
         // failed head comes back (Kubernetes replaces its pod).
@@ -280,6 +301,21 @@ async fn a_failed_worker_is_replaced_and_the_head_reapplied() {
         calls[4].body["metadata"]["name"], "demo-cpu-2",
         "replaced at once"
     );
+    assert_eq!(
+        reasons(&events),
+        [
+            (
+                "Normal",
+                "CreatedWorker",
+                "created worker pod demo-cpu-2 (group cpu, index 2)"
+            ),
+            (
+                "Normal",
+                "ReplacingFailedWorker",
+                "deleted worker pod demo-cpu-0 (group cpu): it ended; 2 wanted"
+            ),
+        ]
+    );
     let conditions = calls[6].body["status"]["conditions"]
         .as_array()
         .unwrap()
@@ -301,7 +337,7 @@ async fn an_invalid_spec_gets_a_condition_with_the_reason_and_nothing_is_created
         "workerGroups": [{"name": "gpu", "replicas": 2, "minReplicas": 3, "maxReplicas": 1,
                           "resources": {"limits": {"nvidia.com/gpu": "0.5"}}}]
     }));
-    let (outcome, calls) = run(
+    let (outcome, calls, events) = run(
         invalid,
         vec![expect(
             Method::PATCH,
@@ -326,4 +362,29 @@ async fn an_invalid_spec_gets_a_condition_with_the_reason_and_nothing_is_created
         message.contains("\"0.5\" is not a whole number"),
         "{message}"
     );
+    // The reason is an event on the cluster too (`kubectl describe`).
+    assert_eq!(events.len(), 1, "{events:?}");
+    let event = &events[0];
+    assert!(
+        event.path.contains("/namespaces/ml/events"),
+        "{}",
+        event.path
+    );
+    assert_eq!(event.body["type"], "Warning");
+    assert_eq!(event.body["reason"], "InvalidSpec");
+    assert_eq!(event.body["note"], message);
+    assert_eq!(event.body["regarding"]["kind"], "PhotonCluster");
+    assert_eq!(event.body["regarding"]["name"], "demo");
+    assert_eq!(event.body["reportingController"], "photon-operator");
+}
+
+/// Each event's type, reason and note.
+fn reasons(events: &[Call]) -> Vec<(&str, &str, &str)> {
+    events
+        .iter()
+        .map(|e| {
+            let field = |name: &str| e.body[name].as_str().unwrap_or_default();
+            (field("type"), field("reason"), field("note"))
+        })
+        .collect()
 }

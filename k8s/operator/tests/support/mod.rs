@@ -34,26 +34,60 @@ pub struct Call {
 }
 
 /// Runs `body` with a client of a mock API server that answers `script`;
-/// returns what `body` returned and the calls it made.
+/// returns what `body` returned and the calls it made (events aside).
 pub async fn serve<T, F: std::future::Future<Output = T>>(
     script: Vec<Expect>,
     body: impl FnOnce(kube::Client) -> F,
 ) -> (T, Vec<Call>) {
+    let (outcome, calls, _events) = serve_with_events(script, body).await;
+    (outcome, calls)
+}
+
+/// [`serve`], also returning the Kubernetes Events published: those are
+/// answered whenever they come (the recorder publishes after the calls it
+/// reports), outside the script.
+pub async fn serve_with_events<T, F: std::future::Future<Output = T>>(
+    script: Vec<Expect>,
+    body: impl FnOnce(kube::Client) -> F,
+) -> (T, Vec<Call>, Vec<Call>) {
     let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
     let client = kube::Client::new(service, "default");
     let calls = Arc::new(Mutex::new(Vec::new()));
-    let recorded = calls.clone();
+    let events = Arc::new(Mutex::new(Vec::new()));
+    let (recorded, recorded_events) = (calls.clone(), events.clone());
+    let (done, mut finished) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(async move {
-        for expected in script {
-            let (request, respond) = handle.next_request().await.expect("a request");
+        let mut script = script.into_iter();
+        loop {
+            let next = tokio::select! {
+                next = handle.next_request() => next,
+                _ = &mut finished => None,
+            };
+            let Some((request, respond)) = next else {
+                break;
+            };
             let method = request.method().clone();
             let path = request.uri().to_string();
             let bytes = request.into_body().collect_bytes().await.unwrap();
-            let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-            recorded.lock().unwrap().push(Call {
+            let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+            let call = Call {
                 path: path.clone(),
-                body,
-            });
+                body: body.clone(),
+            };
+            if path.contains("/apis/events.k8s.io/") {
+                recorded_events.lock().unwrap().push(call);
+                // The event as created: its own body back.
+                let response = Response::builder()
+                    .status(StatusCode::CREATED)
+                    .body(Body::from(bytes.to_vec()))
+                    .unwrap();
+                respond.send_response(response);
+                continue;
+            }
+            recorded.lock().unwrap().push(call);
+            let expected = script
+                .next()
+                .unwrap_or_else(|| panic!("unexpected {method} {path}: the script has ended"));
             assert!(
                 method == expected.method && path.contains(expected.path),
                 "expected {} …{}…, got {method} {path}",
@@ -66,13 +100,19 @@ pub async fn serve<T, F: std::future::Future<Output = T>>(
                 .unwrap();
             respond.send_response(response);
         }
+        let left: Vec<String> = script
+            .map(|e| format!("{} …{}…", e.method, e.path))
+            .collect();
+        assert!(left.is_empty(), "expected calls never made: {left:?}");
     });
     let outcome = body(client).await;
+    let _ = done.send(());
     server
         .await
         .expect("every expected call was made, as scripted");
     let calls = calls.lock().unwrap().clone();
-    (outcome, calls)
+    let events = events.lock().unwrap().clone();
+    (outcome, calls, events)
 }
 
 /// The token of the heads these tests start.
