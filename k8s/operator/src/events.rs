@@ -4,6 +4,7 @@
 //! Best effort: an event the API server refuses is logged, never a reason
 //! to fail a reconcile.
 
+use k8s_openapi::api::core::v1::ObjectReference;
 use kube::Resource;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use tracing::warn;
@@ -35,7 +36,7 @@ impl Events {
     where
         K: Resource<DynamicType = ()>,
     {
-        self.publish(object, EventType::Normal, reason, action, note)
+        self.publish(object, None, EventType::Normal, reason, action, note)
             .await;
     }
 
@@ -44,13 +45,39 @@ impl Events {
     where
         K: Resource<DynamicType = ()>,
     {
-        self.publish(object, EventType::Warning, reason, action, note)
+        self.publish(object, None, EventType::Warning, reason, action, note)
+            .await;
+    }
+
+    /// A `Normal` event about `object` that acted on `pod` (one of its
+    /// pods). Naming the pod keeps each pod's event apart: the recorder
+    /// folds events with the same object, reason and related object into
+    /// one, keeping the first note.
+    pub async fn about_pod<K>(
+        &self,
+        object: &K,
+        pod: &str,
+        reason: &str,
+        action: &str,
+        note: String,
+    ) where
+        K: Resource<DynamicType = ()>,
+    {
+        let pod = ObjectReference {
+            api_version: Some("v1".into()),
+            kind: Some("Pod".into()),
+            name: Some(pod.into()),
+            namespace: object.meta().namespace.clone(),
+            ..Default::default()
+        };
+        self.publish(object, Some(pod), EventType::Normal, reason, action, note)
             .await;
     }
 
     async fn publish<K>(
         &self,
         object: &K,
+        related: Option<ObjectReference>,
         type_: EventType,
         reason: &str,
         action: &str,
@@ -64,7 +91,7 @@ impl Events {
             // The API server refuses notes over 1 kB.
             note: Some(truncate(note, 1024)),
             action: action.into(),
-            secondary: None,
+            secondary: related,
         };
         if let Err(error) = self.recorder.publish(&event, &object.object_ref(&())).await {
             warn!(%error, reason, "cannot publish a Kubernetes event");

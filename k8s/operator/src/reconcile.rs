@@ -134,13 +134,19 @@ pub async fn reconcile(cluster: Arc<PhotonCluster>, ctx: Arc<Context>) -> Result
             match pods.create(&PostParams::default(), &pod).await {
                 Ok(created) => {
                     info!(cluster = %name, group = %group.name, index, "created a worker");
+                    let pod = created.name_any();
                     let note = format!(
-                        "created worker pod {} (group {}, index {index})",
-                        created.name_any(),
+                        "created worker pod {pod} (group {}, index {index})",
                         group.name
                     );
                     ctx.events
-                        .normal(cluster.as_ref(), "CreatedWorker", "CreateWorker", note)
+                        .about_pod(
+                            cluster.as_ref(),
+                            &pod,
+                            "CreatedWorker",
+                            "CreateWorker",
+                            note,
+                        )
                         .await;
                 }
                 // Created by a previous pass whose result was not seen yet.
@@ -161,7 +167,7 @@ pub async fn reconcile(cluster: Arc<PhotonCluster>, ctx: Arc<Context>) -> Result
                 group.name, wanted
             );
             ctx.events
-                .normal(cluster.as_ref(), reason, "DeleteWorker", note)
+                .about_pod(cluster.as_ref(), pod, reason, "DeleteWorker", note)
                 .await;
         }
         let ready = workers

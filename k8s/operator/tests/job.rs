@@ -242,7 +242,14 @@ async fn a_failing_job_is_resubmitted_within_its_backoff_limit_then_fails() {
     );
     assert_eq!(
         reasons(&events),
-        [("Warning", "Failed", "the driver exited with code 3".into())]
+        [
+            ("Warning", "Failed", "the driver exited with code 3".into()),
+            (
+                "Normal",
+                "DeletedCluster",
+                "deleted cluster embed-cluster (the job ended)".into()
+            ),
+        ]
     );
 }
 

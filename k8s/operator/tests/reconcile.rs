@@ -264,6 +264,9 @@ async fn scaling_from_2_to_4_creates_the_two_missing_workers() {
             ),
         ]
     );
+    // Each names its pod as the related object (so the recorder keeps them apart).
+    assert_eq!(events[1].body["related"]["name"], "demo-cpu-3");
+    assert_eq!(events[1].body["related"]["kind"], "Pod");
     assert_eq!(
         calls[6].body["status"]["workerGroups"][0],
         json!({"name": "cpu", "readyReplicas": 2, "desiredReplicas": 4})
