@@ -217,9 +217,13 @@ impl Executor {
         }
     }
 
-    /// Starts blocks while the budget allows (always at least one).
+    /// Starts blocks while the budget allows (always at least one) and no
+    /// pool has a full backlog.
     fn admit(&mut self) {
         while self.next < self.blocks.len() {
+            if self.pool_backlog_full() {
+                return;
+            }
             let charge = self.estimate(&self.blocks[self.next].source);
             if self.charged > 0 && self.charged + charge > self.budget {
                 self.blocked_since.get_or_insert_with(Instant::now);
@@ -235,6 +239,25 @@ impl Executor {
             let input = self.blocks[index].object.clone();
             self.queues[0].push_back((index, input));
         }
+    }
+
+    /// Whether as many blocks as some pool can take next are already on
+    /// their way to it (read, being read, or queued at it). Reading further
+    /// ahead of a slow pool only fills the object store: with a 1..=2 pool
+    /// of identity actors, 1 GiB of Parquet sat in the store at once, every
+    /// block in fresh shared memory.
+    fn pool_backlog_full(&self) -> bool {
+        self.stages
+            .iter()
+            .enumerate()
+            .any(|(stage, s)| match &s.compute {
+                Compute::Actors(pool) => {
+                    let running = self.running.iter().filter(|r| r.stage < stage).count();
+                    let queued: usize = self.queues[..=stage].iter().map(VecDeque::len).sum();
+                    running + queued >= pool.backlog_limit()
+                }
+                Compute::Tasks(_) => false,
+            })
     }
 
     /// Store bytes a block holds while in flight: its input and its output

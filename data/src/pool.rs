@@ -158,6 +158,12 @@ impl Pool {
         Some((index, actor.handle.apply(block, part)))
     }
 
+    /// Blocks worth having on the way to this pool: one more for every call
+    /// slot of its largest size. More would only wait in the object store.
+    pub(crate) fn backlog_limit(&self) -> usize {
+        self.limit.max(1) * (self.spec.max_concurrency.max(1) as usize + 1)
+    }
+
     /// Adds an actor when blocks wait, every actor is busy, none is still
     /// constructing, and the pool may grow.
     pub(crate) fn grow_if_needed(&mut self, ctx: &Context, queued: usize) -> Result<()> {
