@@ -407,10 +407,14 @@ async fn supervise(state: Arc<HeadState>, id: String) {
     if state.jobs.get(&id).is_some_and(|r| r.stop_requested) {
         state.stop_job_now(&id, DEFAULT_GRACE);
     }
+    // Whether the job stops because the head shuts down (not on request):
+    // its end then says so, and the operator may run it again.
+    let mut head_shut_down = false;
     let status = tokio::select! {
         status = child.wait() => status,
         () = state.cancel.cancelled() => {
             // The head shuts down cleanly: its jobs stop with it.
+            head_shut_down = !state.jobs.get(&id).is_some_and(|r| r.stop_requested);
             state.jobs.update(&id, |r| r.stop_requested = true);
             signal_group(pid, Signal::SIGTERM);
             match tokio::time::timeout(DEFAULT_GRACE, child.wait()).await {
@@ -434,11 +438,17 @@ async fn supervise(state: Arc<HeadState>, id: String) {
         }
     };
     let stop_requested = state.jobs.get(&id).is_some_and(|r| r.stop_requested);
-    let (final_state, message) = verdict(ending, stop_requested);
+    let (final_state, message) = match head_shut_down {
+        true => (JobState::Stopped, STOPPED_BY_SHUTDOWN.to_string()),
+        false => verdict(ending, stop_requested),
+    };
     state
         .finish_job(&id, final_state, ending.exit_code(), message)
         .await;
 }
+
+/// The end of a job the head stopped because it shut down.
+pub const STOPPED_BY_SHUTDOWN: &str = "stopped: the head shut down";
 
 /// Spawns the driver: `sh` running the program in the job's working
 /// directory, output appended to the job's log, in a process group of its own.

@@ -188,7 +188,11 @@ async fn follow(
                 .message
                 .as_deref()
                 .is_some_and(|m| m.starts_with("DeadlineExceeded"));
-            if !deadline_hit && status.attempts <= job.spec.backoff_limit {
+            // A stop someone asked for (`photon job stop`) is an end, not a
+            // failure to retry; a stop because the head shut down is not.
+            let stopped_on_request =
+                state == JobState::Stopped && record.message.starts_with("stopped by request");
+            if !deadline_hit && !stopped_on_request && status.attempts <= job.spec.backoff_limit {
                 status.message = Some(format!(
                     "attempt {} failed ({what}); submitting again ({} of {} retries)",
                     status.attempts, status.attempts, job.spec.backoff_limit

@@ -13,8 +13,8 @@ use photon_operator::job::reconcile_job;
 use photon_operator::reconcile::Context;
 use photon_operator::types::{PhotonJob, PhotonJobSpec, PhotonJobStatus};
 use photon_proto::auth::AttachToken;
-use photon_proto::v1::JobRequest;
 use photon_proto::v1::jobs_client::JobsClient;
+use photon_proto::v1::{JobRequest, StopJobRequest};
 use serde_json::{Value, json};
 use support::{Call, Expect, TOKEN, expect, head, serve_with_events};
 
@@ -262,4 +262,38 @@ fn reasons(events: &[Call]) -> Vec<(&str, &str, String)> {
             (field("type"), field("reason"), field("note").to_string())
         })
         .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_stopped_on_request_ends_stopped_and_is_not_retried() {
+    let head = head().await;
+    let entrypoint = ["sleep", "600"];
+    let (_, calls, _) = reconcile(job(&entrypoint, 2, None), ready_pass(&head.address)).await;
+    let running = status_of(&calls[2]);
+    let id = running.job_id.clone().unwrap();
+
+    // Someone stops it on the head (`photon job stop`).
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", head.address))
+        .unwrap()
+        .connect_lazy();
+    let mut jobs = JobsClient::with_interceptor(channel, AttachToken::new(TOKEN).unwrap());
+    jobs.stop_job(StopJobRequest {
+        job_id: id.clone(),
+        grace_period_ms: 0,
+    })
+    .await
+    .unwrap();
+    wait_ended(&head.address, &id).await;
+
+    // With retries left, it still ends Stopped: nothing is submitted again.
+    let (_, calls, events) = reconcile(
+        job(&entrypoint, 2, Some(running)),
+        final_pass(&head.address),
+    )
+    .await;
+    let stopped = status_of(&calls[2]);
+    assert_eq!(stopped.state.as_deref(), Some("Stopped"), "{stopped:?}");
+    assert_eq!(stopped.job_id.as_deref(), Some(id.as_str()));
+    assert_eq!(stopped.attempts, 1);
+    assert_eq!(reasons(&events)[0].1, "Stopped");
 }
