@@ -66,8 +66,8 @@ enum Command {
 }
 
 /// mimalloc keeps freed memory for reuse where glibc's malloc hands big
-/// buffers back to the kernel: with glibc, the workers of `photon
-/// microbenchmark data` took 3.1M page faults, with mimalloc 66–90k.
+/// buffers back to the kernel: `photon microbenchmark data` took 4.7M page
+/// faults with glibc, 0.18M with mimalloc (same build, runs interleaved).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
