@@ -39,6 +39,10 @@ enum Request {
 
 /// Handle to the spill thread. Dropping it deletes every spill file still
 /// present and, for the default location, the spill directory.
+///
+/// The default directory is created at the first spill, not at open: a
+/// process that is killed (raylets are, in failure tests and in real life)
+/// cannot remove it, and most stores never spill at all.
 pub struct Spiller {
     requests: Option<mpsc::UnboundedSender<Request>>,
     thread: Option<JoinHandle<()>>,
@@ -58,11 +62,11 @@ impl Spiller {
     /// Opens the spill location: `url`, or a fresh directory under `fallback_root`.
     /// `tag` keeps this store's files apart from other stores' at a shared URL.
     pub fn open(url: Option<&str>, fallback_root: &FsPath, tag: &str) -> Result<Self> {
-        let (store, prefix, location, owned_dir) = open_location(url, fallback_root, tag)?;
+        let (target, location, owned_dir) = open_location(url, fallback_root, tag)?;
         let (sender, receiver) = mpsc::unbounded_channel();
         let thread = std::thread::Builder::new()
             .name("photon-spill".into())
-            .spawn(move || run(store, prefix, receiver))
+            .spawn(move || run(target, receiver))
             .map_err(Error::io("cannot start the spill thread"))?;
         Ok(Self {
             requests: Some(sender),
@@ -125,21 +129,54 @@ impl Drop for Spiller {
         }
         if let Some(dir) = &self.owned_dir
             && let Err(err) = std::fs::remove_dir_all(dir)
+            && err.kind() != std::io::ErrorKind::NotFound
         {
             warn!(dir = %dir.display(), %err, "could not remove spill directory");
         }
     }
 }
 
-type Location = (Arc<dyn RemoteStore>, Path, String, Option<PathBuf>);
+/// Where spill files go: a store reached through `object_store`, or the
+/// default local directory, created at the first write.
+enum Target {
+    Open(Arc<dyn RemoteStore>, Path),
+    LocalDirToCreate(PathBuf),
+}
 
-fn open_location(url: Option<&str>, fallback_root: &FsPath, tag: &str) -> Result<Location> {
+impl Target {
+    /// The store and prefix to write to, creating the directory if needed.
+    fn for_write(&mut self) -> Result<(Arc<dyn RemoteStore>, Path)> {
+        if let Target::LocalDirToCreate(dir) = self {
+            *self = Target::Open(local_dir(dir)?, Path::default());
+        }
+        Ok(self.opened().expect("opened above"))
+    }
+
+    fn opened(&self) -> Option<(Arc<dyn RemoteStore>, Path)> {
+        match self {
+            Target::Open(store, prefix) => Some((store.clone(), prefix.clone())),
+            Target::LocalDirToCreate(_) => None,
+        }
+    }
+}
+
+fn open_location(
+    url: Option<&str>,
+    fallback_root: &FsPath,
+    tag: &str,
+) -> Result<(Target, String, Option<PathBuf>)> {
     let dir_name = format!("photon-spill-{tag}");
     match url {
         None => {
+            if !fallback_root.is_dir() {
+                return Err(Error::Config(format!(
+                    "the spill directory's parent {} is not a directory; create it or set a spill url",
+                    fallback_root.display()
+                )));
+            }
             let dir = fallback_root.join(&dir_name);
-            let store = local_dir(&dir)?;
-            Ok((store, Path::default(), dir.display().to_string(), Some(dir)))
+            let location = dir.display().to_string();
+            Ok((Target::LocalDirToCreate(dir.clone()), location, Some(dir)))
         }
         Some(url) if url.contains("://") => {
             let parsed = url::Url::parse(url).map_err(|err| {
@@ -151,11 +188,16 @@ fn open_location(url: Option<&str>, fallback_root: &FsPath, tag: &str) -> Result
                 ))
             })?;
             let prefix = prefix.child(dir_name.as_str());
-            Ok((Arc::from(store), prefix, url.to_string(), None))
+            Ok((
+                Target::Open(Arc::from(store), prefix),
+                url.to_string(),
+                None,
+            ))
         }
         Some(path) => {
             let store = local_dir(FsPath::new(path))?;
-            Ok((store, Path::from(dir_name.as_str()), path.to_string(), None))
+            let target = Target::Open(store, Path::from(dir_name.as_str()));
+            Ok((target, path.to_string(), None))
         }
     }
 }
@@ -175,7 +217,7 @@ fn local_dir(dir: &FsPath) -> Result<Arc<dyn RemoteStore>> {
     Ok(Arc::new(store))
 }
 
-fn run(store: Arc<dyn RemoteStore>, prefix: Path, mut requests: mpsc::UnboundedReceiver<Request>) {
+fn run(mut target: Target, mut requests: mpsc::UnboundedReceiver<Request>) {
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -191,26 +233,41 @@ fn run(store: Arc<dyn RemoteStore>, prefix: Path, mut requests: mpsc::UnboundedR
         while let Some(request) = requests.recv().await {
             match request {
                 Request::Write { name, data, reply } => {
-                    let result = store
-                        .put(&prefix.child(name.as_str()), PutPayload::from(data))
-                        .await;
+                    let result = match target.for_write() {
+                        Ok((store, prefix)) => store
+                            .put(&prefix.child(name.as_str()), PutPayload::from(data))
+                            .await
+                            .map(|_| ())
+                            .map_err(|err| err.to_string()),
+                        Err(err) => Err(err.to_string()),
+                    };
                     if result.is_ok() {
                         written.insert(name);
                     }
-                    let _ = reply.send(result.map(|_| ()).map_err(|err| err.to_string()));
+                    let _ = reply.send(result);
                 }
                 Request::Read { name, range, reply } => {
-                    let result = store.get_range(&prefix.child(name.as_str()), range).await;
-                    let _ = reply.send(result.map_err(|err| err.to_string()));
+                    let result = match target.opened() {
+                        Some((store, prefix)) => store
+                            .get_range(&prefix.child(name.as_str()), range)
+                            .await
+                            .map_err(|err| err.to_string()),
+                        None => Err(format!("no spill file {name}: nothing was spilled yet")),
+                    };
+                    let _ = reply.send(result);
                 }
                 Request::Delete { name } => {
                     written.remove(&name);
-                    delete(&*store, &prefix, &name).await;
+                    if let Some((store, prefix)) = target.opened() {
+                        delete(&*store, &prefix, &name).await;
+                    }
                 }
             }
         }
-        for name in written {
-            delete(&*store, &prefix, &name).await;
+        if let Some((store, prefix)) = target.opened() {
+            for name in written {
+                delete(&*store, &prefix, &name).await;
+            }
         }
     });
 }

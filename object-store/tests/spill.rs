@@ -129,14 +129,19 @@ fn pinned_objects_are_never_spilled() {
 }
 
 #[test]
-fn default_spill_directory_is_removed_with_the_store() {
+fn default_spill_directory_exists_only_from_the_first_spill_until_the_store_drops() {
     let dir = tempfile::tempdir().unwrap();
     let store = store(2 * MIB, &dir);
+    let spill_dir = std::path::PathBuf::from(store.spill_location());
+    store.put(oid(100), &pattern(100, 1024)).unwrap();
+    assert!(
+        !spill_dir.exists(),
+        "a store that has not spilled leaves nothing behind if it is killed"
+    );
     for n in 0..6 {
         store.put(oid(n), &pattern(n, MIB as usize)).unwrap();
     }
     assert!(store.stats().spilled_objects > 0);
-    let spill_dir = std::path::PathBuf::from(store.spill_location());
     assert!(spill_dir.starts_with(dir.path()) && spill_dir.exists());
     drop(store);
     assert!(!spill_dir.exists());
