@@ -37,12 +37,14 @@ mod error;
 mod executor;
 mod filter;
 pub mod location;
+mod part;
 mod pool;
 mod progress;
 mod sink;
 pub mod source;
 mod stats;
 mod steps;
+mod streaming;
 mod udf;
 
 pub use dataset::{

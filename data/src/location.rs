@@ -11,6 +11,7 @@ use object_store::local::LocalFileSystem;
 use object_store::path::Path;
 
 /// A resolved URL.
+#[derive(Clone)]
 pub struct Location {
     /// The store holding it.
     pub store: Arc<dyn ObjectStore>,

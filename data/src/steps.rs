@@ -5,22 +5,18 @@
 
 use std::sync::{Arc, Mutex};
 
-use arrow::array::{RecordBatch, StringArray, UInt64Array};
+use arrow::array::RecordBatch;
 use arrow::datatypes::{DataType, Field, Schema};
 use futures::TryStreamExt;
-use object_store::PutPayload;
-use parquet::arrow::ArrowWriter;
 use parquet::arrow::ProjectionMask;
 use parquet::arrow::arrow_reader::{RowSelection, RowSelector};
 use parquet::arrow::async_reader::{ParquetObjectReader, ParquetRecordBatchStreamBuilder};
-use parquet::basic::Compression;
-use parquet::file::properties::WriterProperties;
 use serde::{Deserialize, Serialize};
 
 use crate::filter::Predicate;
-use crate::location;
 use crate::stats::{self, StageRecord};
 use crate::udf::{self, DynUdf};
+use crate::{location, part, streaming};
 
 /// Where a block's rows come from.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -88,8 +84,14 @@ pub async fn read_stage(
     part: String,
 ) -> Result<RecordBatch, String> {
     let started = stats::Timer::start();
-    let block = read_source(&source).await?;
     let mut udfs = Udfs::new(&steps)?;
+    if let Some(plan) = streaming::plan(&source, &steps) {
+        let (encoded, record) =
+            photon::run_blocking(|| streaming::run(&plan, &steps, &mut udfs, &part))?;
+        let output = encoded.publish().await?;
+        return Ok(stats::append(output, &[], record.took(started)));
+    }
+    let block = read_source(&source).await?;
     let output = run_sync_steps(block, &steps, &mut udfs)?;
     let record = StageRecord::of(&output);
     let output = finish_writes(output, &steps, &part).await?;
@@ -154,7 +156,7 @@ impl StageActor {
 }
 
 /// The constructed functions of a stage's `Map` steps, by step index.
-pub(crate) struct Udfs(Vec<Option<DynUdf>>);
+pub(crate) struct Udfs(pub(crate) Vec<Option<DynUdf>>);
 
 impl Udfs {
     fn new(steps: &[Step]) -> Result<Self, String> {
@@ -197,7 +199,7 @@ async fn finish_writes(
     part: &str,
 ) -> Result<RecordBatch, String> {
     match steps.last() {
-        Some(Step::Write { staging }) => write_part(&block, staging, part).await,
+        Some(Step::Write { staging }) => part::write_block(&block, staging, part).await,
         _ => Ok(block),
     }
 }
@@ -337,7 +339,11 @@ async fn read_parquet_block(
 }
 
 /// `block` with an Int64 column `name` numbering its rows from `first`.
-fn add_row_numbers(block: RecordBatch, name: &str, first: u64) -> Result<RecordBatch, String> {
+pub(crate) fn add_row_numbers(
+    block: RecordBatch,
+    name: &str,
+    first: u64,
+) -> Result<RecordBatch, String> {
     let first = first as i64;
     let numbers =
         arrow::array::Int64Array::from_iter_values(first..first + block.num_rows() as i64);
@@ -351,105 +357,4 @@ fn add_row_numbers(block: RecordBatch, name: &str, first: u64) -> Result<RecordB
     let mut columns = block.columns().to_vec();
     columns.push(Arc::new(numbers));
     RecordBatch::try_new(Arc::new(Schema::new(fields)), columns).map_err(|e| e.to_string())
-}
-
-/// The one-row summary a `Write` step leaves: the part, its rows and bytes,
-/// and the written schema (JSON).
-pub(crate) fn summary_schema() -> Arc<Schema> {
-    Arc::new(Schema::new(vec![
-        Field::new("part", DataType::Utf8, false),
-        Field::new("rows", DataType::UInt64, false),
-        Field::new("bytes", DataType::UInt64, false),
-        Field::new("schema", DataType::Utf8, false),
-    ]))
-}
-
-/// Writes `block` as one Parquet part, whole or not at all, so a retried
-/// block replaces its own part: locally, encoded straight into a temporary
-/// file renamed over the part; elsewhere, one atomic put of the encoded part.
-async fn write_part(block: &RecordBatch, staging: &str, part: &str) -> Result<RecordBatch, String> {
-    let location = location::resolve(staging).map_err(|e| e.to_string())?;
-    let bytes = match &location.local {
-        Some(dir) => photon::run_blocking(|| write_local_part(block, dir, part))?,
-        None => put_part(block, &location, part).await?,
-    };
-    let schema = stats::describe_schema(&block.schema());
-    RecordBatch::try_new(
-        summary_schema(),
-        vec![
-            Arc::new(StringArray::from(vec![part.to_string()])),
-            Arc::new(UInt64Array::from(vec![block.num_rows() as u64])),
-            Arc::new(UInt64Array::from(vec![bytes])),
-            Arc::new(StringArray::from(vec![schema])),
-        ],
-    )
-    .map_err(|e| e.to_string())
-}
-
-/// Encodes `block` into `dir/part` through a temporary file in `dir` and a
-/// rename: the encoded part never sits whole in memory (object_store's local
-/// put would take it as one buffer), and a reader never sees half a part.
-fn write_local_part(block: &RecordBatch, dir: &std::path::Path, part: &str) -> Result<u64, String> {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static TEMPORARIES: AtomicU64 = AtomicU64::new(0);
-    let encode = |e: parquet::errors::ParquetError| format!("cannot encode part {part}: {e}");
-    let io = |what: &str, path: &std::path::Path, e: std::io::Error| {
-        format!("cannot {what} {}: {e}", path.display())
-    };
-    std::fs::create_dir_all(dir).map_err(|e| io("create", dir, e))?;
-    let temporary = dir.join(format!(
-        ".{part}.{}-{}.tmp",
-        std::process::id(),
-        TEMPORARIES.fetch_add(1, Ordering::Relaxed)
-    ));
-    let file = std::fs::File::create_new(&temporary).map_err(|e| io("create", &temporary, e))?;
-    let written = (|| {
-        let mut writer =
-            ArrowWriter::try_new(file, block.schema(), Some(part_properties())).map_err(encode)?;
-        writer.write(block).map_err(encode)?;
-        let file = writer.into_inner().map_err(encode)?;
-        let bytes = file
-            .metadata()
-            .map_err(|e| io("inspect", &temporary, e))?
-            .len();
-        let target = dir.join(part);
-        std::fs::rename(&temporary, &target).map_err(|e| io("write", &target, e))?;
-        Ok(bytes)
-    })();
-    if written.is_err() {
-        let _ = std::fs::remove_file(&temporary);
-    }
-    written
-}
-
-/// Encodes `block` in memory and stores it with one atomic put.
-async fn put_part(
-    block: &RecordBatch,
-    location: &location::Location,
-    part: &str,
-) -> Result<u64, String> {
-    // Sized up front: growing a Vec of many MiB by doubling copies it each time.
-    let mut buffer = Vec::with_capacity(block.get_array_memory_size() + (64 << 10));
-    let mut writer = ArrowWriter::try_new(&mut buffer, block.schema(), Some(part_properties()))
-        .map_err(|e| format!("cannot encode part {part}: {e}"))?;
-    writer
-        .write(block)
-        .map_err(|e| format!("cannot encode part {part}: {e}"))?;
-    writer
-        .close()
-        .map_err(|e| format!("cannot encode part {part}: {e}"))?;
-    let bytes = buffer.len() as u64;
-    let path = location.path.child(part);
-    location
-        .store
-        .put(&path, PutPayload::from(buffer))
-        .await
-        .map_err(|e| format!("cannot write {}: {e}", location.display_of(&path)))?;
-    Ok(bytes)
-}
-
-fn part_properties() -> WriterProperties {
-    WriterProperties::builder()
-        .set_compression(Compression::SNAPPY)
-        .build()
 }

@@ -70,31 +70,11 @@ fn write_input(dir: &Path, files: usize, rows: usize, group_rows: usize) {
 /// The ids of every part under `dir`, the manifest, and whether any
 /// temporary is left.
 fn read_output(dir: &Path) -> (Vec<i64>, serde_json::Value, Vec<String>) {
-    let mut ids = Vec::new();
-    let mut names: Vec<String> = std::fs::read_dir(dir)
+    let ids = read_parts(dir, "id").into_iter().flatten().collect();
+    let names: Vec<String> = std::fs::read_dir(dir)
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
-    names.sort();
-    for name in names.iter().filter(|n| n.starts_with("part-")) {
-        let file = std::fs::File::open(dir.join(name)).unwrap();
-        for batch in ParquetRecordBatchReaderBuilder::try_new(file)
-            .unwrap()
-            .build()
-            .unwrap()
-        {
-            let batch = batch.unwrap();
-            let column = batch.column_by_name("id").unwrap();
-            ids.extend(
-                column
-                    .as_any()
-                    .downcast_ref::<Int64Array>()
-                    .unwrap()
-                    .values()
-                    .iter(),
-            );
-        }
-    }
     let manifest = std::fs::read(dir.join("_SUCCESS"))
         .map(|bytes| serde_json::from_slice(&bytes).unwrap())
         .unwrap_or(serde_json::Value::Null);
@@ -103,6 +83,38 @@ fn read_output(dir: &Path) -> (Vec<i64>, serde_json::Value, Vec<String>) {
         .filter(|n| n.starts_with("_temporary"))
         .collect();
     (ids, manifest, temporaries)
+}
+
+/// The Int64 `column` of each part under `dir`, in part order.
+fn read_parts(dir: &Path, column: &str) -> Vec<Vec<i64>> {
+    let mut parts = Vec::new();
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    for name in names.iter().filter(|n| n.starts_with("part-")) {
+        let file = std::fs::File::open(dir.join(name)).unwrap();
+        let mut values = Vec::new();
+        for batch in ParquetRecordBatchReaderBuilder::try_new(file)
+            .unwrap()
+            .build()
+            .unwrap()
+        {
+            let batch = batch.unwrap();
+            let array = batch.column_by_name(column).unwrap();
+            values.extend(
+                array
+                    .as_any()
+                    .downcast_ref::<Int64Array>()
+                    .unwrap()
+                    .values()
+                    .iter(),
+            );
+        }
+        parts.push(values);
+    }
+    parts
 }
 
 fn range_through_an_actor_pool() -> Result<(), Failed> {
@@ -216,6 +228,67 @@ fn parquet_in_parquet_out() -> Result<(), Failed> {
 
 /// filter, repartition and select on memory:// input and output, with the
 /// filter's columns checked before anything runs.
+/// A fused read → filter → map → write stage streams batch by batch, and
+/// its function still gets what it would get from the whole block: calls
+/// of exactly `batch_size` rows from the block's start, the last shorter.
+fn streamed_stages_call_functions_as_whole_blocks_would() -> Result<(), Failed> {
+    let ctx = embedded(None);
+    let dir = tempfile::tempdir()?;
+    let input = dir.path().join("in");
+    write_input(&input, 2, 5_000, 700);
+    let out = dir.path().join("out");
+    let summary = photon_data::read_parquet(&ctx, [input.to_str().unwrap()])
+        .filter(col("id").gt_eq(123))
+        .map_batches::<CallRows>((), MapOptions::new().batch_size(1_000))
+        .progress(ProgressMode::Off)
+        .write_parquet(out.to_str().unwrap(), false)?;
+    let (ids, manifest, temporaries) = read_output(&out);
+    check(
+        ids == (123..10_000).collect::<Vec<i64>>() && summary.rows == 9_877,
+        format!("{} ids", ids.len()),
+    )?;
+    check(
+        manifest["rows"] == 9_877 && temporaries.is_empty(),
+        format!("{manifest}"),
+    )?;
+    for (part, calls) in read_parts(&out, "call_rows").iter().enumerate() {
+        // Rows arrive in call order: 1000-row calls, then one shorter call.
+        let mut expected = Vec::new();
+        let mut left = calls.len();
+        while left > 0 {
+            let call = left.min(1_000);
+            expected.extend(std::iter::repeat_n(call as i64, call));
+            left -= call;
+        }
+        check(
+            *calls == expected,
+            format!("part {part}: calls of {:?} rows", {
+                let mut sizes = calls.clone();
+                sizes.dedup();
+                sizes
+            }),
+        )?;
+    }
+    // A failing call names its rows within the block.
+    let failing = photon_data::read_parquet(&ctx, [input.to_str().unwrap()])
+        .map_batches::<FailOn>(4_321, MapOptions::new().batch_size(1_000))
+        .progress(ProgressMode::Off)
+        .write_parquet(dir.path().join("failing").to_str().unwrap(), false);
+    match failing {
+        Err(Error::Udf(message)) => check(
+            message.contains("id 4321 is cursed") && message.contains("of the block"),
+            message,
+        )?,
+        other => return Err(format!("expected a function error, got {other:?}").into()),
+    }
+    let (ids, manifest, temporaries) = read_output(&dir.path().join("failing"));
+    check(
+        ids.is_empty() && manifest.is_null() && temporaries.is_empty(),
+        "a failed run leaves nothing",
+    )?;
+    Ok(())
+}
+
 fn filter_and_repartition_in_memory() -> Result<(), Failed> {
     let ctx = embedded(None);
     let name = format!("photon-data-test-{}", std::process::id());
@@ -589,6 +662,10 @@ fn main() {
             range_through_an_actor_pool,
         ),
         Trial::test("embedded::parquet_in_parquet_out", parquet_in_parquet_out),
+        Trial::test(
+            "embedded::streamed_stages_call_functions_as_whole_blocks_would",
+            streamed_stages_call_functions_as_whole_blocks_would,
+        ),
         Trial::test(
             "embedded::bad_inputs_fail_before_anything_runs",
             bad_inputs_fail_before_anything_runs,

@@ -49,6 +49,32 @@ impl BatchUdf for Square {
 }
 register_udf!(Square);
 
+/// Adds `call_rows`: how many rows the call that saw the row got.
+pub struct CallRows;
+
+impl BatchUdf for CallRows {
+    type Args = ();
+
+    fn new((): ()) -> Result<Self, String> {
+        Ok(CallRows)
+    }
+
+    fn call(&mut self, batch: RecordBatch) -> Result<RecordBatch, String> {
+        let rows = batch.num_rows() as i64;
+        let mut fields: Vec<Field> = batch
+            .schema()
+            .fields()
+            .iter()
+            .map(|f| f.as_ref().clone())
+            .collect();
+        fields.push(Field::new("call_rows", DataType::Int64, false));
+        let mut columns = batch.columns().to_vec();
+        columns.push(Arc::new(Int64Array::from(vec![rows; batch.num_rows()])));
+        RecordBatch::try_new(Arc::new(Schema::new(fields)), columns).map_err(|e| e.to_string())
+    }
+}
+register_udf!(CallRows);
+
 /// Fails on the batch holding id `bad`.
 pub struct FailOn {
     bad: i64,
