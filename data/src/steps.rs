@@ -6,10 +6,13 @@
 use std::sync::{Arc, Mutex};
 
 use arrow::array::RecordBatch;
-use arrow::datatypes::{DataType, Field, Schema};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use futures::TryStreamExt;
 use parquet::arrow::ProjectionMask;
-use parquet::arrow::arrow_reader::{RowSelection, RowSelector};
+use parquet::arrow::arrow_reader::{
+    ArrowReaderBuilder, ParquetRecordBatchReader, ParquetRecordBatchReaderBuilder, RowSelection,
+    RowSelector,
+};
 use parquet::arrow::async_reader::{ParquetObjectReader, ParquetRecordBatchStreamBuilder};
 use serde::{Deserialize, Serialize};
 
@@ -274,7 +277,13 @@ pub(crate) async fn read_source(source: &Source) -> Result<RecordBatch, String> 
             row_numbers,
             first_row,
         } => {
-            let block = read_parquet_block(url, row_groups, *skip, *rows, columns.as_deref())
+            let to_read = RowsToRead {
+                row_groups,
+                skip: *skip,
+                rows: *rows,
+                columns: columns.as_deref(),
+            };
+            let block = read_parquet_block(url, &to_read)
                 .await
                 .map_err(|e| format!("cannot read {url}: {e}"))?;
             match row_numbers {
@@ -285,43 +294,96 @@ pub(crate) async fn read_source(source: &Source) -> Result<RecordBatch, String> 
     }
 }
 
-async fn read_parquet_block(
-    url: &str,
-    row_groups: &[usize],
-    skip: usize,
-    rows: usize,
-    columns: Option<&[String]>,
-) -> Result<RecordBatch, String> {
-    let location = location::resolve(url).map_err(|e| e.to_string())?;
-    let meta = location
-        .store
-        .head(&location.path)
-        .await
-        .map_err(|e| e.to_string())?;
-    let reader = ParquetObjectReader::new(location.store.clone(), location.path.clone())
-        .with_file_size(meta.size);
-    let builder = ParquetRecordBatchStreamBuilder::new(reader)
-        .await
-        .map_err(|e| e.to_string())?;
-    let mut builder = builder
-        .with_row_groups(row_groups.to_vec())
-        .with_row_selection(RowSelection::from(vec![
-            RowSelector::skip(skip),
-            RowSelector::select(rows),
-        ]))
-        .with_batch_size(rows.max(1));
-    if let Some(columns) = columns {
-        let schema = builder.schema().clone();
-        let indices = columns
-            .iter()
-            .map(|c| schema.index_of(c).map_err(|_| format!("no column {c:?}")))
-            .collect::<Result<Vec<_>, _>>()?;
-        let mask = ProjectionMask::roots(builder.parquet_schema(), indices);
-        builder = builder.with_projection(mask);
+/// Which rows of a Parquet file a block reads.
+pub(crate) struct RowsToRead<'a> {
+    pub row_groups: &'a [usize],
+    pub skip: usize,
+    pub rows: usize,
+    pub columns: Option<&'a [String]>,
+}
+
+impl RowsToRead<'_> {
+    /// Applies the row groups, rows and columns to a reader's builder.
+    fn select<T>(&self, builder: ArrowReaderBuilder<T>) -> Result<ArrowReaderBuilder<T>, String> {
+        let mut builder = builder
+            .with_row_groups(self.row_groups.to_vec())
+            .with_row_selection(RowSelection::from(vec![
+                RowSelector::skip(self.skip),
+                RowSelector::select(self.rows),
+            ]));
+        if let Some(columns) = self.columns {
+            let schema = builder.schema().clone();
+            let indices = columns
+                .iter()
+                .map(|c| schema.index_of(c).map_err(|_| format!("no column {c:?}")))
+                .collect::<Result<Vec<_>, _>>()?;
+            let mask = ProjectionMask::roots(builder.parquet_schema(), indices);
+            builder = builder.with_projection(mask);
+        }
+        Ok(builder)
     }
-    let schema = builder.schema().clone();
-    let stream = builder.build().map_err(|e| e.to_string())?;
-    let batches: Vec<RecordBatch> = stream.try_collect().await.map_err(|e| e.to_string())?;
+
+    /// A synchronous reader of a local file, in batches of `batch_rows`:
+    /// it reads page by page, where the object-store reader fetches each
+    /// column chunk into one buffer first (one more pass over the block).
+    pub(crate) fn local_reader(
+        &self,
+        path: &std::path::Path,
+        batch_rows: usize,
+    ) -> Result<ParquetRecordBatchReader, String> {
+        let file = std::fs::File::open(path).map_err(|e| e.to_string())?;
+        let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| e.to_string())?;
+        self.select(builder)?
+            .with_batch_size(batch_rows.max(1))
+            .build()
+            .map_err(|e| e.to_string())
+    }
+
+    pub(crate) fn check_count(&self, read: usize) -> Result<(), String> {
+        if read != self.rows {
+            return Err(format!(
+                "read {read} rows where the footer promised {}; the file changed or is corrupt",
+                self.rows
+            ));
+        }
+        Ok(())
+    }
+}
+
+async fn read_parquet_block(url: &str, to_read: &RowsToRead<'_>) -> Result<RecordBatch, String> {
+    let location = location::resolve(url).map_err(|e| e.to_string())?;
+    let (schema, batches): (SchemaRef, Vec<RecordBatch>) = match &location.local {
+        Some(path) => photon::run_blocking(|| {
+            let reader = to_read.local_reader(path, to_read.rows)?;
+            let schema = arrow::record_batch::RecordBatchReader::schema(&reader);
+            let batches = reader
+                .collect::<Result<_, _>>()
+                .map_err(|e| e.to_string())?;
+            Ok::<_, String>((schema, batches))
+        })?,
+        None => {
+            let meta = location
+                .store
+                .head(&location.path)
+                .await
+                .map_err(|e| e.to_string())?;
+            let reader = ParquetObjectReader::new(location.store.clone(), location.path.clone())
+                .with_file_size(meta.size);
+            let builder = ParquetRecordBatchStreamBuilder::new(reader)
+                .await
+                .map_err(|e| e.to_string())?;
+            let stream = to_read
+                .select(builder)?
+                .with_batch_size(to_read.rows.max(1))
+                .build()
+                .map_err(|e| e.to_string())?;
+            let schema = stream.schema().clone();
+            (
+                schema,
+                stream.try_collect().await.map_err(|e| e.to_string())?,
+            )
+        }
+    };
     let block = match batches.len() {
         1 => batches.into_iter().next().expect("one"),
         _ => {
@@ -329,12 +391,7 @@ async fn read_parquet_block(
             arrow::compute::concat_batches(&schema, &batches).map_err(|e| e.to_string())?
         }
     };
-    if block.num_rows() != rows {
-        return Err(format!(
-            "read {} rows where the footer promised {rows}; the file changed or is corrupt",
-            block.num_rows()
-        ));
-    }
+    to_read.check_count(block.num_rows())?;
     Ok(block)
 }
 

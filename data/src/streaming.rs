@@ -12,18 +12,15 @@
 //! start, the last one shorter.
 
 use std::collections::VecDeque;
-use std::fs::File;
 use std::path::PathBuf;
 
 use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
-use parquet::arrow::ProjectionMask;
-use parquet::arrow::arrow_reader::{ParquetRecordBatchReaderBuilder, RowSelection, RowSelector};
 
 use crate::location;
 use crate::part::{Encoded, PartWriter};
 use crate::stats::StageRecord;
-use crate::steps::{Source, Step, Udfs, add_row_numbers, select};
+use crate::steps::{RowsToRead, Source, Step, Udfs, add_row_numbers, select};
 
 /// Rows per read batch when no function asks for a size.
 const DEFAULT_BATCH_ROWS: usize = 1024;
@@ -32,10 +29,7 @@ const DEFAULT_BATCH_ROWS: usize = 1024;
 pub(crate) struct Plan<'a> {
     path: PathBuf,
     url: &'a str,
-    row_groups: &'a [usize],
-    skip: usize,
-    rows: usize,
-    columns: Option<&'a [String]>,
+    to_read: RowsToRead<'a>,
     row_numbers: Option<&'a str>,
     first_row: u64,
     staging: &'a str,
@@ -73,10 +67,12 @@ pub(crate) fn plan<'a>(source: &'a Source, steps: &'a [Step]) -> Option<Plan<'a>
     Some(Plan {
         path,
         url,
-        row_groups,
-        skip: *skip,
-        rows: *rows,
-        columns: columns.as_deref(),
+        to_read: RowsToRead {
+            row_groups,
+            skip: *skip,
+            rows: *rows,
+            columns: columns.as_deref(),
+        },
         row_numbers: row_numbers.as_deref(),
         first_row: *first_row,
         staging,
@@ -92,26 +88,10 @@ pub(crate) fn run(
     part: &str,
 ) -> Result<(Encoded, StageRecord), String> {
     let read_error = |e: &dyn std::fmt::Display| format!("cannot read {}: {e}", plan.url);
-    let file = File::open(&plan.path).map_err(|e| read_error(&e))?;
-    let mut builder = ParquetRecordBatchReaderBuilder::try_new(file)
-        .map_err(|e| read_error(&e))?
-        .with_row_groups(plan.row_groups.to_vec())
-        .with_row_selection(RowSelection::from(vec![
-            RowSelector::skip(plan.skip),
-            RowSelector::select(plan.rows),
-        ]))
-        .with_batch_size(plan.read_batch_rows);
-    if let Some(columns) = plan.columns {
-        let schema = builder.schema().clone();
-        let indices = columns
-            .iter()
-            .map(|c| schema.index_of(c).map_err(|_| format!("no column {c:?}")))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| read_error(&e))?;
-        let mask = ProjectionMask::roots(builder.parquet_schema(), indices);
-        builder = builder.with_projection(mask);
-    }
-    let reader = builder.build().map_err(|e| read_error(&e))?;
+    let reader = plan
+        .to_read
+        .local_reader(&plan.path, plan.read_batch_rows)
+        .map_err(|e| read_error(&e))?;
 
     let mut writer = PartWriter::new(plan.staging, part)?;
     let mut record = StageRecord::default();
@@ -132,12 +112,7 @@ pub(crate) fn run(
         };
         pipeline.feed(0, batch, &mut sink)?;
     }
-    if read != plan.rows {
-        return Err(read_error(&format!(
-            "read {read} rows where the footer promised {}; the file changed or is corrupt",
-            plan.rows
-        )));
-    }
+    plan.to_read.check_count(read).map_err(|e| read_error(&e))?;
     pipeline.finish(&mut sink)?;
     Ok((writer.finish()?, record))
 }
