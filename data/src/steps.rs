@@ -71,8 +71,8 @@ pub enum Step {
         batch_size: Option<usize>,
     },
     /// Write the block as a Parquet part under `staging` (a URL), named by
-    /// the call's `part` argument; the block becomes a one-row summary (see
-    /// [`summary_schema`]).
+    /// the call's `part` argument; the block becomes a one-row summary (the
+    /// part, its rows and bytes, its schema: see `part.rs`).
     Write {
         /// The staging directory.
         staging: String,
