@@ -38,6 +38,9 @@ pub(crate) struct PartWriter {
     /// The first batch's schema, which every batch must have.
     schema: Option<SchemaRef>,
     rows: u64,
+    /// Bytes to reserve for a part encoded in memory (growing a buffer of
+    /// many MiB by doubling copies it each time).
+    expected_bytes: usize,
 }
 
 enum Encoder {
@@ -69,7 +72,14 @@ impl PartWriter {
             encoder: None,
             schema: None,
             rows: 0,
+            expected_bytes: 0,
         })
+    }
+
+    /// Reserves about `bytes` up front when the part is encoded in memory.
+    pub(crate) fn expecting_bytes(mut self, bytes: usize) -> Self {
+        self.expected_bytes = bytes;
+        self
     }
 
     /// Encodes `batch` into the part.
@@ -101,7 +111,8 @@ impl PartWriter {
         static TEMPORARIES: AtomicU64 = AtomicU64::new(0);
         let properties = Some(part_properties());
         let Some(dir) = &self.staging.local else {
-            let writer = ArrowWriter::try_new(Vec::new(), schema, properties)
+            let buffer = Vec::with_capacity(self.expected_bytes + (64 << 10));
+            let writer = ArrowWriter::try_new(buffer, schema, properties)
                 .map_err(|e| self.encode_error(e))?;
             return Ok(Encoder::Memory(writer));
         };
@@ -219,7 +230,8 @@ pub(crate) async fn write_block(
     part: &str,
 ) -> Result<RecordBatch, String> {
     let encoded = photon::run_blocking(|| {
-        let mut writer = PartWriter::new(staging, part)?;
+        let mut writer =
+            PartWriter::new(staging, part)?.expecting_bytes(block.get_array_memory_size());
         writer.write(block)?;
         writer.finish()
     })?;
