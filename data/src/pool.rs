@@ -26,8 +26,10 @@ pub(crate) struct PoolSpec {
 struct PoolActor {
     handle: StageActorHandle,
     in_flight: usize,
-    /// A call came back, so its constructor ran.
+    /// Its constructor ran: `constructed` or a call came back.
     ready: bool,
+    /// The `constructed` call made when it was added, until it answers.
+    probe: Option<ObjectRef<bool>>,
     idle_since: Instant,
 }
 
@@ -122,10 +124,12 @@ impl Pool {
             options = options.resource(name, *amount);
         }
         let handle = StageActorHandle::new_with(ctx, options, self.steps.clone())?;
+        let probe = Some(handle.constructed());
         self.actors.push(Some(PoolActor {
             handle,
             in_flight: 0,
             ready: false,
+            probe,
             idle_since: Instant::now(),
         }));
         Ok(())
@@ -138,15 +142,31 @@ impl Pool {
             .filter_map(|(i, a)| a.as_ref().map(|a| (i, a)))
     }
 
+    /// Marks actors whose `constructed` probe answered as ready. A failed
+    /// probe counts too: the actor's next call then fails the same way, and
+    /// that failure is handled as any call's is.
+    fn note_constructed(&mut self, ctx: &Context) {
+        for actor in self.actors.iter_mut().flatten() {
+            let Some(probe) = &actor.probe else { continue };
+            let (answered, _) = ctx.wait(std::slice::from_ref(probe), 1, Some(Duration::ZERO));
+            if !answered.is_empty() {
+                actor.ready = true;
+                actor.probe = None;
+            }
+        }
+    }
+
     /// Sends `block` to the least busy actor with room (each holds its
     /// running calls plus one queued, so it never waits for the driver).
     /// An actor still constructing gets work only when no actor is ready:
     /// it may wait long for resources, and its calls with it.
     pub(crate) fn call(
         &mut self,
+        ctx: &Context,
         block: &ObjectRef<RecordBatch>,
         part: String,
     ) -> Option<(usize, ObjectRef<RecordBatch>)> {
+        self.note_constructed(ctx);
         let per_actor = self.spec.max_concurrency.max(1) as usize + 1;
         let any_ready = self.live().any(|(_, a)| a.ready);
         let (index, _) = self
@@ -180,6 +200,7 @@ impl Pool {
         if let Some(actor) = self.actors[index].as_mut() {
             actor.in_flight = actor.in_flight.saturating_sub(1);
             actor.ready = true;
+            actor.probe = None;
             if actor.in_flight == 0 {
                 actor.idle_since = Instant::now();
             }

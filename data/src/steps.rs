@@ -136,6 +136,12 @@ impl StageActor {
         })
     }
 
+    /// Answers once the constructor has run: the pool sends a new actor
+    /// blocks only after this (or a call) came back.
+    pub fn constructed(&self) -> bool {
+        true
+    }
+
     /// Runs the stage on one block (`part`: its part name when the stage writes).
     pub async fn apply(&self, block: RecordBatch, part: String) -> Result<RecordBatch, String> {
         let started = stats::Timer::start();

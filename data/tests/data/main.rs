@@ -170,6 +170,44 @@ fn range_through_an_actor_pool() -> Result<(), Failed> {
     Ok(())
 }
 
+/// A pool that grows sends blocks to the actor it added once that actor is
+/// constructed (it used to wait for a call to come back first, which none
+/// sent it while the first actor was ready: the second idled all run).
+fn a_grown_pool_gives_its_new_actor_blocks() -> Result<(), Failed> {
+    let ctx = embedded(None);
+    let out = tempfile::tempdir()?;
+    let summary = photon_data::range(&ctx, 16_000)
+        .repartition(16)
+        .map_batches::<WorkerPid>(
+            200,
+            MapOptions::new()
+                .actors(1..=2)
+                .num_cpus(0.5)
+                .batch_size(1_000),
+        )
+        .progress(ProgressMode::Lines)
+        .write_parquet(out.path().to_str().unwrap(), false)?;
+    check(summary.rows == 16_000, format!("{} rows", summary.rows))?;
+    let parts = read_parts(out.path(), "pid");
+    check(parts.len() == 16, format!("{} parts", parts.len()))?;
+    let mut blocks_per_actor = std::collections::BTreeMap::<i64, usize>::new();
+    for pids in &parts {
+        let first = pids[0];
+        check(
+            pids.iter().all(|&p| p == first),
+            "one actor runs a whole block",
+        )?;
+        *blocks_per_actor.entry(first).or_default() += 1;
+    }
+    // 16 blocks of 200 ms: the second actor starts in well under a second,
+    // and takes its share from then on.
+    check(
+        blocks_per_actor.len() == 2 && blocks_per_actor.values().all(|&n| n >= 3),
+        format!("blocks per actor process: {blocks_per_actor:?}"),
+    )?;
+    Ok(())
+}
+
 fn parquet_in_parquet_out() -> Result<(), Failed> {
     let ctx = embedded(None);
     let dir = tempfile::tempdir()?;
@@ -660,6 +698,10 @@ fn main() {
         Trial::test(
             "embedded::range_through_an_actor_pool",
             range_through_an_actor_pool,
+        ),
+        Trial::test(
+            "embedded::a_grown_pool_gives_its_new_actor_blocks",
+            a_grown_pool_gives_its_new_actor_blocks,
         ),
         Trial::test("embedded::parquet_in_parquet_out", parquet_in_parquet_out),
         Trial::test(

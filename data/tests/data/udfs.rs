@@ -14,6 +14,24 @@ fn ids(batch: &RecordBatch) -> Result<&Int64Array, String> {
         .ok_or_else(|| "no Int64 column id".to_string())
 }
 
+/// `batch` with `column` appended as `field`.
+fn with_column(
+    batch: &RecordBatch,
+    field: Field,
+    column: impl Array + 'static,
+) -> Result<RecordBatch, String> {
+    let mut fields: Vec<Field> = batch
+        .schema()
+        .fields()
+        .iter()
+        .map(|f| f.as_ref().clone())
+        .collect();
+    fields.push(field);
+    let mut columns = batch.columns().to_vec();
+    columns.push(Arc::new(column));
+    RecordBatch::try_new(Arc::new(Schema::new(fields)), columns).map_err(|e| e.to_string())
+}
+
 /// Adds `square` = id² (and sleeps `pause_ms` per batch, to stretch a run).
 pub struct Square {
     pause: Duration,
@@ -31,16 +49,7 @@ impl BatchUdf for Square {
     fn call(&mut self, batch: RecordBatch) -> Result<RecordBatch, String> {
         std::thread::sleep(self.pause);
         let squares: Int64Array = ids(&batch)?.iter().map(|v| v.map(|v| v * v)).collect();
-        let mut fields: Vec<Field> = batch
-            .schema()
-            .fields()
-            .iter()
-            .map(|f| f.as_ref().clone())
-            .collect();
-        fields.push(Field::new("square", DataType::Int64, true));
-        let mut columns = batch.columns().to_vec();
-        columns.push(Arc::new(squares));
-        RecordBatch::try_new(Arc::new(Schema::new(fields)), columns).map_err(|e| e.to_string())
+        with_column(&batch, Field::new("square", DataType::Int64, true), squares)
     }
 
     fn input_columns(_: &u64) -> Vec<(String, Vec<DataType>)> {
@@ -60,20 +69,38 @@ impl BatchUdf for CallRows {
     }
 
     fn call(&mut self, batch: RecordBatch) -> Result<RecordBatch, String> {
-        let rows = batch.num_rows() as i64;
-        let mut fields: Vec<Field> = batch
-            .schema()
-            .fields()
-            .iter()
-            .map(|f| f.as_ref().clone())
-            .collect();
-        fields.push(Field::new("call_rows", DataType::Int64, false));
-        let mut columns = batch.columns().to_vec();
-        columns.push(Arc::new(Int64Array::from(vec![rows; batch.num_rows()])));
-        RecordBatch::try_new(Arc::new(Schema::new(fields)), columns).map_err(|e| e.to_string())
+        let rows = Int64Array::from(vec![batch.num_rows() as i64; batch.num_rows()]);
+        with_column(
+            &batch,
+            Field::new("call_rows", DataType::Int64, false),
+            rows,
+        )
     }
 }
 register_udf!(CallRows);
+
+/// Adds `pid`: the process that ran the call (which actor got the block);
+/// sleeps `pause_ms` per batch, to stretch a run.
+pub struct WorkerPid {
+    pause: Duration,
+}
+
+impl BatchUdf for WorkerPid {
+    type Args = u64;
+
+    fn new(pause_ms: u64) -> Result<Self, String> {
+        Ok(WorkerPid {
+            pause: Duration::from_millis(pause_ms),
+        })
+    }
+
+    fn call(&mut self, batch: RecordBatch) -> Result<RecordBatch, String> {
+        std::thread::sleep(self.pause);
+        let pids = Int64Array::from(vec![i64::from(std::process::id()); batch.num_rows()]);
+        with_column(&batch, Field::new("pid", DataType::Int64, false), pids)
+    }
+}
+register_udf!(WorkerPid);
 
 /// Fails on the batch holding id `bad`.
 pub struct FailOn {
