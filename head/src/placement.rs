@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use photon_proto::auth::AttachToken;
+use photon_proto::placement::choose_node;
 use photon_proto::v1::raylet_client::RayletClient;
 use photon_proto::v1::{ActorRecord, ActorState, RunningActor, StopActorRequest};
 use photon_proto::{ActorId, NodeId, ResourceSet};
@@ -11,7 +12,7 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 use tracing::{info, warn};
 
-use crate::actors::{choose_node, on_actor_lost};
+use crate::actors::on_actor_lost;
 use crate::service::HeadState;
 
 /// A client of one raylet.

@@ -18,6 +18,7 @@
 pub mod auth;
 mod ids;
 pub mod net;
+pub mod placement;
 mod resources;
 mod version;
 mod version_service;

@@ -267,8 +267,9 @@ impl LeaseManager {
         })
     }
 
-    /// Another live node whose latest heartbeat shows room for `resources`
-    /// (the one with the most free CPU, to spread load).
+    /// Another live node whose latest heartbeat shows room for `resources`,
+    /// chosen by the policy the head places actors with (best fit for GPUs;
+    /// otherwise pack until half used, then spread).
     async fn node_with_room(&self, resources: &ResourceSet) -> Option<String> {
         let nodes = match self.head.nodes().await {
             Ok(nodes) => nodes,
@@ -277,18 +278,16 @@ impl LeaseManager {
                 return None;
             }
         };
-        nodes
+        let others: Vec<_> = nodes
             .into_iter()
-            .filter(|n| n.state == NodeState::Alive as i32)
             .filter(|n| {
                 n.info
                     .as_ref()
                     .is_some_and(|info| info.node_id != self.node_id.to_vec())
             })
-            .map(|n| (ResourceSet::from_proto(&n.available), n))
-            .filter(|(available, _)| available.contains(resources))
-            .max_by_key(|(available, _)| available.get(photon_proto::names::CPU))
-            .and_then(|(_, n)| n.info.map(|info| info.address))
+            .collect();
+        let chosen = photon_proto::placement::choose_node(resources, &others).ok()?;
+        chosen.info.as_ref().map(|info| info.address.clone())
     }
 }
 

@@ -46,6 +46,33 @@ pub fn three_raylets() -> Result<(), Failed> {
     Ok(())
 }
 
+/// Spillback follows the hybrid policy: tasks that do not fit on the full
+/// local node pack onto the first node (in registration order) that is less
+/// than half used, rather than spreading over every free node.
+pub fn spilled_tasks_pack_onto_the_first_node_under_half_used() -> Result<(), Failed> {
+    let cluster = LoopbackCluster::start();
+    let first = cluster.raylet(serde_json::json!({}));
+    let second = cluster.raylet(serde_json::json!({}));
+    let third = cluster.raylet(serde_json::json!({}));
+    let ctx = cluster.driver(&first);
+    // Six half-CPU tasks on 2-CPU nodes: four fill the first node, and the two
+    // spilled ones take a quarter each of the second, which stays under half.
+    // (A slow worker start can let a fifth run on the first node once a task
+    // there ends; none may go to the third.)
+    let nodes: Vec<ObjectRef<String>> = (0..6)
+        .map(|_| node_after_ms::remote_with(&ctx, node_after_ms::options().num_cpus(0.5), 2_000u64))
+        .collect();
+    let nodes = ctx.get_all(&nodes)?;
+    let on =
+        |raylet: &photon::testing::Raylet| nodes.iter().filter(|n| **n == raylet.node_id).count();
+    let counts = (on(&first), on(&second), on(&third));
+    check(
+        counts.1 >= 1 && counts.2 == 0 && counts.0 + counts.1 == 6,
+        format!("tasks per node (first, second, third): {counts:?}"),
+    )?;
+    Ok(())
+}
+
 pub fn lost_put_objects_say_so() -> Result<(), Failed> {
     let cluster = LoopbackCluster::start();
     let mut first = cluster.raylet(serde_json::json!({}));

@@ -82,6 +82,13 @@ pub fn node_of_worker() -> String {
     std::env::var("PHOTON_NODE_ID").unwrap_or_default()
 }
 
+/// Holds its worker for `ms`, then says which node it ran on.
+#[photon::remote]
+pub fn node_after_ms(ms: u64) -> String {
+    std::thread::sleep(Duration::from_millis(ms));
+    std::env::var("PHOTON_NODE_ID").unwrap_or_default()
+}
+
 pub struct Counter {
     value: u64,
 }

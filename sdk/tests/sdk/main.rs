@@ -415,6 +415,10 @@ fn main() {
         ),
         Trial::test("cluster::three_raylets", cluster::three_raylets),
         Trial::test(
+            "cluster::spilled_tasks_pack_onto_the_first_node_under_half_used",
+            cluster::spilled_tasks_pack_onto_the_first_node_under_half_used,
+        ),
+        Trial::test(
             "cluster::lineage_rebuilds_lost_objects",
             cluster::lineage_rebuilds_lost_objects,
         ),
