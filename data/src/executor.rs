@@ -28,6 +28,8 @@ use crate::steps::{Step, map_stage, read_stage};
 const MAX_ATTEMPTS: u32 = 5;
 /// How long one wait for results lasts before the loop looks around again.
 const POLL: Duration = Duration::from_millis(50);
+/// How long a failed run waits for its running calls to end.
+const SETTLE: Duration = Duration::from_secs(60);
 /// How often the object store's use is sampled for the stats.
 const SAMPLE: Duration = Duration::from_millis(500);
 
@@ -177,12 +179,39 @@ impl Executor {
                 pool.shutdown(&self.ctx);
             }
         }
+        if result.is_err() {
+            self.settle();
+        }
         self.stats.wall = self.started.elapsed();
         if let Some(since) = self.blocked_since.take() {
             self.stats.backpressure += since.elapsed();
         }
         self.progress.finish(&self.stats);
         result
+    }
+
+    /// After a failure: waits for the calls still running (actor calls end
+    /// with their actors, stopped just before), so that none writes a part
+    /// after the caller removed the staged ones. A task that outlasts
+    /// `SETTLE` is left running, with a warning.
+    fn settle(&mut self) {
+        let outputs: Vec<ObjectRef<RecordBatch>> =
+            self.running.drain(..).map(|r| r.output).collect();
+        if outputs.is_empty() {
+            return;
+        }
+        tracing::info!(
+            running = outputs.len(),
+            "the run failed: waiting for its running calls to end before cleaning up"
+        );
+        let (_, still_running) = self.ctx.wait(&outputs, outputs.len(), Some(SETTLE));
+        if !still_running.is_empty() {
+            tracing::warn!(
+                running = still_running.len(),
+                "calls still running {SETTLE:?} after the run failed; a part they write later \
+                 may be left in the destination's _temporary-* directory"
+            );
+        }
     }
 
     fn drive(&mut self, deliver: &mut impl FnMut(Output) -> Result<bool>) -> Result<()> {
@@ -464,6 +493,7 @@ impl Executor {
             .collect();
         for (index, stage) in self.stages.iter_mut().enumerate() {
             if let Compute::Actors(pool) = &mut stage.compute {
+                pool.note_constructed(&self.ctx);
                 if self.queues[index].is_empty() && !upstream_busy[index] {
                     pool.shrink_idle(&self.ctx);
                 }

@@ -142,10 +142,11 @@ impl Pool {
             .filter_map(|(i, a)| a.as_ref().map(|a| (i, a)))
     }
 
-    /// Marks actors whose `constructed` probe answered as ready. A failed
-    /// probe counts too: the actor's next call then fails the same way, and
-    /// that failure is handled as any call's is.
-    fn note_constructed(&mut self, ctx: &Context) {
+    /// Marks actors whose `constructed` probe answered as ready (before
+    /// dispatch, and for the progress line). A failed probe counts too: the
+    /// actor's next call then fails the same way, and that failure is
+    /// handled as any call's is.
+    pub(crate) fn note_constructed(&mut self, ctx: &Context) {
         for actor in self.actors.iter_mut().flatten() {
             let Some(probe) = &actor.probe else { continue };
             let (answered, _) = ctx.wait(std::slice::from_ref(probe), 1, Some(Duration::ZERO));

@@ -322,7 +322,10 @@ fn streamed_stages_call_functions_as_whole_blocks_would() -> Result<(), Failed> 
     let (ids, manifest, temporaries) = read_output(&dir.path().join("failing"));
     check(
         ids.is_empty() && manifest.is_null() && temporaries.is_empty(),
-        "a failed run leaves nothing",
+        format!(
+            "a failed run leaves nothing, but left {} ids, manifest {manifest}, {temporaries:?}",
+            ids.len()
+        ),
     )?;
     Ok(())
 }
@@ -556,7 +559,10 @@ fn function_errors_name_the_block_or_skip_it() -> Result<(), Failed> {
     let (ids, manifest, temporaries) = read_output(&out);
     check(
         ids.is_empty() && manifest.is_null() && temporaries.is_empty(),
-        "a failed run leaves nothing",
+        format!(
+            "a failed run leaves nothing, but left {} ids, manifest {manifest}, {temporaries:?}",
+            ids.len()
+        ),
     )?;
     // Allowed to skip one block: the rest is written, the skip reported.
     let summary = photon_data::range(&ctx, 10_000)
