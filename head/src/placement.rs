@@ -88,8 +88,13 @@ impl HeadState {
         let updated = match started {
             Ok(reply) => {
                 let reply = reply.into_inner();
-                info!(actor = %id, node = %node_id, pid = reply.pid, gpus = %reply.cuda_visible_devices, "actor placed");
-                self.actors.update(id, |r| {
+                let (pid, gpus) = (reply.pid, reply.cuda_visible_devices.clone());
+                let mut ended = false;
+                let updated = self.actors.update(id, |r| {
+                    if r.state == ActorState::Dead as i32 {
+                        ended = true;
+                        return;
+                    }
                     r.state = ActorState::Alive as i32;
                     r.node_id = node.node_id.clone();
                     r.node_address = node.address.clone();
@@ -97,7 +102,22 @@ impl HeadState {
                     r.pid = reply.pid;
                     r.cuda_visible_devices = reply.cuda_visible_devices;
                     r.reason.clear();
-                })
+                });
+                if ended {
+                    // Killed while the raylet started it: stop the new
+                    // worker rather than bring the actor back to life.
+                    info!(actor = %id, node = %node_id, "actor ended while it was placed: stopping its worker");
+                    if let Ok(mut raylet) = self.raylet(&node.address) {
+                        let _ = raylet
+                            .stop_actor(StopActorRequest {
+                                actor_id: id.to_vec(),
+                            })
+                            .await;
+                    }
+                    return;
+                }
+                info!(actor = %id, node = %node_id, pid, %gpus, "actor placed");
+                updated
             }
             Err((code, message)) => {
                 // The head's view was stale (or the node is going away): try again next pass.

@@ -402,12 +402,19 @@ impl Head for HeadService {
     ) -> Result<Response<ActorExitReply>, Status> {
         let exit = request.into_inner();
         let id = ActorId::from_slice(&exit.actor_id)?;
-        let current = self.state.actors.get(id);
+        let placed_worker = {
+            // A worker that dies at once can be reported while the placement
+            // pass that started it still waits for `StartActor`'s reply: wait
+            // for the pass to record the worker, or the report would be
+            // dropped and the actor stay ALIVE with no worker.
+            let _pass = self.state.placement.lock().await;
+            self.state.actors.get(id).is_some_and(|r| {
+                r.state == ActorState::Alive as i32 && r.worker_id == exit.worker_id
+            })
+        };
         // Only the worker the head placed counts: a late report of an older
         // incarnation, or of a killed actor, changes nothing.
-        if current
-            .is_some_and(|r| r.state == ActorState::Alive as i32 && r.worker_id == exit.worker_id)
-        {
+        if placed_worker {
             self.state.actor_lost(id, &exit.reason).await;
             self.state.place_waiting().await;
         }
