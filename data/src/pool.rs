@@ -26,11 +26,17 @@ pub(crate) struct PoolSpec {
 struct PoolActor {
     handle: StageActorHandle,
     in_flight: usize,
-    /// Its constructor ran: `constructed` or a call came back.
-    ready: bool,
-    /// The `constructed` call made when it was added, until it answers.
+    /// The `constructed` call made when it was added, until it (or any
+    /// call) answers: then the constructor has run.
     probe: Option<ObjectRef<bool>>,
     idle_since: Instant,
+}
+
+impl PoolActor {
+    /// Its constructor ran.
+    fn ready(&self) -> bool {
+        self.probe.is_none()
+    }
 }
 
 /// The actors of one stage.
@@ -128,7 +134,6 @@ impl Pool {
         self.actors.push(Some(PoolActor {
             handle,
             in_flight: 0,
-            ready: false,
             probe,
             idle_since: Instant::now(),
         }));
@@ -151,7 +156,6 @@ impl Pool {
             let Some(probe) = &actor.probe else { continue };
             let (answered, _) = ctx.wait(std::slice::from_ref(probe), 1, Some(Duration::ZERO));
             if !answered.is_empty() {
-                actor.ready = true;
                 actor.probe = None;
             }
         }
@@ -169,10 +173,10 @@ impl Pool {
     ) -> Option<(usize, ObjectRef<RecordBatch>)> {
         self.note_constructed(ctx);
         let per_actor = self.spec.max_concurrency.max(1) as usize + 1;
-        let any_ready = self.live().any(|(_, a)| a.ready);
+        let any_ready = self.live().any(|(_, a)| a.ready());
         let (index, _) = self
             .live()
-            .filter(|(_, a)| a.in_flight < per_actor && (a.ready || !any_ready))
+            .filter(|(_, a)| a.in_flight < per_actor && (a.ready() || !any_ready))
             .min_by_key(|(_, a)| a.in_flight)?;
         let actor = self.actors[index].as_mut().expect("live");
         actor.in_flight += 1;
@@ -189,7 +193,7 @@ impl Pool {
     /// constructing, and the pool may grow.
     pub(crate) fn grow_if_needed(&mut self, ctx: &Context, queued: usize) -> Result<()> {
         let live = self.live().count();
-        let constructing = self.live().any(|(_, a)| !a.ready);
+        let constructing = self.live().any(|(_, a)| !a.ready());
         if queued > 0 && live < self.limit && !constructing {
             self.add(ctx)?;
         }
@@ -200,7 +204,7 @@ impl Pool {
     pub(crate) fn done(&mut self, index: usize, _took: Duration) {
         if let Some(actor) = self.actors[index].as_mut() {
             actor.in_flight = actor.in_flight.saturating_sub(1);
-            actor.ready = true;
+            // Its constructor ran: the probe need not be watched any more.
             actor.probe = None;
             if actor.in_flight == 0 {
                 actor.idle_since = Instant::now();
@@ -223,7 +227,7 @@ impl Pool {
         let floor = self.spec.min.max(1);
         let idle: Vec<usize> = self
             .live()
-            .filter(|(_, a)| a.in_flight == 0 && a.ready && a.idle_since.elapsed() >= IDLE)
+            .filter(|(_, a)| a.in_flight == 0 && a.ready() && a.idle_since.elapsed() >= IDLE)
             .map(|(i, _)| i)
             .collect();
         for index in idle {
@@ -245,7 +249,7 @@ impl Pool {
 
     /// "2 active, 1 constructing (max 3)", and why it is capped.
     pub(crate) fn describe(&self) -> String {
-        let ready = self.live().filter(|(_, a)| a.ready).count();
+        let ready = self.live().filter(|(_, a)| a.ready()).count();
         let constructing = self.live().count() - ready;
         let mut text = format!(
             "actors {ready} active, {constructing} constructing ({}..={})",
