@@ -330,7 +330,7 @@ impl Executor {
                     let Some(input) = &input else {
                         unreachable!("an actor stage is never the first")
                     };
-                    match pool.call(&self.ctx, input, part) {
+                    match pool.call(input, part) {
                         Some((actor, output)) => (output, Some(actor)),
                         None => {
                             pool.grow_if_needed(&self.ctx, self.queues[stage].len())?;

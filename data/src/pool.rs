@@ -147,8 +147,9 @@ impl Pool {
             .filter_map(|(i, a)| a.as_ref().map(|a| (i, a)))
     }
 
-    /// Marks actors whose `constructed` probe answered as ready (before
-    /// dispatch, and for the progress line). A failed probe counts too: the
+    /// Marks actors whose `constructed` probe answered as ready (the
+    /// executor asks once per loop, for the next dispatch and the progress
+    /// line). A failed probe counts too: the
     /// actor's next call then fails the same way, and that failure is
     /// handled as any call's is.
     pub(crate) fn note_constructed(&mut self, ctx: &Context) {
@@ -167,11 +168,9 @@ impl Pool {
     /// it may wait long for resources, and its calls with it.
     pub(crate) fn call(
         &mut self,
-        ctx: &Context,
         block: &ObjectRef<RecordBatch>,
         part: String,
     ) -> Option<(usize, ObjectRef<RecordBatch>)> {
-        self.note_constructed(ctx);
         let per_actor = self.spec.max_concurrency.max(1) as usize + 1;
         let any_ready = self.live().any(|(_, a)| a.ready());
         let (index, _) = self

@@ -85,6 +85,18 @@ fn read_output(dir: &Path) -> (Vec<i64>, serde_json::Value, Vec<String>) {
     (ids, manifest, temporaries)
 }
 
+/// A failed run left no parts, no manifest and no staging directory in `dir`.
+fn left_nothing(dir: &Path) -> Result<(), Failed> {
+    let (ids, manifest, temporaries) = read_output(dir);
+    check(
+        ids.is_empty() && manifest.is_null() && temporaries.is_empty(),
+        format!(
+            "a failed run leaves nothing, but left {} ids, manifest {manifest}, {temporaries:?}",
+            ids.len()
+        ),
+    )
+}
+
 /// The Int64 `column` of each part under `dir`, in part order.
 fn read_parts(dir: &Path, column: &str) -> Vec<Vec<i64>> {
     let mut parts = Vec::new();
@@ -319,14 +331,7 @@ fn streamed_stages_call_functions_as_whole_blocks_would() -> Result<(), Failed> 
         )?,
         other => return Err(format!("expected a function error, got {other:?}").into()),
     }
-    let (ids, manifest, temporaries) = read_output(&dir.path().join("failing"));
-    check(
-        ids.is_empty() && manifest.is_null() && temporaries.is_empty(),
-        format!(
-            "a failed run leaves nothing, but left {} ids, manifest {manifest}, {temporaries:?}",
-            ids.len()
-        ),
-    )?;
+    left_nothing(&dir.path().join("failing"))?;
     Ok(())
 }
 
@@ -556,14 +561,7 @@ fn function_errors_name_the_block_or_skip_it() -> Result<(), Failed> {
         }
         other => return Err(format!("expected a function error, got {other:?}").into()),
     }
-    let (ids, manifest, temporaries) = read_output(&out);
-    check(
-        ids.is_empty() && manifest.is_null() && temporaries.is_empty(),
-        format!(
-            "a failed run leaves nothing, but left {} ids, manifest {manifest}, {temporaries:?}",
-            ids.len()
-        ),
-    )?;
+    left_nothing(&out)?;
     // Allowed to skip one block: the rest is written, the skip reported.
     let summary = photon_data::range(&ctx, 10_000)
         .map_batches::<FailOn>(7_777, MapOptions::new().max_errored_blocks(1))
