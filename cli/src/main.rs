@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand};
 mod connect;
 mod embed;
 mod job;
+mod logging;
 mod microbenchmark;
 mod model;
 mod session;
@@ -19,6 +20,10 @@ mod stop;
 #[derive(Debug, Parser)]
 #[command(name = "photon", version, about, propagate_version = true)]
 struct Cli {
+    /// Show INFO logs on the terminal (`photon embed` otherwise writes them
+    /// to its session's log file); `PHOTON_LOG`/`RUST_LOG` set a filter.
+    #[arg(short, long, global = true)]
+    verbose: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -75,15 +80,13 @@ fn main() -> ExitCode {
     // A worker process (started by a raylet for `photon::remote` functions and
     // actors defined in this binary) runs the worker loop and exits here.
     photon::worker_entry();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("PHOTON_LOG")
-                .unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
     let cli = Cli::parse();
+    // `photon embed` keeps the terminal for its progress and summary.
+    let terminal = match cli.command {
+        Command::Embed(_) => logging::Terminal::Quiet,
+        _ => logging::Terminal::Info,
+    };
+    logging::init(terminal, cli.verbose);
     let result = match cli.command {
         Command::Start(args) => start::run(args),
         Command::Status(args) => status::run(args),

@@ -2,7 +2,7 @@
 //! output's rows, ids and vectors, and bad input that must fail cleanly.
 
 use std::fs::File;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use arrow::array::{Array, AsArray, Float32Array};
@@ -18,6 +18,19 @@ fn photon(args: &[&str]) -> Output {
         .args(args)
         .output()
         .expect("photon runs")
+}
+
+/// `photon embed --input corpus --output out --model model`, to add to.
+fn embed_command(corpus: &Path, out: &Path, model: &Path) -> Command {
+    let mut command = Command::new(PHOTON);
+    command
+        .args(["embed", "--input"])
+        .arg(corpus)
+        .arg("--output")
+        .arg(out)
+        .arg("--model")
+        .arg(model);
+    command
 }
 
 /// `photon embed --input corpus --output out --model model` plus `extra`.
@@ -157,8 +170,8 @@ fn embeds_a_corpus_and_writes_every_id_once() {
     let summary: serde_json::Value = serde_json::from_slice(&run.stdout).unwrap();
     assert_eq!(summary["rows"], 300);
     assert_eq!(summary["dim"], TINY_HIDDEN);
-    assert_eq!(summary["backend"], "fast-cpu");
-    assert_eq!(summary["padded_share"], 0.0);
+    assert_eq!(summary["engine"], "fast-cpu");
+    assert_eq!(summary["actors"], "in-process");
     let (reference_ids, reference_vectors) = read_output(&reference);
     assert_eq!(reference_ids, ids);
     for (i, (a, b)) in vectors.iter().zip(&reference_vectors).enumerate() {
@@ -337,4 +350,203 @@ fn a_worker_killed_mid_job_loses_no_row_and_repeats_none() {
     let unique: std::collections::BTreeSet<i64> = ids.into_iter().collect();
     assert_eq!(unique, (0..ROWS).collect(), "every id once");
     assert_eq!(staged_parts(&out), 0, "no staged part left behind");
+}
+
+/// The summary fields both paths print with `--json`.
+const SUMMARY_FIELDS: [&str; 18] = [
+    "rows",
+    "dim",
+    "wall_seconds",
+    "rows_per_s",
+    "first_output_seconds",
+    "engine",
+    "device",
+    "precision",
+    "threads",
+    "actors",
+    "peak_memory_bytes",
+    "reconstructions",
+    "output",
+    "manifest",
+    "parts",
+    "output_bytes",
+    "model",
+    "logs",
+];
+
+/// A progress line: rows done, rows in all, the rate shown, and blocks the
+/// last stage finished.
+#[derive(Debug)]
+struct ProgressLine {
+    done: u64,
+    total: u64,
+    rate: f64,
+    last_stage_blocks: u64,
+}
+
+/// Parses `photon-data: 123/2000 rows (6.2%), 180 rows/s, eta 10 s | read… 1/4
+/// blocks (…) | map_batches… 0/4 blocks (…) | in flight …`.
+fn progress_lines(stderr: &str) -> Vec<ProgressLine> {
+    stderr
+        .lines()
+        .filter_map(|line| line.strip_prefix("photon-data: "))
+        .filter(|line| !line.contains("done in"))
+        .map(|line| {
+            let (rows, rest) = line.split_once(" rows (").unwrap();
+            let (done, total) = rows.split_once('/').unwrap();
+            let rate = rest.split(", ").nth(1).unwrap();
+            let rate = rate.strip_suffix(" rows/s").unwrap();
+            let last_stage = line
+                .split(" | ")
+                .filter(|part| part.contains(" blocks ("))
+                .last()
+                .unwrap();
+            let blocks = last_stage.split(" blocks (").next().unwrap();
+            let blocks = blocks
+                .rsplit(' ')
+                .next()
+                .unwrap()
+                .split('/')
+                .next()
+                .unwrap();
+            ProgressLine {
+                done: done.parse().unwrap(),
+                total: total.parse().unwrap(),
+                rate: rate.parse().unwrap(),
+                last_stage_blocks: blocks.parse().unwrap(),
+            }
+        })
+        .collect()
+}
+
+#[test]
+fn progress_counts_rows_inside_blocks_at_the_pace_of_the_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let (model, corpus, out) = (
+        dir.path().join("model"),
+        dir.path().join("corpus.parquet"),
+        dir.path().join("out"),
+    );
+    write_tiny_bert(&model, 3).unwrap();
+    let made = photon(&[
+        "sample-corpus",
+        "--rows",
+        "2000",
+        "--output",
+        corpus.to_str().unwrap(),
+    ]);
+    assert!(made.status.success(), "{}", text(&made.stderr));
+    // Batches of 8 rows that each take 40 ms more: blocks of a few seconds.
+    let run = embed_command(&corpus, &out, &model)
+        .args(["--id-column", "id", "--threads", "1", "--batch-size", "8"])
+        .args(["--slow-batches-ms", "40", "--json"])
+        .env("PHOTON_PROGRESS_INTERVAL_MS", "250")
+        .env("PHOTON_HOME", dir.path().join("home"))
+        .output()
+        .unwrap();
+    let stderr = text(&run.stderr);
+    assert!(run.status.success(), "{stderr}");
+    let summary: serde_json::Value = serde_json::from_slice(&run.stdout).unwrap();
+    for field in SUMMARY_FIELDS {
+        assert!(!summary[field].is_null(), "no {field} in {summary}");
+    }
+    assert_eq!(summary["rows"], 2000);
+    assert_eq!(summary["engine"], "fast-cpu", "{summary}");
+    assert_eq!(summary["device"], "cpu");
+    assert_eq!(summary["precision"], "fp32");
+    assert_eq!(summary["threads"], 1);
+    let manifest = summary["manifest"].as_str().unwrap();
+    assert!(Path::new(manifest).is_file(), "{manifest}");
+
+    let lines = progress_lines(&stderr);
+    assert!(lines.iter().all(|l| l.total == 2000), "{stderr}");
+    // The first block is the small one (64 rows): rows past it while it is
+    // the only block out were counted inside a running block.
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.last_stage_blocks <= 1 && l.done > 64),
+        "no rows counted before a big block finished:\n{stderr}"
+    );
+    // Once the first block is out, the rate shown is the run's pace (within
+    // 2x of the final end-to-end rate), not rows of finished blocks over time.
+    let final_rate = summary["rows_per_s"].as_f64().unwrap();
+    let shown: Vec<f64> = lines
+        .iter()
+        .filter(|l| l.last_stage_blocks >= 1 && l.done < l.total)
+        .map(|l| l.rate)
+        .collect();
+    assert!(shown.len() >= 3, "too few lines to judge:\n{stderr}");
+    for rate in &shown {
+        assert!(
+            (final_rate / 2.0..=final_rate * 2.0).contains(rate),
+            "shown {rate:.0} rows/s vs final {final_rate:.0}:\n{stderr}"
+        );
+    }
+}
+
+#[test]
+fn an_embedded_cluster_keeps_info_logs_in_the_session_log_not_the_terminal() {
+    let dir = tempfile::tempdir().unwrap();
+    let (model, corpus, out) = (
+        dir.path().join("model"),
+        dir.path().join("corpus.parquet"),
+        dir.path().join("out"),
+    );
+    write_tiny_bert(&model, 4).unwrap();
+    let made = photon(&[
+        "sample-corpus",
+        "--rows",
+        "200",
+        "--output",
+        corpus.to_str().unwrap(),
+    ]);
+    assert!(made.status.success(), "{}", text(&made.stderr));
+    let home = dir.path().join("home");
+    let run = embed_command(&corpus, &out, &model)
+        .args(["--id-column", "id"])
+        .env("PHOTON_HOME", &home)
+        .env_remove("PHOTON_LOG")
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (text(&run.stdout), text(&run.stderr));
+    assert!(run.status.success(), "{stderr}");
+    assert!(
+        !stderr.contains(" INFO ") && !stdout.contains(" INFO "),
+        "INFO lines on the terminal:\n{stderr}"
+    );
+    // One summary block naming the log directory, where the INFO lines are.
+    assert_eq!(stdout.matches("embedded 200 rows").count(), 1, "{stdout}");
+    let logs = stdout
+        .lines()
+        .find_map(|l| l.trim_start().strip_prefix("logs"))
+        .map(|l| PathBuf::from(l.trim()))
+        .unwrap_or_else(|| panic!("no logs line in {stdout}"));
+    assert!(logs.starts_with(&home), "{}", logs.display());
+    assert!(
+        stderr.contains(&logs.display().to_string()),
+        "the log directory is named at the start:\n{stderr}"
+    );
+    let log = std::fs::read_to_string(logs.join("photon.log")).unwrap();
+    assert!(
+        log.contains(" INFO ") && log.contains("registered with the head"),
+        "{log}"
+    );
+    assert!(logs.join("logs").is_dir(), "workers' logs beside it");
+
+    // -v brings the INFO lines back to the terminal.
+    let verbose = embed_command(&corpus, &dir.path().join("out-verbose"), &model)
+        .args(["--id-column", "id", "-v"])
+        .env("PHOTON_HOME", &home)
+        .env_remove("PHOTON_LOG")
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap();
+    assert!(verbose.status.success(), "{}", text(&verbose.stderr));
+    assert!(
+        text(&verbose.stderr).contains("registered with the head"),
+        "{}",
+        text(&verbose.stderr)
+    );
 }

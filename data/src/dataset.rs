@@ -468,11 +468,12 @@ impl Dataset {
             None => self.default_budget()?,
         };
         let names: Vec<String> = stages.iter().map(|s| s.name.clone()).collect();
-        let blocks = match &input {
-            Input::Sources(s) => s.len(),
-            Input::Objects(o) => o.len(),
+        let sources: Vec<&SourceBlock> = match &input {
+            Input::Sources(s) => s.iter().collect(),
+            Input::Objects(o) => o.iter().map(|(_, source)| source).collect(),
         };
-        let progress = Progress::new(self.progress, &names, blocks as u64);
+        let rows = sources.iter().map(|s| s.rows as u64).sum();
+        let progress = Progress::new(self.progress, &names, sources.len() as u64, rows);
         let mut executor = Executor::new(self.ctx.clone(), stages, input, budget, progress);
         let result = executor.run(deliver);
         *self.last_stats.lock().unwrap_or_else(|p| p.into_inner()) = Some(executor.stats.clone());

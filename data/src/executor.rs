@@ -100,6 +100,8 @@ pub(crate) struct Executor {
     stage_started: Vec<Option<Instant>>,
     skipped: Vec<String>,
     progress: Progress,
+    /// Source rows of the blocks out of the last stage (or skipped).
+    rows_finished: u64,
     last_sample: Instant,
     started: Instant,
     blocked_since: Option<Instant>,
@@ -159,6 +161,7 @@ impl Executor {
             stats,
             skipped: Vec::new(),
             progress,
+            rows_finished: 0,
             last_sample: Instant::now() - SAMPLE,
             started,
             blocked_since: None,
@@ -385,7 +388,7 @@ impl Executor {
             .map(|s| s.elapsed())
             .unwrap_or_default();
         if stage + 1 < self.stages.len() {
-            self.progress.stage_done(stage, 0);
+            self.progress.stage_done(stage);
             // Earlier blocks first (this queue only grows here, so it stays
             // sorted): the small first block reaches the next stage before
             // blocks whose reads happened to finish sooner.
@@ -411,8 +414,13 @@ impl Executor {
         self.stats
             .first_block
             .get_or_insert_with(|| self.started.elapsed());
-        self.progress
-            .stage_done(stage, records.last().map_or(0, |r| r.rows));
+        for (index, record) in records.iter().enumerate() {
+            if let Some(ran_on) = &record.ran_on {
+                self.progress.ran_on(index, ran_on);
+            }
+        }
+        self.progress.stage_done(stage);
+        self.rows_finished += self.blocks[block].source.rows as u64;
         deliver(Output {
             index: block,
             batch: stats::strip(batch),
@@ -436,6 +444,7 @@ impl Executor {
                     self.skipped.push(format!("{origin}: {message}"));
                     self.stats.skipped_blocks += 1;
                     self.charged -= self.blocks[block].charge;
+                    self.rows_finished += self.blocks[block].source.rows as u64;
                     return Ok(());
                 }
                 Err(Error::Udf(format!(
@@ -503,11 +512,23 @@ impl Executor {
         let in_flight: Vec<usize> = (0..self.stages.len())
             .map(|s| self.running.iter().filter(|r| r.stage == s).count())
             .collect();
-        self.progress.tick(
-            &in_flight,
-            self.charged,
-            self.budget,
-            self.stats.peak_object_store_bytes,
-        );
+        let rows_done = self.rows_finished + self.rows_in_flight();
+        self.progress
+            .tick(rows_done, &in_flight, self.charged, self.budget);
+    }
+
+    /// Source rows that the last stage's running calls have done, as far as
+    /// they reported (a call reports the share of its block it has done).
+    fn rows_in_flight(&self) -> u64 {
+        let last = self.stages.len() - 1;
+        self.running
+            .iter()
+            .filter(|r| r.stage == last)
+            .filter_map(|r| {
+                let progress = self.ctx.progress(&r.output)?;
+                let rows = self.blocks[r.block].source.rows as u64;
+                Some(rows * progress.done / progress.total.max(1))
+            })
+            .sum()
     }
 }

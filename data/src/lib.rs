@@ -32,6 +32,7 @@
 //! - **`write_parquet`** is exactly-once: deterministic part names, atomic
 //!   puts, a `_SUCCESS` manifest last, nothing left behind by a failed run.
 
+mod block_progress;
 mod dataset;
 mod error;
 mod executor;
@@ -47,12 +48,13 @@ mod steps;
 mod streaming;
 mod udf;
 
+pub use block_progress::BlockProgress;
 pub use dataset::{
     DEFAULT_BLOCK_BYTES, Dataset, MapOptions, WriteOptions, from_batches, range, read_parquet,
 };
 pub use error::{Error, Result};
 pub use filter::{Column, Comparison, Predicate, Value, col};
-pub use progress::ProgressMode;
+pub use progress::{INTERVAL_ENV as PROGRESS_INTERVAL_ENV, ProgressMode, RowsProgress};
 pub use sink::{MANIFEST, Part, WriteSummary};
 pub use stats::{StageStats, Stats};
 pub use udf::BatchUdf;

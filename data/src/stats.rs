@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 const KEY: &str = "photon.stages";
 
 /// What one stage did to one block.
-#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub(crate) struct StageRecord {
     pub rows: u64,
     pub bytes: u64,
@@ -24,6 +24,9 @@ pub(crate) struct StageRecord {
     /// CPU time of the worker process during the call.
     #[serde(default)]
     pub cpu_micros: u64,
+    /// What ran the stage's function (its `describe`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ran_on: Option<String>,
 }
 
 /// When a call started, in wall time and in the worker process's CPU time.
@@ -56,7 +59,14 @@ impl StageRecord {
             bytes: batch.get_array_memory_size() as u64,
             micros: 0,
             cpu_micros: 0,
+            ran_on: None,
         }
+    }
+
+    /// With what ran the stage's function.
+    pub(crate) fn ran_on(mut self, description: Option<String>) -> Self {
+        self.ran_on = description;
+        self
     }
 
     /// With the stage's wall and CPU time since `started`.
@@ -148,6 +158,9 @@ pub struct StageStats {
     pub wall: Duration,
     /// Calls that failed for a cluster reason and ran again.
     pub retries: u64,
+    /// What ran its function, as the function describes it (one entry per
+    /// distinct description: a pool on CPU and GPU nodes shows both).
+    pub ran_on: Vec<String>,
 }
 
 /// What a run did.
@@ -180,6 +193,11 @@ impl Stats {
             stage.bytes += record.bytes;
             stage.busy += Duration::from_micros(record.micros);
             stage.cpu += Duration::from_micros(record.cpu_micros);
+            if let Some(description) = &record.ran_on
+                && !stage.ran_on.contains(description)
+            {
+                stage.ran_on.push(description.clone());
+            }
         }
     }
 }
@@ -199,6 +217,9 @@ impl fmt::Display for Stats {
                 stage.wall.as_secs_f64(),
                 stage.retries
             )?;
+            if !stage.ran_on.is_empty() {
+                writeln!(f, "  ran on {}", stage.ran_on.join("; "))?;
+            }
         }
         if let Some(first) = self.first_block {
             write!(f, "first block out after {:.2}s; ", first.as_secs_f64())?;

@@ -16,6 +16,7 @@ use parquet::arrow::arrow_reader::{
 use parquet::arrow::async_reader::{ParquetObjectReader, ParquetRecordBatchStreamBuilder};
 use serde::{Deserialize, Serialize};
 
+use crate::block_progress::BlockProgress;
 use crate::filter::Predicate;
 use crate::stats::{self, StageRecord};
 use crate::udf::{self, DynUdf};
@@ -92,11 +93,12 @@ pub async fn read_stage(
         let (encoded, record) =
             photon::run_blocking(|| streaming::run(&plan, &steps, &mut udfs, &part))?;
         let output = encoded.publish().await?;
+        let record = record.ran_on(udfs.describe());
         return Ok(stats::append(output, &[], record.took(started)));
     }
     let block = read_source(&source).await?;
     let output = run_sync_steps(block, &steps, &mut udfs)?;
-    let record = StageRecord::of(&output);
+    let record = StageRecord::of(&output).ran_on(udfs.describe());
     let output = finish_writes(output, &steps, &part).await?;
     Ok(stats::append(output, &[], record.took(started)))
 }
@@ -112,7 +114,7 @@ pub async fn map_stage(
     let history = stats::history(&block);
     let mut udfs = Udfs::new(&steps)?;
     let output = run_sync_steps(stats::strip(block), &steps, &mut udfs)?;
-    let record = StageRecord::of(&output);
+    let record = StageRecord::of(&output).ran_on(udfs.describe());
     let output = finish_writes(output, &steps, &part).await?;
     Ok(stats::append(output, &history, record.took(started)))
 }
@@ -153,12 +155,13 @@ impl StageActor {
         };
         let output =
             photon::run_blocking(|| run_sync_steps(stats::strip(block), &self.steps, &mut udfs));
+        let ran_on = udfs.describe();
         self.idle
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .push(udfs);
         let output = output?;
-        let record = StageRecord::of(&output);
+        let record = StageRecord::of(&output).ran_on(ran_on);
         let output = finish_writes(output, &self.steps, &part).await?;
         Ok(stats::append(output, &history, record.took(started)))
     }
@@ -178,6 +181,17 @@ impl Udfs {
             .collect::<Result<_, _>>()
             .map(Udfs)
     }
+
+    /// What runs the stage's last function (its `describe`).
+    pub(crate) fn describe(&self) -> Option<String> {
+        self.0.iter().rev().flatten().next()?.describe()
+    }
+
+    /// The index of the last `Map` step: the one whose progress through the
+    /// block is the stage's.
+    pub(crate) fn last_map(&self) -> Option<usize> {
+        self.0.iter().rposition(Option::is_some)
+    }
 }
 
 /// Every step but a trailing `Write` (which needs I/O, done after).
@@ -186,15 +200,21 @@ fn run_sync_steps(
     steps: &[Step],
     udfs: &mut Udfs,
 ) -> Result<RecordBatch, String> {
+    let last_map = udfs.last_map();
     for (index, step) in steps.iter().enumerate() {
         block = match step {
             Step::Select(columns) => select(&block, columns)?,
             Step::Filter(predicate) => predicate.apply(&block)?,
             Step::Map { batch_size, .. } => {
+                let progress = if last_map == Some(index) {
+                    BlockProgress::start(block.num_rows())
+                } else {
+                    BlockProgress::default()
+                };
                 let udf = udfs.0[index]
                     .as_mut()
                     .expect("constructed for each map step");
-                map_in_slices(block, *batch_size, udf)?
+                map_in_slices(block, *batch_size, udf, &progress)?
             }
             Step::Write { .. } => return Ok(block),
         };
@@ -232,23 +252,25 @@ pub(crate) fn select(block: &RecordBatch, columns: &[String]) -> Result<RecordBa
 }
 
 /// Calls `udf` on zero-copy slices of at most `batch_size` rows and joins
-/// the results.
+/// the results, counting each slice's rows in `progress`.
 fn map_in_slices(
     block: RecordBatch,
     batch_size: Option<usize>,
     udf: &mut DynUdf,
+    progress: &BlockProgress,
 ) -> Result<RecordBatch, String> {
     let rows = block.num_rows();
     let size = batch_size.unwrap_or(rows).max(1);
     if rows <= size {
-        return udf(block);
+        return progress.slice(rows, || udf.call(block));
     }
     let mut outputs = Vec::with_capacity(rows.div_ceil(size));
     let mut offset = 0;
     while offset < rows {
         let length = size.min(rows - offset);
         outputs.push(
-            udf(block.slice(offset, length))
+            progress
+                .slice(length, || udf.call(block.slice(offset, length)))
                 .map_err(|e| format!("rows {offset}..{} of the block: {e}", offset + length))?,
         );
         offset += length;

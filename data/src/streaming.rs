@@ -17,6 +17,7 @@ use std::path::PathBuf;
 use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
 
+use crate::block_progress::BlockProgress;
 use crate::location;
 use crate::part::{Encoded, PartWriter};
 use crate::stats::StageRecord;
@@ -101,6 +102,7 @@ pub(crate) fn run(
         writer.write(&batch)
     };
     let mut pipeline = Pipeline::new(steps, udfs);
+    let progress = BlockProgress::start(plan.to_read.rows);
     let mut read = 0;
     for batch in reader {
         let batch = batch.map_err(|e| read_error(&e))?;
@@ -111,6 +113,7 @@ pub(crate) fn run(
             None => batch,
         };
         pipeline.feed(0, batch, &mut sink)?;
+        progress.set_done(read);
     }
     plan.to_read.check_count(read).map_err(|e| read_error(&e))?;
     pipeline.finish(&mut sink)?;
@@ -201,7 +204,7 @@ impl<'a> Pipeline<'a> {
         let udf = self.udfs.0[index]
             .as_mut()
             .expect("constructed for each map step");
-        udf(batch).map_err(|e| {
+        udf.call(batch).map_err(|e| {
             if part_of_block {
                 format!("rows {start}..{end} of the block: {e}")
             } else {

@@ -39,10 +39,35 @@ pub trait BatchUdf: Send + 'static {
     fn input_columns(_args: &Self::Args) -> Vec<(String, Vec<DataType>)> {
         Vec::new()
     }
+
+    /// What runs the function, for the run's stats and progress (a model's
+    /// engine and device: `fast-cpu, cpu, fp32`); `None` when nothing is
+    /// worth saying.
+    fn describe(&self) -> Option<String> {
+        None
+    }
 }
 
-/// A constructed function, its argument type erased.
-pub(crate) type DynUdf = Box<dyn FnMut(RecordBatch) -> Result<RecordBatch, String> + Send>;
+/// A constructed function, its argument type erased (public only because
+/// [`register_udf!`](crate::register_udf)'s entries name it).
+#[doc(hidden)]
+pub trait ErasedUdf: Send {
+    fn call(&mut self, batch: RecordBatch) -> Result<RecordBatch, String>;
+    fn describe(&self) -> Option<String>;
+}
+
+impl<U: BatchUdf> ErasedUdf for U {
+    fn call(&mut self, batch: RecordBatch) -> Result<RecordBatch, String> {
+        BatchUdf::call(self, batch)
+    }
+
+    fn describe(&self) -> Option<String> {
+        BatchUdf::describe(self)
+    }
+}
+
+#[doc(hidden)]
+pub type DynUdf = Box<dyn ErasedUdf>;
 
 /// One registered function.
 #[doc(hidden)]
@@ -68,8 +93,7 @@ inventory::collect!(UdfEntry);
 fn construct<U: BatchUdf>(args: &[u8]) -> Result<DynUdf, String> {
     let args: U::Args = serde_json::from_slice(args)
         .map_err(|e| format!("bad arguments for {}: {e}", std::any::type_name::<U>()))?;
-    let mut udf = U::new(args)?;
-    Ok(Box::new(move |batch| udf.call(batch)))
+    Ok(Box::new(U::new(args)?))
 }
 
 /// Serializes `args` for the worker side.

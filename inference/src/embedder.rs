@@ -207,6 +207,20 @@ impl SentenceEmbedder {
         }
     }
 
+    /// What computes this embedder's vectors, for summaries and stats.
+    pub fn engine_info(&self) -> EngineInfo {
+        let device = match &self.engine {
+            Engine::Candle(c) if c.device().is_cuda() => "cuda",
+            _ => "cpu",
+        };
+        EngineInfo {
+            engine: self.backend_name().to_string(),
+            device: device.to_string(),
+            precision: "fp32".to_string(),
+            threads: self.threads,
+        }
+    }
+
     /// Tokenizes texts (special tokens added, truncated at the model's maximum
     /// sequence length). Returns the token ids and how many were truncated.
     pub fn tokenize<S: AsRef<str>>(&self, texts: &[S]) -> Result<(Vec<Vec<u32>>, usize)> {
@@ -233,8 +247,19 @@ impl SentenceEmbedder {
 
     /// Embeds texts; row `i` of the result is text `i`'s vector.
     pub fn embed<S: AsRef<str>>(&self, texts: &[S]) -> Result<Embeddings> {
+        self.embed_reporting(texts, &|_| {})
+    }
+
+    /// [`embed`](Self::embed), calling `rows_done` with each batch's row
+    /// count as the batch finishes (from the computing threads), so a
+    /// caller can show progress inside a long call.
+    pub fn embed_reporting<S: AsRef<str>>(
+        &self,
+        texts: &[S],
+        rows_done: &(dyn Fn(usize) + Sync),
+    ) -> Result<Embeddings> {
         let (sequences, truncated) = self.tokenize(texts)?;
-        let mut embeddings = self.embed_tokens(&sequences)?;
+        let mut embeddings = self.embed_tokens_reporting(&sequences, rows_done)?;
         embeddings.stats.truncated = truncated;
         Ok(embeddings)
     }
@@ -242,6 +267,14 @@ impl SentenceEmbedder {
     /// Embeds already tokenized sequences (each at most the model's maximum
     /// sequence length).
     pub fn embed_tokens(&self, sequences: &[Vec<u32>]) -> Result<Embeddings> {
+        self.embed_tokens_reporting(sequences, &|_| {})
+    }
+
+    fn embed_tokens_reporting(
+        &self,
+        sequences: &[Vec<u32>],
+        rows_done: &(dyn Fn(usize) + Sync),
+    ) -> Result<Embeddings> {
         let dim = self.dim();
         let pads = matches!(self.engine, Engine::Candle(_));
         let batches = cut_batches(sequences, &self.options, pads);
@@ -254,8 +287,8 @@ impl SentenceEmbedder {
         stats.computed_tokens = batches.iter().map(|b| b.computed_tokens).sum();
 
         let results = match &self.engine {
-            Engine::Fast(bert) => self.run_fast(bert, sequences, &batches),
-            Engine::Candle(bert) => self.run_candle(bert, sequences, &batches)?,
+            Engine::Fast(bert) => self.run_fast(bert, sequences, &batches, rows_done),
+            Engine::Candle(bert) => self.run_candle(bert, sequences, &batches, rows_done)?,
         };
         let mut values = vec![0.0f32; sequences.len() * dim];
         for (batch, pooled) in batches.iter().zip(results) {
@@ -278,6 +311,7 @@ impl SentenceEmbedder {
         bert: &FastBert,
         sequences: &[Vec<u32>],
         batches: &[Batch],
+        rows_done: &(dyn Fn(usize) + Sync),
     ) -> Vec<Vec<f32>> {
         let next = AtomicUsize::new(0);
         let dim = self.dim();
@@ -313,6 +347,7 @@ impl SentenceEmbedder {
                                 &mut pooled,
                             );
                             done.push((index, pooled));
+                            rows_done(batch.rows.len());
                         }
                         self.workspaces.lock().unwrap().push(workspace);
                         done
@@ -335,6 +370,7 @@ impl SentenceEmbedder {
         bert: &CandleBert,
         sequences: &[Vec<u32>],
         batches: &[Batch],
+        rows_done: &(dyn Fn(usize) + Sync),
     ) -> Result<Vec<Vec<f32>>> {
         let pool = self.candle_pool.as_ref().expect("candle engine has a pool");
         pool.install(|| {
@@ -342,7 +378,9 @@ impl SentenceEmbedder {
                 .iter()
                 .map(|batch| {
                     let rows: Vec<&[u32]> = batch.rows.iter().map(|&r| &sequences[r][..]).collect();
-                    bert.forward_padded(&rows, self.model.pooling)
+                    let pooled = bert.forward_padded(&rows, self.model.pooling);
+                    rows_done(batch.rows.len());
+                    pooled
                 })
                 .collect()
         })
@@ -425,5 +463,75 @@ fn gpu_device() -> Result<Option<Device>> {
         Ok(Some(Device::new_cuda(0)?))
     } else {
         Ok(None)
+    }
+}
+
+/// Which engine computes an embedder's vectors, where, and in what precision:
+/// shown as `engine=fast-cpu device=cpu precision=fp32 threads=2`, and read
+/// back from that form (it travels from actors to the driver as text).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct EngineInfo {
+    /// `fast-cpu`, `candle-cpu` or `candle-cuda`.
+    pub engine: String,
+    /// `cpu`, or the GPU.
+    pub device: String,
+    /// `fp32`.
+    pub precision: String,
+    /// Threads computing on the CPU.
+    pub threads: usize,
+}
+
+impl std::fmt::Display for EngineInfo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "engine={} device={} precision={} threads={}",
+            self.engine, self.device, self.precision, self.threads
+        )
+    }
+}
+
+impl std::str::FromStr for EngineInfo {
+    type Err = String;
+
+    fn from_str(text: &str) -> std::result::Result<Self, String> {
+        let field = |key: &str| {
+            text.split_whitespace()
+                .find_map(|pair| pair.strip_prefix(key)?.strip_prefix('='))
+                .map(str::to_string)
+                .ok_or_else(|| format!("no {key}= in the engine description {text:?}"))
+        };
+        Ok(Self {
+            engine: field("engine")?,
+            device: field("device")?,
+            precision: field("precision")?,
+            threads: field("threads")?
+                .parse()
+                .map_err(|e| format!("threads in {text:?}: {e}"))?,
+        })
+    }
+}
+
+#[cfg(test)]
+mod engine_info_tests {
+    use super::EngineInfo;
+
+    #[test]
+    fn reads_back_what_it_shows() {
+        let info = EngineInfo {
+            engine: "fast-cpu".into(),
+            device: "cpu".into(),
+            precision: "fp32".into(),
+            threads: 2,
+        };
+        let text = info.to_string();
+        assert_eq!(text, "engine=fast-cpu device=cpu precision=fp32 threads=2");
+        assert_eq!(text.parse::<EngineInfo>().unwrap(), info);
+        assert!(
+            "engine=x"
+                .parse::<EngineInfo>()
+                .unwrap_err()
+                .contains("device")
+        );
     }
 }

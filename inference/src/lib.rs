@@ -30,6 +30,8 @@ pub mod model_cache;
 pub mod model_dir;
 pub mod tiny_model;
 
-pub use embedder::{Backend, EmbedStats, EmbedderOptions, Embeddings, SentenceEmbedder};
+pub use embedder::{
+    Backend, EmbedStats, EmbedderOptions, Embeddings, EngineInfo, SentenceEmbedder,
+};
 pub use error::InferenceError;
 pub use model_dir::{ModelDir, Pooling};

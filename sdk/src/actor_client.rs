@@ -441,6 +441,13 @@ fn complete(
     in_flight: &mut HashMap<Vec<u8>, InFlight>,
     reply: photon_proto::v1::TaskReply,
 ) {
+    if let Some(task_reply::Result::Progress(progress)) = &reply.result {
+        if let Some(call) = in_flight.get(&reply.task_id) {
+            core.objects
+                .set_progress(call.return_id, crate::progress::from_proto(progress));
+        }
+        return;
+    }
     let Some(call) = in_flight.remove(&reply.task_id) else {
         return;
     };
@@ -466,7 +473,7 @@ fn complete(
             node: failure.node_address,
             pid: failure.pid,
         }),
-        None => return,
+        Some(task_reply::Result::Progress(_)) | None => return,
     };
     let stored = matches!(state, ObjectState::Stored { .. });
     if !core.objects.set(call.return_id, state) && stored {

@@ -943,6 +943,13 @@ impl Context {
             .sum())
     }
 
+    /// What the call making `object` last reported with
+    /// [`TaskProgress`](crate::TaskProgress), while it runs: `None` before
+    /// its first report and once its result (or failure) is in.
+    pub fn progress<T>(&self, object: &ObjectRef<T>) -> Option<crate::CallProgress> {
+        self.core.objects.progress(object.id())
+    }
+
     /// Objects this driver references now.
     pub fn object_count(&self) -> usize {
         self.core.objects.len()

@@ -48,6 +48,7 @@ mod object_io;
 mod object_ref;
 mod objects;
 mod options;
+mod progress;
 mod registry;
 mod submitter;
 pub mod testing;
@@ -62,6 +63,7 @@ pub use object_ref::{IntoArg, ObjectRef, TaskArg};
 pub use options::{ActorOptions, TaskOptions};
 pub use photon_macros::{actor, main, remote};
 pub use photon_proto::{ActorId, ObjectId};
+pub use progress::{CallProgress, TaskProgress};
 pub use worker::worker_entry;
 
 /// Arrow, as the SDK uses it (record batches travel as Arrow IPC).

@@ -10,6 +10,7 @@ use photon_proto::ObjectId;
 use tokio::sync::Notify;
 
 use crate::error::Error;
+use crate::progress::CallProgress;
 
 /// Where an object's value is.
 #[derive(Debug, Clone)]
@@ -26,6 +27,8 @@ pub(crate) enum ObjectState {
 
 struct Entry {
     state: ObjectState,
+    /// What the running call last reported (cleared with its result).
+    progress: Option<CallProgress>,
     refs: usize,
     ready: Arc<Notify>,
 }
@@ -52,6 +55,7 @@ impl ObjectTable {
             .entry(id)
             .or_insert_with(|| Entry {
                 state: initial,
+                progress: None,
                 refs: 0,
                 ready: Arc::new(Notify::new()),
             })
@@ -79,8 +83,23 @@ impl ObjectTable {
             return false;
         };
         entry.state = state;
+        entry.progress = None;
         entry.ready.notify_waiters();
         true
+    }
+
+    /// Records what the call making a pending object reported.
+    pub(crate) fn set_progress(&self, id: ObjectId, progress: CallProgress) {
+        if let Some(entry) = self.lock().get_mut(&id)
+            && matches!(entry.state, ObjectState::Pending)
+        {
+            entry.progress = Some(progress);
+        }
+    }
+
+    /// What the call making the object last reported, while it runs.
+    pub(crate) fn progress(&self, id: ObjectId) -> Option<CallProgress> {
+        self.lock().get(&id).and_then(|e| e.progress)
     }
 
     /// Whether the object is referenced and still waits for its value.

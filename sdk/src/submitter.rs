@@ -412,6 +412,13 @@ impl Loop {
         let Some(lease) = self.leases.get_mut(&worker) else {
             return;
         };
+        if let Some(task_reply::Result::Progress(progress)) = &reply.result {
+            if let Some((task, _)) = lease.in_flight.get(&reply.task_id) {
+                core.objects
+                    .set_progress(task.return_id, crate::progress::from_proto(progress));
+            }
+            return;
+        }
         let Some((task, sent)) = lease.in_flight.remove(&reply.task_id) else {
             return;
         };
@@ -496,7 +503,8 @@ impl Loop {
                     }
                 }
             }
-            None => {}
+            // Progress was handled above; a reply without a result says nothing.
+            Some(task_reply::Result::Progress(_)) | None => {}
         }
         self.dispatch(core, &shape);
     }

@@ -25,6 +25,7 @@ use tonic::{Request, Response, Status, Streaming};
 use crate::clients::{self, RayletClient};
 use crate::error::{Error, Result};
 use crate::object_io::{self, INLINE_MAX, Mapping, ObjectBytes, ReadError};
+use crate::progress::{ReplySender, TaskProgress};
 use crate::registry::{self, ActorInstance, Args};
 
 /// If this process was started as a worker (`PHOTON_WORKER=1`), runs the
@@ -254,9 +255,11 @@ impl Executor {
         Ok(fetched)
     }
 
-    /// Runs one task or actor call and builds its reply.
-    async fn execute(self: Arc<Self>, spec: TaskSpec) -> TaskReply {
-        let result = match self.run(&spec).await {
+    /// Runs one task or actor call and builds its reply; the call reports
+    /// its progress on `replies` as it goes.
+    async fn execute(self: Arc<Self>, spec: TaskSpec, replies: ReplySender) -> TaskReply {
+        let progress = TaskProgress::for_call(spec.task_id.clone(), replies);
+        let result = match progress.scope(self.run(&spec)).await {
             Ok(bytes) => self.store_result(&spec, bytes).await,
             Err(failure) => task_reply::Result::Failure(failure),
         };
@@ -357,14 +360,14 @@ impl Worker for WorkerService {
                         let executor = executor.clone();
                         let sender = sender.clone();
                         tokio::spawn(async move {
-                            let reply = executor.execute(spec).await;
+                            let reply = executor.execute(spec, sender.clone()).await;
                             drop(permit);
                             let _ = sender.send(Ok(reply));
                         });
                     }
                     // Tasks, and actors with max_concurrency 1: one at a time, in order.
                     None => {
-                        let reply = executor.clone().execute(spec).await;
+                        let reply = executor.clone().execute(spec, sender.clone()).await;
                         if sender.send(Ok(reply)).is_err() {
                             return;
                         }

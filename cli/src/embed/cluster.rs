@@ -35,6 +35,9 @@ pub struct EmbedSpec {
     pub batch_size: Option<usize>,
     /// `auto`, `fast-cpu` or `candle`.
     pub backend: String,
+    /// Testing: milliseconds to sleep after each model batch.
+    #[serde(default)]
+    pub slow_batches_ms: u64,
 }
 
 /// One actor's model: embeds a block's texts into `id, embedding` rows.
@@ -80,8 +83,25 @@ impl BatchUdf for EmbedBatches {
             .column_by_name(&self.spec.id_column)
             .ok_or_else(|| format!("the block has no column {:?}", self.spec.id_column))?
             .clone();
-        let embeddings = self.embedder.embed(&texts).map_err(|e| format!("{e:#}"))?;
+        // Rows done batch by batch, so the driver's progress moves inside
+        // a block of thousands of rows.
+        let progress = photon_data::BlockProgress::current();
+        let slow = std::time::Duration::from_millis(self.spec.slow_batches_ms);
+        let rows_done = |rows: usize| {
+            if !slow.is_zero() {
+                std::thread::sleep(slow);
+            }
+            progress.rows_done(rows as u64);
+        };
+        let embeddings = self
+            .embedder
+            .embed_reporting(&texts, &rows_done)
+            .map_err(|e| format!("{e:#}"))?;
         embedding_batch(ids, embeddings.values, self.embedder.dim())
+    }
+
+    fn describe(&self) -> Option<String> {
+        Some(self.embedder.engine_info().to_string())
     }
 
     fn input_columns(spec: &EmbedSpec) -> Vec<(String, Vec<DataType>)> {

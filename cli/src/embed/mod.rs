@@ -3,19 +3,20 @@
 //! and output URLs, validating inputs before any expensive work, and
 //! publishing output all-or-nothing.
 
-use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
 
 use anyhow::{Context, Result};
 use clap::{Args, ValueEnum};
-use indicatif::{ProgressBar, ProgressStyle};
-use photon_inference::{Backend, EmbedStats, EmbedderOptions, SentenceEmbedder, model_cache};
+use photon_data::{ProgressMode, RowsProgress};
+use photon_inference::{Backend, EmbedderOptions, EngineInfo, SentenceEmbedder, model_cache};
 use serde::Serialize;
 
 mod cluster;
 pub mod corpus;
 pub mod input;
 pub mod output;
+mod run_dir;
 
 /// Rows embedded between progress updates. The first chunk (in process) and
 /// the first block (on a cluster) are small so the first vectors, and the
@@ -78,6 +79,10 @@ pub struct EmbedArgs {
     /// Print the summary as one JSON object on stdout.
     #[arg(long)]
     json: bool,
+    /// Testing: each actor sleeps this long after every model batch, so that
+    /// blocks take long enough to watch progress inside them.
+    #[arg(long, hide = true, default_value_t = 0)]
+    slow_batches_ms: u64,
 }
 
 /// `--backend` values.
@@ -91,25 +96,95 @@ enum BackendArg {
     Candle,
 }
 
-/// What a run did, printed at the end.
+/// What a run did: one block at the end, or one JSON object with `--json`.
+/// The in-process and cluster paths fill the same fields.
 #[derive(Debug, Serialize)]
 struct Summary {
-    rows: usize,
+    rows: u64,
     dim: usize,
     wall_seconds: f64,
     rows_per_s: f64,
-    embed_rows_per_s: f64,
-    model_load_seconds: f64,
-    first_batch_seconds: f64,
-    peak_memory_bytes: u64,
-    padded_share: f64,
-    truncated_rows: usize,
-    backend: &'static str,
+    /// From the command's start to the first vectors out.
+    first_output_seconds: Option<f64>,
+    engine: String,
+    device: String,
+    precision: String,
+    /// Threads computing per actor (or in this process).
     threads: usize,
-    model: String,
+    /// `MIN..MAX` actors, or `in-process`.
+    actors: String,
+    /// Peak summed resident memory of this process and its children (the
+    /// embedded cluster's workers).
+    peak_memory_bytes: u64,
+    /// Blocks rebuilt after a worker, actor or node was lost.
+    reconstructions: u64,
     output: String,
-    files: usize,
+    manifest: String,
+    parts: usize,
     output_bytes: u64,
+    model: String,
+    /// This run's log directory (`photon.log`, workers' logs under `logs/`).
+    logs: String,
+}
+
+impl Summary {
+    fn print(&self, json: bool) -> Result<()> {
+        if json {
+            println!("{}", serde_json::to_string(self)?);
+            return Ok(());
+        }
+        let first = self
+            .first_output_seconds
+            .map(|s| format!(", first vectors after {s:.2} s"))
+            .unwrap_or_default();
+        println!(
+            "embedded {} rows (dim {}) in {:.1} s: {:.1} rows/s end to end{first}",
+            self.rows, self.dim, self.wall_seconds, self.rows_per_s
+        );
+        println!(
+            "  engine    {} on {}, {}, {} thread(s); actors {}",
+            self.engine, self.device, self.precision, self.threads, self.actors
+        );
+        println!(
+            "  memory    peak {:.0} MiB (this process and its workers, summed RSS)",
+            self.peak_memory_bytes as f64 / (1 << 20) as f64
+        );
+        println!("  recovery  {} block(s) rebuilt", self.reconstructions);
+        println!(
+            "  output    {} ({} part(s), {:.1} MiB); manifest {}",
+            self.output,
+            self.parts,
+            self.output_bytes as f64 / (1 << 20) as f64,
+            self.manifest
+        );
+        println!("  model     {}", self.model);
+        println!("  logs      {}", self.logs);
+        Ok(())
+    }
+}
+
+/// What several actors reported running on, as one: each field's distinct
+/// values joined (a pool across CPU and GPU nodes shows both).
+fn merged_engine(descriptions: &[String]) -> Result<EngineInfo> {
+    let infos = descriptions
+        .iter()
+        .map(|d| d.parse::<EngineInfo>().map_err(anyhow::Error::msg))
+        .collect::<Result<Vec<_>>>()?;
+    let join = |field: fn(&EngineInfo) -> String| {
+        let mut values: Vec<String> = Vec::new();
+        for value in infos.iter().map(field) {
+            if !values.contains(&value) {
+                values.push(value);
+            }
+        }
+        values.join("+")
+    };
+    Ok(EngineInfo {
+        engine: join(|i| i.engine.clone()),
+        device: join(|i| i.device.clone()),
+        precision: join(|i| i.precision.clone()),
+        threads: infos.iter().map(|i| i.threads).max().unwrap_or(0),
+    })
 }
 
 /// `MIN..MAX` or `N`.
@@ -133,11 +208,19 @@ fn parse_actors(text: &str) -> Result<(usize, usize), String> {
 
 /// Runs `photon embed`: on a cluster, or in this process with `--in-process`.
 pub fn run(args: EmbedArgs) -> Result<()> {
-    if args.in_process {
-        run_in_process(args)
+    let logs = run_dir::create()?;
+    crate::logging::log_to(&logs.join(run_dir::LOG_FILE))?;
+    say(&format!(
+        "photon embed: logs in {} ({}, workers' under logs/)",
+        logs.display(),
+        run_dir::LOG_FILE
+    ));
+    let summary = if args.in_process {
+        run_in_process(&args, &logs)
     } else {
-        run_on_cluster(args)
-    }
+        run_on_cluster(&args, &logs)
+    }?;
+    summary.print(args.json)
 }
 
 /// The model, from `--model` or the cache (fetched if missing).
@@ -158,11 +241,14 @@ fn backend_name(backend: BackendArg) -> &'static str {
 
 /// The pipeline on a cluster: validate, read blocks, embed on the actor
 /// pool, write parts exactly once.
-fn run_on_cluster(args: EmbedArgs) -> Result<()> {
+fn run_on_cluster(args: &EmbedArgs, logs: &Path) -> Result<Summary> {
     let started = Instant::now();
     let peak = cluster::TreeMemory::sample();
     let ctx = photon::init(photon::Config {
         address: args.address.clone(),
+        // The embedded cluster's session (its workers' logs) is this run's
+        // log directory, kept after the run.
+        session_dir: args.address.is_none().then(|| logs.to_path_buf()),
         ..photon::Config::default()
     })?;
     // Everything that can be wrong with the output, the input or the model
@@ -180,8 +266,10 @@ fn run_on_cluster(args: EmbedArgs) -> Result<()> {
     }
     let mut dataset = photon_data::read_parquet(&ctx, args.input.clone()).select_columns(&columns);
     dataset.schema().map_err(|e| anyhow::anyhow!("{e}"))?;
-    let model = model_dir(&args)?;
-    photon_inference::model_dir::ModelDir::open(&model)?;
+    let model = model_dir(args)?;
+    let dim = photon_inference::model_dir::ModelDir::open(&model)?
+        .config
+        .hidden_size;
     let spec = cluster::EmbedSpec {
         model: std::path::absolute(&model)?,
         column: args.column.clone(),
@@ -189,6 +277,7 @@ fn run_on_cluster(args: EmbedArgs) -> Result<()> {
         threads: args.threads,
         batch_size: args.batch_size,
         backend: backend_name(args.backend).to_string(),
+        slow_batches_ms: args.slow_batches_ms,
     };
     if args.id_column.is_none() {
         dataset = dataset.with_row_numbers(cluster::ROW_NUMBER);
@@ -223,46 +312,49 @@ fn run_on_cluster(args: EmbedArgs) -> Result<()> {
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     let wall = started.elapsed().as_secs_f64();
     let stats = dataset.stats().unwrap_or_default();
-    let summary = serde_json::json!({
-        "rows": written.rows,
-        "wall_seconds": wall,
-        "rows_per_s": written.rows as f64 / wall,
-        "peak_memory_bytes": peak.stop(),
-        "parts": written.parts.len(),
-        "output_bytes": written.bytes,
-        "output": written.url,
-        "reconstructions": stats.reconstructions,
+    tracing::info!("pipeline stats:\n{stats}");
+    let engine = merged_engine(
+        stats
+            .stages
+            .last()
+            .map(|stage| stage.ran_on.as_slice())
+            .unwrap_or_default(),
+    )?;
+    drop(dataset);
+    drop(ctx);
+    Ok(Summary {
+        rows: written.rows,
+        dim,
+        wall_seconds: wall,
+        rows_per_s: written.rows as f64 / wall,
         // From the command's start (the run's stats count from the pipeline's).
-        "first_block_seconds": stats.first_block.zip(stats.started).map(|(first, run)| {
-            (run.duration_since(started) + first).as_secs_f64()
-        }),
-        "model": model.display().to_string(),
-    });
-    if args.json {
-        println!("{summary}");
-    } else {
-        println!(
-            "embedded {} rows in {wall:.1} s: {:.1} rows/s end to end on {min}..{max} actor(s)",
-            written.rows,
-            written.rows as f64 / wall
-        );
-        println!("{stats}");
-        println!(
-            "  peak memory {:.0} MiB (this process and its workers, summed RSS)",
-            summary["peak_memory_bytes"].as_u64().unwrap_or(0) as f64 / (1 << 20) as f64
-        );
-        println!(
-            "  output: {} ({} part(s), {:.1} MiB, _SUCCESS written)",
-            written.url,
-            written.parts.len(),
-            written.bytes as f64 / (1 << 20) as f64
-        );
-    }
-    Ok(())
+        first_output_seconds: stats
+            .first_block
+            .zip(stats.started)
+            .map(|(first, run)| (run.duration_since(started) + first).as_secs_f64()),
+        engine: engine.engine,
+        device: engine.device,
+        precision: engine.precision,
+        threads: engine.threads,
+        actors: format!("{min}..{max}"),
+        peak_memory_bytes: peak.stop(),
+        reconstructions: stats.reconstructions,
+        manifest: manifest_of(&written.url),
+        output: written.url,
+        parts: written.parts.len(),
+        output_bytes: written.bytes,
+        model: model.display().to_string(),
+        logs: logs.display().to_string(),
+    })
+}
+
+/// Where the `_SUCCESS` manifest of an output is.
+fn manifest_of(output: &str) -> String {
+    format!("{}/{}", output.trim_end_matches('/'), photon_data::MANIFEST)
 }
 
 /// The reference path: everything in this process.
-fn run_in_process(args: EmbedArgs) -> Result<()> {
+fn run_in_process(args: &EmbedArgs, logs: &Path) -> Result<Summary> {
     let started = Instant::now();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -277,13 +369,14 @@ fn run_in_process(args: EmbedArgs) -> Result<()> {
         args.id_column.as_deref(),
     ))?;
     let rows = input.texts.len();
-    say(&format!(
-        "read {rows} texts from {} file(s) in {:.2} s",
-        input.files.len(),
-        started.elapsed().as_secs_f64()
-    ));
+    tracing::info!(
+        rows,
+        files = input.files.len(),
+        seconds = started.elapsed().as_secs_f64(),
+        "read the input"
+    );
 
-    let model_dir = model_dir(&args)?;
+    let model_dir = model_dir(args)?;
     let loading = Instant::now();
     let options = EmbedderOptions {
         backend: match args.backend {
@@ -296,19 +389,15 @@ fn run_in_process(args: EmbedArgs) -> Result<()> {
         ..EmbedderOptions::default()
     };
     let embedder = SentenceEmbedder::load(&model_dir, options)?;
-    let model_load = loading.elapsed();
-    say(&format!(
-        "model {} loaded in {:.2} s ({}, {} thread(s), dim {})",
-        model_dir.display(),
-        model_load.as_secs_f64(),
-        embedder.backend_name(),
-        embedder.threads(),
-        embedder.dim()
-    ));
+    let engine = embedder.engine_info();
+    tracing::info!(
+        model = %model_dir.display(),
+        seconds = loading.elapsed().as_secs_f64(),
+        %engine,
+        "model loaded"
+    );
 
-    let embedding = Instant::now();
-    let (values, stats, first_batch) = embed_with_progress(&embedder, &input.texts)?;
-    let embed_time = embedding.elapsed();
+    let (values, first_chunk) = embed_with_progress(&embedder, &input.texts)?;
 
     let manifest = serde_json::json!({
         "model": model_dir.display().to_string(),
@@ -329,48 +418,41 @@ fn run_in_process(args: EmbedArgs) -> Result<()> {
         manifest,
     ))?;
 
-    let wall = started.elapsed();
-    let summary = Summary {
-        rows,
+    let wall = started.elapsed().as_secs_f64();
+    Ok(Summary {
+        rows: rows as u64,
         dim: embedder.dim(),
-        wall_seconds: wall.as_secs_f64(),
-        rows_per_s: rows as f64 / wall.as_secs_f64(),
-        embed_rows_per_s: rows as f64 / embed_time.as_secs_f64(),
-        model_load_seconds: model_load.as_secs_f64(),
-        first_batch_seconds: first_batch.as_secs_f64(),
+        wall_seconds: wall,
+        rows_per_s: rows as f64 / wall,
+        first_output_seconds: first_chunk.map(|at| at.duration_since(started).as_secs_f64()),
+        engine: engine.engine,
+        device: engine.device,
+        precision: engine.precision,
+        threads: engine.threads,
+        actors: "in-process".into(),
         peak_memory_bytes: photon_raylet::procfs::peak_resident_bytes(std::process::id())
             .unwrap_or(0),
-        padded_share: stats.padded_share(),
-        truncated_rows: stats.truncated,
-        backend: embedder.backend_name(),
-        threads: embedder.threads(),
-        model: model_dir.display().to_string(),
+        reconstructions: 0,
+        manifest: manifest_of(&args.output),
         output: args.output.clone(),
-        files: written.files.len(),
+        parts: written.files.len(),
         output_bytes: written.bytes,
-    };
-    print_summary(&summary, args.json)
+        model: model_dir.display().to_string(),
+        logs: logs.display().to_string(),
+    })
 }
 
-/// Embeds in chunks so the progress bar moves; each chunk is sorted by
-/// length inside the embedder. Returns the vectors, the figures, and the
-/// time until the first chunk was done.
+/// Embeds in chunks so progress moves (each chunk is sorted by length
+/// inside the embedder). Returns the vectors and when the first chunk was
+/// done.
 fn embed_with_progress(
     embedder: &SentenceEmbedder,
     texts: &[String],
-) -> Result<(Vec<f32>, EmbedStats, Duration)> {
-    let started = Instant::now();
-    let bar = ProgressBar::new(texts.len() as u64);
-    bar.set_style(
-        ProgressStyle::with_template(
-            "{spinner} embedding [{bar:40}] {pos}/{len} rows  {per_sec}  eta {eta}",
-        )
-        .expect("valid template")
-        .progress_chars("=> "),
-    );
+) -> Result<(Vec<f32>, Option<Instant>)> {
+    let mut progress = RowsProgress::new("photon embed", texts.len() as u64, ProgressMode::Auto);
+    let detail = format!("in process, {}", embedder.engine_info());
     let mut values = Vec::with_capacity(texts.len() * embedder.dim());
-    let mut stats = EmbedStats::default();
-    let mut first_batch = None;
+    let mut first_chunk = None;
     let mut start = 0;
     while start < texts.len() {
         let size = if start == 0 {
@@ -383,41 +465,12 @@ fn embed_with_progress(
             .embed(&texts[start..end])
             .with_context(|| format!("embedding rows {start}..{end}"))?;
         values.extend_from_slice(&chunk.values);
-        stats.add(&chunk.stats);
-        first_batch.get_or_insert_with(|| started.elapsed());
-        bar.inc((end - start) as u64);
+        first_chunk.get_or_insert_with(Instant::now);
+        progress.set(end as u64, &detail);
         start = end;
     }
-    bar.finish_and_clear();
-    Ok((values, stats, first_batch.unwrap_or_default()))
-}
-
-fn print_summary(s: &Summary, json: bool) -> Result<()> {
-    if json {
-        println!("{}", serde_json::to_string(s)?);
-        return Ok(());
-    }
-    println!(
-        "embedded {} rows (dim {}) in {:.1} s: {:.1} rows/s end to end, {:.1} rows/s embedding",
-        s.rows, s.dim, s.wall_seconds, s.rows_per_s, s.embed_rows_per_s
-    );
-    println!(
-        "  model load {:.2} s, first batch after {:.2} s more; {} on {} thread(s)",
-        s.model_load_seconds, s.first_batch_seconds, s.backend, s.threads
-    );
-    println!(
-        "  peak memory {:.0} MiB; padded tokens {:.1}%; {} text(s) truncated at the model's limit",
-        s.peak_memory_bytes as f64 / (1 << 20) as f64,
-        s.padded_share * 100.0,
-        s.truncated_rows
-    );
-    println!(
-        "  output: {} ({} file(s), {:.1} MiB, _SUCCESS written)",
-        s.output,
-        s.files,
-        s.output_bytes as f64 / (1 << 20) as f64
-    );
-    Ok(())
+    progress.finish(&detail);
+    Ok((values, first_chunk))
 }
 
 /// One line of progress on stderr (stdout carries the summary).

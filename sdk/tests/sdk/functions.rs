@@ -77,6 +77,21 @@ pub fn sleep_ms(ms: u64) -> u64 {
     ms
 }
 
+/// Counts to `steps`, `ms` per step, reporting each step as progress.
+#[photon::remote]
+pub fn count_slowly(steps: u64, ms: u64) -> u64 {
+    count_reporting(steps, ms)
+}
+
+fn count_reporting(steps: u64, ms: u64) -> u64 {
+    let progress = photon::TaskProgress::current();
+    for step in 1..=steps {
+        std::thread::sleep(Duration::from_millis(ms));
+        progress.set(step, steps);
+    }
+    steps
+}
+
 #[photon::remote]
 pub fn node_of_worker() -> String {
     std::env::var("PHOTON_NODE_ID").unwrap_or_default()
@@ -128,6 +143,11 @@ impl Sleeper {
     pub async fn nap(&self, ms: u64) -> u64 {
         tokio::time::sleep(Duration::from_millis(ms)).await;
         ms
+    }
+
+    /// [`count_slowly`] as an actor method.
+    pub fn count_slowly(&self, steps: u64, ms: u64) -> u64 {
+        count_reporting(steps, ms)
     }
 }
 

@@ -369,12 +369,70 @@ pub fn wait_until(limit: Duration, mut condition: impl FnMut() -> bool) -> bool 
     condition()
 }
 
+/// Polls the progress of `object` until its value is in: the distinct
+/// figures seen while it ran.
+fn watch_progress(ctx: &Context, object: &ObjectRef<u64>) -> Vec<photon::CallProgress> {
+    let mut seen: Vec<photon::CallProgress> = Vec::new();
+    while ctx
+        .wait(
+            std::slice::from_ref(object),
+            1,
+            Some(Duration::from_millis(20)),
+        )
+        .0
+        .is_empty()
+    {
+        if let Some(progress) = ctx.progress(object)
+            && seen.last() != Some(&progress)
+        {
+            seen.push(progress);
+        }
+    }
+    seen
+}
+
+fn running_calls_report_progress() -> Result<(), Failed> {
+    let ctx = embedded();
+    let task = count_slowly::remote(&ctx, 10u64, 150u64);
+    let seen = watch_progress(&ctx, &task);
+    check(ctx.get(&task)? == 10, "the task's value")?;
+    check(
+        seen.len() >= 3
+            && seen
+                .iter()
+                .all(|p| p.total == 10 && (1..=10).contains(&p.done)),
+        format!("a task's progress while it ran: {seen:?}"),
+    )?;
+    check(
+        seen.windows(2).all(|w| w[0].done < w[1].done),
+        format!("progress only grows: {seen:?}"),
+    )?;
+    check(
+        ctx.progress(&task).is_none(),
+        "no progress once the value is in",
+    )?;
+
+    let actor = SleeperHandle::new(&ctx)?;
+    let call = actor.count_slowly(8u64, 150u64);
+    let seen = watch_progress(&ctx, &call);
+    check(ctx.get(&call)? == 8, "the call's value")?;
+    check(
+        seen.len() >= 3 && seen.iter().all(|p| p.total == 8),
+        format!("an actor call's progress while it ran: {seen:?}"),
+    )?;
+    Ok(())
+}
+
 fn main() {
     photon::worker_entry();
     photon::testing::raylet_entry();
     let args = Arguments::from_args();
     let tests = vec![
         Trial::test("embedded::tasks_fan_out_and_in", tasks_fan_out_and_in),
+        Trial::test(
+            "embedded::running_calls_report_progress",
+            running_calls_report_progress,
+        ),
         Trial::test(
             "embedded::objects_inline_and_stored",
             objects_inline_and_stored,
