@@ -446,6 +446,7 @@ fn progress_counts_rows_inside_blocks_at_the_pace_of_the_run() {
         .unwrap();
     let stderr = text(&run.stderr);
     assert!(run.status.success(), "{stderr}");
+    eprintln!("{stderr}{}", text(&run.stdout));
     let summary: serde_json::Value = serde_json::from_slice(&run.stdout).unwrap();
     for field in SUMMARY_FIELDS {
         assert!(!summary[field].is_null(), "no {field} in {summary}");
@@ -512,6 +513,7 @@ fn an_embedded_cluster_keeps_info_logs_in_the_session_log_not_the_terminal() {
         .unwrap();
     let (stdout, stderr) = (text(&run.stdout), text(&run.stderr));
     assert!(run.status.success(), "{stderr}");
+    eprintln!("{stderr}{stdout}");
     assert!(
         !stderr.contains(" INFO ") && !stdout.contains(" INFO "),
         "INFO lines on the terminal:\n{stderr}"
