@@ -352,6 +352,27 @@ fn a_worker_killed_mid_job_loses_no_row_and_repeats_none() {
     assert_eq!(staged_parts(&out), 0, "no staged part left behind");
 }
 
+/// A temp dir with a tiny model (`seed`), a sample corpus of `rows` rows,
+/// and the output path: (dir, model, corpus, out).
+fn tiny_model_and_corpus(seed: u64, rows: usize) -> (tempfile::TempDir, PathBuf, PathBuf, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let (model, corpus, out) = (
+        dir.path().join("model"),
+        dir.path().join("corpus.parquet"),
+        dir.path().join("out"),
+    );
+    write_tiny_bert(&model, seed).unwrap();
+    let made = photon(&[
+        "sample-corpus",
+        "--rows",
+        &rows.to_string(),
+        "--output",
+        corpus.to_str().unwrap(),
+    ]);
+    assert!(made.status.success(), "{}", text(&made.stderr));
+    (dir, model, corpus, out)
+}
+
 /// The summary fields both paths print with `--json`.
 const SUMMARY_FIELDS: [&str; 18] = [
     "rows",
@@ -421,21 +442,7 @@ fn progress_lines(stderr: &str) -> Vec<ProgressLine> {
 
 #[test]
 fn progress_counts_rows_inside_blocks_at_the_pace_of_the_run() {
-    let dir = tempfile::tempdir().unwrap();
-    let (model, corpus, out) = (
-        dir.path().join("model"),
-        dir.path().join("corpus.parquet"),
-        dir.path().join("out"),
-    );
-    write_tiny_bert(&model, 3).unwrap();
-    let made = photon(&[
-        "sample-corpus",
-        "--rows",
-        "2000",
-        "--output",
-        corpus.to_str().unwrap(),
-    ]);
-    assert!(made.status.success(), "{}", text(&made.stderr));
+    let (dir, model, corpus, out) = tiny_model_and_corpus(3, 2000);
     // Batches of 8 rows that each take 40 ms more: blocks of a few seconds.
     let run = embed_command(&corpus, &out, &model)
         .args(["--id-column", "id", "--threads", "1", "--batch-size", "8"])
@@ -488,21 +495,7 @@ fn progress_counts_rows_inside_blocks_at_the_pace_of_the_run() {
 
 #[test]
 fn an_embedded_cluster_keeps_info_logs_in_the_session_log_not_the_terminal() {
-    let dir = tempfile::tempdir().unwrap();
-    let (model, corpus, out) = (
-        dir.path().join("model"),
-        dir.path().join("corpus.parquet"),
-        dir.path().join("out"),
-    );
-    write_tiny_bert(&model, 4).unwrap();
-    let made = photon(&[
-        "sample-corpus",
-        "--rows",
-        "200",
-        "--output",
-        corpus.to_str().unwrap(),
-    ]);
-    assert!(made.status.success(), "{}", text(&made.stderr));
+    let (dir, model, corpus, out) = tiny_model_and_corpus(4, 200);
     let home = dir.path().join("home");
     let run = embed_command(&corpus, &out, &model)
         .args(["--id-column", "id"])
