@@ -73,13 +73,11 @@ impl RowsProgress {
     ) -> Self {
         let mode = mode.resolved();
         let bar = (mode == ProgressMode::Auto).then(|| {
+            // A bar draws on stderr unless a group of bars draws it.
             let bar = ProgressBar::new(total);
             let bar = match bars {
                 Some(bars) => bars.add(bar),
-                None => {
-                    bar.set_draw_target(ProgressDrawTarget::stderr());
-                    bar
-                }
+                None => bar,
             };
             bar.set_style(
                 ProgressStyle::with_template("{prefix:>28} [{bar:30}] {pos}/{len} rows {msg}")
