@@ -545,3 +545,121 @@ fn an_embedded_cluster_keeps_info_logs_in_the_session_log_not_the_terminal() {
         text(&verbose.stderr)
     );
 }
+
+/// The ids of the output its `_SUCCESS` manifest names (every listed part
+/// must exist), sorted.
+fn manifest_ids(out: &Path) -> Vec<i64> {
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("_SUCCESS")).unwrap()).unwrap();
+    let mut ids = Vec::new();
+    for part in manifest["parts"].as_array().unwrap() {
+        let path = out.join(part["name"].as_str().unwrap());
+        let reader = ParquetRecordBatchReaderBuilder::try_new(File::open(&path).unwrap())
+            .unwrap()
+            .build()
+            .unwrap();
+        for batch in reader {
+            let batch = batch.unwrap();
+            ids.extend(batch.column(0).as_primitive::<Int64Type>().values().iter());
+        }
+    }
+    ids.sort_unstable();
+    ids
+}
+
+#[test]
+fn an_overwrite_killed_at_any_moment_leaves_one_complete_output() {
+    const ROWS: i64 = 1_000;
+    let (dir, model, corpus, out) = tiny_model_and_corpus(5, ROWS as usize);
+    let home = dir.path().join("home");
+    let run = || {
+        let mut command = embed_command(&corpus, &out, &model);
+        command
+            .args(["--id-column", "id", "--overwrite", "--threads", "1"])
+            .env("PHOTON_HOME", &home)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped());
+        command
+    };
+    let started = std::time::Instant::now();
+    let first = run().output().unwrap();
+    assert!(first.status.success(), "{}", text(&first.stderr));
+    let whole_run = started.elapsed();
+    assert_eq!(manifest_ids(&out), (0..ROWS).collect::<Vec<_>>());
+
+    // SIGKILL runs at moments spread over a whole run's length, the commit
+    // included; after each, the manifest names one complete output.
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos() as u64;
+    for attempt in 0..10u64 {
+        let spread = (seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(attempt * 1442695040888963407)
+            >> 33)
+            % 1000;
+        let delay = whole_run.mul_f64((attempt as f64 + spread as f64 / 1000.0) / 10.0);
+        let mut child = run().spawn().unwrap();
+        std::thread::sleep(delay);
+        let _ = child.kill();
+        let _ = child.wait();
+        assert_eq!(
+            manifest_ids(&out),
+            (0..ROWS).collect::<Vec<_>>(),
+            "killed after {delay:?} (seed {seed})"
+        );
+    }
+    // The next run takes over from the dead writer and finishes; what the
+    // killed runs left is gone.
+    let last = run().output().unwrap();
+    assert!(last.status.success(), "{}", text(&last.stderr));
+    assert_eq!(manifest_ids(&out), (0..ROWS).collect::<Vec<_>>());
+    let (ids, _) = read_output(&out);
+    assert_eq!(ids.len() as i64, ROWS, "no part beside the manifest's");
+    assert_eq!(staged_parts(&out), 0);
+}
+
+#[test]
+fn a_second_writer_to_one_destination_is_refused_naming_the_first() {
+    let (dir, model, corpus, out) = tiny_model_and_corpus(6, 400);
+    let home = dir.path().join("home");
+    let first = embed_command(&corpus, &out, &model)
+        .args([
+            "--id-column",
+            "id",
+            "--batch-size",
+            "8",
+            "--slow-batches-ms",
+            "20",
+        ])
+        .env("PHOTON_HOME", &home)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let lock = out.join(photon_data::WRITER_LOCK);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !lock.exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the first writer took no lock"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let second = embed_command(&corpus, &out, &model)
+        .args(["--id-column", "id", "--overwrite"])
+        .env("PHOTON_HOME", &home)
+        .output()
+        .unwrap();
+    let stderr = text(&second.stderr);
+    assert!(!second.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("is being written by") && stderr.contains(&format!("pid {}", first.id())),
+        "{stderr}"
+    );
+    let first = first.wait_with_output().unwrap();
+    assert!(first.status.success(), "{}", text(&first.stderr));
+    assert_eq!(manifest_ids(&out), (0..400).collect::<Vec<_>>());
+    assert!(!lock.exists(), "the lock goes with its writer");
+}

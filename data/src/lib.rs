@@ -47,6 +47,7 @@ mod stats;
 mod steps;
 mod streaming;
 mod udf;
+mod writer_lock;
 
 pub use block_progress::BlockProgress;
 pub use dataset::{
@@ -55,9 +56,10 @@ pub use dataset::{
 pub use error::{Error, Result};
 pub use filter::{Column, Comparison, Predicate, Value, col};
 pub use progress::{INTERVAL_ENV as PROGRESS_INTERVAL_ENV, ProgressMode, RowsProgress};
-pub use sink::{MANIFEST, Part, WriteSummary};
+pub use sink::{MANIFEST, Part, WriteSummary, files_to_replace};
 pub use stats::{StageStats, Stats};
 pub use udf::BatchUdf;
+pub use writer_lock::LOCK as WRITER_LOCK;
 
 /// What [`register_udf!`] expands to. Not a stable API.
 #[doc(hidden)]

@@ -167,6 +167,9 @@ impl PartWriter {
 
     fn close_and_rename(&self, writer: ArrowWriter<File>, temporary: &Path) -> Result<u64, String> {
         let file = writer.into_inner().map_err(|e| self.encode_error(e))?;
+        // On the disk before it can be published (the commit syncs the
+        // directory its name moves into).
+        file.sync_all().map_err(|e| io("sync", temporary, e))?;
         let bytes = file
             .metadata()
             .map_err(|e| io("inspect", temporary, e))?

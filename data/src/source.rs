@@ -546,6 +546,15 @@ pub async fn list_files(url: &str) -> Result<Vec<ListedFile>> {
             (location.store.clone(), meta, display)
         })
         .collect();
+    // An output of ours is the parts its manifest names: a part a dead
+    // write left beside them is not part of it.
+    if !glob && let Some(listed) = crate::sink::manifest_parts(&location).await? {
+        files.retain(|(_, meta, _)| {
+            meta.location
+                .filename()
+                .is_some_and(|name| listed.iter().any(|l| l == name))
+        });
+    }
     if files.is_empty() {
         return Err(Error::Invalid(if glob {
             format!("input {url} matched no files")

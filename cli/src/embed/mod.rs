@@ -254,8 +254,21 @@ fn run_on_cluster(args: &EmbedArgs, logs: &Path) -> Result<Summary> {
     // Everything that can be wrong with the output, the input or the model
     // is found before any actor starts (the pipeline checks the input's
     // types again, as it does for every job).
-    ctx.runtime()
-        .block_on(output::check_output(&args.output, args.overwrite))?;
+    let existing = ctx
+        .runtime()
+        .block_on(photon_data::files_to_replace(&args.output))
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    if !existing.is_empty() && !args.overwrite {
+        let mut names: Vec<&str> = existing.iter().take(3).map(String::as_str).collect();
+        if existing.len() > 3 {
+            names.push("…");
+        }
+        anyhow::bail!(
+            "output {} already has files ({}); pass --overwrite to replace them",
+            args.output,
+            names.join(", ")
+        );
+    }
     let id_column = args
         .id_column
         .clone()

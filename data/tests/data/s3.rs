@@ -141,5 +141,48 @@ pub fn read_and_write_against_a_local_server() -> Result<(), Failed> {
         Err(Error::Invalid(message)) => check(message.contains("not empty"), message)?,
         other => return Err(format!("expected a refusal, got {other:?}").into()),
     }
+    // The refused write gave the destination up; an overwrite leaves only
+    // its own manifest and parts.
+    let out = photon_data::location::resolve("s3://photon/out")?;
+    let names = || -> Result<Vec<String>, Failed> {
+        let listed: Vec<object_store::ObjectMeta> = runtime.block_on(
+            futures::TryStreamExt::try_collect(out.store.list(Some(&out.path))),
+        )?;
+        let mut names: Vec<String> = listed
+            .iter()
+            .filter_map(|meta| meta.location.filename().map(str::to_string))
+            .collect();
+        names.sort();
+        Ok(names)
+    };
+    check(
+        !names()?.iter().any(|n| n == photon_data::WRITER_LOCK),
+        format!("a lock left behind: {:?}", names()?),
+    )?;
+    let summary = pipeline().write_parquet("s3://photon/out", true)?;
+    let mut expected: Vec<String> = summary.parts.iter().map(|p| p.name.clone()).collect();
+    expected.push(photon_data::MANIFEST.to_string());
+    expected.sort();
+    check(
+        names()? == expected,
+        format!("{:?} vs {expected:?}", names()?),
+    )?;
+    // A destination another live writer holds is refused, naming it.
+    let holder = serde_json::json!({
+        "host": std::fs::read_to_string("/proc/sys/kernel/hostname")?.trim(),
+        "pid": std::process::id(),
+        "pid_started": null,
+        "run": "elsewhere",
+        "since_unix_ms": 0,
+    });
+    let lock = out.path.child(photon_data::WRITER_LOCK);
+    runtime.block_on(out.store.put(&lock, serde_json::to_vec(&holder)?.into()))?;
+    match pipeline().write_parquet("s3://photon/out", true) {
+        Err(Error::Invalid(message)) => check(
+            message.contains("is being written by") && message.contains("run elsewhere"),
+            message,
+        )?,
+        other => return Err(format!("expected a refusal, got {other:?}").into()),
+    }
     Ok(())
 }
