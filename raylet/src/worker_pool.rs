@@ -59,10 +59,14 @@ pub struct WorkerPoolConfig {
     pub raylet_address: String,
     /// Where each worker's stdout and stderr go (`worker-<id>.out` / `.err`).
     pub log_dir: PathBuf,
-    /// A worker whose RSS exceeds this is killed.
+    /// A worker whose private memory (anonymous RSS) exceeds this is killed.
     pub worker_memory_limit: Option<u64>,
-    /// When the node's used memory exceeds this fraction, the largest worker is killed.
+    /// When the node's used memory exceeds this fraction, the worker with
+    /// the most private memory is killed.
     pub node_memory_threshold: f64,
+    /// Where the cgroup v2 hierarchy is: a container's `memory.max` caps the
+    /// node below the host's memory.
+    pub cgroup_root: PathBuf,
     /// How often the memory monitor looks.
     pub monitor_period: Duration,
     /// The cluster token, given to workers.
@@ -82,6 +86,7 @@ impl WorkerPoolConfig {
             log_dir: log_dir.into(),
             worker_memory_limit: None,
             node_memory_threshold: 0.95,
+            cgroup_root: PathBuf::from("/sys/fs/cgroup"),
             monitor_period: Duration::from_millis(250),
             token: String::new(),
         }
@@ -97,7 +102,7 @@ pub enum ExitReason {
     Signaled(i32),
     /// The memory monitor killed it.
     KilledForMemory {
-        /// Its resident memory when killed.
+        /// Its private resident memory (anonymous RSS) when killed.
         rss: u64,
         /// What was exceeded, in words.
         why: String,
@@ -114,7 +119,11 @@ impl fmt::Display for ExitReason {
                 write!(f, "killed by signal {signal} ({name})")
             }
             Self::KilledForMemory { rss, why } => {
-                write!(f, "killed for memory: resident {} MiB, {why}", rss >> 20)
+                write!(
+                    f,
+                    "killed for memory: private resident {} MiB, {why}",
+                    rss >> 20
+                )
             }
         }
     }
@@ -384,12 +393,14 @@ impl WorkerPool {
         Ok(worker)
     }
 
-    /// Kills workers over their limit, or the largest when the node is short.
+    /// Kills workers over their limit, or the one with the most private
+    /// memory when the node (or its cgroup) is short. Shared store pages a
+    /// worker maps do not count: killing it would not free them.
     fn check_memory(&self) {
         let workers: Vec<(WorkerId, u32, u64)> = self
             .live()
             .into_iter()
-            .filter_map(|w| Some((w.id, w.pid, procfs::resident_bytes(w.pid)?)))
+            .filter_map(|w| Some((w.id, w.pid, procfs::private_bytes(w.pid)?)))
             .collect();
         let mut victims: Vec<(WorkerId, u32, ExitReason)> = Vec::new();
         if let Some(limit) = self.config.worker_memory_limit {
@@ -401,13 +412,17 @@ impl WorkerPool {
             }
         }
         if victims.is_empty()
-            && let Some(used) = procfs::node_memory_used()
-            && used > self.config.node_memory_threshold
+            && let Some(memory) = procfs::node_memory(&self.config.cgroup_root)
+            && memory.fraction() > self.config.node_memory_threshold
             && let Some(&(id, pid, rss)) = workers.iter().max_by_key(|(_, _, rss)| *rss)
         {
             let why = format!(
-                "the node's memory was {:.0}% used (threshold {:.0}%) and this was the largest worker",
-                used * 100.0,
+                "the node's memory ({}) was {:.0}% used, {} of {} MiB (threshold {:.0}%), and \
+                 this was the largest worker by private memory",
+                memory.source,
+                memory.fraction() * 100.0,
+                memory.used >> 20,
+                memory.limit >> 20,
                 self.config.node_memory_threshold * 100.0
             );
             victims.push((id, pid, ExitReason::KilledForMemory { rss, why }));

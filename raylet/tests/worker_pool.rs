@@ -29,11 +29,20 @@ fn pool_checking_every(
     threshold: f64,
     period: Duration,
 ) -> std::sync::Arc<WorkerPool> {
+    WorkerPool::start(config(dir, limit, threshold, period))
+}
+
+fn config(
+    dir: &tempfile::TempDir,
+    limit: Option<u64>,
+    threshold: f64,
+    period: Duration,
+) -> WorkerPoolConfig {
     let mut config = WorkerPoolConfig::new(NodeId::random(), "127.0.0.1:7", dir.path());
     config.worker_memory_limit = limit;
     config.node_memory_threshold = threshold;
     config.monitor_period = period;
-    WorkerPool::start(config)
+    config
 }
 
 async fn next_exit(exits: &mut tokio::sync::broadcast::Receiver<WorkerExit>) -> WorkerExit {
@@ -146,7 +155,7 @@ async fn a_worker_over_its_memory_limit_is_killed_with_the_reason() {
     assert!(
         exit.reason
             .to_string()
-            .starts_with("killed for memory: resident"),
+            .starts_with("killed for memory: private resident"),
         "{}",
         exit.reason
     );
@@ -191,5 +200,93 @@ async fn when_the_node_is_short_the_largest_worker_goes_first() {
         "{why}"
     );
     assert_eq!(exit.worker_id, hog.id);
+    pool.shutdown().await;
+}
+
+/// A worker that maps `mib` MiB of a shared-memory file and touches every
+/// page, as a zero-copy reader of the object store does: resident, but not
+/// its own.
+fn python_shm_reader(mib: u32) -> WorkerSpec {
+    WorkerSpec {
+        program: "python3".into(),
+        args: vec![
+            "-c".into(),
+            format!(
+                "import mmap, os, time\n\
+                 path = '/dev/shm/photon-test-%d' % os.getpid()\n\
+                 fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o600)\n\
+                 os.ftruncate(fd, {mib} << 20)\n\
+                 os.unlink(path)\n\
+                 m = mmap.mmap(fd, {mib} << 20)\n\
+                 for i in range(0, {mib} << 20, 4096): m[i] = 1\n\
+                 print('allocated', flush=True)\n\
+                 time.sleep(60)"
+            ),
+        ],
+        env: BTreeMap::new(),
+    }
+}
+
+async fn wait_for_allocation(dir: &tempfile::TempDir, worker: photon_proto::WorkerId) {
+    let log = dir.path().join(format!("worker-{worker}.out"));
+    for _ in 0..500 {
+        if std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .contains("allocated")
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("worker {worker} did not allocate in time");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_cgroup_kills_the_worker_with_the_most_private_memory() {
+    let dir = tempfile::tempdir().unwrap();
+    // A cgroup v2 tree where this process's cgroup is capped and 97% used
+    // (the host itself has room: only the cgroup can trigger the monitor).
+    let cgroup_root = tempfile::tempdir().unwrap();
+    let own = std::fs::read_to_string("/proc/self/cgroup").unwrap();
+    let path = own
+        .lines()
+        .find_map(|line| line.strip_prefix("0::"))
+        .unwrap_or("/");
+    let cgroup = cgroup_root.path().join(path.trim_start_matches('/'));
+    std::fs::create_dir_all(&cgroup).unwrap();
+    std::fs::write(cgroup.join("memory.max"), format!("{}", 1000u64 << 20)).unwrap();
+    std::fs::write(cgroup.join("memory.current"), format!("{}", 970u64 << 20)).unwrap();
+    std::fs::write(cgroup.join("memory.stat"), "inactive_file 0\n").unwrap();
+    let mut config = config(&dir, None, 0.95, Duration::from_secs(3));
+    config.cgroup_root = cgroup_root.path().to_path_buf();
+    let pool = WorkerPool::start(config);
+    let mut exits = pool.subscribe();
+    // The reader's VmRSS (300 MiB of shared pages) is the largest; the hog's
+    // 150 MiB are its own.
+    let reader = pool.lease(&python_shm_reader(300)).unwrap();
+    let hog = pool.lease(&python_hog(150)).unwrap();
+    wait_for_allocation(&dir, reader.id).await;
+    wait_for_allocation(&dir, hog.id).await;
+    assert!(
+        photon_raylet::procfs::resident_bytes(reader.pid).unwrap()
+            > photon_raylet::procfs::resident_bytes(hog.pid).unwrap(),
+        "the reader maps more"
+    );
+    let exit = next_exit(&mut exits).await;
+    assert_eq!(
+        exit.worker_id, hog.id,
+        "the hog's memory is what a kill frees"
+    );
+    let ExitReason::KilledForMemory { rss, ref why } = exit.reason else {
+        panic!("{:?}", exit.reason)
+    };
+    assert!(rss >= 150 << 20 && rss < 250 << 20, "private {rss}");
+    assert!(
+        why.contains("cgroup")
+            && why.contains("97% used")
+            && why.contains("largest worker by private memory"),
+        "{why}"
+    );
+    assert!(pool.live().iter().any(|w| w.id == reader.id));
     pool.shutdown().await;
 }
