@@ -822,3 +822,82 @@ mod actors {
         );
     }
 }
+
+/// `photon embed` on `cluster` from `corpus` into `out`, as a command.
+fn embed_on(cluster: &Cluster, corpus: &Path, out: &Path, model: &Path) -> Command {
+    let mut command = cluster.command();
+    command
+        .args(["embed", "--address", &cluster.address, "--id-column", "id"])
+        .arg("--input")
+        .arg(corpus)
+        .arg("--output")
+        .arg(out)
+        .arg("--model")
+        .arg(model)
+        .env("PHOTON_TOKEN", &cluster.token);
+    command
+}
+
+#[test]
+fn a_killed_embed_driver_leaves_no_actor_behind_and_its_rerun_finishes() {
+    let mut cluster = Cluster::start();
+    cluster.add_raylet(&[]);
+    let dir = tempfile::tempdir().unwrap();
+    let (model, corpus, out) = (
+        dir.path().join("model"),
+        dir.path().join("corpus.parquet"),
+        dir.path().join("out"),
+    );
+    photon_inference::tiny_model::write_tiny_bert(&model, 8).unwrap();
+    let made = cluster
+        .command()
+        .args(["sample-corpus", "--rows", "1000", "--output"])
+        .arg(&corpus)
+        .output()
+        .unwrap();
+    assert!(made.status.success(), "{}", failure(&made));
+    let alive_actors = |cluster: &Cluster| -> usize {
+        cluster.status()["actors"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|a| a["state"] != "dead")
+            .count()
+    };
+    let mut driver = embed_on(&cluster, &corpus, &out, &model)
+        .args(["--batch-size", "8", "--slow-batches-ms", "50"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_until(Duration::from_secs(30), "the embed actor", || {
+        (alive_actors(&cluster) > 0).then_some(())
+    });
+    driver.kill().unwrap();
+    driver.wait().unwrap();
+    let killed = Instant::now();
+    // Within 5 s the driver's actor is dead and its CPU free again.
+    wait_until(
+        Duration::from_secs(5),
+        "the actor to end with its driver",
+        || {
+            let node = &cluster.alive_nodes()[0];
+            (alive_actors(&cluster) == 0 && node["available"]["CPU"] == node["total"]["CPU"])
+                .then_some(())
+        },
+    );
+    eprintln!("actor ended {:?} after its driver", killed.elapsed());
+    // The same command then runs to completion, without --overwrite: what
+    // the dead driver staged is not "files already there".
+    let rerun = embed_on(&cluster, &corpus, &out, &model).output().unwrap();
+    assert!(rerun.status.success(), "{}", failure(&rerun));
+    let manifest: Value =
+        serde_json::from_slice(&std::fs::read(out.join("_SUCCESS")).unwrap()).unwrap();
+    assert_eq!(manifest["rows"], 1000, "{manifest}");
+    let leftovers: Vec<String> = std::fs::read_dir(&out)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|name| name.starts_with("_temporary") || name == photon_data::WRITER_LOCK)
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}

@@ -18,6 +18,7 @@
 //! It does not schedule work or touch objects' bytes: raylets do.
 
 mod actors;
+mod drivers;
 mod error;
 mod http;
 mod job_service;
@@ -156,6 +157,7 @@ pub async fn run(
         data_dir: config.data_dir.clone(),
         address: driver_address(&address),
         metrics_address,
+        drivers: Default::default(),
     });
     state.jobs.restore(job_records.clone());
     state.actors.restore(actor_records);

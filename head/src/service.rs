@@ -20,8 +20,8 @@ use photon_proto::{
     ActorId, NodeId, ObjectId, PROTOCOL_VERSION, ResourceSet, check_protocol_version,
 };
 use tokio::sync::mpsc;
-use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::{Stream, StreamExt};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tonic::{Request, Response, Status, Streaming};
@@ -66,6 +66,8 @@ pub struct HeadState {
     pub(crate) address: String,
     /// Where the status page and metrics are served (empty: nowhere).
     pub(crate) metrics_address: String,
+    /// Drivers' open sessions, by job.
+    pub(crate) drivers: crate::drivers::DriverSessions,
 }
 
 impl HeadState {
@@ -228,6 +230,25 @@ impl Head for HeadService {
             }
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(receiver))))
+    }
+
+    type AttachDriverStream =
+        Pin<Box<dyn Stream<Item = Result<photon_proto::v1::DriverKeepalive, Status>> + Send>>;
+
+    async fn attach_driver(
+        &self,
+        request: Request<photon_proto::v1::AttachDriverRequest>,
+    ) -> Result<Response<Self::AttachDriverStream>, Status> {
+        let job = photon_proto::JobId::from_slice(&request.get_ref().job_id)?;
+        let session = crate::drivers::DriverSessions::open(&self.state, job);
+        let ticks = tokio::time::interval(Duration::from_secs(1));
+        // The stream owns the session: when the driver's connection goes,
+        // the stream is dropped, and the session with it.
+        let stream = tokio_stream::wrappers::IntervalStream::new(ticks).map(move |_| {
+            let _open = &session;
+            Ok(photon_proto::v1::DriverKeepalive {})
+        });
+        Ok(Response::new(Box::pin(stream)))
     }
 
     async fn get_cluster_status(

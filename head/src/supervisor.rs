@@ -319,6 +319,12 @@ impl HeadState {
         let Ok(job) = record.job_id.parse::<JobId>() else {
             return;
         };
+        self.end_job_everywhere(job, "its job ended").await;
+    }
+
+    /// Ends job `job`'s actors (`why` is recorded as their death) and its
+    /// workers on every live node.
+    pub(crate) async fn end_job_everywhere(&self, job: JobId, why: &str) {
         let actors: Vec<ActorId> = self
             .actors
             .all()
@@ -331,7 +337,7 @@ impl HeadState {
         // raylets kill them with the job's other workers, forwarding their
         // last output on the way.
         for actor in actors {
-            self.mark_actor_dead(actor, "its job ended").await;
+            self.mark_actor_dead(actor, why).await;
         }
         for node in self.nodes.snapshot() {
             if node.state != NodeState::Alive as i32 {

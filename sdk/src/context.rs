@@ -617,8 +617,25 @@ async fn connect(config: &Config) -> Result<(Arc<Core>, Option<EmbeddedCluster>)
         raylets: Mutex::default(),
         rebuilding: Mutex::default(),
     });
+    tokio::spawn(attach_driver(head.clone(), job));
     tokio::spawn(lineage.run(head));
     Ok((core, cluster))
+}
+
+/// Keeps this driver's session with the head open for as long as the
+/// driver runs (the runtime's end drops it): the head ends the job's actors
+/// and workers once the session is gone. Reattaches when the head restarts.
+async fn attach_driver(head: Head, job: JobId) {
+    loop {
+        let request = photon_proto::v1::AttachDriverRequest {
+            job_id: job.to_vec(),
+        };
+        if let Ok(reply) = head.clone().attach_driver(request).await {
+            let mut keepalives = reply.into_inner();
+            while let Ok(Some(_)) = keepalives.message().await {}
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 /// A job id that differs between drivers (pid and clock mixed).
