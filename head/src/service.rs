@@ -241,12 +241,31 @@ impl Head for HeadService {
     ) -> Result<Response<Self::AttachDriverStream>, Status> {
         let job = photon_proto::JobId::from_slice(&request.get_ref().job_id)?;
         let session = crate::drivers::DriverSessions::open(&self.state, job);
-        let ticks = tokio::time::interval(Duration::from_secs(1));
+        let (keepalives, received) = mpsc::channel(1);
+        let cancel = self.state.cancel.clone();
+        // A keepalive a second, so that a dead connection is noticed; a head
+        // shutting down ends the session rather than wait for it.
+        self.state.tasks.spawn(async move {
+            let mut ticks = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                tokio::select! {
+                    () = cancel.cancelled() => return,
+                    _ = ticks.tick() => {}
+                }
+                if keepalives
+                    .send(photon_proto::v1::DriverKeepalive {})
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+            }
+        });
         // The stream owns the session: when the driver's connection goes,
         // the stream is dropped, and the session with it.
-        let stream = tokio_stream::wrappers::IntervalStream::new(ticks).map(move |_| {
+        let stream = ReceiverStream::new(received).map(move |keepalive| {
             let _open = &session;
-            Ok(photon_proto::v1::DriverKeepalive {})
+            Ok(keepalive)
         });
         Ok(Response::new(Box::pin(stream)))
     }

@@ -497,6 +497,8 @@ struct Owned {
     core: Arc<Core>,
     runtime: Option<Runtime>,
     cluster: Option<EmbeddedCluster>,
+    /// The driver's session with the head (`attach_driver`).
+    session: tokio::task::JoinHandle<()>,
 }
 
 impl Drop for Owned {
@@ -506,6 +508,8 @@ impl Drop for Owned {
         };
         let core = self.core.clone();
         let mut cluster = self.cluster.take();
+        // Closed first: an embedded head stops without waiting for it.
+        self.session.abort();
         runtime.block_on(async move {
             core.submitter.shutdown().await;
             core.actors.shutdown();
@@ -551,12 +555,14 @@ pub fn init(config: Config) -> Result<Context> {
         .build()
         .map_err(|e| Error::Config(format!("cannot start the driver runtime: {e}")))?;
     let (core, cluster) = runtime.block_on(connect(&config))?;
+    let session = runtime.spawn(attach_driver(core.head.clone(), core.driver_task.job_id()));
     Ok(Context {
         core: core.clone(),
         _owned: Arc::new(Owned {
             core,
             runtime: Some(runtime),
             cluster,
+            session,
         }),
     })
 }
@@ -617,7 +623,6 @@ async fn connect(config: &Config) -> Result<(Arc<Core>, Option<EmbeddedCluster>)
         raylets: Mutex::default(),
         rebuilding: Mutex::default(),
     });
-    tokio::spawn(attach_driver(head.clone(), job));
     tokio::spawn(lineage.run(head));
     Ok((core, cluster))
 }
