@@ -901,3 +901,41 @@ fn a_killed_embed_driver_leaves_no_actor_behind_and_its_rerun_finishes() {
         .collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
 }
+
+/// Child processes of `pid` (a raylet's workers).
+fn children_of(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .map(|tasks| {
+            tasks
+                .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("children")).ok())
+                .map(|list| list.split_whitespace().count())
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+#[test]
+fn consecutive_embed_runs_leave_no_workers_on_the_raylet() {
+    let mut cluster = Cluster::start();
+    let raylet = cluster.add_raylet(&[]);
+    let dir = tempfile::tempdir().unwrap();
+    let (model, corpus) = (dir.path().join("model"), dir.path().join("corpus.parquet"));
+    photon_inference::tiny_model::write_tiny_bert(&model, 9).unwrap();
+    let made = cluster
+        .command()
+        .args(["sample-corpus", "--rows", "300", "--output"])
+        .arg(&corpus)
+        .output()
+        .unwrap();
+    assert!(made.status.success(), "{}", failure(&made));
+    let baseline = children_of(raylet);
+    for run in 0..4 {
+        let out = dir.path().join(format!("out-{run}"));
+        let embedded = embed_on(&cluster, &corpus, &out, &model).output().unwrap();
+        assert!(embedded.status.success(), "{}", failure(&embedded));
+        // The job's workers (its actor's and its read tasks') end with it.
+        wait_until(Duration::from_secs(5), "the job's workers to end", || {
+            (children_of(raylet) <= baseline).then_some(())
+        });
+    }
+}
