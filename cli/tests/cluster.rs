@@ -823,6 +823,26 @@ mod actors {
     }
 }
 
+/// A temp dir with a tiny model (`seed`) and a sample corpus of `rows`
+/// rows: (dir, model, corpus).
+fn model_and_corpus(
+    cluster: &Cluster,
+    seed: u64,
+    rows: usize,
+) -> (tempfile::TempDir, std::path::PathBuf, std::path::PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let (model, corpus) = (dir.path().join("model"), dir.path().join("corpus.parquet"));
+    photon_inference::tiny_model::write_tiny_bert(&model, seed).unwrap();
+    let made = cluster
+        .command()
+        .args(["sample-corpus", "--rows", &rows.to_string(), "--output"])
+        .arg(&corpus)
+        .output()
+        .unwrap();
+    assert!(made.status.success(), "{}", failure(&made));
+    (dir, model, corpus)
+}
+
 /// `photon embed` on `cluster` from `corpus` into `out`, as a command.
 fn embed_on(cluster: &Cluster, corpus: &Path, out: &Path, model: &Path) -> Command {
     let mut command = cluster.command();
@@ -842,20 +862,8 @@ fn embed_on(cluster: &Cluster, corpus: &Path, out: &Path, model: &Path) -> Comma
 fn a_killed_embed_driver_leaves_no_actor_behind_and_its_rerun_finishes() {
     let mut cluster = Cluster::start();
     cluster.add_raylet(&[]);
-    let dir = tempfile::tempdir().unwrap();
-    let (model, corpus, out) = (
-        dir.path().join("model"),
-        dir.path().join("corpus.parquet"),
-        dir.path().join("out"),
-    );
-    photon_inference::tiny_model::write_tiny_bert(&model, 8).unwrap();
-    let made = cluster
-        .command()
-        .args(["sample-corpus", "--rows", "1000", "--output"])
-        .arg(&corpus)
-        .output()
-        .unwrap();
-    assert!(made.status.success(), "{}", failure(&made));
+    let (dir, model, corpus) = model_and_corpus(&cluster, 8, 1000);
+    let out = dir.path().join("out");
     let alive_actors = |cluster: &Cluster| -> usize {
         cluster.status()["actors"]
             .as_array()
@@ -918,16 +926,7 @@ fn children_of(pid: u32) -> usize {
 fn consecutive_embed_runs_leave_no_workers_on_the_raylet() {
     let mut cluster = Cluster::start();
     let raylet = cluster.add_raylet(&[]);
-    let dir = tempfile::tempdir().unwrap();
-    let (model, corpus) = (dir.path().join("model"), dir.path().join("corpus.parquet"));
-    photon_inference::tiny_model::write_tiny_bert(&model, 9).unwrap();
-    let made = cluster
-        .command()
-        .args(["sample-corpus", "--rows", "300", "--output"])
-        .arg(&corpus)
-        .output()
-        .unwrap();
-    assert!(made.status.success(), "{}", failure(&made));
+    let (dir, model, corpus) = model_and_corpus(&cluster, 9, 300);
     let baseline = children_of(raylet);
     for run in 0..4 {
         let out = dir.path().join(format!("out-{run}"));

@@ -174,22 +174,7 @@ async fn when_the_node_is_short_the_largest_worker_goes_first() {
     let mut exits = pool.subscribe();
     let hog = pool.lease(&python_hog(200)).unwrap();
     let small = pool.lease(&shell("exec sleep 30", &[])).unwrap();
-    let hog_log = dir.path().join(format!("worker-{}.out", hog.id));
-    for _ in 0..250 {
-        if std::fs::read_to_string(&hog_log)
-            .unwrap_or_default()
-            .contains("allocated")
-        {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    assert!(
-        std::fs::read_to_string(&hog_log)
-            .unwrap()
-            .contains("allocated"),
-        "the hog allocated in time"
-    );
+    wait_for_allocation(&dir, hog.id).await;
     let exit = next_exit(&mut exits).await;
     assert_ne!(exit.worker_id, small.id);
     let ExitReason::KilledForMemory { ref why, .. } = exit.reason else {
