@@ -86,21 +86,7 @@ fn read_output(dir: &Path) -> (Vec<i64>, Vec<Vec<f32>>) {
 
 #[test]
 fn embeds_a_corpus_and_writes_every_id_once() {
-    let dir = tempfile::tempdir().unwrap();
-    let (model, corpus, out) = (
-        dir.path().join("model"),
-        dir.path().join("corpus.parquet"),
-        dir.path().join("out"),
-    );
-    write_tiny_bert(&model, 5).unwrap();
-    let made = photon(&[
-        "sample-corpus",
-        "--rows",
-        "300",
-        "--output",
-        corpus.to_str().unwrap(),
-    ]);
-    assert!(made.status.success(), "{}", text(&made.stderr));
+    let (dir, model, corpus, out) = tiny_model_and_corpus(5, 300);
 
     let run = embed(
         &corpus,
@@ -293,22 +279,8 @@ fn staged_parts(out: &Path) -> usize {
 
 #[test]
 fn a_worker_killed_mid_job_loses_no_row_and_repeats_none() {
-    let dir = tempfile::tempdir().unwrap();
-    let (model, corpus, out) = (
-        dir.path().join("model"),
-        dir.path().join("corpus.parquet"),
-        dir.path().join("out"),
-    );
-    write_tiny_bert(&model, 7).unwrap();
     const ROWS: i64 = 20_000;
-    let made = photon(&[
-        "sample-corpus",
-        "--rows",
-        &ROWS.to_string(),
-        "--output",
-        corpus.to_str().unwrap(),
-    ]);
-    assert!(made.status.success(), "{}", text(&made.stderr));
+    let (_dir, model, corpus, out) = tiny_model_and_corpus(7, ROWS as usize);
 
     let paths = [&corpus, &out, &model].map(|p| p.to_str().unwrap().to_string());
     let job = Command::new(PHOTON)
