@@ -1,5 +1,5 @@
 //! `photon job`: submit a program to a running cluster, follow its logs,
-//! see its status, stop it, list jobs.
+//! see its status, stop it, list and delete jobs.
 //!
 //! The program (when it is a file) and the working directory are uploaded to
 //! the head once, by content hash; a supervisor on the head node runs the
@@ -65,6 +65,15 @@ pub enum JobCommand {
         #[command(flatten)]
         head: HeadArgs,
     },
+    /// Delete an ended job: its record, log, directory and packages no
+    /// other job uses (the head also deletes old jobs by itself: see
+    /// `photon start --job-retention-count`).
+    Delete {
+        /// The job's id.
+        id: String,
+        #[command(flatten)]
+        head: HeadArgs,
+    },
     /// Every job of the cluster, oldest first.
     List {
         #[command(flatten)]
@@ -126,6 +135,17 @@ pub fn run(command: JobCommand) -> anyhow::Result<ExitCode> {
                 no_wait,
                 head,
             } => stop(&Head::connect(&head).await?, &id, grace_period, no_wait).await,
+            JobCommand::Delete { id, head } => {
+                let head = Head::connect(&head).await?;
+                let record = head
+                    .jobs()
+                    .delete_job(JobRequest { job_id: id.clone() })
+                    .await
+                    .map_err(|s| head.refused(s))?
+                    .into_inner();
+                eprintln!("deleted job {id} ({})", outcome(&record));
+                Ok(ExitCode::SUCCESS)
+            }
             JobCommand::List { head, json } => {
                 let head = Head::connect(&head).await?;
                 let jobs = head

@@ -58,11 +58,25 @@ pub struct StartArgs {
     /// Shared memory for the object store, in bytes (default 30% of RAM).
     #[arg(long, value_name = "BYTES")]
     object_store_memory: Option<u64>,
+    /// Seconds an idle worker process is kept for reuse before the node
+    /// stops it.
+    #[arg(long, value_name = "SECONDS",
+          default_value_t = photon_raylet::worker_pool::DEFAULT_IDLE_TIMEOUT.as_secs())]
+    idle_worker_timeout: u64,
     /// Cluster token. Joining: default PHOTON_TOKEN or this machine's head.
     /// A head: sets its token (e.g. from a Kubernetes Secret), else
     /// PHOTON_TOKEN, else the session dir's, else a new one.
     #[arg(long)]
     token: Option<String>,
+    /// Finished jobs the head keeps (records, logs, directories, packages);
+    /// older ones are deleted.
+    #[arg(long, value_name = "COUNT", requires = "head",
+          default_value_t = photon_head::JobRetention::default().keep)]
+    job_retention_count: usize,
+    /// Hours a finished job is kept at most.
+    #[arg(long, value_name = "HOURS", requires = "head",
+          default_value_t = photon_head::JobRetention::default().max_age.as_secs_f64() / 3600.0)]
+    job_retention_hours: f64,
     /// Silence after which the head declares a node dead, in milliseconds.
     #[arg(long, default_value_t = 3000, requires = "head")]
     node_timeout_ms: u64,
@@ -200,6 +214,7 @@ async fn run_blocking(args: StartArgs, overrides: ResourceOverrides) -> anyhow::
         config.advertise_host = args.host.clone();
         config.resources = overrides;
         config.store = store;
+        config.idle_worker_timeout = Duration::from_secs(args.idle_worker_timeout);
         config.log_dir = session::home().join(format!("worker-logs-{pid}"));
         config.package_dir = session::home().join("packages");
         config.metrics_address = args
@@ -277,10 +292,23 @@ async fn run_head(
         }
         None => session::session_token(&session_dir)?,
     };
+    let max_age = Duration::try_from_secs_f64(args.job_retention_hours * 3600.0)
+        .ok()
+        .filter(|age| !age.is_zero())
+        .with_context(|| {
+            format!(
+                "--job-retention-hours {} must be a positive number of hours",
+                args.job_retention_hours
+            )
+        })?;
     let listener = bind(&args.host, args.port).await?;
     let address = listener.local_addr()?.to_string();
     let mut config = HeadConfig::new(&session_dir, token.clone());
     config.node_timeout = Duration::from_millis(args.node_timeout_ms);
+    config.job_retention = photon_head::JobRetention {
+        keep: args.job_retention_count,
+        max_age,
+    };
     let metrics_port = args.metrics_port.unwrap_or(DEFAULT_METRICS_PORT);
     config.metrics_address = Some(socket_address(&args.host, metrics_port)?);
     // The head stops after the raylet, so the raylet's goodbye reaches it.
@@ -317,6 +345,7 @@ async fn run_head(
             fallback_root: session_dir.clone(),
             ..store
         };
+        config.idle_worker_timeout = Duration::from_secs(args.idle_worker_timeout);
         config.log_dir = session_dir.join("logs");
         config.package_dir = session_dir.join("raylet-packages");
         let listener = bind(&args.host, 0).await?;

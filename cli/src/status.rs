@@ -28,10 +28,18 @@ struct NodeView {
     hostname: String,
     state: &'static str,
     death_reason: String,
+    /// When the head declared it dead (0: alive).
+    died_at_unix_ms: u64,
     total: BTreeMap<String, f64>,
     available: BTreeMap<String, f64>,
     object_store_used: u64,
     object_store_capacity: u64,
+    /// Bytes pinned by readers or being written.
+    object_store_pinned: u64,
+    /// Objects in the store, in memory or spilled.
+    object_store_objects: u64,
+    /// Bytes of objects spilled to disk.
+    object_store_spilled_bytes: u64,
     last_heartbeat_age_ms: u64,
     pid: u32,
     /// Where the raylet serves /metrics and health probes (empty: nowhere).
@@ -94,6 +102,8 @@ struct ClusterView {
     head_uptime_ms: u64,
     /// Where the head serves its status page and /metrics (empty: nowhere).
     metrics_address: String,
+    /// Lineage records the head holds (one per live object a task produced).
+    lineage_records: u64,
     nodes: Vec<NodeView>,
     actors: Vec<ActorView>,
 }
@@ -107,6 +117,7 @@ fn amounts(map: &std::collections::HashMap<String, i64>) -> BTreeMap<String, f64
 
 fn node_view(record: NodeRecord) -> NodeView {
     let info = record.info.unwrap_or_default();
+    let store = record.store.unwrap_or_default();
     NodeView {
         node_id: NodeId::from_slice(&info.node_id).map_or_else(|_| "?".into(), |id| id.to_string()),
         address: info.address,
@@ -117,10 +128,14 @@ fn node_view(record: NodeRecord) -> NodeView {
             "dead"
         },
         death_reason: record.death_reason,
+        died_at_unix_ms: record.died_at_unix_ms,
         total: amounts(&info.total),
         available: amounts(&record.available),
         object_store_used: record.object_store_used,
         object_store_capacity: info.object_store_capacity,
+        object_store_pinned: store.pinned,
+        object_store_objects: store.objects,
+        object_store_spilled_bytes: store.spilled_bytes,
         last_heartbeat_age_ms: record.last_heartbeat_age_ms,
         pid: info.pid,
         metrics_address: info.metrics_address,
@@ -166,6 +181,7 @@ pub fn run(args: StatusArgs) -> anyhow::Result<()> {
         protocol_version: reply.protocol_version,
         head_uptime_ms: reply.head_uptime_ms,
         metrics_address: reply.metrics_address,
+        lineage_records: reply.lineage_records,
         nodes: reply.nodes.into_iter().map(node_view).collect(),
         actors: actors.into_iter().map(actor_view).collect(),
     };

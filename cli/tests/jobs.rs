@@ -531,3 +531,95 @@ fn the_working_dir_and_env_reach_the_driver() {
     assert!(stdout.contains(&format!("mode=fast job={id}")), "{stdout}");
     assert_eq!(list[0]["entrypoint"], "./run.sh");
 }
+
+/// A driver script with a working dir of its own (so each job has its own package).
+fn script_job(dir: &std::path::Path, body: &str) -> String {
+    std::fs::create_dir_all(dir).unwrap();
+    let script = dir.join("run.sh");
+    std::fs::write(&script, format!("#!/bin/sh\n{body}\n")).unwrap();
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    std::fs::write(dir.join("data.txt"), dir.display().to_string()).unwrap();
+    dir.to_str().unwrap().to_string()
+}
+
+fn listed_ids(cluster: &Cluster) -> Vec<String> {
+    let list: Value =
+        serde_json::from_slice(&photon(cluster, &["job", "list", "--json"]).stdout).unwrap();
+    list.as_array()
+        .unwrap()
+        .iter()
+        .map(|job| job["job_id"].as_str().unwrap().to_string())
+        .collect()
+}
+
+fn files_in(dir: &std::path::Path) -> usize {
+    std::fs::read_dir(dir).map_or(0, |entries| entries.count())
+}
+
+#[test]
+fn finished_jobs_past_the_retention_and_deleted_jobs_leave_no_files() {
+    let cluster = Cluster::start_with(&["--job-retention-count", "2"]);
+    let dirs = tempfile::tempdir().unwrap();
+    let jobs = cluster.session.join("jobs");
+    let packages = cluster.session.join("packages");
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        let working_dir = script_job(&dirs.path().join(format!("job-{i}")), "cat data.txt");
+        let output = submit_program(
+            &cluster,
+            &["--working-dir", &working_dir],
+            "run.sh".as_ref(),
+            &[],
+        );
+        assert!(output.status.success(), "{}", text(&output.stderr));
+        ids.push(listed_ids(&cluster).pop().unwrap());
+    }
+    // The oldest finished job goes with its directory and its working dir's
+    // package; the shared program package stays.
+    wait_until(
+        Duration::from_secs(10),
+        "the oldest job to be deleted",
+        || (listed_ids(&cluster) == ids[1..]).then_some(()),
+    );
+    assert!(!jobs.join(&ids[0]).exists());
+    assert!(jobs.join(&ids[1]).exists() && jobs.join(&ids[2]).exists());
+    assert_eq!(files_in(&packages), 3, "run.sh and two working dirs");
+
+    let output = photon(&cluster, &["job", "delete", &ids[1]]);
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    assert!(
+        text(&output.stderr).contains(&format!("deleted job {}", ids[1])),
+        "{}",
+        text(&output.stderr)
+    );
+    assert_eq!(listed_ids(&cluster), ids[2..]);
+    assert!(!jobs.join(&ids[1]).exists());
+    assert_eq!(files_in(&packages), 2);
+
+    // A running job is not deleted; an unknown one is named.
+    let working_dir = script_job(&dirs.path().join("sleeper"), "sleep 600");
+    let sleeper = submitted_id(&submit_program(
+        &cluster,
+        &["--working-dir", &working_dir, "--no-wait"],
+        "run.sh".as_ref(),
+        &[],
+    ));
+    let refused = photon(&cluster, &["job", "delete", &sleeper]);
+    assert!(!refused.status.success());
+    let message = text(&refused.stderr);
+    assert!(
+        message.contains("has not ended")
+            && message.contains(&format!("photon job stop {sleeper}")),
+        "{message}"
+    );
+    assert!(jobs.join(&sleeper).exists());
+    let unknown = photon(&cluster, &["job", "delete", "0000beef"]);
+    assert!(!unknown.status.success());
+    assert!(
+        text(&unknown.stderr).contains("no job \"0000beef\""),
+        "{}",
+        text(&unknown.stderr)
+    );
+    let stopped = photon(&cluster, &["job", "stop", &sleeper, "--grace-period", "1"]);
+    assert!(stopped.status.success(), "{}", text(&stopped.stderr));
+}

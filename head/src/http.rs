@@ -85,6 +85,7 @@ fn node_resources(record: &NodeRecord) -> Vec<(String, f64, f64)> {
 
 fn node_json(record: &NodeRecord) -> Value {
     let info = record.info.clone().unwrap_or_default();
+    let store = record.store.unwrap_or_default();
     let resources: BTreeMap<String, Value> = node_resources(record)
         .into_iter()
         .map(|(name, total, used)| (name, json!({"total": total, "used": used})))
@@ -98,6 +99,9 @@ fn node_json(record: &NodeRecord) -> Value {
         "resources": resources,
         "object_store_used": record.object_store_used,
         "object_store_capacity": info.object_store_capacity,
+        "object_store_pinned": store.pinned,
+        "object_store_objects": store.objects,
+        "object_store_spilled_bytes": store.spilled_bytes,
         "last_heartbeat_age_ms": record.last_heartbeat_age_ms,
         "pending_requests": record.pending.iter().map(|d| d.count).sum::<u32>(),
         "metrics_address": info.metrics_address,
@@ -142,6 +146,7 @@ async fn api_status(State(state): State<Arc<HeadState>>) -> Json<Value> {
         "cluster_id": state.cluster_id,
         "head_address": state.address,
         "head_uptime_ms": state.started.elapsed().as_millis() as u64,
+        "lineage_records": state.lineage.len(),
         "nodes": nodes,
         "jobs": jobs,
         "actors": actors,
@@ -279,6 +284,11 @@ pub(crate) fn head_metrics(state: &HeadState) -> Metrics {
                     count as f64,
                 )
             }),
+        )
+        .gauge(
+            "photon_lineage_records",
+            "Lineage records the head holds (one per live object a task produced)",
+            [(Vec::new(), state.lineage.len() as f64)],
         )
         .gauge(
             "photon_head_uptime_seconds",

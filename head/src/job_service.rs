@@ -155,6 +155,16 @@ impl Jobs for JobService {
             .map(Response::new)
     }
 
+    async fn delete_job(
+        &self,
+        request: Request<JobRequest>,
+    ) -> Result<Response<JobRecord>, Status> {
+        self.state
+            .delete_job(&request.get_ref().job_id)
+            .await
+            .map(Response::new)
+    }
+
     type JobLogsStream = ChunkStream<LogChunk>;
 
     async fn job_logs(

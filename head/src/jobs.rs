@@ -49,6 +49,11 @@ impl JobTable {
         self.lock().get(id).cloned()
     }
 
+    /// Forgets job `id`.
+    pub fn remove(&self, id: &str) {
+        self.lock().remove(id);
+    }
+
     /// Changes job `id` in place; returns the new record.
     pub fn update(&self, id: &str, change: impl FnOnce(&mut JobRecord)) -> Option<JobRecord> {
         let mut jobs = self.lock();

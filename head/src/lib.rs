@@ -29,6 +29,7 @@ mod objects;
 mod packages;
 mod persist;
 mod placement;
+mod retention;
 mod service;
 mod supervisor;
 
@@ -50,6 +51,7 @@ use tracing::info;
 
 pub use error::{Error, Result};
 pub use persist::Persistence;
+pub use retention::JobRetention;
 pub use supervisor::env as job_env;
 
 use crate::actors::ActorTable;
@@ -80,6 +82,8 @@ pub struct HeadConfig {
     /// Where to serve the status page, `/metrics` and health probes over
     /// HTTP (port 0 picks one); `None`: not at all.
     pub metrics_address: Option<SocketAddr>,
+    /// Which finished jobs (records, logs, packages) are kept.
+    pub job_retention: JobRetention,
 }
 
 impl HeadConfig {
@@ -91,6 +95,7 @@ impl HeadConfig {
             heartbeat_interval: Duration::from_millis(500),
             node_timeout: Duration::from_secs(3),
             metrics_address: None,
+            job_retention: JobRetention::default(),
         }
     }
 }
@@ -158,6 +163,7 @@ pub async fn run(
         address: driver_address(&address),
         metrics_address,
         drivers: Default::default(),
+        job_retention: config.job_retention,
     });
     state.jobs.restore(job_records.clone());
     state.actors.restore(actor_records);
@@ -185,6 +191,7 @@ pub async fn run(
         .tasks
         .spawn(detect_failures(state.clone(), config.node_timeout));
     state.tasks.spawn(place_periodically(state.clone()));
+    state.tasks.spawn(retention::enforce(state.clone()));
     let auth = RequireToken::new(config.token.clone());
     let service = HeadService {
         state: state.clone(),

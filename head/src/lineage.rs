@@ -6,8 +6,8 @@
 use std::collections::HashMap;
 use std::sync::Mutex;
 
-use photon_proto::ObjectId;
 use photon_proto::v1::LineageRecord;
+use photon_proto::{JobId, ObjectId};
 
 /// The in-memory table; `Persistence` holds the durable copy.
 #[derive(Default)]
@@ -40,6 +40,26 @@ impl LineageTable {
             table.remove(id);
         }
         table.len()
+    }
+
+    /// Removes the records of job `job`'s objects (the job ended); returns
+    /// their objects.
+    pub fn remove_job(&self, job: JobId) -> Vec<ObjectId> {
+        let mut table = self.lock();
+        let ids: Vec<ObjectId> = table
+            .keys()
+            .filter(|id| id.job_id() == job)
+            .copied()
+            .collect();
+        for id in &ids {
+            table.remove(id);
+        }
+        ids
+    }
+
+    /// How many records the table holds.
+    pub fn len(&self) -> usize {
+        self.lock().len()
     }
 
     /// The record of `object`.

@@ -120,6 +120,7 @@ impl NodeTable {
                 entry.record.available = heartbeat.available.clone();
                 entry.record.object_store_used = heartbeat.object_store_used;
                 entry.record.pending = heartbeat.pending.clone();
+                entry.record.store = heartbeat.store;
                 Ok(())
             }
         }

@@ -5,7 +5,7 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 
-use photon_proto::{NodeId, ObjectId};
+use photon_proto::{JobId, NodeId, ObjectId};
 
 #[derive(Default)]
 struct Maps {
@@ -70,6 +70,16 @@ impl ObjectDirectory {
         objects.len()
     }
 
+    /// Forgets every copy of job `job`'s objects (the job ended and its
+    /// objects were freed everywhere).
+    pub fn drop_job(&self, job: JobId) {
+        let mut maps = self.lock();
+        maps.holders.retain(|id, _| id.job_id() != job);
+        for objects in maps.held_by.values_mut() {
+            objects.retain(|id| id.job_id() != job);
+        }
+    }
+
     /// Nodes holding `object`.
     pub fn holders(&self, object: ObjectId) -> Vec<NodeId> {
         self.lock()
@@ -83,7 +93,7 @@ impl ObjectDirectory {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use photon_proto::{JobId, TaskId};
+    use photon_proto::TaskId;
 
     #[test]
     fn a_dead_nodes_copies_disappear() {

@@ -37,6 +37,38 @@ impl Packages {
         self.path(sha256).is_some_and(|p| p.is_file())
     }
 
+    /// Deletes package `sha256` (no job uses it any more).
+    pub fn remove(&self, sha256: &str) {
+        if let Some(path) = self.path(sha256) {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+
+    /// Deletes the packages not in `in_use` that were stored longer than
+    /// `grace` ago; returns how many.
+    pub fn remove_unused(
+        &self,
+        in_use: &std::collections::HashSet<String>,
+        grace: std::time::Duration,
+    ) -> usize {
+        let Ok(entries) = std::fs::read_dir(&self.dir) else {
+            return 0;
+        };
+        let mut removed = 0;
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let stale = entry
+                .metadata()
+                .and_then(|m| m.modified())
+                .is_ok_and(|modified| modified.elapsed().is_ok_and(|age| age > grace));
+            if self.path(&name).is_some() && !in_use.contains(&name) && stale {
+                self.remove(&name);
+                removed += 1;
+            }
+        }
+        removed
+    }
+
     /// Starts an upload announced as `sha256`.
     pub fn begin_upload(&self, sha256: &str) -> Result<Upload, String> {
         let target = self

@@ -150,6 +150,14 @@ impl Persistence {
         self.save_record(JOBS, record.job_id.as_bytes(), record)
     }
 
+    /// Deletes job `id`'s record.
+    pub fn delete_job(&self, id: &str) -> Result<()> {
+        self.write(|txn| {
+            txn.open_table(JOBS)?.remove(id.as_bytes())?;
+            Ok(())
+        })
+    }
+
     /// Every job record.
     pub fn load_jobs(&self) -> Result<Vec<JobRecord>> {
         self.load_records(JOBS, "job")

@@ -66,6 +66,8 @@ pub struct HeadState {
     pub(crate) address: String,
     /// Where the status page and metrics are served (empty: nowhere).
     pub(crate) metrics_address: String,
+    /// Which finished jobs are kept.
+    pub(crate) job_retention: crate::retention::JobRetention,
     /// Drivers' open sessions, by job.
     pub(crate) drivers: crate::drivers::DriverSessions,
 }
@@ -280,6 +282,7 @@ impl Head for HeadService {
             nodes: self.state.nodes.snapshot(),
             head_uptime_ms: self.state.started.elapsed().as_millis() as u64,
             metrics_address: self.state.metrics_address.clone(),
+            lineage_records: self.state.lineage.len() as u64,
         }))
     }
 

@@ -16,8 +16,10 @@ use std::time::{Duration, SystemTime};
 
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
-use photon_proto::v1::{ActorState, JobRecord, JobState, KillJobWorkersRequest, NodeState};
-use photon_proto::{ActorId, JobId};
+use photon_proto::v1::{
+    ActorState, FreeJobObjectsRequest, JobRecord, JobState, KillJobWorkersRequest, NodeState,
+};
+use photon_proto::{ActorId, JobId, process_started};
 use tokio::process::Command;
 use tonic::Status;
 use tracing::{info, warn};
@@ -53,15 +55,6 @@ fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
-}
-
-/// The start time of process `pid` in clock ticks since boot (field 22 of
-/// `/proc/<pid>/stat`), which tells a process from a later one with its pid.
-pub fn process_start_ticks(pid: u32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name (field 2) may contain spaces: count from its ')'.
-    let after_name = &stat[stat.rfind(')')? + 1..];
-    after_name.split_whitespace().nth(19)?.parse().ok()
 }
 
 /// The last `count` lines of the file at `path` (reads at most its last 64 KiB).
@@ -261,7 +254,7 @@ impl HeadState {
             }
             let id = record.job_id.clone();
             let alive = record.driver_pid != 0
-                && process_start_ticks(record.driver_pid) == Some(record.driver_start_ticks);
+                && process_started(record.driver_pid) == Some(record.driver_start_ticks);
             if alive {
                 info!(job = %id, pid = record.driver_pid, "adopting a running job's driver");
                 self.tasks.spawn(watch_adopted(self.clone(), id));
@@ -308,6 +301,7 @@ impl HeadState {
         };
         info!(job = %id, state = crate::jobs::state_name(record.state), exit_code, message = %record.message, "job ended");
         self.save_job(record).await;
+        self.apply_retention().await;
     }
 
     /// Kills what a finished job left: processes in its driver's group, and
@@ -323,7 +317,9 @@ impl HeadState {
     }
 
     /// Ends job `job`'s actors (`why` is recorded as their death) and its
-    /// workers on every live node.
+    /// workers on every live node, then frees its objects there (in memory,
+    /// spilled or half written) and drops its lineage: an object's fate
+    /// follows its owner's.
     pub(crate) async fn end_job_everywhere(&self, job: JobId, why: &str) {
         let actors: Vec<ActorId> = self
             .actors
@@ -358,6 +354,24 @@ impl HeadState {
                 Err(status) => {
                     warn!(job = %job, %address, error = status.message(), "cannot kill the job's workers");
                 }
+            }
+            // After its workers: none of them can store another object now.
+            let request = FreeJobObjectsRequest {
+                job_id: job.to_vec(),
+            };
+            if let Err(status) = raylet.free_job_objects(request).await {
+                warn!(job = %job, %address, error = status.message(), "cannot free the job's objects");
+            }
+        }
+        self.objects.drop_job(job);
+        let dropped = self.lineage.remove_job(job);
+        if !dropped.is_empty() {
+            let persistence = self.persistence.clone();
+            let removed =
+                tokio::task::spawn_blocking(move || persistence.update_lineage(&[], &dropped))
+                    .await;
+            if !matches!(removed, Ok(Ok(()))) {
+                warn!(job = %job, "cannot remove the job's lineage from disk: a restarted head would load it again");
             }
         }
     }
@@ -399,7 +413,7 @@ async fn supervise(state: Arc<HeadState>, id: String) {
         }
     };
     let pid = child.id().unwrap_or(0);
-    let ticks = process_start_ticks(pid).unwrap_or(0);
+    let ticks = process_started(pid).unwrap_or(0);
     if let Some(running) = state.jobs.update(&id, |r| {
         r.state = JobState::Running as i32;
         r.driver_pid = pid;
@@ -542,7 +556,7 @@ async fn watch_adopted(state: Arc<HeadState>, id: String) {
         let Some(record) = state.jobs.get(&id) else {
             return;
         };
-        if process_start_ticks(record.driver_pid) != Some(record.driver_start_ticks) {
+        if process_started(record.driver_pid) != Some(record.driver_start_ticks) {
             let ending = state.recorded_ending(&id);
             let (final_state, message) = verdict(ending, record.stop_requested);
             state
@@ -575,8 +589,8 @@ mod tests {
     #[test]
     fn start_ticks_tell_this_process_and_last_lines_read_the_tail() {
         let me = std::process::id();
-        assert!(process_start_ticks(me).is_some());
-        assert_eq!(process_start_ticks(me), process_start_ticks(me));
+        assert!(process_started(me).is_some());
+        assert_eq!(process_started(me), process_started(me));
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("log");
         let text: String = (0..30).map(|i| format!("line {i}\n")).collect();

@@ -489,6 +489,23 @@ impl ObjectStore {
         Ok(())
     }
 
+    /// Drops an object whatever state it is in: a sealed one is deleted (as
+    /// [`ObjectStore::delete`]), one handed to another process for writing is
+    /// aborted. Returns its size. Only an object this process is writing
+    /// itself is refused.
+    pub fn discard(&self, id: ObjectId) -> Result<u64> {
+        let (size, phase) = {
+            let mut state = self.inner.lock();
+            let entry = state.live_entry(id)?;
+            (entry.size, entry.phase)
+        };
+        match phase {
+            Phase::Writing { remote: true } => self.abort(id)?,
+            _ => self.delete(id)?,
+        }
+        Ok(size)
+    }
+
     /// A descriptor another process on this node can map to read the object.
     /// The caller must hold a view (pin) for as long as the other process reads.
     pub fn descriptor(&self, view: &ObjectView) -> ObjectDescriptor {
@@ -516,6 +533,17 @@ impl ObjectStore {
             .objects
             .iter()
             .filter(|(_, e)| e.phase == Phase::Sealed && !e.delete_pending)
+            .map(|(id, _)| *id)
+            .collect()
+    }
+
+    /// Every object in the store: sealed (in memory or spilled) or being written.
+    pub fn ids(&self) -> Vec<ObjectId> {
+        self.inner
+            .lock()
+            .objects
+            .iter()
+            .filter(|(_, e)| !e.delete_pending)
             .map(|(id, _)| *id)
             .collect()
     }

@@ -19,11 +19,13 @@ pub mod auth;
 mod ids;
 pub mod net;
 pub mod placement;
+mod process;
 mod resources;
 mod version;
 mod version_service;
 
 pub use ids::{ActorId, InvalidId, JobId, NodeId, ObjectId, TaskId, WorkerId};
+pub use process::process_started;
 pub use resources::{InvalidQuantity, Quantity, ResourceSet, UNITS_PER_WHOLE, names};
 pub use version::{PROTOCOL_VERSION, VersionMismatch, check_protocol_version};
 pub use version_service::VersionService;

@@ -9,7 +9,7 @@ use photon_proto::v1::head_client::HeadClient;
 use photon_proto::v1::jobs_client::JobsClient;
 use photon_proto::v1::{
     ActorExit, GetClusterStatusRequest, GetObjectLocationsRequest, Heartbeat, NodeInfo, NodeRecord,
-    ObjectLocationUpdate, RegisterNodeRequest, WorkerLogLines,
+    ObjectLocationUpdate, ObjectStoreUsage, RegisterNodeRequest, WorkerLogLines,
 };
 use photon_proto::{NodeId, ObjectId, PROTOCOL_VERSION};
 use tokio::sync::mpsc;
@@ -240,12 +240,20 @@ impl HeadLink {
     ) -> Result<StreamEnd> {
         let beat = |draining| {
             let available = actors.available();
+            let stats = store.stats();
             Heartbeat {
                 node_id: node.node_id.clone(),
                 available: available.to_proto(),
-                object_store_used: store.stats().used,
+                object_store_used: stats.used,
                 draining,
                 pending: actors.demand().summary(&available),
+                store: Some(ObjectStoreUsage {
+                    used: stats.used,
+                    pinned: stats.pinned,
+                    objects: stats.objects,
+                    spilled_bytes: stats.spilled_bytes,
+                    spilled_objects: stats.spilled_objects,
+                }),
             }
         };
         let (sender, receiver) = mpsc::channel(4);

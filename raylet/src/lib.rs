@@ -81,6 +81,8 @@ pub struct RayletConfig {
     pub package_dir: std::path::PathBuf,
     /// Memory limit per worker process (killed above it, with the reason reported).
     pub worker_memory_limit: Option<u64>,
+    /// An idle worker is stopped after this long unused.
+    pub idle_worker_timeout: Duration,
     /// How long to try reaching the head at start before giving up.
     pub initial_connect_timeout: Duration,
     /// Where to serve `/metrics`, `/healthz` and `/readyz` (port 0 picks
@@ -101,6 +103,7 @@ impl RayletConfig {
             log_dir: std::env::temp_dir().join("photon-worker-logs"),
             package_dir: std::env::temp_dir().join("photon-packages"),
             worker_memory_limit: None,
+            idle_worker_timeout: worker_pool::DEFAULT_IDLE_TIMEOUT,
             initial_connect_timeout: Duration::from_secs(10),
             metrics_address: None,
         }
@@ -176,6 +179,7 @@ pub async fn run(
     let mut pool_config =
         worker_pool::WorkerPoolConfig::new(info.node_id, info.address.clone(), &config.log_dir);
     pool_config.worker_memory_limit = config.worker_memory_limit;
+    pool_config.idle_timeout = config.idle_worker_timeout;
     pool_config.token = config.token.clone();
     let pool = worker_pool::WorkerPool::start(pool_config);
     let actors = std::sync::Arc::new(actors::ActorHost::new(
@@ -190,6 +194,11 @@ pub async fn run(
         link.clone(),
         config.token.clone(),
     );
+    let dead_holders = tokio::spawn(local_objects::release_dead_holders(
+        transfers.clients().clone(),
+        store.clone(),
+        stop.clone(),
+    ));
     let workers = worker_directory::WorkerDirectory::start(pool.clone());
     let leases = leases::LeaseManager::start(
         info.node_id,
@@ -290,6 +299,7 @@ pub async fn run(
         }
     };
     exit_watcher.abort();
+    let _ = dead_holders.await;
     // The forwarder's last pass sends what the workers printed before they ended.
     let _ = log_forwarder.await;
     if let Some(server) = http_server {

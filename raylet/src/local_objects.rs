@@ -4,27 +4,142 @@
 //! this node in the head's directory. `GetObject` pins a sealed object
 //! (pulling it from another node first if asked) and hands out a read-only
 //! descriptor until `ReleaseObject`.
+//!
+//! Pins and unsealed objects belong to the process that took them: when it
+//! ends (exit, crash, SIGKILL) [`LocalClients::release_dead`] drops its pins
+//! and aborts what it left half written, so nothing stays pinned for good.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
 
 use photon_object_store::{ObjectStore, ObjectView};
-use photon_proto::ObjectId;
 use photon_proto::v1::{
-    CreateObjectRequest, FetchObjectRequest, GetObjectRequest, ObjectDescriptor,
+    ClientProcess, CreateObjectRequest, FetchObjectRequest, GetObjectRequest, ObjectDescriptor,
     ReleaseObjectRequest, SealObjectRequest,
 };
+use photon_proto::{JobId, ObjectId};
 use tonic::{Request, Status};
+use tracing::info;
 
 use crate::transfer::{TransferService, store_status};
 
-/// Sealed objects pinned for local readers (one view per outstanding `GetObject`).
-#[derive(Default)]
-pub struct Pins(Mutex<HashMap<ObjectId, Vec<ObjectView>>>);
+/// A process holding something in the store. `None`: a process this host
+/// cannot see (another pid namespace, or an old client), never released on
+/// its behalf.
+type Holder = Option<ClientProcess>;
 
-impl Pins {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<ObjectId, Vec<ObjectView>>> {
+fn holder(process: Option<ClientProcess>) -> Holder {
+    process.filter(ClientProcess::is_visible_and_alive)
+}
+
+/// Which holders have ended, each process looked up once per pass.
+#[derive(Default)]
+struct Liveness(HashMap<(u32, u64), bool>);
+
+impl Liveness {
+    fn is_dead(&mut self, holder: &Holder) -> bool {
+        holder.as_ref().is_some_and(|p| {
+            !*self
+                .0
+                .entry((p.pid, p.started))
+                .or_insert_with(|| p.is_visible_and_alive())
+        })
+    }
+}
+
+#[derive(Default)]
+struct Held {
+    /// One view per outstanding `GetObject`, with the reader that took it.
+    pins: HashMap<ObjectId, Vec<(Holder, ObjectView)>>,
+    /// Objects handed out for writing and not sealed yet, with their writer.
+    writers: HashMap<ObjectId, Holder>,
+}
+
+/// What local processes hold in the store: read pins and unsealed objects.
+#[derive(Default)]
+pub struct LocalClients(Mutex<Held>);
+
+impl LocalClients {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Held> {
         self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Records a pin `reader` took.
+    fn pin(&self, id: ObjectId, reader: Holder, view: ObjectView) {
+        self.lock().pins.entry(id).or_default().push((reader, view));
+    }
+
+    /// Records that `writer` is writing `id`.
+    fn writing(&self, id: ObjectId, writer: Holder) {
+        self.lock().writers.insert(id, writer);
+    }
+
+    /// Drops the pins of processes that ended and aborts the objects they
+    /// left unsealed; returns how many pins and objects were released.
+    pub fn release_dead(&self, store: &ObjectStore) -> (usize, usize) {
+        let mut held = self.lock();
+        let mut liveness = Liveness::default();
+        let mut pins = 0;
+        held.pins.retain(|_, views| {
+            let before = views.len();
+            views.retain(|(reader, _)| !liveness.is_dead(reader));
+            pins += before - views.len();
+            !views.is_empty()
+        });
+        let orphans: Vec<ObjectId> = held
+            .writers
+            .iter()
+            .filter(|(_, writer)| liveness.is_dead(writer))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in &orphans {
+            held.writers.remove(id);
+            let _ = store.abort(*id);
+        }
+        (pins, orphans.len())
+    }
+
+    /// Forgets the writer of `id` (it was discarded).
+    pub(crate) fn forget_writer(&self, id: ObjectId) {
+        self.lock().writers.remove(&id);
+    }
+
+    /// Forgets every pin and writer of job `job`'s objects (the job ended:
+    /// its objects are being freed whoever holds them).
+    fn forget_job(&self, job: JobId) {
+        let mut held = self.lock();
+        held.pins.retain(|id, _| id.job_id() != job);
+        held.writers.retain(|id, _| id.job_id() != job);
+    }
+}
+
+/// How often the processes holding pins and unsealed objects are checked.
+const RELEASE_DEAD_EVERY: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// Releases what ended processes held, every [`RELEASE_DEAD_EVERY`], until `stop`.
+pub async fn release_dead_holders(
+    clients: std::sync::Arc<LocalClients>,
+    store: ObjectStore,
+    stop: tokio_util::sync::CancellationToken,
+) {
+    let mut ticks = tokio::time::interval(RELEASE_DEAD_EVERY);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = ticks.tick() => {}
+            () = stop.cancelled() => return,
+        }
+        let clients = clients.clone();
+        let store = store.clone();
+        let released = tokio::task::spawn_blocking(move || clients.release_dead(&store)).await;
+        if let Ok((pins, objects)) = released
+            && pins + objects > 0
+        {
+            info!(
+                pins,
+                objects, "released what ended processes held in the store"
+            );
+        }
     }
 }
 
@@ -64,6 +179,7 @@ impl TransferService {
             .map(|writer| writer.into_descriptor())
         })
         .await?;
+        self.clients().writing(id, holder(request.writer));
         Ok(ObjectDescriptor::from(&descriptor))
     }
 
@@ -71,6 +187,7 @@ impl TransferService {
     pub async fn seal_object(&self, request: Request<SealObjectRequest>) -> Result<(), Status> {
         let id = ObjectId::from_slice(&request.into_inner().object_id)?;
         blocking(self.store(), move |store| store.seal(id)).await?;
+        self.clients().forget_writer(id);
         self.announce(id).await;
         Ok(())
     }
@@ -91,21 +208,102 @@ impl TransferService {
         }
         let view = blocking(self.store(), move |store| store.get(id)).await?;
         let descriptor = ObjectDescriptor::from(&self.store().descriptor(&view));
-        self.pins().lock().entry(id).or_default().push(view);
+        self.clients().pin(id, holder(request.reader), view);
         Ok(descriptor)
     }
 
-    /// `ReleaseObject`: drops one pin taken by `GetObject`.
+    /// `ReleaseObject`: drops one pin taken by `GetObject` (the reader's own,
+    /// when it named itself).
     pub fn release_object(&self, request: Request<ReleaseObjectRequest>) -> Result<(), Status> {
-        let id = ObjectId::from_slice(&request.into_inner().object_id)?;
-        let mut pins = self.pins().lock();
-        let views = pins
+        let request = request.into_inner();
+        let id = ObjectId::from_slice(&request.object_id)?;
+        let reader = request.reader.map(|p| p.pid);
+        let mut held = self.clients().lock();
+        let views = held
+            .pins
             .get_mut(&id)
             .ok_or_else(|| Status::not_found(format!("object {id} is not pinned here")))?;
-        views.pop();
+        let position = views
+            .iter()
+            .rposition(|(holder, _)| holder.as_ref().map(|p| p.pid) == reader)
+            .unwrap_or(views.len() - 1);
+        views.remove(position);
         if views.is_empty() {
-            pins.remove(&id);
+            held.pins.remove(&id);
         }
         Ok(())
+    }
+
+    /// `FreeJobObjects`: frees every object of `job` here, in memory, spilled
+    /// or half written, dropping whatever pins them; returns the count and
+    /// bytes freed. The head forgets their locations itself.
+    pub fn free_job_objects(&self, job: JobId) -> (u64, u64) {
+        self.clients().forget_job(job);
+        let store = self.store();
+        let (mut objects, mut bytes) = (0, 0);
+        for id in store.ids().into_iter().filter(|id| id.job_id() == job) {
+            if let Ok(size) = store.discard(id) {
+                objects += 1;
+                bytes += size;
+            }
+        }
+        if objects > 0 {
+            info!(%job, objects, bytes, "freed the objects of an ended job");
+        }
+        (objects, bytes)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use photon_object_store::StoreConfig;
+    use photon_proto::{TaskId, process_started};
+
+    use super::*;
+
+    #[test]
+    fn what_a_killed_process_held_is_released_and_a_live_ones_pins_stay() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ObjectStore::open(StoreConfig {
+            shm_root: dir.path().into(),
+            fallback_root: dir.path().into(),
+            ..StoreConfig::with_capacity(1 << 20)
+        })
+        .unwrap();
+        let task = TaskId::for_driver(JobId::from_u32(1));
+        let (read, written) = (ObjectId::for_put(task, 1), ObjectId::for_put(task, 2));
+        store.put(read, &[1; 1000]).unwrap();
+        let _descriptor = store.create(written, 1000).unwrap().into_descriptor();
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        let doomed = ClientProcess {
+            pid: child.id(),
+            started: process_started(child.id()).unwrap(),
+        };
+        let clients = LocalClients::default();
+        clients.pin(read, holder(Some(doomed)), store.get(read).unwrap());
+        clients.writing(written, holder(Some(doomed)));
+        let me = holder(Some(ClientProcess::this_process()));
+        clients.pin(read, me, store.get(read).unwrap());
+        // Pinned by a process this host cannot see: kept.
+        let stranger = ClientProcess {
+            pid: doomed.pid,
+            started: doomed.started + 1,
+        };
+        clients.pin(read, holder(Some(stranger)), store.get(read).unwrap());
+        assert_eq!(clients.release_dead(&store), (0, 0));
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert_eq!(clients.release_dead(&store), (1, 1));
+        assert!(
+            !store.contains(written),
+            "the half-written object is aborted"
+        );
+        assert_eq!(clients.lock().pins[&read].len(), 2);
+        clients.lock().pins.clear();
+        store.delete(read).unwrap();
+        assert_eq!(store.stats().used, 0, "no pin is left to hold the memory");
     }
 }

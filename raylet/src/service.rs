@@ -8,11 +8,12 @@ use photon_proto::v1::raylet_server::Raylet;
 use photon_proto::v1::{
     ActorReadyReply, ActorReadyRequest, ActorSpec, ConnectActorReply, ConnectActorRequest,
     CreateObjectRequest, DeleteObjectReply, DeleteObjectRequest, FetchObjectReply,
-    FetchObjectRequest, GetObjectRequest, KillJobWorkersReply, KillJobWorkersRequest, ObjectChunk,
-    ObjectDescriptor, PullObjectRequest, PushObjectReply, RegisterWorkerReply,
-    RegisterWorkerRequest, ReleaseObjectReply, ReleaseObjectRequest, ReturnWorkerLeaseReply,
-    ReturnWorkerLeaseRequest, SealObjectReply, SealObjectRequest, StartActorReply, StopActorReply,
-    StopActorRequest, WorkerExitReply, WorkerExitRequest, WorkerLeaseReply, WorkerLeaseRequest,
+    FetchObjectRequest, FreeJobObjectsReply, FreeJobObjectsRequest, GetObjectRequest,
+    KillJobWorkersReply, KillJobWorkersRequest, ObjectChunk, ObjectDescriptor, PullObjectRequest,
+    PushObjectReply, RegisterWorkerReply, RegisterWorkerRequest, ReleaseObjectReply,
+    ReleaseObjectRequest, ReturnWorkerLeaseReply, ReturnWorkerLeaseRequest, SealObjectReply,
+    SealObjectRequest, StartActorReply, StopActorReply, StopActorRequest, WorkerExitReply,
+    WorkerExitRequest, WorkerLeaseReply, WorkerLeaseRequest,
 };
 use photon_proto::{ActorId, JobId, NodeId, WorkerId};
 use tonic::{Request, Response, Status, Streaming};
@@ -100,6 +101,15 @@ impl Raylet for RayletService {
         let job = JobId::from_slice(&request.into_inner().job_id)?;
         let killed = self.forwarder.end_job(&job.to_string()).await;
         Ok(Response::new(KillJobWorkersReply { killed }))
+    }
+
+    async fn free_job_objects(
+        &self,
+        request: Request<FreeJobObjectsRequest>,
+    ) -> Result<Response<FreeJobObjectsReply>, Status> {
+        let job = JobId::from_slice(&request.into_inner().job_id)?;
+        let (objects, bytes) = self.transfers.free_job_objects(job);
+        Ok(Response::new(FreeJobObjectsReply { objects, bytes }))
     }
 
     async fn request_worker_lease(

@@ -197,7 +197,7 @@ pub struct TransferService {
     /// One connection per peer raylet, reused: a fresh HTTP/2 connection
     /// starts with cold flow-control windows.
     peers: Mutex<HashMap<String, PeerClient>>,
-    pins: crate::local_objects::Pins,
+    clients: Arc<crate::local_objects::LocalClients>,
 }
 
 impl TransferService {
@@ -210,7 +210,7 @@ impl TransferService {
             token,
             fetches: Mutex::new(HashMap::new()),
             peers: Mutex::new(HashMap::new()),
-            pins: Default::default(),
+            clients: Arc::new(crate::local_objects::LocalClients::default()),
         }
     }
 
@@ -218,8 +218,8 @@ impl TransferService {
         &self.store
     }
 
-    pub(crate) fn pins(&self) -> &crate::local_objects::Pins {
-        &self.pins
+    pub(crate) fn clients(&self) -> &Arc<crate::local_objects::LocalClients> {
+        &self.clients
     }
 
     fn peer(&self, address: &str) -> Result<PeerClient, Status> {
@@ -379,7 +379,9 @@ impl TransferService {
         request: Request<DeleteObjectRequest>,
     ) -> Result<Response<DeleteObjectReply>, Status> {
         let id = ObjectId::from_slice(&request.into_inner().object_id)?;
-        self.store.delete(id).map_err(store_status)?;
+        // An unsealed object is one whose writer gave up: aborted.
+        self.store.discard(id).map_err(store_status)?;
+        self.clients.forget_writer(id);
         if let Err(status) = self.head.update_location(id, self.node_id, false).await {
             warn!(object = %id, error = status.message(), "cannot remove the object's location at the head");
         }

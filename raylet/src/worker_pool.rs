@@ -11,7 +11,7 @@ use std::os::unix::process::ExitStatusExt;
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
@@ -50,6 +50,9 @@ pub struct WorkerSpec {
     pub env: BTreeMap<String, String>,
 }
 
+/// How long an idle worker is kept by default.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// How a pool is set up.
 #[derive(Debug, Clone)]
 pub struct WorkerPoolConfig {
@@ -67,14 +70,18 @@ pub struct WorkerPoolConfig {
     /// Where the cgroup v2 hierarchy is: a container's `memory.max` caps the
     /// node below the host's memory.
     pub cgroup_root: PathBuf,
-    /// How often the memory monitor looks.
+    /// How often the memory monitor (and the idle reaper) looks.
     pub monitor_period: Duration,
+    /// An idle worker is stopped after this long unused, so a long-running
+    /// node's worker count stays bounded.
+    pub idle_timeout: Duration,
     /// The cluster token, given to workers.
     pub token: String,
 }
 
 impl WorkerPoolConfig {
-    /// Defaults: no per-worker limit, node threshold 95%, checked every 250 ms.
+    /// Defaults: no per-worker limit, node threshold 95%, checked every
+    /// 250 ms; idle workers stopped after [`DEFAULT_IDLE_TIMEOUT`].
     pub fn new(
         node_id: NodeId,
         raylet_address: impl Into<String>,
@@ -88,6 +95,7 @@ impl WorkerPoolConfig {
             node_memory_threshold: 0.95,
             cgroup_root: PathBuf::from("/sys/fs/cgroup"),
             monitor_period: Duration::from_millis(250),
+            idle_timeout: DEFAULT_IDLE_TIMEOUT,
             token: String::new(),
         }
     }
@@ -107,6 +115,8 @@ pub enum ExitReason {
         /// What was exceeded, in words.
         why: String,
     },
+    /// The pool stopped it after it sat idle this long.
+    Idle(Duration),
 }
 
 impl fmt::Display for ExitReason {
@@ -125,6 +135,7 @@ impl fmt::Display for ExitReason {
                     rss >> 20
                 )
             }
+            Self::Idle(after) => write!(f, "stopped after {after:?} idle"),
         }
     }
 }
@@ -165,9 +176,10 @@ pub struct SpawnError {
 #[derive(Default)]
 struct PoolState {
     live: HashMap<WorkerId, Worker>,
-    idle: BTreeMap<WorkerSpec, Vec<WorkerId>>,
-    /// Set by the memory monitor just before it kills a worker.
-    memory_kills: HashMap<WorkerId, ExitReason>,
+    /// Idle workers by what they run, with when each became idle.
+    idle: BTreeMap<WorkerSpec, Vec<(WorkerId, Instant)>>,
+    /// Why the pool kills a worker, set just before it does.
+    kill_reasons: HashMap<WorkerId, ExitReason>,
     exits: HashMap<WorkerId, ExitReason>,
 }
 
@@ -191,7 +203,7 @@ impl WorkerPool {
             tasks: TaskTracker::new(),
             cancel: CancellationToken::new(),
         });
-        pool.tasks.spawn(monitor_memory(
+        pool.tasks.spawn(monitor(
             Arc::downgrade(&pool),
             pool.cancel.clone(),
             pool.config.monitor_period,
@@ -234,7 +246,7 @@ impl WorkerPool {
                 .idle
                 .entry(spec.clone())
                 .or_default()
-                .push(worker.id);
+                .push((worker.id, Instant::now()));
         }
         Ok(())
     }
@@ -243,7 +255,7 @@ impl WorkerPool {
     pub fn lease(&self, spec: &WorkerSpec) -> Result<Worker, SpawnError> {
         {
             let mut state = self.lock();
-            while let Some(id) = state.idle.get_mut(spec).and_then(Vec::pop) {
+            while let Some((id, _)) = state.idle.get_mut(spec).and_then(Vec::pop) {
                 if let Some(worker) = state.live.get(&id) {
                     return Ok(worker.clone());
                 }
@@ -260,7 +272,7 @@ impl WorkerPool {
                 .idle
                 .entry(worker.spec.clone())
                 .or_default()
-                .push(worker.id);
+                .push((worker.id, Instant::now()));
         }
     }
 
@@ -286,14 +298,15 @@ impl WorkerPool {
         victims.len() as u32
     }
 
-    /// Workers that ended since start, by how: `exited`, `signaled`, `oom`.
+    /// Workers that ended since start, by how: `exited`, `signaled`, `oom`, `idle`.
     pub fn exit_counts(&self) -> BTreeMap<&'static str, u64> {
-        let mut counts = BTreeMap::from([("exited", 0), ("signaled", 0), ("oom", 0)]);
+        let mut counts = BTreeMap::from([("exited", 0), ("signaled", 0), ("oom", 0), ("idle", 0)]);
         for reason in self.lock().exits.values() {
             let kind = match reason {
                 ExitReason::Exited(_) => "exited",
                 ExitReason::Signaled(_) => "signaled",
                 ExitReason::KilledForMemory { .. } => "oom",
+                ExitReason::Idle(_) => "idle",
             };
             *counts.entry(kind).or_default() += 1;
         }
@@ -368,7 +381,7 @@ impl WorkerPool {
                 .unwrap_or_else(|poisoned| poisoned.into_inner());
             state.live.remove(&id);
             let reason = state
-                .memory_kills
+                .kill_reasons
                 .remove(&id)
                 .unwrap_or_else(|| match status {
                     Ok(status) => match (status.code(), status.signal()) {
@@ -429,7 +442,33 @@ impl WorkerPool {
         }
         for (id, pid, reason) in victims {
             warn!(worker = %id, pid, %reason, "memory monitor kills worker");
-            self.lock().memory_kills.insert(id, reason);
+            self.lock().kill_reasons.insert(id, reason);
+            let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
+        }
+    }
+
+    /// Stops workers idle for longer than the idle timeout (the newest idle
+    /// worker of a kind is reused first, so the oldest go).
+    fn stop_idle(&self) {
+        let timeout = self.config.idle_timeout;
+        let mut state = self.lock();
+        let mut stale = Vec::new();
+        for workers in state.idle.values_mut() {
+            workers.retain(|&(id, since)| {
+                let keep = since.elapsed() < timeout;
+                if !keep {
+                    stale.push(id);
+                }
+                keep
+            });
+        }
+        state.idle.retain(|_, workers| !workers.is_empty());
+        for id in stale {
+            let Some(pid) = state.live.get(&id).map(|w| w.pid) else {
+                continue;
+            };
+            info!(worker = %id, pid, "stopping an idle worker");
+            state.kill_reasons.insert(id, ExitReason::Idle(timeout));
             let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
         }
     }
@@ -442,11 +481,8 @@ impl WorkerPool {
     }
 }
 
-async fn monitor_memory(
-    pool: std::sync::Weak<WorkerPool>,
-    cancel: CancellationToken,
-    period: Duration,
-) {
+/// Every `period`: the memory check, and idle workers stopped.
+async fn monitor(pool: std::sync::Weak<WorkerPool>, cancel: CancellationToken, period: Duration) {
     let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
     loop {
         tokio::select! {
@@ -454,8 +490,11 @@ async fn monitor_memory(
             _ = ticks.tick() => {}
         }
         let Some(pool) = pool.upgrade() else { return };
-        tokio::task::spawn_blocking(move || pool.check_memory())
-            .await
-            .ok();
+        tokio::task::spawn_blocking(move || {
+            pool.stop_idle();
+            pool.check_memory();
+        })
+        .await
+        .ok();
     }
 }

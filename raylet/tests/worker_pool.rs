@@ -275,3 +275,41 @@ async fn a_full_cgroup_kills_the_worker_with_the_most_private_memory() {
     assert!(pool.live().iter().any(|w| w.id == reader.id));
     pool.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_workers_are_stopped_after_the_idle_timeout_and_busy_ones_are_not() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = config(&dir, None, 1.0, Duration::from_millis(50));
+    config.idle_timeout = Duration::from_millis(600);
+    let pool = WorkerPool::start(config);
+    let mut exits = pool.subscribe();
+    let spec = shell("sleep 30", &[]);
+    let idle = pool.lease(&spec).unwrap();
+    let busy = pool.lease(&spec).unwrap();
+    pool.release(&idle);
+    let started = std::time::Instant::now();
+    let exit = next_exit(&mut exits).await;
+    let waited = started.elapsed();
+    assert_eq!(
+        (exit.worker_id, exit.reason.clone()),
+        (idle.id, ExitReason::Idle(Duration::from_millis(600)))
+    );
+    assert_eq!(exit.reason.to_string(), "stopped after 600ms idle");
+    assert!(
+        waited >= Duration::from_millis(600),
+        "stopped after only {waited:?}"
+    );
+    assert_eq!(pool.idle_count(&spec), 0);
+    // The leased worker stays however long it is busy; reused in time, a
+    // released worker stays too.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let live: Vec<_> = pool.live().into_iter().map(|w| w.id).collect();
+    assert_eq!(live, vec![busy.id]);
+    pool.release(&busy);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(pool.lease(&spec).unwrap().id, busy.id);
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert_eq!(pool.live().len(), 1);
+    assert_eq!(pool.exit_counts()["idle"], 1);
+    pool.shutdown().await;
+}

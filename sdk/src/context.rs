@@ -55,6 +55,12 @@ pub struct NodeView {
     pub object_store_used: u64,
     /// Its object store's capacity in bytes.
     pub object_store_capacity: u64,
+    /// Bytes pinned by readers or being written in its object store.
+    pub object_store_pinned: u64,
+    /// Objects in its store, in memory or spilled.
+    pub object_store_objects: u64,
+    /// Bytes of its objects spilled to disk.
+    pub object_store_spilled_bytes: u64,
     /// Lease requests waiting for its resources, by shape.
     pub pending: Vec<PendingDemand>,
 }
@@ -934,12 +940,16 @@ impl Context {
             .filter(|n| n.state == NodeState::Alive as i32)
             .filter_map(|n| {
                 let info = n.info.as_ref()?;
+                let store = n.store.unwrap_or_default();
                 Some(NodeView {
                     address: info.address.clone(),
                     total: amounts(&info.total),
                     available: amounts(&n.available),
                     object_store_used: n.object_store_used,
                     object_store_capacity: info.object_store_capacity,
+                    object_store_pinned: store.pinned,
+                    object_store_objects: store.objects,
+                    object_store_spilled_bytes: store.spilled_bytes,
                     pending: n
                         .pending
                         .iter()

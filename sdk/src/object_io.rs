@@ -10,7 +10,7 @@ use bytes::Bytes;
 use photon_object_store::{MappedObject, MappedObjectMut, ObjectDescriptor};
 use photon_proto::ObjectId;
 use photon_proto::v1::{
-    CreateObjectRequest, GetObjectRequest, ReleaseObjectRequest, SealObjectRequest,
+    ClientProcess, CreateObjectRequest, GetObjectRequest, ReleaseObjectRequest, SealObjectRequest,
 };
 use tonic::Code;
 
@@ -77,6 +77,7 @@ impl Drop for MappedRead {
             let _ = raylet
                 .release_object(ReleaseObjectRequest {
                     object_id: id.to_vec(),
+                    reader: Some(ClientProcess::this_process()),
                 })
                 .await;
         });
@@ -113,6 +114,7 @@ pub(crate) async fn write_with(
         .create_object(CreateObjectRequest {
             object_id: id.to_vec(),
             size: size as u64,
+            writer: Some(ClientProcess::this_process()),
         })
         .await
     {
@@ -138,8 +140,8 @@ pub(crate) async fn write_with(
         fill_now()
     };
     if let Err(err) = filled {
-        // The raylet drops the unsealed object when the id is created again;
-        // free it now instead.
+        // Free the unsealed object now (the raylet would otherwise drop it
+        // when this process ends, or when the id is created again).
         let _ = raylet
             .delete_object(photon_proto::v1::DeleteObjectRequest {
                 object_id: id.to_vec(),
@@ -177,6 +179,7 @@ pub(crate) async fn read(
         .get_object(GetObjectRequest {
             object_id: id.to_vec(),
             fetch: true,
+            reader: Some(ClientProcess::this_process()),
         })
         .await
     {

@@ -26,6 +26,7 @@ pub fn raylet_entry() {
         );
         config.log_dir = spec["logs"].as_str().unwrap().into();
         config.store.capacity = spec["store"].as_u64().unwrap_or(256 << 20);
+        config.store.spill_url = spec["spill"].as_str().map(String::from);
         config.resources.num_cpus = Some(2.0);
         config.resources.custom = serde_json::from_value(spec["resources"].clone()).unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -45,6 +46,8 @@ pub struct Raylet {
     pub address: String,
     /// Its node id (hex).
     pub node_id: String,
+    /// Where its store spills objects.
+    pub spill_dir: std::path::PathBuf,
 }
 
 impl Raylet {
@@ -54,10 +57,11 @@ impl Raylet {
         logs: &std::path::Path,
         resources: serde_json::Value,
         store_bytes: u64,
+        spill_dir: std::path::PathBuf,
     ) -> Self {
         let spec = serde_json::json!({
             "head": head, "token": token, "logs": logs, "resources": resources,
-            "store": store_bytes,
+            "store": store_bytes, "spill": spill_dir,
         });
         let mut child = Command::new(std::env::current_exe().unwrap())
             .env(RAYLET_ENV, spec.to_string())
@@ -79,6 +83,7 @@ impl Raylet {
             child,
             address,
             node_id,
+            spill_dir,
         }
     }
 
@@ -100,6 +105,7 @@ pub struct LoopbackCluster {
     head: String,
     token: String,
     dir: tempfile::TempDir,
+    raylets_started: std::sync::atomic::AtomicUsize,
     _runtime: tokio::runtime::Runtime,
 }
 
@@ -119,6 +125,7 @@ impl LoopbackCluster {
             head,
             token,
             dir,
+            raylets_started: Default::default(),
             _runtime: runtime,
         }
     }
@@ -131,13 +138,27 @@ impl LoopbackCluster {
 
     /// [`LoopbackCluster::raylet`] with an object store of `store_bytes`.
     pub fn raylet_with_store(&self, resources: serde_json::Value, store_bytes: u64) -> Raylet {
+        let n = self
+            .raylets_started
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         Raylet::start(
             &self.head,
             &self.token,
             &self.dir.path().join("logs"),
             resources,
             store_bytes,
+            self.dir.path().join(format!("spill-{n}")),
         )
+    }
+
+    /// The head's address.
+    pub fn head_address(&self) -> &str {
+        &self.head
+    }
+
+    /// The cluster's token.
+    pub fn token(&self) -> &str {
+        &self.token
     }
 
     /// A driver joining the cluster through `raylet`.

@@ -76,7 +76,7 @@ async fn simulated_node(
                 let mut available = total.clone();
                 available.set("CPU", Quantity::whole(16 - round % 16));
                 available.set("GPU", Quantity::from_units(80_000 - (round % 32) * 2_500));
-                let beat = Heartbeat { node_id: node_id.to_vec(), available: available.to_proto(), object_store_used: (round as u64) << 20, draining: false, pending: Vec::new() };
+                let beat = Heartbeat { node_id: node_id.to_vec(), available: available.to_proto(), object_store_used: (round as u64) << 20, draining: false, pending: Vec::new(), store: None };
                 if sender.send(beat).await.is_err() {
                     bail!("heartbeat stream closed");
                 }

@@ -33,11 +33,18 @@ pub struct Cluster {
     pub children: Vec<Child>,
     pub address: String,
     pub token: String,
+    /// Extra arguments of every `photon start --head` of this cluster.
+    pub head_args: Vec<String>,
 }
 
 impl Cluster {
     /// A head without a raylet.
     pub fn start() -> Self {
+        Self::start_with(&[])
+    }
+
+    /// A head without a raylet, started with `head_args` too.
+    pub fn start_with(head_args: &[&str]) -> Self {
         let home = tempfile::tempdir().unwrap();
         let session = home.path().join("session");
         let mut cluster = Self {
@@ -46,6 +53,7 @@ impl Cluster {
             children: Vec::new(),
             address: String::new(),
             token: String::new(),
+            head_args: head_args.iter().map(|a| a.to_string()).collect(),
         };
         cluster.start_head(0);
         cluster
@@ -84,6 +92,7 @@ impl Cluster {
                 "--metrics-port",
                 "0",
             ])
+            .args(&self.head_args)
             .arg("--session-dir")
             .arg(&self.session)
             .stdout(Stdio::null())
@@ -215,4 +224,12 @@ pub fn failure(output: &Output) -> String {
         String::from_utf8_lossy(&output.stdout)
     );
     String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+/// Milliseconds since the Unix epoch, as the head stamps its records.
+pub fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
 }

@@ -6,6 +6,7 @@
 
 mod cluster;
 mod functions;
+mod owners;
 
 use std::time::Duration;
 
@@ -426,6 +427,7 @@ fn running_calls_report_progress() -> Result<(), Failed> {
 fn main() {
     photon::worker_entry();
     photon::testing::raylet_entry();
+    owners::driver_entry();
     let args = Arguments::from_args();
     let tests = vec![
         Trial::test("embedded::tasks_fan_out_and_in", tasks_fan_out_and_in),
@@ -472,6 +474,10 @@ fn main() {
             pending_demand_is_reported,
         ),
         Trial::test("cluster::three_raylets", cluster::three_raylets),
+        Trial::test(
+            "cluster::killed_drivers_leave_nothing_behind",
+            owners::killed_drivers_leave_nothing_behind,
+        ),
         Trial::test(
             "cluster::spilled_tasks_pack_onto_the_first_node_under_half_used",
             cluster::spilled_tasks_pack_onto_the_first_node_under_half_used,

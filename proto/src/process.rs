@@ -1,0 +1,69 @@
+//! Local processes named on the wire: a driver or worker tells its raylet
+//! which process it is, so that what it holds (pins, half-written objects) is
+//! released when it ends, however it ends.
+
+use crate::v1::ClientProcess;
+
+/// When process `pid` started (field 22 of `/proc/PID/stat`, clock ticks
+/// since boot), or `None` if this host has no such process.
+pub fn process_started(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name, which may hold spaces and parentheses.
+    let after_comm = stat.rsplit_once(')')?.1;
+    after_comm.split_whitespace().nth(19)?.parse().ok()
+}
+
+impl ClientProcess {
+    /// This process (read once: clients name themselves on every store call).
+    pub fn this_process() -> Self {
+        static ME: std::sync::OnceLock<ClientProcess> = std::sync::OnceLock::new();
+        let pid = std::process::id();
+        let me = *ME.get_or_init(|| Self {
+            pid,
+            started: process_started(pid).unwrap_or(0),
+        });
+        // A forked child is another process.
+        if me.pid == pid {
+            me
+        } else {
+            Self {
+                pid,
+                started: process_started(pid).unwrap_or(0),
+            }
+        }
+    }
+
+    /// Whether this host sees the process as it described itself: the pid
+    /// exists and started when it said. False for a process in another pid
+    /// namespace (or one that has ended).
+    pub fn is_visible_and_alive(&self) -> bool {
+        self.pid != 0 && self.started != 0 && process_started(self.pid) == Some(self.started)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn this_process_is_alive_and_a_reused_pid_is_not() {
+        let me = ClientProcess::this_process();
+        assert_eq!(me.pid, std::process::id());
+        assert!(me.is_visible_and_alive());
+        let reborn = ClientProcess {
+            started: me.started + 1,
+            ..me
+        };
+        assert!(!reborn.is_visible_and_alive());
+        assert!(!ClientProcess::default().is_visible_and_alive());
+    }
+
+    #[test]
+    fn an_exited_process_is_not_alive() {
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let pid = child.id();
+        let started = process_started(pid).unwrap_or(1);
+        child.wait().unwrap();
+        assert!(!ClientProcess { pid, started }.is_visible_and_alive());
+    }
+}
