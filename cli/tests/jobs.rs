@@ -575,7 +575,7 @@ fn finished_jobs_past_the_retention_and_deleted_jobs_leave_no_files() {
         ids.push(listed_ids(&cluster).pop().unwrap());
     }
     // The oldest finished job goes with its directory and its working dir's
-    // package; the shared program package stays.
+    // package (the program, run.sh, is in the working dir).
     wait_until(
         Duration::from_secs(10),
         "the oldest job to be deleted",
@@ -583,7 +583,7 @@ fn finished_jobs_past_the_retention_and_deleted_jobs_leave_no_files() {
     );
     assert!(!jobs.join(&ids[0]).exists());
     assert!(jobs.join(&ids[1]).exists() && jobs.join(&ids[2]).exists());
-    assert_eq!(files_in(&packages), 3, "run.sh and two working dirs");
+    assert_eq!(files_in(&packages), 2, "the kept jobs' working dirs");
 
     let output = photon(&cluster, &["job", "delete", &ids[1]]);
     assert!(output.status.success(), "{}", text(&output.stderr));
@@ -594,7 +594,7 @@ fn finished_jobs_past_the_retention_and_deleted_jobs_leave_no_files() {
     );
     assert_eq!(listed_ids(&cluster), ids[2..]);
     assert!(!jobs.join(&ids[1]).exists());
-    assert_eq!(files_in(&packages), 2);
+    assert_eq!(files_in(&packages), 1);
 
     // A running job is not deleted; an unknown one is named.
     let working_dir = script_job(&dirs.path().join("sleeper"), "sleep 600");
