@@ -871,14 +871,6 @@ fn a_killed_embed_driver_leaves_no_actor_behind_and_its_rerun_finishes() {
     cluster.add_raylet(&[]);
     let (dir, model, corpus) = model_and_corpus(&cluster, 8, 1000);
     let out = dir.path().join("out");
-    let alive_actors = |cluster: &Cluster| -> usize {
-        cluster.status()["actors"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|a| a["state"] != "dead")
-            .count()
-    };
     let mut driver = embed_on(&cluster, &corpus, &out, &model)
         .args(["--batch-size", "8", "--slow-batches-ms", "50"])
         .stdout(std::process::Stdio::null())
@@ -915,6 +907,64 @@ fn a_killed_embed_driver_leaves_no_actor_behind_and_its_rerun_finishes() {
         .filter(|name| name.starts_with("_temporary") || name == photon_data::WRITER_LOCK)
         .collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
+}
+
+fn alive_actors(cluster: &Cluster) -> usize {
+    cluster.status()["actors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|a| a["state"] != "dead")
+        .count()
+}
+
+#[test]
+fn an_embed_driver_that_died_while_the_head_was_down_is_ended_after_the_restart() {
+    let mut cluster = Cluster::start();
+    cluster.add_raylet(&[]);
+    let (dir, model, corpus) = model_and_corpus(&cluster, 8, 1000);
+    let mut driver = embed_on(&cluster, &corpus, &dir.path().join("out"), &model)
+        .args(["--batch-size", "8", "--slow-batches-ms", "50"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_until(Duration::from_secs(30), "the embed actor", || {
+        (alive_actors(&cluster) > 0).then_some(())
+    });
+    let port: u16 = cluster.address.rsplit(':').next().unwrap().parse().unwrap();
+    let head = cluster.head_pid();
+    cluster.kill(head, "-9");
+    cluster.children.remove(0).wait().unwrap();
+    driver.kill().unwrap();
+    driver.wait().unwrap();
+    cluster.start_head(port);
+    let restarted = Instant::now();
+    // The restarted head waits 5 s for the driver to reattach, then ends its job.
+    wait_until(
+        Duration::from_secs(15),
+        "the dead driver's actor to end",
+        || {
+            let nodes = cluster.alive_nodes();
+            let node = nodes.first()?;
+            (alive_actors(&cluster) == 0 && node["available"]["CPU"] == node["total"]["CPU"])
+                .then_some(())
+        },
+    );
+    let waited = restarted.elapsed();
+    eprintln!("actor ended {waited:?} after the head restarted");
+    assert!(
+        waited >= Duration::from_secs(4),
+        "ended before the reattach grace: {waited:?}"
+    );
+    let actors = cluster.status()["actors"].clone();
+    assert!(
+        actors.as_array().unwrap().iter().all(|a| a["reason"]
+            .as_str()
+            .unwrap_or("")
+            .contains("did not come back")),
+        "{actors}"
+    );
 }
 
 /// Child processes of `pid` (a raylet's workers).

@@ -4,19 +4,25 @@
 //! SIGKILL, a lost connection) and none reopens within [`GRACE`] (a driver
 //! whose connection blipped, or that lost the head to a restart, reattaches
 //! at once), the head ends what the job left: its actors, and its workers on
-//! every node.
+//! every node. Jobs with a driver attached are persisted: a restarted head
+//! gives their drivers [`REATTACH_GRACE`] to come back and ends the jobs of
+//! those that do not (they died while the head was down).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use photon_proto::JobId;
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::service::HeadState;
 
 /// How long a job's drivers may be away before its actors are ended.
 pub const GRACE: Duration = Duration::from_secs(2);
+
+/// How long a restarted head waits for the drivers that were attached
+/// before it went down (they retry every 200 ms).
+pub const REATTACH_GRACE: Duration = Duration::from_secs(5);
 
 /// Open sessions per job.
 #[derive(Default)]
@@ -31,7 +37,20 @@ impl DriverSessions {
 
     /// A session of `job` opened; it lasts until the returned guard drops.
     pub(crate) fn open(state: &Arc<HeadState>, job: JobId) -> SessionGuard {
-        *state.drivers.lock().entry(job).or_default() += 1;
+        let sessions = {
+            let mut open = state.drivers.lock();
+            let count = open.entry(job).or_default();
+            *count += 1;
+            *count
+        };
+        if sessions == 1 {
+            let persistence = state.persistence.clone();
+            state.tasks.spawn_blocking(move || {
+                if let Err(err) = persistence.save_driver(job) {
+                    warn!(%job, %err, "cannot record the job's driver: a restarted head would not end the job if it dies meanwhile");
+                }
+            });
+        }
         SessionGuard {
             state: state.clone(),
             job,
@@ -77,7 +96,44 @@ impl Drop for SessionGuard {
                 return;
             }
             info!(%job, "the job's driver is gone: ending its actors and workers");
-            state.end_job_everywhere(job, "its driver ended").await;
+            end_job(&state, job, "its driver ended").await;
         });
+    }
+}
+
+async fn end_job(state: &HeadState, job: JobId, why: &str) {
+    state.end_job_everywhere(job, why).await;
+    let persistence = state.persistence.clone();
+    let forgotten = tokio::task::spawn_blocking(move || persistence.delete_driver(job)).await;
+    if !matches!(forgotten, Ok(Ok(()))) {
+        warn!(%job, "cannot forget the job's driver: a restarted head will end the job again");
+    }
+}
+
+/// On a restarted head: after [`REATTACH_GRACE`], ends the jobs among
+/// `attached` (those with a driver when the head went down) whose drivers
+/// did not reattach.
+pub(crate) async fn end_jobs_of_drivers_gone_while_down(
+    state: Arc<HeadState>,
+    attached: Vec<JobId>,
+) {
+    if attached.is_empty() {
+        return;
+    }
+    tokio::select! {
+        () = tokio::time::sleep(REATTACH_GRACE) => {}
+        () = state.cancel.cancelled() => return,
+    }
+    for job in attached {
+        if state.drivers.is_open(job) {
+            continue;
+        }
+        info!(%job, "the job's driver did not come back after the head restarted: ending the job");
+        end_job(
+            &state,
+            job,
+            "its driver did not come back after the head restarted",
+        )
+        .await;
     }
 }

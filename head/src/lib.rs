@@ -111,22 +111,26 @@ pub async fn run(
         .local_addr()
         .map_or_else(|_| "?".to_string(), |a| a.to_string());
     let data_dir = config.data_dir.clone();
-    let (persistence, (records, actor_records, lineage_records, job_records), cluster_id) =
-        tokio::task::spawn_blocking(move || {
-            let persistence = Persistence::open(&data_dir)?;
-            let records = persistence.load_nodes()?;
-            let actor_records = persistence.load_actors()?;
-            let lineage_records = persistence.load_lineage()?;
-            let job_records = persistence.load_jobs()?;
-            let cluster_id = persistence.cluster_id()?;
-            Ok::<_, Error>((
-                persistence,
-                (records, actor_records, lineage_records, job_records),
-                cluster_id,
-            ))
-        })
-        .await
-        .expect("head store task panicked")?;
+    let (
+        persistence,
+        (records, actor_records, lineage_records, job_records),
+        (cluster_id, attached_drivers),
+    ) = tokio::task::spawn_blocking(move || {
+        let persistence = Persistence::open(&data_dir)?;
+        let records = persistence.load_nodes()?;
+        let actor_records = persistence.load_actors()?;
+        let lineage_records = persistence.load_lineage()?;
+        let job_records = persistence.load_jobs()?;
+        let attached_drivers = persistence.load_drivers()?;
+        let cluster_id = persistence.cluster_id()?;
+        Ok::<_, Error>((
+            persistence,
+            (records, actor_records, lineage_records, job_records),
+            (cluster_id, attached_drivers),
+        ))
+    })
+    .await
+    .expect("head store task panicked")?;
     let http_listener = match config.metrics_address {
         Some(at) => Some(
             photon_ops::bind(at, "--metrics-port")
@@ -176,6 +180,12 @@ pub async fn run(
     state
         .tasks
         .spawn(async move { resuming.resume_jobs(job_records).await });
+    state
+        .tasks
+        .spawn(drivers::end_jobs_of_drivers_gone_while_down(
+            state.clone(),
+            attached_drivers,
+        ));
     let readiness = photon_ops::Readiness::default();
     if let Some(listener) = http_listener {
         info!(address = %state.metrics_address, "status page and metrics served");

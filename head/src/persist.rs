@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use photon_proto::v1::{ActorRecord, JobRecord, LineageRecord, NodeRecord};
-use photon_proto::{ActorId, NodeId, ObjectId};
+use photon_proto::{ActorId, JobId, NodeId, ObjectId};
 use prost::Message;
 use redb::{Database, ReadableTable, TableDefinition};
 
@@ -25,6 +25,9 @@ const META: TableDefinition<&str, &str> = TableDefinition::new("meta");
 const ACTORS: Records = TableDefinition::new("actors");
 const LINEAGE: Records = TableDefinition::new("lineage");
 const JOBS: Records = TableDefinition::new("jobs");
+/// Jobs with a driver attached: a restarted head ends those whose driver
+/// does not come back.
+const DRIVERS: Records = TableDefinition::new("drivers");
 
 /// Handle to the head's database. Cheap to clone.
 #[derive(Clone)]
@@ -55,6 +58,7 @@ impl Persistence {
             txn.open_table(ACTORS)?;
             txn.open_table(LINEAGE)?;
             txn.open_table(JOBS)?;
+            txn.open_table(DRIVERS)?;
             Ok(())
         })?;
         Ok(persistence)
@@ -156,6 +160,39 @@ impl Persistence {
             txn.open_table(JOBS)?.remove(id.as_bytes())?;
             Ok(())
         })
+    }
+
+    /// Records that job `job` has a driver attached.
+    pub fn save_driver(&self, job: JobId) -> Result<()> {
+        self.write(|txn| {
+            txn.open_table(DRIVERS)?
+                .insert(&job.as_bytes()[..], &[][..])?;
+            Ok(())
+        })
+    }
+
+    /// Forgets job `job`'s drivers (the job was ended).
+    pub fn delete_driver(&self, job: JobId) -> Result<()> {
+        self.write(|txn| {
+            txn.open_table(DRIVERS)?.remove(&job.as_bytes()[..])?;
+            Ok(())
+        })
+    }
+
+    /// The jobs that had a driver attached when the head last ran.
+    pub fn load_drivers(&self) -> Result<Vec<JobId>> {
+        let keys: Vec<Vec<u8>> = self.read(|txn| {
+            let table = txn.open_table(DRIVERS)?;
+            let mut keys = Vec::new();
+            for row in table.iter()? {
+                keys.push(row?.0.value().to_vec());
+            }
+            Ok(keys)
+        })?;
+        Ok(keys
+            .iter()
+            .filter_map(|key| JobId::from_slice(key).ok())
+            .collect())
     }
 
     /// Every job record.
