@@ -866,47 +866,57 @@ fn embed_on(cluster: &Cluster, corpus: &Path, out: &Path, model: &Path) -> Comma
 }
 
 #[test]
-fn a_killed_embed_driver_leaves_no_actor_behind_and_its_rerun_finishes() {
+fn a_killed_or_interrupted_embed_driver_leaves_no_actor_behind_and_its_rerun_finishes() {
     let mut cluster = Cluster::start();
     cluster.add_raylet(&[]);
     let (dir, model, corpus) = model_and_corpus(&cluster, 8, 1000);
-    let out = dir.path().join("out");
-    let mut driver = embed_on(&cluster, &corpus, &out, &model)
-        .args(["--batch-size", "8", "--slow-batches-ms", "50"])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    wait_until(Duration::from_secs(30), "the embed actor", || {
-        (alive_actors(&cluster) > 0).then_some(())
-    });
-    driver.kill().unwrap();
-    driver.wait().unwrap();
-    let killed = Instant::now();
-    // Within 5 s the driver's actor is dead and its CPU free again.
-    wait_until(
-        Duration::from_secs(5),
-        "the actor to end with its driver",
-        || {
-            let node = &cluster.alive_nodes()[0];
-            (alive_actors(&cluster) == 0 && node["available"]["CPU"] == node["total"]["CPU"])
-                .then_some(())
-        },
-    );
-    eprintln!("actor ended {:?} after its driver", killed.elapsed());
-    // The same command then runs to completion, without --overwrite: what
-    // the dead driver staged is not "files already there".
-    let rerun = embed_on(&cluster, &corpus, &out, &model).output().unwrap();
-    assert!(rerun.status.success(), "{}", failure(&rerun));
-    let manifest: Value =
-        serde_json::from_slice(&std::fs::read(out.join("_SUCCESS")).unwrap()).unwrap();
-    assert_eq!(manifest["rows"], 1000, "{manifest}");
-    let leftovers: Vec<String> = std::fs::read_dir(&out)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .filter(|name| name.starts_with("_temporary") || name == photon_data::WRITER_LOCK)
-        .collect();
-    assert!(leftovers.is_empty(), "{leftovers:?}");
+    for signal in ["-KILL", "-INT"] {
+        let out = dir.path().join(format!("out{signal}"));
+        let mut driver = embed_on(&cluster, &corpus, &out, &model)
+            .args(["--batch-size", "8", "--slow-batches-ms", "50"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        wait_until(Duration::from_secs(30), "the embed actor", || {
+            (alive_actors(&cluster) > 0).then_some(())
+        });
+        let sent = Command::new("kill")
+            .args([signal, &driver.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(sent.success());
+        let ended = driver.wait().unwrap();
+        assert!(!ended.success(), "{signal}: {ended}");
+        let killed = Instant::now();
+        // Within 5 s the driver's actor is dead and its CPU free again.
+        wait_until(
+            Duration::from_secs(5),
+            "the actor to end with its driver",
+            || {
+                let node = &cluster.alive_nodes()[0];
+                (alive_actors(&cluster) == 0 && node["available"]["CPU"] == node["total"]["CPU"])
+                    .then_some(())
+            },
+        );
+        eprintln!(
+            "{signal}: actor ended {:?} after its driver",
+            killed.elapsed()
+        );
+        // The same command then runs to completion, without --overwrite: what
+        // the dead driver staged is not "files already there".
+        let rerun = embed_on(&cluster, &corpus, &out, &model).output().unwrap();
+        assert!(rerun.status.success(), "{signal}: {}", failure(&rerun));
+        let manifest: Value =
+            serde_json::from_slice(&std::fs::read(out.join("_SUCCESS")).unwrap()).unwrap();
+        assert_eq!(manifest["rows"], 1000, "{signal}: {manifest}");
+        let leftovers: Vec<String> = std::fs::read_dir(&out)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|name| name.starts_with("_temporary") || name == photon_data::WRITER_LOCK)
+            .collect();
+        assert!(leftovers.is_empty(), "{signal}: {leftovers:?}");
+    }
 }
 
 fn alive_actors(cluster: &Cluster) -> usize {
@@ -985,7 +995,8 @@ fn consecutive_embed_runs_leave_no_workers_on_the_raylet() {
     let raylet = cluster.add_raylet(&[]);
     let (dir, model, corpus) = model_and_corpus(&cluster, 9, 300);
     let baseline = children_of(raylet);
-    for run in 0..4 {
+    let mut memory_after_warm_up = 0;
+    for run in 0..20 {
         let out = dir.path().join(format!("out-{run}"));
         let embedded = embed_on(&cluster, &corpus, &out, &model).output().unwrap();
         assert!(embedded.status.success(), "{}", failure(&embedded));
@@ -993,5 +1004,26 @@ fn consecutive_embed_runs_leave_no_workers_on_the_raylet() {
         wait_until(Duration::from_secs(5), "the job's workers to end", || {
             (children_of(raylet) <= baseline).then_some(())
         });
+        if run == 1 {
+            memory_after_warm_up = private_memory(raylet);
+        }
     }
+    let memory = private_memory(raylet);
+    eprintln!(
+        "raylet private memory: {} KiB after 2 runs, {} KiB after 20",
+        memory_after_warm_up >> 10,
+        memory >> 10
+    );
+    assert!(
+        memory < memory_after_warm_up + (32 << 20),
+        "the raylet grew from {memory_after_warm_up} to {memory} bytes over 18 runs"
+    );
+}
+
+/// Private resident memory (`RssAnon`) of process `pid`, in bytes.
+fn private_memory(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("RssAnon:")).unwrap();
+    let kib: u64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
+    kib << 10
 }
