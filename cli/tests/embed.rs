@@ -105,6 +105,7 @@ fn embeds_a_corpus_and_writes_every_id_once() {
     assert!(run.status.success(), "{}", text(&run.stderr));
     let summary: serde_json::Value = serde_json::from_slice(&run.stdout).unwrap();
     assert_eq!(summary["rows"], 300);
+    assert_eq!(summary["duplicate_ids"], 0);
     assert!(summary["peak_memory_bytes"].as_u64().unwrap() > 0);
     assert!(summary["parts"].as_u64().unwrap() >= 2, "{summary}");
 
@@ -346,7 +347,7 @@ fn tiny_model_and_corpus(seed: u64, rows: usize) -> (tempfile::TempDir, PathBuf,
 }
 
 /// The summary fields both paths print with `--json`.
-const SUMMARY_FIELDS: [&str; 18] = [
+const SUMMARY_FIELDS: [&str; 19] = [
     "rows",
     "dim",
     "wall_seconds",
@@ -359,6 +360,7 @@ const SUMMARY_FIELDS: [&str; 18] = [
     "actors",
     "peak_memory_bytes",
     "reconstructions",
+    "duplicate_ids",
     "output",
     "manifest",
     "parts",
@@ -634,4 +636,32 @@ fn a_second_writer_to_one_destination_is_refused_naming_the_first() {
     assert!(first.status.success(), "{}", text(&first.stderr));
     assert_eq!(manifest_ids(&out), (0..400).collect::<Vec<_>>());
     assert!(!lock.exists(), "the lock goes with its writer");
+}
+
+#[test]
+fn repeated_input_ids_are_counted_and_warned_about_on_both_paths() {
+    let (dir, model, corpus, out) = tiny_model_and_corpus(11, 120);
+    // The same 120 ids twice: 120 rows repeat an earlier row's id.
+    let copy = dir.path().join("copy.parquet");
+    std::fs::copy(&corpus, &copy).unwrap();
+    for (run, extra) in [("cluster", None), ("in-process", Some("--in-process"))] {
+        let out = out.with_extension(run);
+        let mut command = embed_command(&corpus, &out, &model);
+        command.arg("--input").arg(&copy);
+        command.args(["--id-column", "id", "--threads", "1", "--json"]);
+        command.args(extra);
+        let output = command.output().unwrap();
+        let stderr = text(&output.stderr);
+        assert!(output.status.success(), "{run}: {stderr}");
+        let summary: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+        assert_eq!(
+            (&summary["rows"], &summary["duplicate_ids"]),
+            (&240.into(), &120.into()),
+            "{run}: {summary}"
+        );
+        assert!(
+            stderr.contains("warning: 120 row(s) of the input repeat an id (column \"id\")"),
+            "{run}: {stderr}"
+        );
+    }
 }

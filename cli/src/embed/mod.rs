@@ -14,6 +14,7 @@ use serde::Serialize;
 
 mod cluster;
 pub mod corpus;
+mod duplicates;
 pub mod input;
 pub mod output;
 mod run_dir;
@@ -118,6 +119,9 @@ struct Summary {
     peak_memory_bytes: u64,
     /// Blocks rebuilt after a worker, actor or node was lost.
     reconstructions: u64,
+    /// Rows whose id (`--id-column`) repeats an earlier row's: the input's
+    /// duplicates, each embedded and written.
+    duplicate_ids: u64,
     output: String,
     manifest: String,
     parts: usize,
@@ -150,6 +154,12 @@ impl Summary {
             self.peak_memory_bytes as f64 / (1 << 20) as f64
         );
         println!("  recovery  {} block(s) rebuilt", self.reconstructions);
+        if self.duplicate_ids > 0 {
+            println!(
+                "  ids       {} row(s) repeat an earlier row's id",
+                self.duplicate_ids
+            );
+        }
         println!(
             "  output    {} ({} part(s), {:.1} MiB); manifest {}",
             self.output,
@@ -220,6 +230,14 @@ pub fn run(args: EmbedArgs) -> Result<()> {
     } else {
         run_on_cluster(&args, &logs)
     }?;
+    if summary.duplicate_ids > 0 {
+        tracing::warn!(rows = summary.duplicate_ids, "duplicate ids in the input");
+        say(&format!(
+            "warning: {} row(s) of the input repeat an id (column {:?}) already seen; each was embedded and written, so the output has them too",
+            summary.duplicate_ids,
+            args.id_column.as_deref().unwrap_or_default()
+        ));
+    }
     summary.print(args.json)
 }
 
@@ -334,6 +352,11 @@ fn run_on_cluster(args: &EmbedArgs, logs: &Path) -> Result<Summary> {
             .unwrap_or_default(),
     )?;
     drop(dataset);
+    // Row numbers never repeat; a user's id column may.
+    let duplicate_ids = match args.id_column {
+        Some(_) => duplicates::repeated_ids_in_output(&ctx, &written.url)?,
+        None => 0,
+    };
     drop(ctx);
     Ok(Summary {
         rows: written.rows,
@@ -352,6 +375,7 @@ fn run_on_cluster(args: &EmbedArgs, logs: &Path) -> Result<Summary> {
         actors: format!("{min}..{max}"),
         peak_memory_bytes: peak.stop(),
         reconstructions: stats.reconstructions,
+        duplicate_ids,
         manifest: manifest_of(&written.url),
         output: written.url,
         parts: written.parts.len(),
@@ -446,6 +470,10 @@ fn run_in_process(args: &EmbedArgs, logs: &Path) -> Result<Summary> {
         peak_memory_bytes: photon_raylet::procfs::peak_resident_bytes(std::process::id())
             .unwrap_or(0),
         reconstructions: 0,
+        duplicate_ids: match args.id_column {
+            Some(_) => duplicates::repeated_ids(std::slice::from_ref(&input.ids))?,
+            None => 0,
+        },
         manifest: manifest_of(&args.output),
         output: args.output.clone(),
         parts: written.files.len(),
