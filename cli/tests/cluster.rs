@@ -872,15 +872,7 @@ fn a_killed_or_interrupted_embed_driver_leaves_no_actor_behind_and_its_rerun_fin
     let (dir, model, corpus) = model_and_corpus(&cluster, 8, 1000);
     for signal in ["-KILL", "-INT"] {
         let out = dir.path().join(format!("out{signal}"));
-        let mut driver = embed_on(&cluster, &corpus, &out, &model)
-            .args(["--batch-size", "8", "--slow-batches-ms", "50"])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
-        wait_until(Duration::from_secs(30), "the embed actor", || {
-            (alive_actors(&cluster) > 0).then_some(())
-        });
+        let mut driver = slow_embed_with_its_actor_up(&cluster, &corpus, &out, &model);
         let sent = Command::new("kill")
             .args([signal, &driver.id().to_string()])
             .status()
@@ -919,6 +911,26 @@ fn a_killed_or_interrupted_embed_driver_leaves_no_actor_behind_and_its_rerun_fin
     }
 }
 
+/// A `photon embed --address` driver slowed down to last, started and
+/// waited for until its actor is up.
+fn slow_embed_with_its_actor_up(
+    cluster: &Cluster,
+    corpus: &Path,
+    out: &Path,
+    model: &Path,
+) -> std::process::Child {
+    let driver = embed_on(cluster, corpus, out, model)
+        .args(["--batch-size", "8", "--slow-batches-ms", "50"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_until(Duration::from_secs(30), "the embed actor", || {
+        (alive_actors(cluster) > 0).then_some(())
+    });
+    driver
+}
+
 fn alive_actors(cluster: &Cluster) -> usize {
     cluster.status()["actors"]
         .as_array()
@@ -933,15 +945,8 @@ fn an_embed_driver_that_died_while_the_head_was_down_is_ended_after_the_restart(
     let mut cluster = Cluster::start();
     cluster.add_raylet(&[]);
     let (dir, model, corpus) = model_and_corpus(&cluster, 8, 1000);
-    let mut driver = embed_on(&cluster, &corpus, &dir.path().join("out"), &model)
-        .args(["--batch-size", "8", "--slow-batches-ms", "50"])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    wait_until(Duration::from_secs(30), "the embed actor", || {
-        (alive_actors(&cluster) > 0).then_some(())
-    });
+    let out = dir.path().join("out");
+    let mut driver = slow_embed_with_its_actor_up(&cluster, &corpus, &out, &model);
     let port: u16 = cluster.address.rsplit(':').next().unwrap().parse().unwrap();
     let head = cluster.head_pid();
     cluster.kill(head, "-9");

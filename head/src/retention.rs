@@ -91,12 +91,7 @@ impl HeadState {
         {
             warn!(job = %id, dir = %dir.display(), %err, "cannot delete the job's directory");
         }
-        let in_use: HashSet<String> = self
-            .jobs
-            .all()
-            .into_iter()
-            .flat_map(|j| [j.program_package, j.working_dir_package])
-            .collect();
+        let in_use = self.packages_in_use();
         for package in [&record.program_package, &record.working_dir_package] {
             if !package.is_empty() && !in_use.contains(package) {
                 self.packages.remove(package);
@@ -120,13 +115,17 @@ impl HeadState {
                 "deleted finished jobs past the retention"
             );
         }
-        let in_use: HashSet<String> = self
-            .jobs
+        self.packages
+            .remove_unused(&self.packages_in_use(), UNUSED_PACKAGE_GRACE);
+    }
+
+    /// The packages the jobs kept name.
+    fn packages_in_use(&self) -> HashSet<String> {
+        self.jobs
             .all()
             .into_iter()
             .flat_map(|j| [j.program_package, j.working_dir_package])
-            .collect();
-        self.packages.remove_unused(&in_use, UNUSED_PACKAGE_GRACE);
+            .collect()
     }
 }
 
