@@ -1032,8 +1032,5 @@ fn consecutive_embed_runs_leave_no_workers_on_the_raylet() {
 
 /// Private resident memory (`RssAnon`) of process `pid`, in bytes.
 fn private_memory(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let line = status.lines().find(|l| l.starts_with("RssAnon:")).unwrap();
-    let kib: u64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
-    kib << 10
+    photon_raylet::procfs::private_bytes(pid).expect("the raylet is running")
 }

@@ -8,6 +8,7 @@
 
 use object_store::path::Path;
 use object_store::{PutMode, PutOptions, PutPayload};
+use photon_proto::process_started;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
@@ -72,15 +73,6 @@ fn host_name() -> String {
         .ok()
         .and_then(|name| name.into_string().ok())
         .unwrap_or_else(|| "unknown-host".into())
-}
-
-/// When process `pid` started (field 22 of `/proc/PID/stat`), or `None` if
-/// there is no such process.
-fn process_started(pid: u32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // Fields after the command name, which may hold spaces and parentheses.
-    let after_comm = stat.rsplit_once(')')?.1;
-    after_comm.split_whitespace().nth(19)?.parse().ok()
 }
 
 /// A destination's lock, held by this write.

@@ -5,7 +5,7 @@
 
 use std::collections::HashSet;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use photon_proto::v1::JobRecord;
 use tonic::Status;
@@ -13,6 +13,7 @@ use tracing::{info, warn};
 
 use crate::jobs::is_terminal;
 use crate::service::HeadState;
+use crate::supervisor::{now_ms, unknown_job};
 
 /// How often the head looks for finished jobs to delete.
 const SWEEP_EVERY: Duration = Duration::from_secs(60);
@@ -57,21 +58,11 @@ impl JobRetention {
     }
 }
 
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
-
 impl HeadState {
     /// Deletes finished job `id`: its record, its directory, and packages no
     /// other job uses. A job that has not ended is refused.
     pub(crate) async fn delete_job(&self, id: &str) -> Result<JobRecord, Status> {
-        let record = self.jobs.get(id).ok_or_else(|| {
-            Status::not_found(format!(
-                "no job {id:?} on this cluster; `photon job list` shows its jobs"
-            ))
-        })?;
+        let record = self.jobs.get(id).ok_or_else(|| unknown_job(id))?;
         if !is_terminal(record.state) {
             return Err(Status::failed_precondition(format!(
                 "job {id} has not ended ({}): stop it first with `photon job stop {id}`",

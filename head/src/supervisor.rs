@@ -51,7 +51,7 @@ pub mod env {
     pub const PROGRAM_PACKAGE: &str = "PHOTON_PROGRAM_PACKAGE";
 }
 
-fn now_ms() -> u64 {
+pub(crate) fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
@@ -377,7 +377,7 @@ impl HeadState {
     }
 }
 
-fn unknown_job(id: &str) -> Status {
+pub(crate) fn unknown_job(id: &str) -> Status {
     Status::not_found(format!(
         "no job {id:?} on this cluster; `photon job list` shows its jobs"
     ))

@@ -237,20 +237,25 @@ impl TransferService {
     /// `FreeJobObjects`: frees every object of `job` here, in memory, spilled
     /// or half written, dropping whatever pins them; returns the count and
     /// bytes freed. The head forgets their locations itself.
-    pub fn free_job_objects(&self, job: JobId) -> (u64, u64) {
-        self.clients().forget_job(job);
-        let store = self.store();
-        let (mut objects, mut bytes) = (0, 0);
-        for id in store.ids().into_iter().filter(|id| id.job_id() == job) {
-            if let Ok(size) = store.discard(id) {
-                objects += 1;
-                bytes += size;
+    pub async fn free_job_objects(&self, job: JobId) -> Result<(u64, u64), Status> {
+        let clients = self.clients().clone();
+        // Off the async runtime: spilled objects' files are deleted.
+        let (objects, bytes) = blocking(self.store(), move |store| {
+            clients.forget_job(job);
+            let (mut objects, mut bytes) = (0, 0);
+            for id in store.ids().into_iter().filter(|id| id.job_id() == job) {
+                if let Ok(size) = store.discard(id) {
+                    objects += 1;
+                    bytes += size;
+                }
             }
-        }
+            Ok((objects, bytes))
+        })
+        .await?;
         if objects > 0 {
             info!(%job, objects, bytes, "freed the objects of an ended job");
         }
-        (objects, bytes)
+        Ok((objects, bytes))
     }
 }
 

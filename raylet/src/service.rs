@@ -108,7 +108,7 @@ impl Raylet for RayletService {
         request: Request<FreeJobObjectsRequest>,
     ) -> Result<Response<FreeJobObjectsReply>, Status> {
         let job = JobId::from_slice(&request.into_inner().job_id)?;
-        let (objects, bytes) = self.transfers.free_job_objects(job);
+        let (objects, bytes) = self.transfers.free_job_objects(job).await?;
         Ok(Response::new(FreeJobObjectsReply { objects, bytes }))
     }
 
