@@ -171,7 +171,10 @@ fn embeds_a_corpus_and_writes_every_id_once() {
     }
     let manifest: serde_json::Value =
         serde_json::from_slice(&std::fs::read(reference.join("_SUCCESS")).unwrap()).unwrap();
-    assert_eq!(manifest["column"], "text");
+    // The same writer: photon-data's manifest, with the run under `metadata`.
+    assert_eq!(manifest["rows"], 300);
+    assert_eq!(manifest["metadata"]["column"], "text");
+    assert_eq!(manifest["metadata"]["actors"], "in-process");
 
     // A second run must not replace the output silently...
     let again = embed(&corpus, &out, &model, &[]);
@@ -215,28 +218,36 @@ fn bad_input_fails_before_the_model_loads_and_writes_nothing() {
         corpus.to_str().unwrap(),
     ]);
     assert!(made.status.success());
-    // The model does not exist either: the column error must come first.
-    let missing_model = Path::new("/nonexistent/model");
-    let run = embed(&corpus, &out, missing_model, &["--column", "txt"]);
-    assert!(!run.status.success());
-    let stderr = text(&run.stderr);
-    assert!(
-        stderr.contains("no column \"txt\"") && stderr.contains("corpus.parquet"),
-        "{stderr}"
-    );
-    assert!(!out.exists(), "nothing written");
+    // Both paths run the same checks, through photon-data.
+    for path in [&[][..], &["--in-process"][..]] {
+        // The model does not exist either: the column error must come first.
+        let missing_model = Path::new("/nonexistent/model");
+        let run = embed(
+            &corpus,
+            &out,
+            missing_model,
+            &[&["--column", "txt"][..], path].concat(),
+        );
+        assert!(!run.status.success());
+        let stderr = text(&run.stderr);
+        assert!(
+            stderr.contains("no column \"txt\"") && stderr.contains("corpus.parquet"),
+            "{path:?}: {stderr}"
+        );
+        assert!(!out.exists(), "nothing written");
 
-    // A bad model directory names the missing file and what to do.
-    let model = dir.path().join("model");
-    write_tiny_bert(&model, 1).unwrap();
-    std::fs::remove_file(model.join("model.safetensors")).unwrap();
-    let run = embed(&corpus, &out, &model, &[]);
-    assert!(!run.status.success());
-    let stderr = text(&run.stderr);
-    assert!(
-        stderr.contains("has no model.safetensors") && stderr.contains("--model"),
-        "{stderr}"
-    );
+        // A bad model directory names the missing file and what to do.
+        let model = dir.path().join("model");
+        write_tiny_bert(&model, 1).unwrap();
+        std::fs::remove_file(model.join("model.safetensors")).unwrap();
+        let run = embed(&corpus, &out, &model, path);
+        assert!(!run.status.success());
+        let stderr = text(&run.stderr);
+        assert!(
+            stderr.contains("has no model.safetensors") && stderr.contains("--model"),
+            "{path:?}: {stderr}"
+        );
+    }
     assert!(!out.exists(), "nothing written");
 }
 

@@ -16,6 +16,42 @@ thread_local! {
     static CURRENT: RefCell<Option<BlockProgress>> = const { RefCell::new(None) };
 }
 
+tokio::task_local! {
+    /// The call of a local run (no worker to report through) this task runs.
+    static LOCAL_CALL: Arc<LocalCall>;
+}
+
+/// How far a local run's call has come, read by the run's progress line.
+#[derive(Default)]
+pub(crate) struct LocalCall {
+    done: AtomicU64,
+    total: AtomicU64,
+}
+
+impl LocalCall {
+    /// The share of `rows` the call has done.
+    pub(crate) fn fraction_of(&self, rows: u64) -> u64 {
+        let total = self.total.load(Ordering::Relaxed);
+        if total == 0 {
+            return 0;
+        }
+        rows * self.done.load(Ordering::Relaxed).min(total) / total
+    }
+}
+
+/// Runs `call` with its progress reported to `share`.
+pub(crate) async fn scope_local<F: Future>(share: Arc<LocalCall>, call: F) -> F::Output {
+    LOCAL_CALL.scope(share, call).await
+}
+
+/// Where a call's progress goes.
+enum Target {
+    /// To the driver, through the worker's call.
+    Call(photon::TaskProgress),
+    /// To a local run in this process.
+    Local(Arc<LocalCall>),
+}
+
 /// The running call's progress through its block, for a user function to
 /// report rows done inside one call:
 ///
@@ -37,7 +73,7 @@ pub struct BlockProgress {
 }
 
 struct Counts {
-    task: photon::TaskProgress,
+    target: Target,
     /// Rows the step gets from the block.
     total: AtomicU64,
     /// Rows of the slices already done.
@@ -65,12 +101,16 @@ impl BlockProgress {
     /// when the call reports nowhere).
     pub(crate) fn start(total: usize) -> Self {
         let task = photon::TaskProgress::current();
-        if !task.is_reporting() {
+        let target = if task.is_reporting() {
+            Target::Call(task)
+        } else if let Ok(local) = LOCAL_CALL.try_with(Arc::clone) {
+            Target::Local(local)
+        } else {
             return Self::default();
-        }
+        };
         Self {
             inner: Some(Arc::new(Counts {
-                task,
+                target,
                 total: AtomicU64::new(total as u64),
                 finished: AtomicU64::new(0),
                 slice: AtomicU64::new(0),
@@ -107,7 +147,13 @@ impl BlockProgress {
 impl Counts {
     fn send(&self, done: u64) {
         let total = self.total.load(Ordering::Relaxed);
-        self.task.set(done.min(total), total);
+        match &self.target {
+            Target::Call(task) => task.set(done.min(total), total),
+            Target::Local(local) => {
+                local.total.store(total, Ordering::Relaxed);
+                local.done.store(done.min(total), Ordering::Relaxed);
+            }
+        }
     }
 }
 

@@ -12,6 +12,7 @@ use photon::{Context, TaskOptions};
 use crate::error::{Error, Result};
 use crate::executor::{Compute, Executor, Input, Output, Stage};
 use crate::filter::{self, Predicate};
+use crate::local::{self, Local, LocalBlock};
 use crate::pool::{Pool, PoolSpec};
 use crate::progress::{Progress, ProgressMode};
 use crate::sink::{Part, Sink, WriteSummary};
@@ -137,10 +138,41 @@ enum Op {
     Map(MapOp),
 }
 
+/// Where a pipeline runs: on a cluster (`&Context`), or in this process
+/// (`&Local`). Every constructor takes either.
+#[derive(Clone)]
+pub enum Runner {
+    /// Tasks and actors on the cluster the context is connected to.
+    Cluster(Context),
+    /// In the calling process, without a cluster.
+    Local(Local),
+}
+
+impl From<&Context> for Runner {
+    fn from(ctx: &Context) -> Self {
+        Self::Cluster(ctx.clone())
+    }
+}
+
+impl From<&Local> for Runner {
+    fn from(local: &Local) -> Self {
+        Self::Local(local.clone())
+    }
+}
+
+impl Runner {
+    fn runtime(&self) -> &tokio::runtime::Handle {
+        match self {
+            Self::Cluster(ctx) => ctx.runtime(),
+            Self::Local(local) => local.runtime(),
+        }
+    }
+}
+
 /// A lazy pipeline. Nothing runs until a consuming method is called.
 #[derive(Clone)]
 pub struct Dataset {
-    ctx: Context,
+    runner: Runner,
     source: SourceSpec,
     ops: Vec<Op>,
     limit: Option<usize>,
@@ -158,21 +190,24 @@ pub struct Dataset {
 
 /// Reads Parquet files: local paths, `file://` or `s3://` URLs, directories
 /// (their `*.parquet`) and `dir/*.parquet` globs.
-pub fn read_parquet<S: Into<String>>(ctx: &Context, urls: impl IntoIterator<Item = S>) -> Dataset {
+pub fn read_parquet<S: Into<String>>(
+    on: impl Into<Runner>,
+    urls: impl IntoIterator<Item = S>,
+) -> Dataset {
     Dataset::new(
-        ctx,
+        on.into(),
         SourceSpec::Parquet(urls.into_iter().map(Into::into).collect()),
     )
 }
 
 /// Ids `0..n` in an Int64 column `id`.
-pub fn range(ctx: &Context, n: u64) -> Dataset {
-    Dataset::new(ctx, SourceSpec::Range(n.min(i64::MAX as u64) as i64))
+pub fn range(on: impl Into<Runner>, n: u64) -> Dataset {
+    Dataset::new(on.into(), SourceSpec::Range(n.min(i64::MAX as u64) as i64))
 }
 
 /// The given batches, one block each.
-pub fn from_batches(ctx: &Context, batches: Vec<RecordBatch>) -> Dataset {
-    Dataset::new(ctx, SourceSpec::Batches(batches))
+pub fn from_batches(on: impl Into<Runner>, batches: Vec<RecordBatch>) -> Dataset {
+    Dataset::new(on.into(), SourceSpec::Batches(batches))
 }
 
 /// One stage before its compute is built.
@@ -187,9 +222,9 @@ struct Draft {
 }
 
 impl Dataset {
-    fn new(ctx: &Context, source: SourceSpec) -> Self {
+    fn new(runner: Runner, source: SourceSpec) -> Self {
         Self {
-            ctx: ctx.clone(),
+            runner,
             source,
             ops: Vec::new(),
             limit: None,
@@ -348,7 +383,7 @@ impl Dataset {
 
     /// [`Dataset::write_parquet`] with options (extra manifest metadata).
     pub fn write_parquet_with(&self, url: &str, options: WriteOptions) -> Result<WriteSummary> {
-        let runtime = self.ctx.runtime().clone();
+        let runtime = self.runner.runtime().clone();
         let sink = runtime.block_on(Sink::prepare(url, options.overwrite))?;
         let write = Step::Write {
             staging: sink.staging_url(),
@@ -443,8 +478,11 @@ impl Dataset {
             .map(|r| *r.end())
             .max()
             .unwrap_or(0);
-        let cpus: f64 = self
-            .ctx
+        let ctx = match &self.runner {
+            Runner::Cluster(ctx) => ctx,
+            Runner::Local(local) => return self.execute_locally(local, drafts, &typed, deliver),
+        };
+        let cpus: f64 = ctx
             .cluster_nodes()?
             .iter()
             .map(|n| n.total.get("CPU").copied().unwrap_or(0.0))
@@ -456,7 +494,7 @@ impl Dataset {
             SourceSpec::Batches(_) => {
                 let mut objects = Vec::new();
                 for (batch, source) in self.input_batches()?.iter().zip(sources) {
-                    objects.push((self.ctx.put_batch(batch)?, source));
+                    objects.push((ctx.put_batch(batch)?, source));
                 }
                 Input::Objects(objects)
             }
@@ -465,30 +503,64 @@ impl Dataset {
         let stages = build_stages(drafts);
         let budget = match self.memory_budget {
             Some(budget) => budget,
-            None => self.default_budget()?,
+            None => default_budget(ctx)?,
         };
-        let names: Vec<String> = stages.iter().map(|s| s.name.clone()).collect();
         let sources: Vec<&SourceBlock> = match &input {
             Input::Sources(s) => s.iter().collect(),
             Input::Objects(o) => o.iter().map(|(_, source)| source).collect(),
         };
-        let rows = sources.iter().map(|s| s.rows as u64).sum();
-        let progress = Progress::new(self.progress, &names, sources.len() as u64, rows);
-        let mut executor = Executor::new(self.ctx.clone(), stages, input, budget, progress);
+        let progress = self.progress_of(&stages, &sources);
+        let mut executor = Executor::new(ctx.clone(), stages, input, budget, progress);
         let result = executor.run(deliver);
         *self.last_stats.lock().unwrap_or_else(|p| p.into_inner()) = Some(executor.stats.clone());
         result.map(|()| executor.skipped().to_vec())
     }
 
-    /// Half the object store of the driver's node.
-    fn default_budget(&self) -> Result<u64> {
-        let nodes = self.ctx.cluster_nodes()?;
-        let local = nodes
-            .iter()
-            .find(|n| n.address == self.ctx.raylet_address())
-            .or(nodes.first())
-            .map_or(0, |n| n.object_store_capacity);
-        Ok((local / 2).max(1 << 20))
+    /// [`Dataset::execute`] in this process: the same plan (cut for the
+    /// blocks read at once), stages and checks.
+    fn execute_locally(
+        &self,
+        local: &Local,
+        drafts: Vec<Draft>,
+        typed: &[(String, Vec<DataType>)],
+        deliver: impl FnMut(Output) -> Result<bool>,
+    ) -> Result<Vec<String>> {
+        let (schema, sources) = self.plan(typed, 1)?;
+        self.check_filters(&schema)?;
+        let blocks: Vec<LocalBlock> = match &self.source {
+            SourceSpec::Batches(_) => self
+                .input_batches()?
+                .into_iter()
+                .zip(sources)
+                .map(|(batch, source)| LocalBlock {
+                    source,
+                    batch: Some(batch),
+                })
+                .collect(),
+            _ => sources
+                .into_iter()
+                .map(|source| LocalBlock {
+                    source,
+                    batch: None,
+                })
+                .collect(),
+        };
+        let stages = build_stages(drafts);
+        let progress = self.progress_of(
+            &stages,
+            &blocks.iter().map(|b| &b.source).collect::<Vec<_>>(),
+        );
+        let mut stats = Stats::of_stages(&stages);
+        let result = local::run(local, &stages, blocks, progress, &mut stats, deliver);
+        *self.last_stats.lock().unwrap_or_else(|p| p.into_inner()) = Some(stats);
+        result
+    }
+
+    /// The progress display of a run of `stages` over `sources`.
+    fn progress_of(&self, stages: &[Stage], sources: &[&SourceBlock]) -> Progress {
+        let names: Vec<String> = stages.iter().map(|s| s.name.clone()).collect();
+        let rows = sources.iter().map(|s| s.rows as u64).sum();
+        Progress::new(self.progress, &names, sources.len() as u64, rows)
     }
 
     /// The source's blocks, checked against what the pipeline needs.
@@ -512,7 +584,7 @@ impl Dataset {
                     exact_blocks: self.repartition,
                     first_block_rows: self.first_block_rows,
                 };
-                self.ctx
+                self.runner
                     .runtime()
                     .block_on(source::plan(urls, &needs, &cutting))
             }
@@ -799,4 +871,15 @@ fn summary_of(output: &Output) -> Result<(Part, String)> {
         },
         schema.value(0).to_string(),
     ))
+}
+
+/// Half the object store of the driver's node.
+fn default_budget(ctx: &Context) -> Result<u64> {
+    let nodes = ctx.cluster_nodes()?;
+    let local = nodes
+        .iter()
+        .find(|n| n.address == ctx.raylet_address())
+        .or(nodes.first())
+        .map_or(0, |n| n.object_store_capacity);
+    Ok((local / 2).max(1 << 20))
 }

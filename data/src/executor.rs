@@ -137,15 +137,8 @@ impl Executor {
         };
         let started = Instant::now();
         let stats = Stats {
-            stages: stages
-                .iter()
-                .map(|s| stats::StageStats {
-                    name: s.name.clone(),
-                    ..Default::default()
-                })
-                .collect(),
             started: Some(started),
-            ..Default::default()
+            ..Stats::of_stages(&stages)
         };
         Self {
             ctx,
@@ -343,6 +336,7 @@ impl Executor {
                 }
             };
             self.queues[stage].pop_front();
+            tracing::debug!(block, stage, ?actor, "block submitted");
             self.stage_started[stage].get_or_insert_with(Instant::now);
             self.running.push(Running {
                 block,

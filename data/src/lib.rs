@@ -29,6 +29,10 @@
 //!   pools grow and shrink between `min` and `max` and never take the CPUs
 //!   the read stage needs, and a block whose actor, worker or node died runs
 //!   again from its source rows.
+//! - **In this process** ([`Local`] in place of a [`photon::Context`]): the
+//!   same plan, stage functions and sink without a cluster; the read runs a
+//!   few blocks ahead of the later stages, and each actor stage's functions
+//!   are constructed once.
 //! - **`write_parquet`** is exactly-once: deterministic part names, atomic
 //!   puts, a `_SUCCESS` manifest last, nothing left behind by a failed run.
 
@@ -37,6 +41,7 @@ mod dataset;
 mod error;
 mod executor;
 mod filter;
+mod local;
 pub mod location;
 mod part;
 mod pool;
@@ -51,10 +56,12 @@ mod writer_lock;
 
 pub use block_progress::BlockProgress;
 pub use dataset::{
-    DEFAULT_BLOCK_BYTES, Dataset, MapOptions, WriteOptions, from_batches, range, read_parquet,
+    DEFAULT_BLOCK_BYTES, Dataset, MapOptions, Runner, WriteOptions, from_batches, range,
+    read_parquet,
 };
 pub use error::{Error, Result};
 pub use filter::{Column, Comparison, Predicate, Value, col};
+pub use local::Local;
 pub use progress::{INTERVAL_ENV as PROGRESS_INTERVAL_ENV, ProgressMode, RowsProgress};
 pub use sink::{MANIFEST, Part, WriteSummary, files_to_replace};
 pub use stats::{StageStats, Stats};

@@ -299,6 +299,10 @@ impl Progress {
                 )
             })
             .collect();
+        if budget == 0 {
+            // A local run: no object store to budget.
+            return stages.join(" | ");
+        }
         format!(
             "{} | in flight {} of {} MiB budget",
             stages.join(" | "),

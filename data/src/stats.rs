@@ -185,6 +185,20 @@ pub struct Stats {
 }
 
 impl Stats {
+    /// Empty totals for `stages`.
+    pub(crate) fn of_stages(stages: &[crate::executor::Stage]) -> Self {
+        Self {
+            stages: stages
+                .iter()
+                .map(|s| StageStats {
+                    name: s.name.clone(),
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        }
+    }
+
     /// Folds a finished block's records into the stage totals.
     pub(crate) fn record(&mut self, records: &[StageRecord]) {
         for (stage, record) in self.stages.iter_mut().zip(records) {

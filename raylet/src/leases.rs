@@ -123,6 +123,7 @@ impl LeaseManager {
     /// `RequestWorkerLease`: grant here, spill back, or refuse as infeasible.
     pub async fn request(&self, request: WorkerLeaseRequest) -> Result<WorkerLeaseReply, Status> {
         let resources = ResourceSet::from_proto(&request.resources);
+        debug!(?resources, program = %request.program, "lease requested");
         if !self.host.total().contains(&resources) {
             return self.elsewhere(&resources, request.no_spillback).await;
         }
@@ -168,6 +169,7 @@ impl LeaseManager {
                 .map_err(|err| Status::failed_precondition(err.to_string()))?,
         );
         let (worker_id, pid) = (worker.id, worker.pid);
+        debug!(worker = %worker_id, pid, "lease reserved; waiting for its worker to register");
         let address = match self.directory.wait_registered(worker_id).await {
             Ok(address) => address,
             Err(status) => {
@@ -187,6 +189,7 @@ impl LeaseManager {
         let worker = pending.worker.take().expect("leased above");
         self.granted
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        debug!(worker = %worker_id, pid, "lease granted");
         self.lock().insert(
             worker_id,
             Lease {

@@ -609,7 +609,7 @@ async fn connect(config: &Config) -> Result<(Arc<Core>, Option<EmbeddedCluster>)
         worker_env.insert(PROGRAM_PACKAGE_ENV.to_string(), package);
     }
     let lineage = Lineage::new();
-    let core = Arc::new_cyclic(|weak| Core {
+    let core = Arc::new(Core {
         runtime: tokio::runtime::Handle::current(),
         token: token.clone(),
         head: head.clone(),
@@ -618,7 +618,7 @@ async fn connect(config: &Config) -> Result<(Arc<Core>, Option<EmbeddedCluster>)
         node_id,
         objects: ObjectTable::default(),
         lineage: lineage.clone(),
-        submitter: Submitter::start(weak.clone(), raylet_address.clone()),
+        submitter: Submitter::new(raylet_address.clone()),
         actors: ActorClients::default(),
         program,
         worker_env,
@@ -629,6 +629,7 @@ async fn connect(config: &Config) -> Result<(Arc<Core>, Option<EmbeddedCluster>)
         raylets: Mutex::default(),
         rebuilding: Mutex::default(),
     });
+    core.submitter.start(Arc::downgrade(&core));
     tokio::spawn(lineage.run(head));
     Ok((core, cluster))
 }

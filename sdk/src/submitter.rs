@@ -133,13 +133,38 @@ impl std::fmt::Display for DeathCause {
 /// Handle of the submission loop.
 pub(crate) struct Submitter {
     events: mpsc::UnboundedSender<Event>,
+    /// The loop's end of the channel, until `start` hands it over (events
+    /// sent before wait in the channel).
+    receiver: std::sync::Mutex<Option<mpsc::UnboundedReceiver<Event>>>,
+    local_raylet: String,
 }
 
 impl Submitter {
-    /// Starts the loop on the current runtime.
-    pub(crate) fn start(core: Weak<Core>, raylet: String) -> Self {
+    /// A submitter for tasks leased from the raylet at `raylet`; nothing
+    /// runs until [`Submitter::start`].
+    pub(crate) fn new(raylet: String) -> Self {
         let (events, receiver) = mpsc::unbounded_channel();
-        let ticker = events.clone();
+        Self {
+            events,
+            receiver: std::sync::Mutex::new(Some(receiver)),
+            local_raylet: raylet,
+        }
+    }
+
+    /// Starts the loop on the current runtime, once `core` exists: a loop
+    /// whose core cannot be reached takes it as dropped and stops, so one
+    /// started while the core was being built could stop before the first
+    /// task and leave every later one queued forever.
+    pub(crate) fn start(&self, core: Weak<Core>) {
+        let Some(receiver) = self
+            .receiver
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+        else {
+            return; // already running
+        };
+        let ticker = self.events.clone();
         tokio::spawn(async move {
             let mut interval = tokio::time::interval(Duration::from_millis(100));
             loop {
@@ -151,14 +176,13 @@ impl Submitter {
         });
         let state = Loop {
             core,
-            local_raylet: raylet,
-            events: events.clone(),
+            local_raylet: self.local_raylet.clone(),
+            events: self.events.clone(),
             shapes: HashMap::new(),
             leases: HashMap::new(),
             grants: 0,
         };
         tokio::spawn(state.run(receiver));
-        Self { events }
     }
 
     /// Queues a task whose arguments are resolved.
@@ -299,6 +323,7 @@ impl Loop {
             let shape = shape.clone();
             let core = core.clone();
             let raylet = self.local_raylet.clone();
+            debug!(?shape, queued = state.queue.len(), requests = state.requests, %raylet, "asking for a worker lease");
             tokio::spawn(async move {
                 let event = match request_lease(&core, raylet, request).await {
                     Ok((raylet, worker, address)) => Event::Granted {
@@ -325,6 +350,7 @@ impl Loop {
     fn lease_failed(&mut self, core: &Arc<Core>, shape: &Shape, error: Error) {
         let state = self.shapes.entry(shape.clone()).or_default();
         state.requests = state.requests.saturating_sub(1);
+        debug!(?shape, %error, "lease request failed");
         if !state.workers.is_empty() || state.requests > 0 {
             return; // other workers will run the queue
         }
@@ -354,6 +380,7 @@ impl Loop {
     ) {
         let state = self.shapes.entry(shape.clone()).or_default();
         state.requests = state.requests.saturating_sub(1);
+        debug!(?shape, %worker, %raylet, queued = state.queue.len(), "lease granted");
         let client = match clients::worker(&address, &core.token) {
             Ok(client) => client,
             Err(err) => {

@@ -1,9 +1,10 @@
-//! `photon embed` on a Photon cluster (an embedded local one by default):
-//! a photon-data pipeline `read_parquet → map_batches(embedder actors) →
-//! write_parquet`. Each actor loads the model once and embeds block after
-//! block; the data layer validates the input first, streams blocks through
-//! the object store, rebuilds what a dead node lost and writes each part
-//! exactly once, with `_SUCCESS` last.
+//! `photon embed`'s model as a photon-data function: the pipeline
+//! `read_parquet → map_batches(embedder actors) → write_parquet` runs it on
+//! a cluster's actors (an embedded local cluster by default) or, with
+//! `--in-process`, in the calling process. Each actor loads the model once
+//! and embeds block after block; the data layer validates the input first,
+//! rebuilds what a dead node lost and writes each part exactly once, with
+//! `_SUCCESS` last.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -14,7 +15,7 @@ use photon_data::{BatchUdf, register_udf};
 use photon_inference::{Backend, EmbedderOptions, SentenceEmbedder};
 use serde::{Deserialize, Serialize};
 
-use super::input::push_texts;
+use super::texts::push_texts;
 
 /// The row-number column `read_parquet` adds when no id column is given.
 pub const ROW_NUMBER: &str = "_row";

@@ -23,10 +23,10 @@ pub fn repeated_ids(ids: &[ArrayRef]) -> Result<u64> {
 
 /// [`repeated_ids`] of the `id` column of the output at `url`, read back
 /// through photon-data (only the parts its manifest lists).
-pub fn repeated_ids_in_output(ctx: &photon::Context, url: &str) -> Result<u64> {
+pub fn repeated_ids_in_output(on: photon_data::Runner, url: &str) -> Result<u64> {
     // Reading one column needs no CPU of its own: the run's actors may
     // still hold the CPUs while they stop.
-    let ids = photon_data::read_parquet(ctx, [url])
+    let ids = photon_data::read_parquet(on, [url])
         .select_columns(&["id"])
         .read_num_cpus(0.0)
         .progress(photon_data::ProgressMode::Off)

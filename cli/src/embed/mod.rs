@@ -6,23 +6,19 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use clap::{Args, ValueEnum};
-use photon_data::{ProgressMode, RowsProgress};
-use photon_inference::{Backend, EmbedderOptions, EngineInfo, SentenceEmbedder, model_cache};
+use photon_inference::{EngineInfo, model_cache};
 use serde::Serialize;
 
 mod cluster;
 pub mod corpus;
 mod duplicates;
-pub mod input;
-pub mod output;
 mod run_dir;
+mod texts;
 
-/// Rows embedded between progress updates. The first chunk (in process) and
-/// the first block (on a cluster) are small so the first vectors, and the
-/// time to them, come quickly.
-const CHUNK_ROWS: usize = 2_048;
+/// Rows of the first block: small, so the first vectors, and the time to
+/// them, come quickly.
 const FIRST_CHUNK_ROWS: usize = 64;
 
 /// Arguments of `photon embed`.
@@ -56,9 +52,9 @@ pub struct EmbedArgs {
     /// Replace the output directory's existing parts.
     #[arg(long)]
     overwrite: bool,
-    /// Run the model in this process, without a cluster: the reference for
-    /// framework overhead.
-    #[arg(long)]
+    /// Run the pipeline in this process, without a cluster (photon-data's
+    /// local runner: the same reads, checks and writes).
+    #[arg(long, conflicts_with_all = ["address", "actors", "num_gpus", "actor_cpus"])]
     in_process: bool,
     /// Embedder actors: `MIN..MAX` (or one number). Each loads the model once.
     #[arg(long, default_value = "1..1", value_parser = parse_actors)]
@@ -257,8 +253,8 @@ fn backend_name(backend: BackendArg) -> &'static str {
     }
 }
 
-/// The pipeline on a cluster: validate, read blocks, embed on the actor
-/// pool, write parts exactly once.
+/// The pipeline on a cluster (an embedded local one without `--address`):
+/// the embedder actors' pool runs on its nodes.
 fn run_on_cluster(args: &EmbedArgs, logs: &Path) -> Result<Summary> {
     let started = Instant::now();
     let peak = cluster::TreeMemory::sample();
@@ -269,11 +265,39 @@ fn run_on_cluster(args: &EmbedArgs, logs: &Path) -> Result<Summary> {
         session_dir: args.address.is_none().then(|| logs.to_path_buf()),
         ..photon::Config::default()
     })?;
+    let (min, max) = args.actors;
+    let mut summary = run_pipeline(&ctx, args, logs, started)?;
+    drop(ctx);
+    summary.actors = format!("{min}..{max}");
+    summary.peak_memory_bytes = peak.stop();
+    Ok(summary)
+}
+
+/// The same pipeline in this process (photon-data's local runner): no head,
+/// raylet or workers; the model loads once, here.
+fn run_in_process(args: &EmbedArgs, logs: &Path) -> Result<Summary> {
+    let started = Instant::now();
+    let local = photon_data::Local::new()?;
+    let mut summary = run_pipeline(&local, args, logs, started)?;
+    summary.actors = "in-process".into();
+    summary.peak_memory_bytes =
+        photon_raylet::procfs::peak_resident_bytes(std::process::id()).unwrap_or(0);
+    Ok(summary)
+}
+
+/// Validates, reads blocks, embeds them (on the actor pool, or in this
+/// process), writes the parts exactly once with `_SUCCESS` last.
+fn run_pipeline(
+    on: impl Into<photon_data::Runner>,
+    args: &EmbedArgs,
+    logs: &Path,
+    started: Instant,
+) -> Result<Summary> {
+    let on = on.into();
     // Everything that can be wrong with the output, the input or the model
     // is found before any actor starts (the pipeline checks the input's
     // types again, as it does for every job).
-    let existing = ctx
-        .runtime()
+    let existing = runtime_of(&on)
         .block_on(photon_data::files_to_replace(&args.output))
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     if !existing.is_empty() && !args.overwrite {
@@ -295,7 +319,8 @@ fn run_on_cluster(args: &EmbedArgs, logs: &Path) -> Result<Summary> {
     if let Some(id) = &args.id_column {
         columns.push(id);
     }
-    let mut dataset = photon_data::read_parquet(&ctx, args.input.clone()).select_columns(&columns);
+    let mut dataset =
+        photon_data::read_parquet(on.clone(), args.input.clone()).select_columns(&columns);
     dataset.schema().map_err(|e| anyhow::anyhow!("{e}"))?;
     let model = model_dir(args)?;
     let dim = photon_inference::model_dir::ModelDir::open(&model)?
@@ -329,7 +354,7 @@ fn run_on_cluster(args: &EmbedArgs, logs: &Path) -> Result<Summary> {
         "inputs": args.input,
         "column": args.column,
         "id_column": args.id_column,
-        "actors": [min, max],
+        "actors": if args.in_process { "in-process".to_string() } else { format!("{min}..{max}") },
         "photon_version": env!("CARGO_PKG_VERSION"),
     });
     let written = dataset
@@ -354,10 +379,9 @@ fn run_on_cluster(args: &EmbedArgs, logs: &Path) -> Result<Summary> {
     drop(dataset);
     // Row numbers never repeat; a user's id column may.
     let duplicate_ids = match args.id_column {
-        Some(_) => duplicates::repeated_ids_in_output(&ctx, &written.url)?,
+        Some(_) => duplicates::repeated_ids_in_output(on, &written.url)?,
         None => 0,
     };
-    drop(ctx);
     Ok(Summary {
         rows: written.rows,
         dim,
@@ -372,8 +396,8 @@ fn run_on_cluster(args: &EmbedArgs, logs: &Path) -> Result<Summary> {
         device: engine.device,
         precision: engine.precision,
         threads: engine.threads,
-        actors: format!("{min}..{max}"),
-        peak_memory_bytes: peak.stop(),
+        actors: String::new(),
+        peak_memory_bytes: 0,
         reconstructions: stats.reconstructions,
         duplicate_ids,
         manifest: manifest_of(&written.url),
@@ -385,133 +409,17 @@ fn run_on_cluster(args: &EmbedArgs, logs: &Path) -> Result<Summary> {
     })
 }
 
+/// The runtime a pipeline's I/O runs on.
+fn runtime_of(on: &photon_data::Runner) -> &tokio::runtime::Handle {
+    match on {
+        photon_data::Runner::Cluster(ctx) => ctx.runtime(),
+        photon_data::Runner::Local(local) => local.runtime(),
+    }
+}
+
 /// Where the `_SUCCESS` manifest of an output is.
 fn manifest_of(output: &str) -> String {
     format!("{}/{}", output.trim_end_matches('/'), photon_data::MANIFEST)
-}
-
-/// The reference path: everything in this process.
-fn run_in_process(args: &EmbedArgs, logs: &Path) -> Result<Summary> {
-    let started = Instant::now();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
-    // Everything that can be wrong with the input or output is found before
-    // the model loads.
-    runtime.block_on(output::check_output(&args.output, args.overwrite))?;
-    let input = runtime.block_on(input::read_input(
-        &args.input,
-        &args.column,
-        args.id_column.as_deref(),
-    ))?;
-    let rows = input.texts.len();
-    tracing::info!(
-        rows,
-        files = input.files.len(),
-        seconds = started.elapsed().as_secs_f64(),
-        "read the input"
-    );
-
-    let model_dir = model_dir(args)?;
-    let loading = Instant::now();
-    let options = EmbedderOptions {
-        backend: match args.backend {
-            BackendArg::Auto => Backend::Auto,
-            BackendArg::FastCpu => Backend::FastCpu,
-            BackendArg::Candle => Backend::Candle,
-        },
-        threads: args.threads,
-        max_batch_rows: args.batch_size,
-        ..EmbedderOptions::default()
-    };
-    let embedder = SentenceEmbedder::load(&model_dir, options)?;
-    let engine = embedder.engine_info();
-    tracing::info!(
-        model = %model_dir.display(),
-        seconds = loading.elapsed().as_secs_f64(),
-        %engine,
-        "model loaded"
-    );
-
-    let (values, first_chunk) = embed_with_progress(&embedder, &input.texts)?;
-
-    let manifest = serde_json::json!({
-        "model": model_dir.display().to_string(),
-        "inputs": input.files,
-        "column": args.column,
-        "id_column": args.id_column,
-        "backend": embedder.backend_name(),
-        "normalized": embedder.model().normalize,
-        "max_seq_length": embedder.model().max_seq_length,
-        "photon_version": env!("CARGO_PKG_VERSION"),
-    });
-    let written = runtime.block_on(output::write_embeddings(
-        &args.output,
-        &input.ids,
-        &values,
-        embedder.dim(),
-        args.overwrite,
-        manifest,
-    ))?;
-
-    let wall = started.elapsed().as_secs_f64();
-    Ok(Summary {
-        rows: rows as u64,
-        dim: embedder.dim(),
-        wall_seconds: wall,
-        rows_per_s: rows as f64 / wall,
-        first_output_seconds: first_chunk.map(|at| at.duration_since(started).as_secs_f64()),
-        engine: engine.engine,
-        device: engine.device,
-        precision: engine.precision,
-        threads: engine.threads,
-        actors: "in-process".into(),
-        peak_memory_bytes: photon_raylet::procfs::peak_resident_bytes(std::process::id())
-            .unwrap_or(0),
-        reconstructions: 0,
-        duplicate_ids: match args.id_column {
-            Some(_) => duplicates::repeated_ids(std::slice::from_ref(&input.ids))?,
-            None => 0,
-        },
-        manifest: manifest_of(&args.output),
-        output: args.output.clone(),
-        parts: written.files.len(),
-        output_bytes: written.bytes,
-        model: model_dir.display().to_string(),
-        logs: logs.display().to_string(),
-    })
-}
-
-/// Embeds in chunks so progress moves (each chunk is sorted by length
-/// inside the embedder). Returns the vectors and when the first chunk was
-/// done.
-fn embed_with_progress(
-    embedder: &SentenceEmbedder,
-    texts: &[String],
-) -> Result<(Vec<f32>, Option<Instant>)> {
-    let mut progress = RowsProgress::new("photon embed", texts.len() as u64, ProgressMode::Auto);
-    let detail = format!("in process, {}", embedder.engine_info());
-    let mut values = Vec::with_capacity(texts.len() * embedder.dim());
-    let mut first_chunk = None;
-    let mut start = 0;
-    while start < texts.len() {
-        let size = if start == 0 {
-            FIRST_CHUNK_ROWS
-        } else {
-            CHUNK_ROWS
-        };
-        let end = (start + size).min(texts.len());
-        let chunk = embedder
-            .embed(&texts[start..end])
-            .with_context(|| format!("embedding rows {start}..{end}"))?;
-        values.extend_from_slice(&chunk.values);
-        first_chunk.get_or_insert_with(Instant::now);
-        progress.set(end as u64, &detail);
-        start = end;
-    }
-    progress.finish(&detail);
-    Ok((values, first_chunk))
 }
 
 /// One line of progress on stderr (stdout carries the summary).

@@ -1,8 +1,10 @@
-//! photon-data end to end: pipelines on an embedded cluster and on a
-//! loopback cluster of raylet processes (one killed mid-run). Workers are
+//! photon-data end to end: pipelines on an embedded cluster, on a
+//! loopback cluster of raylet processes (one killed mid-run) and in this
+//! process (the local runner). Workers are
 //! this test binary in worker mode, so `main` routes first (libtest-mimic
 //! lists and runs the tests, which nextest understands).
 
+mod local;
 #[cfg(feature = "s3")]
 mod s3;
 mod udfs;
@@ -731,6 +733,18 @@ fn main() {
         Trial::test(
             "embedded::four_times_the_store_streams",
             four_times_the_store_streams,
+        ),
+        Trial::test(
+            "local::parquet_in_parquet_out_as_on_a_cluster",
+            local::parquet_in_parquet_out_as_on_a_cluster,
+        ),
+        Trial::test(
+            "local::an_actor_stage_is_constructed_once_in_this_process",
+            local::an_actor_stage_is_constructed_once_in_this_process,
+        ),
+        Trial::test(
+            "local::errors_and_skips_as_on_a_cluster",
+            local::errors_and_skips_as_on_a_cluster,
         ),
         Trial::test(
             "cluster::three_raylets_survive_a_killed_node",

@@ -173,3 +173,30 @@ impl BatchUdf for Identity {
     }
 }
 register_udf!(Identity);
+
+/// Adds `construction`: which construction of this function (in this
+/// process) ran the call.
+pub struct Construction {
+    number: i64,
+}
+
+static CONSTRUCTIONS: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(0);
+
+impl BatchUdf for Construction {
+    type Args = ();
+
+    fn new((): ()) -> Result<Self, String> {
+        let number = CONSTRUCTIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Ok(Construction { number })
+    }
+
+    fn call(&mut self, batch: RecordBatch) -> Result<RecordBatch, String> {
+        let numbers = Int64Array::from(vec![self.number; batch.num_rows()]);
+        with_column(
+            &batch,
+            Field::new("construction", DataType::Int64, false),
+            numbers,
+        )
+    }
+}
+register_udf!(Construction);
