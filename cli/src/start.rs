@@ -63,6 +63,12 @@ pub struct StartArgs {
     #[arg(long, value_name = "SECONDS",
           default_value_t = photon_raylet::worker_pool::DEFAULT_IDLE_TIMEOUT.as_secs())]
     idle_worker_timeout: u64,
+    /// Hours a node keeps an ended worker's output files and a cached job
+    /// binary no worker has used (the head has the job's log; a package is
+    /// fetched again when needed).
+    #[arg(long, value_name = "HOURS",
+          default_value_t = photon_raylet::node_files::DEFAULT_RETENTION.as_secs_f64() / 3600.0)]
+    worker_files_retention_hours: f64,
     /// Cluster token. Joining: default PHOTON_TOKEN or this machine's head.
     /// A head: sets its token (e.g. from a Kubernetes Secret), else
     /// PHOTON_TOKEN, else the session dir's, else a new one.
@@ -215,6 +221,10 @@ async fn run_blocking(args: StartArgs, overrides: ResourceOverrides) -> anyhow::
         config.resources = overrides;
         config.store = store;
         config.idle_worker_timeout = Duration::from_secs(args.idle_worker_timeout);
+        config.worker_files_retention = hours(
+            args.worker_files_retention_hours,
+            "--worker-files-retention-hours",
+        )?;
         config.log_dir = session::home().join(format!("worker-logs-{pid}"));
         config.package_dir = session::home().join("packages");
         config.metrics_address = args
@@ -292,15 +302,7 @@ async fn run_head(
         }
         None => session::session_token(&session_dir)?,
     };
-    let max_age = Duration::try_from_secs_f64(args.job_retention_hours * 3600.0)
-        .ok()
-        .filter(|age| !age.is_zero())
-        .with_context(|| {
-            format!(
-                "--job-retention-hours {} must be a positive number of hours",
-                args.job_retention_hours
-            )
-        })?;
+    let max_age = hours(args.job_retention_hours, "--job-retention-hours")?;
     let listener = bind(&args.host, args.port).await?;
     let address = listener.local_addr()?.to_string();
     let mut config = HeadConfig::new(&session_dir, token.clone());
@@ -346,6 +348,10 @@ async fn run_head(
             ..store
         };
         config.idle_worker_timeout = Duration::from_secs(args.idle_worker_timeout);
+        config.worker_files_retention = hours(
+            args.worker_files_retention_hours,
+            "--worker-files-retention-hours",
+        )?;
         config.log_dir = session_dir.join("logs");
         config.package_dir = session_dir.join("raylet-packages");
         let listener = bind(&args.host, 0).await?;
@@ -404,4 +410,12 @@ fn unix_secs() -> u64 {
     SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
+}
+
+/// A positive number of hours given with `flag`, as a duration.
+fn hours(hours: f64, flag: &str) -> anyhow::Result<Duration> {
+    Duration::try_from_secs_f64(hours * 3600.0)
+        .ok()
+        .filter(|age| !age.is_zero())
+        .with_context(|| format!("{flag} {hours} must be a positive number of hours"))
 }

@@ -1004,8 +1004,19 @@ fn consecutive_embed_runs_leave_no_workers_on_the_raylet() {
     let mut memory_after_warm_up = 0;
     for run in 0..RUNS {
         let out = dir.path().join(format!("out-{run}"));
-        let embedded = embed_on(&cluster, &corpus, &out, &model).output().unwrap();
+        let embedded = embed_on(&cluster, &corpus, &out, &model)
+            .arg("--json")
+            .output()
+            .unwrap();
         assert!(embedded.status.success(), "{}", failure(&embedded));
+        // The summary's peak memory counts the job's processes across the
+        // cluster: the driver, the raylet and at least the job's actor.
+        let summary: Value = serde_json::from_slice(&embedded.stdout).unwrap();
+        assert!(
+            summary["peak_memory_processes"].as_u64().unwrap() >= 3
+                && summary["peak_memory_bytes"].as_u64().unwrap() > private_memory(raylet),
+            "{summary}"
+        );
         // The job's workers (its actor's and its read tasks') end with it.
         wait_until(Duration::from_secs(5), "the job's workers to end", || {
             (children_of(raylet) <= baseline).then_some(())

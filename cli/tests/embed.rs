@@ -107,6 +107,11 @@ fn embeds_a_corpus_and_writes_every_id_once() {
     assert_eq!(summary["rows"], 300);
     assert_eq!(summary["duplicate_ids"], 0);
     assert!(summary["peak_memory_bytes"].as_u64().unwrap() > 0);
+    // This process (its embedded raylet in it) and at least the actor's worker.
+    assert!(
+        summary["peak_memory_processes"].as_u64().unwrap() >= 2,
+        "{summary}"
+    );
     assert!(summary["parts"].as_u64().unwrap() >= 2, "{summary}");
 
     let (ids, vectors) = read_output(&out);
@@ -358,7 +363,7 @@ fn tiny_model_and_corpus(seed: u64, rows: usize) -> (tempfile::TempDir, PathBuf,
 }
 
 /// The summary fields both paths print with `--json`.
-const SUMMARY_FIELDS: [&str; 19] = [
+const SUMMARY_FIELDS: [&str; 20] = [
     "rows",
     "dim",
     "wall_seconds",
@@ -370,6 +375,7 @@ const SUMMARY_FIELDS: [&str; 19] = [
     "threads",
     "actors",
     "peak_memory_bytes",
+    "peak_memory_processes",
     "reconstructions",
     "duplicate_ids",
     "output",

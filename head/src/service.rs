@@ -376,6 +376,11 @@ impl Head for HeadService {
                 "actor {id} has no program to run"
             )));
         }
+        if spec.detached && spec.name.is_empty() {
+            return Err(Status::invalid_argument(format!(
+                "detached actor {id} has no name: it outlives its job, and only its name finds it again"
+            )));
+        }
         let request = ResourceSet::from_proto(&spec.resources);
         if let Some((name, amount)) = request.iter().find(|(_, q)| q.units() < 0) {
             return Err(Status::invalid_argument(format!(
@@ -470,10 +475,21 @@ impl Head for HeadService {
     ) -> Result<Response<ActorRecord>, Status> {
         let request = request.into_inner();
         let record = if request.actor_id.is_empty() {
-            self.state
+            let record = self
+                .state
                 .actors
                 .find_by_name(&request.name)
-                .ok_or_else(|| Status::not_found(format!("no actor is named {:?}", request.name)))?
+                .ok_or_else(|| {
+                    Status::not_found(format!("no actor is named {:?}", request.name))
+                })?;
+            // A name finds a live actor; a dead one's name is free again.
+            if record.state == ActorState::Dead as i32 {
+                return Err(Status::not_found(format!(
+                    "the actor named {:?} is dead ({}); create it again to use the name",
+                    request.name, record.reason
+                )));
+            }
+            record
         } else {
             let id = ActorId::from_slice(&request.actor_id)?;
             self.state

@@ -326,7 +326,9 @@ impl HeadState {
             .all()
             .into_iter()
             .filter(|a| a.state != ActorState::Dead as i32)
-            .filter_map(|a| ActorId::from_slice(&a.spec?.actor_id).ok())
+            .filter_map(|a| a.spec)
+            .filter(|spec| !spec.detached)
+            .filter_map(|spec| ActorId::from_slice(&spec.actor_id).ok())
             .filter(|a| a.job_id() == job)
             .collect();
         // Dead first, so that killing their workers restarts nothing; the

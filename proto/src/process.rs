@@ -5,12 +5,17 @@
 use crate::v1::ClientProcess;
 
 /// When process `pid` started (field 22 of `/proc/PID/stat`, clock ticks
-/// since boot), or `None` if this host has no such process.
+/// since boot), or `None` if this host has no such live process: a zombie
+/// (ended, not yet reaped by its parent) has ended, and holds nothing.
 pub fn process_started(pid: u32) -> Option<u64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // Fields after the command name, which may hold spaces and parentheses.
-    let after_comm = stat.rsplit_once(')')?.1;
-    after_comm.split_whitespace().nth(19)?.parse().ok()
+    // Fields after the command name, which may hold spaces and parentheses:
+    // the state (field 3), then 18 more to the start time.
+    let mut fields = stat.rsplit_once(')')?.1.split_whitespace();
+    if matches!(fields.next()?, "Z" | "X") {
+        return None;
+    }
+    fields.nth(18)?.parse().ok()
 }
 
 impl ClientProcess {
@@ -65,5 +70,30 @@ mod tests {
         let started = process_started(pid).unwrap_or(1);
         child.wait().unwrap();
         assert!(!ClientProcess { pid, started }.is_visible_and_alive());
+    }
+
+    #[test]
+    fn a_zombie_is_not_alive() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("0.2")
+            .spawn()
+            .unwrap();
+        let pid = child.id();
+        let started = process_started(pid).expect("a running child");
+        assert!(ClientProcess { pid, started }.is_visible_and_alive());
+        // Ended but not reaped: its /proc entry stays, in state Z.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .unwrap()
+            .contains(") Z ")
+        {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the child never ended"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        assert!(!ClientProcess { pid, started }.is_visible_and_alive());
+        child.wait().unwrap();
     }
 }

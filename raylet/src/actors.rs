@@ -196,6 +196,12 @@ impl ActorHost {
             .insert(worker, error.to_string());
     }
 
+    /// Whether `worker` runs a detached actor (which outlives its job).
+    pub fn hosts_detached(&self, worker: WorkerId) -> bool {
+        self.actor_of_worker(worker)
+            .is_some_and(|spec| spec.detached)
+    }
+
     /// The spec of the actor a worker runs, if it runs one.
     pub fn actor_of_worker(&self, worker: WorkerId) -> Option<ActorSpec> {
         self.lock()

@@ -32,6 +32,7 @@ mod head_link;
 mod http;
 pub mod leases;
 mod local_objects;
+pub mod node_files;
 pub mod packages;
 pub mod procfs;
 pub mod resources;
@@ -83,6 +84,9 @@ pub struct RayletConfig {
     pub worker_memory_limit: Option<u64>,
     /// An idle worker is stopped after this long unused.
     pub idle_worker_timeout: Duration,
+    /// Ended workers' output files and unused cached packages are removed
+    /// after this long.
+    pub worker_files_retention: Duration,
     /// How long to try reaching the head at start before giving up.
     pub initial_connect_timeout: Duration,
     /// Where to serve `/metrics`, `/healthz` and `/readyz` (port 0 picks
@@ -104,6 +108,7 @@ impl RayletConfig {
             package_dir: std::env::temp_dir().join("photon-packages"),
             worker_memory_limit: None,
             idle_worker_timeout: worker_pool::DEFAULT_IDLE_TIMEOUT,
+            worker_files_retention: node_files::DEFAULT_RETENTION,
             initial_connect_timeout: Duration::from_secs(10),
             metrics_address: None,
         }
@@ -236,6 +241,13 @@ pub async fn run(
         let stop = forwarder_stop.clone();
         async move { forwarder.run(stop).await }
     });
+    let file_pruner = tokio::spawn(prune_node_files(
+        pool.clone(),
+        config.log_dir.clone(),
+        config.package_dir.clone(),
+        config.worker_files_retention,
+        stop.clone(),
+    ));
     let service = service::RayletService {
         transfers,
         actors: actors.clone(),
@@ -300,6 +312,7 @@ pub async fn run(
     };
     exit_watcher.abort();
     let _ = dead_holders.await;
+    let _ = file_pruner.await;
     // The forwarder's last pass sends what the workers printed before they ended.
     let _ = log_forwarder.await;
     if let Some(server) = http_server {
@@ -311,6 +324,41 @@ pub async fn run(
         address: info.address.clone(),
         source,
     })
+}
+
+/// Every [`node_files::PERIOD`] until `stop`: the node's stale worker files
+/// and packages go (see `node_files`).
+async fn prune_node_files(
+    pool: std::sync::Arc<worker_pool::WorkerPool>,
+    log_dir: std::path::PathBuf,
+    package_dir: std::path::PathBuf,
+    retention: Duration,
+    stop: CancellationToken,
+) {
+    let mut ticks = tokio::time::interval(node_files::PERIOD);
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            _ = ticks.tick() => {}
+        }
+        let live = pool.live();
+        let ids = live.iter().map(|w| w.id).collect();
+        let programs = live.iter().map(|w| w.spec.program.clone()).collect();
+        let (logs, packages) = (log_dir.clone(), package_dir.clone());
+        let pruned = tokio::task::spawn_blocking(move || {
+            node_files::prune(&logs, &ids, &packages, &programs, retention)
+        })
+        .await
+        .unwrap_or_default();
+        if pruned != node_files::Pruned::default() {
+            info!(
+                worker_files = pruned.worker_files,
+                packages = pruned.packages,
+                ?retention,
+                "removed ended workers' output files and unused packages"
+            );
+        }
+    }
 }
 
 fn hostname() -> String {

@@ -61,6 +61,7 @@ impl PackageCache {
         }
         let path = self.dir.join(sha256);
         if path.is_file() {
+            touch(&path);
             return Ok(path.display().to_string());
         }
         let lock = self
@@ -74,6 +75,7 @@ impl PackageCache {
         if !path.is_file() {
             self.download(sha256, &path).await?;
         }
+        touch(&path);
         Ok(path.display().to_string())
     }
 
@@ -111,5 +113,14 @@ impl PackageCache {
         temp.persist(path).map_err(|e| failed(e.to_string()))?;
         info!(package = %sha256, size, path = %path.display(), "fetched a job's program from the head");
         Ok(())
+    }
+}
+
+/// Marks a cached package as just used, so the node's file retention
+/// (`node_files`) keeps it.
+fn touch(path: &Path) {
+    // Read-only: a running executable cannot be opened for writing.
+    if let Ok(file) = std::fs::File::open(path) {
+        let _ = file.set_modified(std::time::SystemTime::now());
     }
 }

@@ -9,11 +9,11 @@ use photon_proto::v1::{
     ActorReadyReply, ActorReadyRequest, ActorSpec, ConnectActorReply, ConnectActorRequest,
     CreateObjectRequest, DeleteObjectReply, DeleteObjectRequest, FetchObjectReply,
     FetchObjectRequest, FreeJobObjectsReply, FreeJobObjectsRequest, GetObjectRequest,
-    KillJobWorkersReply, KillJobWorkersRequest, ObjectChunk, ObjectDescriptor, PullObjectRequest,
-    PushObjectReply, RegisterWorkerReply, RegisterWorkerRequest, ReleaseObjectReply,
-    ReleaseObjectRequest, ReturnWorkerLeaseReply, ReturnWorkerLeaseRequest, SealObjectReply,
-    SealObjectRequest, StartActorReply, StopActorReply, StopActorRequest, WorkerExitReply,
-    WorkerExitRequest, WorkerLeaseReply, WorkerLeaseRequest,
+    JobMemoryReply, JobMemoryRequest, KillJobWorkersReply, KillJobWorkersRequest, ObjectChunk,
+    ObjectDescriptor, ProcessMemory, PullObjectRequest, PushObjectReply, RegisterWorkerReply,
+    RegisterWorkerRequest, ReleaseObjectReply, ReleaseObjectRequest, ReturnWorkerLeaseReply,
+    ReturnWorkerLeaseRequest, SealObjectReply, SealObjectRequest, StartActorReply, StopActorReply,
+    StopActorRequest, WorkerExitReply, WorkerExitRequest, WorkerLeaseReply, WorkerLeaseRequest,
 };
 use photon_proto::{ActorId, JobId, NodeId, WorkerId};
 use tonic::{Request, Response, Status, Streaming};
@@ -110,6 +110,27 @@ impl Raylet for RayletService {
         let job = JobId::from_slice(&request.into_inner().job_id)?;
         let (objects, bytes) = self.transfers.free_job_objects(job).await?;
         Ok(Response::new(FreeJobObjectsReply { objects, bytes }))
+    }
+
+    async fn job_memory(
+        &self,
+        request: Request<JobMemoryRequest>,
+    ) -> Result<Response<JobMemoryReply>, Status> {
+        let job = JobId::from_slice(&request.into_inner().job_id)?;
+        let memory_of = |pid: u32| ProcessMemory {
+            pid,
+            resident_bytes: crate::procfs::resident_bytes(pid).unwrap_or(0),
+        };
+        let workers = self
+            .pool
+            .job_workers(&job.to_string(), |_| false)
+            .iter()
+            .map(|worker| memory_of(worker.pid))
+            .collect();
+        Ok(Response::new(JobMemoryReply {
+            raylet: Some(memory_of(std::process::id())),
+            workers,
+        }))
     }
 
     async fn request_worker_lease(

@@ -137,13 +137,11 @@ impl LogForwarder {
         // Track the job's workers first: one that started since the last
         // pass would otherwise end unseen.
         self.pass(false).await;
-        let killed = self.pool.kill_job(job);
+        // A detached actor outlives its job.
+        let detached = |worker| self.actors.hosts_detached(worker);
+        let killed = self.pool.kill_job(job, detached);
         let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
-        while self
-            .pool
-            .live()
-            .iter()
-            .any(|w| w.spec.env.get(JOB_ID_ENV).is_some_and(|j| j == job))
+        while !self.pool.job_workers(job, detached).is_empty()
             && tokio::time::Instant::now() < deadline
         {
             tokio::time::sleep(Duration::from_millis(20)).await;

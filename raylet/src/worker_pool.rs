@@ -276,11 +276,10 @@ impl WorkerPool {
         }
     }
 
-    /// Kills every live worker of job `job` (by the job id in its
-    /// environment); returns how many.
-    pub fn kill_job(&self, job: &str) -> u32 {
-        let victims: Vec<u32> = self
-            .lock()
+    /// Live workers of job `job` (by the job id in their environment) but
+    /// those `spare` keeps.
+    pub fn job_workers(&self, job: &str, spare: impl Fn(WorkerId) -> bool) -> Vec<Worker> {
+        self.lock()
             .live
             .values()
             .filter(|w| {
@@ -290,8 +289,15 @@ impl WorkerPool {
                     .map(String::as_str)
                     == Some(job)
             })
-            .map(|w| w.pid)
-            .collect();
+            .filter(|w| !spare(w.id))
+            .cloned()
+            .collect()
+    }
+
+    /// Kills every live worker of job `job` but those `spare` keeps;
+    /// returns how many.
+    pub fn kill_job(&self, job: &str, spare: impl Fn(WorkerId) -> bool) -> u32 {
+        let victims: Vec<u32> = self.job_workers(job, spare).iter().map(|w| w.pid).collect();
         for &pid in &victims {
             let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
         }

@@ -134,6 +134,12 @@ impl ActorHandle {
         options: ActorOptions,
         args: Vec<TaskArg>,
     ) -> Result<Self> {
+        if options.detached && options.name.is_none() {
+            return Err(Error::Config(format!(
+                "a detached {class} needs a name (ActorOptions::name): it outlives its job, \
+                 and its name is how another driver finds it, and kills it"
+            )));
+        }
         let id = ActorId::for_child(core.next_task_id(), 0);
         let mut constructor_args = Vec::with_capacity(args.len());
         let mut _deps = Vec::new();
@@ -150,6 +156,7 @@ impl ActorHandle {
             constructor: constructor.to_string(),
             constructor_args,
             max_concurrency: options.max_concurrency,
+            detached: options.detached,
             env: core.worker_env.clone(),
             ..Default::default()
         };

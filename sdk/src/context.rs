@@ -15,8 +15,8 @@ use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use photon_proto::v1::{
     DeleteObjectRequest, GetActorRequest, GetClusterStatusRequest, GetLineageRequest,
-    GetObjectLocationsRequest, KillActorRequest, NodeState, TaskArg as ProtoArg, TaskSpec,
-    task_arg,
+    GetObjectLocationsRequest, JobMemoryRequest, KillActorRequest, NodeState, TaskArg as ProtoArg,
+    TaskSpec, task_arg,
 };
 use photon_proto::{JobId, NodeId, ObjectId, Quantity, TaskId};
 use serde::Serialize;
@@ -63,6 +63,15 @@ pub struct NodeView {
     pub object_store_spilled_bytes: u64,
     /// Lease requests waiting for its resources, by shape.
     pub pending: Vec<PendingDemand>,
+}
+
+/// The resident memory of a job's processes across the cluster at one moment.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct JobMemory {
+    /// Summed resident bytes (shared pages count once per process).
+    pub resident_bytes: u64,
+    /// Processes counted: the driver, the live raylets, the job's workers.
+    pub processes: usize,
 }
 
 /// Lease requests of one resource shape waiting on a node.
@@ -974,6 +983,44 @@ impl Context {
             .iter()
             .map(|n| n.object_store_used)
             .sum())
+    }
+
+    /// The resident memory of this job's processes now: this driver, every
+    /// live node's raylet, and the job's workers on every node (a raylet
+    /// embedded in this process counts once). A node that does not answer
+    /// is left out.
+    pub fn job_memory(&self) -> Result<JobMemory> {
+        let nodes = self.cluster_nodes()?;
+        let job = self.core.driver_task.job_id().to_vec();
+        let core = self.core.clone();
+        self.block_on(async move {
+            let asks = nodes.iter().map(|node| {
+                let request = JobMemoryRequest {
+                    job_id: job.clone(),
+                };
+                let address = node.address.clone();
+                let client = core.raylet_at(&address);
+                async move {
+                    let reply = client.ok()?.job_memory(request).await.ok()?;
+                    Some((address, reply.into_inner()))
+                }
+            });
+            let mut processes = std::collections::HashMap::new();
+            let me = std::process::id();
+            processes.insert(
+                (core.raylet_address.clone(), me),
+                photon_raylet::procfs::resident_bytes(me).unwrap_or(0),
+            );
+            for (address, reply) in futures::future::join_all(asks).await.into_iter().flatten() {
+                for process in reply.raylet.into_iter().chain(reply.workers) {
+                    processes.insert((address.clone(), process.pid), process.resident_bytes);
+                }
+            }
+            Ok(JobMemory {
+                resident_bytes: processes.values().sum(),
+                processes: processes.len(),
+            })
+        })
     }
 
     /// What the call making `object` last reported with

@@ -98,6 +98,7 @@ pub struct ActorOptions {
     pub(crate) max_restarts: u32,
     pub(crate) max_concurrency: u32,
     pub(crate) name: Option<String>,
+    pub(crate) detached: bool,
 }
 
 impl Default for ActorOptions {
@@ -116,6 +117,7 @@ impl ActorOptions {
             max_restarts: 0,
             max_concurrency: 1,
             name: None,
+            detached: false,
         }
     }
 
@@ -154,6 +156,15 @@ impl ActorOptions {
     /// A cluster-wide name, so other drivers can look the actor up.
     pub fn name(mut self, name: impl Into<String>) -> Self {
         self.name = Some(name.into());
+        self
+    }
+
+    /// Outlives the driver or job that creates it (Ray's `lifetime =
+    /// "detached"`): a long-lived service other drivers find by its name
+    /// (required), ended only by [`crate::Context::kill`]. Without this an
+    /// actor ends with its job.
+    pub fn detached(mut self) -> Self {
+        self.detached = true;
         self
     }
 }

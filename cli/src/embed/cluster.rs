@@ -138,27 +138,28 @@ fn embedding_batch(ids: ArrayRef, values: Vec<f32>, dim: usize) -> Result<Record
         .map_err(|e| e.to_string())
 }
 
-/// Samples the summed resident memory of this process and its children
-/// (the embedded raylet's workers) until stopped; keeps the peak.
-pub struct TreeMemory {
+/// Samples the resident memory of the job's processes across the cluster
+/// (this driver, the raylets, the job's workers on every node) until
+/// stopped; keeps the largest sample.
+pub struct JobMemoryPeak {
     stop: std::sync::mpsc::Sender<()>,
-    sampler: std::thread::JoinHandle<u64>,
+    sampler: std::thread::JoinHandle<photon::JobMemory>,
 }
 
-impl TreeMemory {
-    /// Starts sampling every 100 ms.
-    pub fn sample() -> Self {
+impl JobMemoryPeak {
+    /// Starts sampling every 250 ms.
+    pub fn sample(ctx: &photon::Context) -> Self {
         let (stop, stopped) = std::sync::mpsc::channel();
+        let ctx = ctx.clone();
         let sampler = std::thread::spawn(move || {
-            let me = std::process::id();
-            let mut peak = 0;
+            let mut peak = photon::JobMemory::default();
             loop {
-                let total: u64 = std::iter::once(me)
-                    .chain(photon_raylet::procfs::children(me))
-                    .filter_map(photon_raylet::procfs::resident_bytes)
-                    .sum();
-                peak = peak.max(total);
-                match stopped.recv_timeout(std::time::Duration::from_millis(100)) {
+                if let Ok(now) = ctx.job_memory()
+                    && now.resident_bytes > peak.resident_bytes
+                {
+                    peak = now;
+                }
+                match stopped.recv_timeout(std::time::Duration::from_millis(250)) {
                     Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
                     _ => return peak,
                 }
@@ -167,9 +168,9 @@ impl TreeMemory {
         Self { stop, sampler }
     }
 
-    /// The peak, in bytes.
-    pub fn stop(self) -> u64 {
+    /// The largest sample.
+    pub fn stop(self) -> photon::JobMemory {
         let _ = self.stop.send(());
-        self.sampler.join().unwrap_or(0)
+        self.sampler.join().unwrap_or_default()
     }
 }

@@ -110,9 +110,12 @@ struct Summary {
     threads: usize,
     /// `MIN..MAX` actors, or `in-process`.
     actors: String,
-    /// Peak summed resident memory of this process and its children (the
-    /// embedded cluster's workers).
+    /// Peak summed resident memory of the job's processes across the
+    /// cluster: this driver, the raylets and the job's workers on every node
+    /// (sampled every 250 ms); in process, this process's peak.
     peak_memory_bytes: u64,
+    /// Processes counted in that peak.
+    peak_memory_processes: usize,
     /// Blocks rebuilt after a worker, actor or node was lost.
     reconstructions: u64,
     /// Rows whose id (`--id-column`) repeats an earlier row's: the input's
@@ -145,8 +148,16 @@ impl Summary {
             "  engine    {} on {}, {}, {} thread(s); actors {}",
             self.engine, self.device, self.precision, self.threads, self.actors
         );
+        let counted = if self.actors == "in-process" {
+            "this process".to_string()
+        } else {
+            format!(
+                "summed RSS of {} processes: driver, raylets, the job's workers",
+                self.peak_memory_processes
+            )
+        };
         println!(
-            "  memory    peak {:.0} MiB (this process and its workers, summed RSS)",
+            "  memory    peak {:.0} MiB ({counted})",
             self.peak_memory_bytes as f64 / (1 << 20) as f64
         );
         println!("  recovery  {} block(s) rebuilt", self.reconstructions);
@@ -257,7 +268,6 @@ fn backend_name(backend: BackendArg) -> &'static str {
 /// the embedder actors' pool runs on its nodes.
 fn run_on_cluster(args: &EmbedArgs, logs: &Path) -> Result<Summary> {
     let started = Instant::now();
-    let peak = cluster::TreeMemory::sample();
     let ctx = photon::init(photon::Config {
         address: args.address.clone(),
         // The embedded cluster's session (its workers' logs) is this run's
@@ -265,11 +275,15 @@ fn run_on_cluster(args: &EmbedArgs, logs: &Path) -> Result<Summary> {
         session_dir: args.address.is_none().then(|| logs.to_path_buf()),
         ..photon::Config::default()
     })?;
+    let peak = cluster::JobMemoryPeak::sample(&ctx);
     let (min, max) = args.actors;
-    let mut summary = run_pipeline(&ctx, args, logs, started)?;
+    let summary = run_pipeline(&ctx, args, logs, started);
+    let peak = peak.stop();
     drop(ctx);
+    let mut summary = summary?;
     summary.actors = format!("{min}..{max}");
-    summary.peak_memory_bytes = peak.stop();
+    summary.peak_memory_bytes = peak.resident_bytes;
+    summary.peak_memory_processes = peak.processes;
     Ok(summary)
 }
 
@@ -282,6 +296,7 @@ fn run_in_process(args: &EmbedArgs, logs: &Path) -> Result<Summary> {
     summary.actors = "in-process".into();
     summary.peak_memory_bytes =
         photon_raylet::procfs::peak_resident_bytes(std::process::id()).unwrap_or(0);
+    summary.peak_memory_processes = 1;
     Ok(summary)
 }
 
@@ -398,6 +413,7 @@ fn run_pipeline(
         threads: engine.threads,
         actors: String::new(),
         peak_memory_bytes: 0,
+        peak_memory_processes: 0,
         reconstructions: stats.reconstructions,
         duplicate_ids,
         manifest: manifest_of(&written.url),

@@ -703,6 +703,8 @@ fn three_raylets_survive_a_killed_node() -> Result<(), Failed> {
 fn main() {
     photon::worker_entry();
     photon::testing::raylet_entry();
+    #[cfg(feature = "s3")]
+    s3::writer_entry();
     let args = Arguments::from_args();
     let tests = vec![
         Trial::test(
@@ -757,6 +759,10 @@ fn main() {
         tests.push(Trial::test(
             "s3::read_and_write_against_a_local_server",
             s3::read_and_write_against_a_local_server,
+        ));
+        tests.push(Trial::test(
+            "s3::an_overwrite_killed_at_any_moment_on_s3_leaves_one_complete_output",
+            s3::an_overwrite_killed_at_any_moment_on_s3_leaves_one_complete_output,
         ));
         tests
     };

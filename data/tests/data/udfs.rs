@@ -200,3 +200,24 @@ impl BatchUdf for Construction {
     }
 }
 register_udf!(Construction);
+
+/// Adds `run`: the number it was constructed with; sleeps 40 ms per call,
+/// so a run's blocks take a while.
+pub struct Tag {
+    run: i64,
+}
+
+impl BatchUdf for Tag {
+    type Args = i64;
+
+    fn new(run: i64) -> Result<Self, String> {
+        Ok(Tag { run })
+    }
+
+    fn call(&mut self, batch: RecordBatch) -> Result<RecordBatch, String> {
+        std::thread::sleep(Duration::from_millis(40));
+        let runs = Int64Array::from(vec![self.run; batch.num_rows()]);
+        with_column(&batch, Field::new("run", DataType::Int64, false), runs)
+    }
+}
+register_udf!(Tag);

@@ -479,6 +479,10 @@ fn main() {
             owners::killed_drivers_leave_nothing_behind,
         ),
         Trial::test(
+            "cluster::a_detached_actor_outlives_its_killed_driver",
+            owners::a_detached_actor_outlives_its_killed_driver,
+        ),
+        Trial::test(
             "cluster::spilled_tasks_pack_onto_the_first_node_under_half_used",
             cluster::spilled_tasks_pack_onto_the_first_node_under_half_used,
         ),

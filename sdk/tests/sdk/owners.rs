@@ -1,6 +1,7 @@
 //! An object's fate follows its owner's: drivers killed with SIGKILL while
 //! they hold stored, spilled and pinned objects and lineage leave nothing
-//! behind on any node or in the head.
+//! behind on any node or in the head. Their actors go with them, unless
+//! created detached.
 
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Child, Command, Stdio};
@@ -12,7 +13,7 @@ use photon::arrow::array::{Int64Array, RecordBatch};
 use photon::testing::{LoopbackCluster, Raylet};
 use photon::{Config, Context, ObjectRef};
 
-use crate::functions::make_bytes;
+use crate::functions::{CounterHandle, make_bytes};
 use crate::{check, wait_until};
 
 /// Set on a driver process: the cluster to join, as JSON.
@@ -41,6 +42,9 @@ pub fn driver_entry() {
         ..Config::default()
     })
     .expect("driver joins");
+    if spec["mode"] == "actors" {
+        actors_driver(&ctx);
+    }
     // Four 4 MiB values fill the 16 MiB store: at least one spills.
     let stored: Vec<ObjectRef<Vec<u8>>> = (0..4u8)
         .map(|i| ctx.put(&vec![i; 4 << 20]).expect("put"))
@@ -61,9 +65,33 @@ pub fn driver_entry() {
     std::process::exit(0);
 }
 
+/// Driver mode `actors`: a detached counter named `kept` and one it owns,
+/// named `owned`, each at 41; says READY and waits to be killed.
+fn actors_driver(ctx: &Context) -> ! {
+    let options = CounterHandle::options();
+    let kept = CounterHandle::new_with(ctx, options.clone().name("kept").detached(), 40u64)
+        .expect("detached actor");
+    let owned = CounterHandle::new_with(ctx, options.name("owned"), 40u64).expect("actor");
+    assert_eq!(ctx.get(&kept.incr(1u64)).expect("call"), 41);
+    assert_eq!(ctx.get(&owned.incr(1u64)).expect("call"), 41);
+    println!("READY");
+    std::io::stdout().flush().unwrap();
+    std::thread::sleep(Duration::from_secs(3600));
+    std::process::exit(0);
+}
+
 fn start_driver(cluster: &LoopbackCluster, raylet: &Raylet) -> Result<Child, Failed> {
+    start_driver_in(cluster, raylet, "objects")
+}
+
+fn start_driver_in(
+    cluster: &LoopbackCluster,
+    raylet: &Raylet,
+    mode: &str,
+) -> Result<Child, Failed> {
     let spec = serde_json::json!({
         "head": cluster.head_address(), "token": cluster.token(), "raylet": raylet.address,
+        "mode": mode,
     });
     Ok(Command::new(std::env::current_exe()?)
         .env(DRIVER_ENV, spec.to_string())
@@ -195,4 +223,53 @@ pub fn killed_drivers_leave_nothing_behind() -> Result<(), Failed> {
     }
     eprintln!("{DRIVERS} killed drivers: everything freed, at most {slowest:?} after a kill");
     Ok(())
+}
+
+/// A driver killed with SIGKILL takes its actors with it within 5 s (their
+/// CPUs free), but not the one it created detached: that one keeps its
+/// state, another driver finds it by name, and only a kill ends it.
+pub fn a_detached_actor_outlives_its_killed_driver() -> Result<(), Failed> {
+    let cluster = LoopbackCluster::start();
+    let raylet = cluster.raylet(serde_json::json!({}));
+    let observer = cluster.driver(&raylet);
+    let free_cpus = |ctx: &Context| -> f64 {
+        let nodes = ctx.cluster_nodes().expect("cluster status");
+        nodes[0].available.get("CPU").copied().unwrap_or(0.0)
+    };
+    let mut driver = start_driver_in(&cluster, &raylet, "actors")?;
+    wait_ready(&mut driver)?;
+    check(
+        wait_until(Duration::from_secs(5), || free_cpus(&observer) == 0.0),
+        "the driver's two actors hold both CPUs",
+    )?;
+    driver.kill()?;
+    driver.wait()?;
+    let ended = wait_until(CLEANUP_LIMIT, || {
+        CounterHandle::lookup(&observer, "owned").is_err() && free_cpus(&observer) == 1.0
+    });
+    check(
+        ended,
+        format!(
+            "{CLEANUP_LIMIT:?} after its driver's SIGKILL the owned actor is gone and its CPU free \
+             ({} CPUs free)",
+            free_cpus(&observer)
+        ),
+    )?;
+    let kept = CounterHandle::lookup(&observer, "kept")?;
+    check(
+        observer.get(&kept.incr(1u64))? == 42,
+        "the detached actor kept its state",
+    )?;
+    observer.kill(kept.handle())?;
+    check(
+        wait_until(CLEANUP_LIMIT, || {
+            CounterHandle::lookup(&observer, "kept").is_err() && free_cpus(&observer) == 2.0
+        }),
+        "a killed detached actor ends and frees its CPU",
+    )?;
+    // A detached actor needs a name: nothing else could find or end it.
+    match CounterHandle::new_with(&observer, CounterHandle::options().detached(), 0u64) {
+        Err(photon::Error::Config(message)) => check(message.contains("needs a name"), message),
+        other => Err(format!("expected a refusal, got {:?}", other.map(|_| ())).into()),
+    }
 }
