@@ -150,7 +150,8 @@ impl LocalRun<'_> {
             });
         }
         while let Some((index, first)) = reads.recv().await {
-            if first.is_ok() {
+            // (A one-stage pipeline's block is counted when it is delivered.)
+            if first.is_ok() && self.stages.len() > 1 {
                 self.progress.stage_done(0);
             }
             let mut output = first;
