@@ -397,7 +397,8 @@ impl Executor {
             Err(err) => return self.failed(block, stage, actor, err).map(|()| true),
         };
         let records = stats::history(&batch);
-        self.stats.record(&records);
+        self.stats
+            .block_out(&records, self.started, &mut self.progress);
         for record in &records {
             if record.rows > 0 {
                 let per_row = record.bytes as f64 / record.rows as f64;
@@ -405,14 +406,6 @@ impl Executor {
             }
         }
         self.charged -= self.blocks[block].charge;
-        self.stats
-            .first_block
-            .get_or_insert_with(|| self.started.elapsed());
-        for (index, record) in records.iter().enumerate() {
-            if let Some(ran_on) = &record.ran_on {
-                self.progress.ran_on(index, ran_on);
-            }
-        }
         self.progress.stage_done(stage);
         self.rows_finished += self.blocks[block].source.rows as u64;
         deliver(Output {

@@ -220,15 +220,8 @@ impl LocalRun<'_> {
         deliver: &mut impl FnMut(Output) -> Result<bool>,
     ) -> Result<bool> {
         let records = stats::history(&batch);
-        self.stats.record(&records);
         self.stats
-            .first_block
-            .get_or_insert_with(|| self.started.elapsed());
-        for (stage, record) in records.iter().enumerate() {
-            if let Some(ran_on) = &record.ran_on {
-                self.progress.ran_on(stage, ran_on);
-            }
-        }
+            .block_out(&records, self.started, &mut self.progress);
         for totals in &mut self.stats.stages {
             totals.wall = self.started.elapsed();
         }

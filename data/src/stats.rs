@@ -199,6 +199,24 @@ impl Stats {
         }
     }
 
+    /// A block came out of the last stage with `records`: folds them in,
+    /// notes the first block's time (from `started`) and shows what ran
+    /// each stage.
+    pub(crate) fn block_out(
+        &mut self,
+        records: &[StageRecord],
+        started: std::time::Instant,
+        progress: &mut crate::progress::Progress,
+    ) {
+        self.record(records);
+        self.first_block.get_or_insert_with(|| started.elapsed());
+        for (stage, record) in records.iter().enumerate() {
+            if let Some(ran_on) = &record.ran_on {
+                progress.ran_on(stage, ran_on);
+            }
+        }
+    }
+
     /// Folds a finished block's records into the stage totals.
     pub(crate) fn record(&mut self, records: &[StageRecord]) {
         for (stage, record) in self.stages.iter_mut().zip(records) {

@@ -10,7 +10,10 @@ use super::udfs::*;
 use arrow::array::Array;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
-use super::{check, embedded, expect_invalid, left_nothing, read_output, write_input};
+use super::{
+    check, embedded, expect_invalid, left_nothing, read_output, write_input,
+    written_refused_and_overwritten,
+};
 
 /// Parquet in, an actor stage, Parquet out: every id once, the function's
 /// column, refusal of a second write and overwrite, as on a cluster; and
@@ -21,55 +24,25 @@ pub fn parquet_in_parquet_out_as_on_a_cluster() -> Result<(), Failed> {
     let input = dir.path().join("in");
     write_input(&input, 3, 5_000, 1_000);
     let url = input.to_str().unwrap().to_string();
-    let run = |on: photon_data::Runner, out: &std::path::Path, overwrite| {
+    written_refused_and_overwritten((&local).into(), &url, &dir.path().join("out"))?;
+    let ctx = embedded(None);
+    let write = |on: photon_data::Runner, name: &str| {
+        let out = dir.path().join(name);
         photon_data::read_parquet(on, [url.clone()])
             .select_columns(&["id", "text"])
             .map_batches::<TextLength>((), MapOptions::new().actors(1..=2).batch_size(512))
             .progress(ProgressMode::Off)
-            .write_parquet(out.to_str().unwrap(), overwrite)
+            .write_parquet(out.to_str().unwrap(), false)
+            .map(|_| out)
     };
-    let out = dir.path().join("local");
-    let summary = run((&local).into(), &out, false)?;
-    let (ids, manifest, temporaries) = read_output(&out);
-    let unique: BTreeSet<i64> = ids.iter().copied().collect();
+    let (here, there) = (
+        write((&local).into(), "local")?,
+        write((&ctx).into(), "cluster")?,
+    );
+    let rows = id_lengths(&here);
     check(
-        summary.rows == 15_000 && unique.len() == 15_000 && ids.len() == 15_000,
-        format!("{} ids, {} unique", ids.len(), unique.len()),
-    )?;
-    check(
-        manifest["schema"][1]["name"] == "length" && temporaries.is_empty(),
-        format!("{manifest}"),
-    )?;
-    match run((&local).into(), &out, false) {
-        Err(Error::Invalid(message)) => check(
-            message.contains("is not empty") && message.contains("overwrite"),
-            message,
-        )?,
-        other => return Err(format!("expected a refusal, got {other:?}").into()),
-    }
-    check(read_output(&out).0.len() == 15_000, "output unchanged")?;
-
-    let ctx = embedded(None);
-    let on_cluster = dir.path().join("cluster");
-    run((&ctx).into(), &on_cluster, false)?;
-    check(
-        id_lengths(&out) == id_lengths(&on_cluster),
+        rows.len() == 15_000 && rows == id_lengths(&there),
         "the local run's rows differ from the cluster's",
-    )?;
-
-    // Overwrite with a limit: replaced.
-    let summary = photon_data::read_parquet(&local, [url])
-        .limit(100)
-        .progress(ProgressMode::Off)
-        .write_parquet(out.to_str().unwrap(), true)?;
-    let (ids, manifest, temporaries) = read_output(&out);
-    check(
-        summary.rows == 100 && ids == (0..100).collect::<Vec<i64>>(),
-        format!("{} ids after overwrite", ids.len()),
-    )?;
-    check(
-        manifest["rows"] == 100 && temporaries.is_empty(),
-        format!("{manifest}"),
     )
 }
 

@@ -237,24 +237,35 @@ fn parquet_in_parquet_out() -> Result<(), Failed> {
     check(dataset.count()? == 15_000, "count from the footers")?;
     let schema = dataset.schema()?;
     check(schema.fields().len() == 2, format!("{schema:?}"))?;
-    let out = dir.path().join("out");
-    let summary = photon_data::read_parquet(&ctx, [url.clone()])
+    written_refused_and_overwritten((&ctx).into(), &url, &dir.path().join("out"))
+}
+
+/// Through an actor stage: 15,000 rows of the input at `url` (3 files of
+/// [`write_input`]) into `out`, every id once with the function's column;
+/// a second write refused and the output unchanged; an overwrite (a limit
+/// keeps 100 rows) replacing it and leaving no staging.
+fn written_refused_and_overwritten(
+    on: photon_data::Runner,
+    url: &str,
+    out: &Path,
+) -> Result<(), Failed> {
+    let summary = photon_data::read_parquet(on.clone(), [url])
         .select_columns(&["id", "text"])
         .map_batches::<TextLength>((), MapOptions::new().actors(1..=2).batch_size(512))
         .progress(ProgressMode::Off)
         .write_parquet(out.to_str().unwrap(), false)?;
-    let (ids, manifest, _) = read_output(&out);
+    let (ids, manifest, _) = read_output(out);
     let unique: BTreeSet<i64> = ids.iter().copied().collect();
     check(
         summary.rows == 15_000 && unique.len() == 15_000 && ids.len() == 15_000,
-        format!("{} ids", ids.len()),
+        format!("{} ids, {} unique", ids.len(), unique.len()),
     )?;
     check(
         manifest["schema"][1]["name"] == "length",
         format!("{manifest}"),
     )?;
     // Again into the same place: refused, and the output is unchanged.
-    let again = photon_data::read_parquet(&ctx, [url.clone()])
+    let again = photon_data::read_parquet(on.clone(), [url])
         .progress(ProgressMode::Off)
         .write_parquet(out.to_str().unwrap(), false);
     match again {
@@ -264,13 +275,12 @@ fn parquet_in_parquet_out() -> Result<(), Failed> {
         )?,
         other => return Err(format!("expected a refusal, got {other:?}").into()),
     }
-    check(read_output(&out).0.len() == 15_000, "output unchanged")?;
-    // With overwrite: replaced (a limit keeps 100 rows).
-    let summary = photon_data::read_parquet(&ctx, [url])
+    check(read_output(out).0.len() == 15_000, "output unchanged")?;
+    let summary = photon_data::read_parquet(on, [url])
         .limit(100)
         .progress(ProgressMode::Off)
         .write_parquet(out.to_str().unwrap(), true)?;
-    let (ids, manifest, temporaries) = read_output(&out);
+    let (ids, manifest, temporaries) = read_output(out);
     check(
         summary.rows == 100 && ids == (0..100).collect::<Vec<i64>>(),
         format!("{} ids after overwrite", ids.len()),
@@ -278,8 +288,7 @@ fn parquet_in_parquet_out() -> Result<(), Failed> {
     check(
         manifest["rows"] == 100 && temporaries.is_empty(),
         format!("{manifest}"),
-    )?;
-    Ok(())
+    )
 }
 
 /// filter, repartition and select on memory:// input and output, with the
