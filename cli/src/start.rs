@@ -225,7 +225,10 @@ async fn run_blocking(args: StartArgs, overrides: ResourceOverrides) -> anyhow::
             args.worker_files_retention_hours,
             "--worker-files-retention-hours",
         )?;
-        config.log_dir = session::home().join(format!("worker-logs-{pid}"));
+        config.log_dir = session::home().join(format!(
+            "{}{pid}",
+            photon_raylet::node_files::LOG_DIR_PREFIX
+        ));
         config.package_dir = session::home().join("packages");
         config.metrics_address = args
             .metrics_port

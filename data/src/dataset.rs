@@ -525,7 +525,7 @@ impl Dataset {
         typed: &[(String, Vec<DataType>)],
         deliver: impl FnMut(Output) -> Result<bool>,
     ) -> Result<Vec<String>> {
-        let (schema, sources) = self.plan(typed, 1)?;
+        let (schema, sources) = self.plan(typed, local.reads_at_once())?;
         self.check_filters(&schema)?;
         let blocks: Vec<LocalBlock> = match &self.source {
             SourceSpec::Batches(_) => self

@@ -3,18 +3,21 @@
 //! the ones a cluster runs, so a pipeline reads, fails and writes the same
 //! way in both places; only the compute differs:
 //! - the first stage (the read) runs up to `parallel_reads` blocks at once,
-//!   in order, ahead of the rest;
+//!   each on a thread of its own, delivered in order ahead of the rest;
 //! - every later stage runs one block at a time, and an actor stage's
 //!   functions are constructed once (a model loads once), as one actor of
 //!   the pool would;
+//! - every call runs on a blocking thread (driving its own I/O there), so
+//!   the runtime's threads stay free for the progress line and the reads;
 //! - blocks pass between stages as values: nothing goes through an object
 //!   store, and the blocks read ahead are what bounds memory.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use std::collections::VecDeque;
+
 use arrow::array::RecordBatch;
-use futures::StreamExt;
 
 use crate::block_progress::{self, LocalCall};
 use crate::error::{Error, Result};
@@ -37,8 +40,8 @@ pub struct Local {
 }
 
 impl Local {
-    /// A local runner: two runtime threads for I/O (functions run on the
-    /// caller's thread or a blocking one), reads two blocks ahead.
+    /// A local runner: two runtime threads (calls run on blocking threads),
+    /// reading two blocks at once.
     pub fn new() -> Result<Self> {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
@@ -53,10 +56,16 @@ impl Local {
     }
 
     /// Blocks the first stage runs at once (at least one); as many are
-    /// held, finished, ahead of the next stage.
+    /// held, finished, ahead of the next stage. The plan cuts the input into
+    /// at least this many blocks.
     pub fn parallel_reads(mut self, blocks: usize) -> Self {
         self.parallel_reads = blocks.max(1);
         self
+    }
+
+    /// Blocks the first stage runs at once.
+    pub(crate) fn reads_at_once(&self) -> usize {
+        self.parallel_reads
     }
 
     /// The runtime pipelines of this runner use.
@@ -185,12 +194,13 @@ impl LocalRun<'_> {
     ) -> StageOutput {
         let call = Arc::new(LocalCall::default());
         let part = part_name(index);
-        let mut running = tokio::spawn(block_progress::scope_local(call.clone(), async move {
-            match runs {
-                Runs::Task(steps) => map_stage(block, steps, part).await,
-                Runs::Actor(actor) => actor.apply(block, part).await,
-            }
-        }));
+        let mut running =
+            on_blocking_thread(block_progress::scope_local(call.clone(), async move {
+                match runs {
+                    Runs::Task(steps) => map_stage(block, steps, part).await,
+                    Runs::Actor(actor) => actor.apply(block, part).await,
+                }
+            }));
         let last = stage + 1 == self.stages.len();
         let mut in_flight = vec![0; self.stages.len()];
         in_flight[stage] = 1;
@@ -259,9 +269,21 @@ type StageOutput = std::result::Result<RecordBatch, (usize, String)>;
 /// The first stage's outputs, by block index.
 type Reads = tokio::sync::mpsc::Receiver<(usize, StageOutput)>;
 
+/// Runs `call` on a blocking thread, which drives its I/O: a user
+/// function there holds neither a runtime thread nor the caller's.
+fn on_blocking_thread<F>(call: F) -> tokio::task::JoinHandle<F::Output>
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    let runtime = tokio::runtime::Handle::current();
+    tokio::task::spawn_blocking(move || runtime.block_on(call))
+}
+
 /// The first stage over every block, `parallel_reads` at a time, delivered
-/// in block order. Dropping the receiver stops the reads; the handle ends
-/// once none is running.
+/// in block order. Dropping the receiver stops the reads: those running
+/// finish before the returned handle does, so none writes after the run
+/// has cleaned up.
 fn read_ahead(
     local: &Local,
     steps: Vec<Step>,
@@ -270,22 +292,37 @@ fn read_ahead(
     let parallel = local.parallel_reads;
     let (sender, receiver) = tokio::sync::mpsc::channel(parallel);
     let reader = local.runtime.spawn(async move {
-        let calls = futures::stream::iter(blocks.into_iter().enumerate())
-            .map(|(index, block)| {
+        let mut blocks = blocks.into_iter().enumerate();
+        let mut running = VecDeque::new();
+        loop {
+            while running.len() < parallel {
+                let Some((index, block)) = blocks.next() else {
+                    break;
+                };
                 let steps = steps.clone();
                 let part = part_name(index);
-                async move {
-                    let output = match block.batch {
+                let read = on_blocking_thread(async move {
+                    match block.batch {
                         Some(batch) => map_stage(batch, steps, part).await,
                         None => read_stage(block.source.source, steps, part).await,
-                    };
-                    (index, output.map_err(|message| (0, message)))
+                    }
+                });
+                running.push_back((index, read));
+            }
+            let Some((index, read)) = running.pop_front() else {
+                return;
+            };
+            let output = read
+                .await
+                .unwrap_or_else(|e| Err(format!("the call panicked: {e}")));
+            if sender
+                .send((index, output.map_err(|message| (0, message))))
+                .await
+                .is_err()
+            {
+                for (_, read) in running {
+                    let _ = read.await;
                 }
-            })
-            .buffered(parallel);
-        futures::pin_mut!(calls);
-        while let Some(read) = calls.next().await {
-            if sender.send(read).await.is_err() {
                 return;
             }
         }

@@ -72,16 +72,26 @@ mod tests {
         assert!(!ClientProcess { pid, started }.is_visible_and_alive());
     }
 
+    /// SIGKILL, without reaping.
+    fn sigkill(pid: u32) {
+        let killed = std::process::Command::new("kill")
+            .args(["-KILL", &pid.to_string()])
+            .status()
+            .unwrap();
+        assert!(killed.success());
+    }
+
     #[test]
     fn a_zombie_is_not_alive() {
         let mut child = std::process::Command::new("sleep")
-            .arg("0.2")
+            .arg("60")
             .spawn()
             .unwrap();
         let pid = child.id();
         let started = process_started(pid).expect("a running child");
         assert!(ClientProcess { pid, started }.is_visible_and_alive());
-        // Ended but not reaped: its /proc entry stays, in state Z.
+        // Killed but not reaped: its /proc entry stays, in state Z.
+        sigkill(pid);
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
         while !std::fs::read_to_string(format!("/proc/{pid}/stat"))
             .unwrap()

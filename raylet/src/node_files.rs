@@ -16,6 +16,10 @@ pub const DEFAULT_RETENTION: Duration = Duration::from_secs(24 * 3600);
 /// How often the node looks.
 pub const PERIOD: Duration = Duration::from_secs(60);
 
+/// The directory prefix `photon start` gives each raylet process's worker
+/// logs (`worker-logs-<pid>`).
+pub const LOG_DIR_PREFIX: &str = "worker-logs-";
+
 /// What one pass removed.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Pruned {
@@ -45,6 +49,7 @@ pub fn prune(
         };
         id.parse::<WorkerId>().is_ok_and(|id| !live.contains(&id))
     });
+    let worker_files = worker_files + prune_dirs_of_ended_raylets(log_dir, retention);
     let packages = remove_stale(package_dir, retention, |path| {
         let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
         let is_package = name.len() == 64 && name.bytes().all(|b| b.is_ascii_hexdigit());
@@ -54,6 +59,37 @@ pub fn prune(
         worker_files,
         packages,
     }
+}
+
+/// Beside `log_dir` (a `worker-logs-<pid>` of this raylet), the same
+/// directories of raylet processes that have ended: their workers ended
+/// with them, so their stale files go, and the directory once empty.
+fn prune_dirs_of_ended_raylets(log_dir: &Path, retention: Duration) -> usize {
+    let raylet_pid = |dir: &Path| -> Option<u32> {
+        dir.file_name()?
+            .to_str()?
+            .strip_prefix(LOG_DIR_PREFIX)?
+            .parse()
+            .ok()
+    };
+    let (Some(own), Some(parent)) = (raylet_pid(log_dir), log_dir.parent()) else {
+        return 0;
+    };
+    let Ok(entries) = std::fs::read_dir(parent) else {
+        return 0;
+    };
+    let mut removed = 0;
+    for dir in entries.flatten().map(|e| e.path()) {
+        let Some(pid) = raylet_pid(&dir) else {
+            continue;
+        };
+        if pid == own || photon_proto::process_started(pid).is_some() {
+            continue;
+        }
+        removed += remove_stale(&dir, retention, |_| true);
+        let _ = std::fs::remove_dir(&dir); // only if empty
+    }
+    removed
 }
 
 /// Removes the files of `dir` that `removable` accepts and that were last
@@ -129,5 +165,37 @@ mod tests {
         );
         assert!(old_ended.iter().all(|p| !p.exists()) && !unused.exists());
         assert!(kept_logs.iter().all(|p| p.exists()) && running.exists() && recent.exists());
+    }
+
+    #[test]
+    fn directories_of_ended_raylets_go_once_their_files_are_old() {
+        let home = tempfile::tempdir().unwrap();
+        let dir = |pid: u32| {
+            let path = home.path().join(format!("{LOG_DIR_PREFIX}{pid}"));
+            std::fs::create_dir(&path).unwrap();
+            path
+        };
+        let day = Duration::from_secs(24 * 3600);
+        let own = dir(std::process::id());
+        // A pid no process has (above the kernel's pid_max).
+        let ended = dir(u32::MAX - 1);
+        file(&ended, &format!("worker-{}.out", WorkerId::random()), day);
+        let ended_recent = dir(u32::MAX - 2);
+        let recent = file(&ended_recent, "worker-x.err", Duration::ZERO);
+        let parent = dir(std::os::unix::process::parent_id());
+        let parents = file(&parent, "worker-y.out", day);
+        let pruned = prune(
+            &own,
+            &HashSet::new(),
+            home.path(),
+            &HashSet::new(),
+            Duration::from_secs(3600),
+        );
+        assert_eq!(pruned.worker_files, 1);
+        assert!(!ended.exists(), "an ended raylet's emptied directory goes");
+        assert!(
+            recent.exists() && parents.exists(),
+            "recent files and live raylets' stay"
+        );
     }
 }

@@ -277,9 +277,12 @@ impl WorkerPool {
     }
 
     /// Live workers of job `job` (by the job id in their environment) but
-    /// those `spare` keeps.
+    /// those `spare` keeps. `spare` runs after the pool's lock is released:
+    /// it may take other locks (the actor host's), which are held while the
+    /// pool's is taken.
     pub fn job_workers(&self, job: &str, spare: impl Fn(WorkerId) -> bool) -> Vec<Worker> {
-        self.lock()
+        let of_job: Vec<Worker> = self
+            .lock()
             .live
             .values()
             .filter(|w| {
@@ -289,9 +292,9 @@ impl WorkerPool {
                     .map(String::as_str)
                     == Some(job)
             })
-            .filter(|w| !spare(w.id))
             .cloned()
-            .collect()
+            .collect();
+        of_job.into_iter().filter(|w| !spare(w.id)).collect()
     }
 
     /// Kills every live worker of job `job` but those `spare` keeps;

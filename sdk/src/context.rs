@@ -65,6 +65,9 @@ pub struct NodeView {
     pub pending: Vec<PendingDemand>,
 }
 
+/// How long [`Context::job_memory`] waits for each node.
+pub const JOB_MEMORY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// The resident memory of a job's processes across the cluster at one moment.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct JobMemory {
@@ -988,7 +991,7 @@ impl Context {
     /// The resident memory of this job's processes now: this driver, every
     /// live node's raylet, and the job's workers on every node (a raylet
     /// embedded in this process counts once). A node that does not answer
-    /// is left out.
+    /// within [`JOB_MEMORY_TIMEOUT`] is left out.
     pub fn job_memory(&self) -> Result<JobMemory> {
         let nodes = self.cluster_nodes()?;
         let job = self.core.driver_task.job_id().to_vec();
@@ -1001,7 +1004,12 @@ impl Context {
                 let address = node.address.clone();
                 let client = core.raylet_at(&address);
                 async move {
-                    let reply = client.ok()?.job_memory(request).await.ok()?;
+                    let mut client = client.ok()?;
+                    let ask = client.job_memory(request);
+                    let reply = tokio::time::timeout(JOB_MEMORY_TIMEOUT, ask)
+                        .await
+                        .ok()?
+                        .ok()?;
                     Some((address, reply.into_inner()))
                 }
             });

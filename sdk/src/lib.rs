@@ -56,7 +56,7 @@ mod worker;
 
 pub use actor_client::ActorHandle;
 pub use config::{ADDRESS_ENV, Config, TOKEN_ENV};
-pub use context::{Context, JobMemory, NodeView, PendingDemand, init};
+pub use context::{Context, JOB_MEMORY_TIMEOUT, JobMemory, NodeView, PendingDemand, init};
 pub use error::{Error, KillReason, Result};
 pub use object_io::{INLINE_MAX, ObjectBytes};
 pub use object_ref::{IntoArg, ObjectRef, TaskArg};

@@ -143,34 +143,36 @@ fn embedding_batch(ids: ArrayRef, values: Vec<f32>, dim: usize) -> Result<Record
 /// stopped; keeps the largest sample.
 pub struct JobMemoryPeak {
     stop: std::sync::mpsc::Sender<()>,
-    sampler: std::thread::JoinHandle<photon::JobMemory>,
+    peak: std::sync::Arc<std::sync::Mutex<photon::JobMemory>>,
 }
 
 impl JobMemoryPeak {
     /// Starts sampling every 250 ms.
     pub fn sample(ctx: &photon::Context) -> Self {
         let (stop, stopped) = std::sync::mpsc::channel();
-        let ctx = ctx.clone();
-        let sampler = std::thread::spawn(move || {
-            let mut peak = photon::JobMemory::default();
+        let peak = std::sync::Arc::new(std::sync::Mutex::new(photon::JobMemory::default()));
+        let (ctx, largest) = (ctx.clone(), peak.clone());
+        std::thread::spawn(move || {
             loop {
-                if let Ok(now) = ctx.job_memory()
-                    && now.resident_bytes > peak.resident_bytes
-                {
-                    peak = now;
+                if let Ok(now) = ctx.job_memory() {
+                    let mut largest = largest.lock().unwrap_or_else(|p| p.into_inner());
+                    if now.resident_bytes > largest.resident_bytes {
+                        *largest = now;
+                    }
                 }
                 match stopped.recv_timeout(std::time::Duration::from_millis(250)) {
                     Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
-                    _ => return peak,
+                    _ => return,
                 }
             }
         });
-        Self { stop, sampler }
+        Self { stop, peak }
     }
 
-    /// The largest sample.
+    /// The largest sample so far; sampling stops (a sample under way is
+    /// not waited for: a slow cluster never holds up the summary).
     pub fn stop(self) -> photon::JobMemory {
         let _ = self.stop.send(());
-        self.sampler.join().unwrap_or_default()
+        *self.peak.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
