@@ -584,13 +584,14 @@ fn an_overwrite_killed_at_any_moment_leaves_one_complete_output() {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .subsec_nanos() as u64;
-    for attempt in 0..10u64 {
+    const KILLS: u64 = 20;
+    for attempt in 0..KILLS {
         let spread = (seed
             .wrapping_mul(6364136223846793005)
-            .wrapping_add(attempt * 1442695040888963407)
+            .wrapping_add(attempt.wrapping_mul(1442695040888963407))
             >> 33)
             % 1000;
-        let delay = whole_run.mul_f64((attempt as f64 + spread as f64 / 1000.0) / 10.0);
+        let delay = whole_run.mul_f64((attempt as f64 + spread as f64 / 1000.0) / KILLS as f64);
         let mut child = run().spawn().unwrap();
         std::thread::sleep(delay);
         let _ = child.kill();
