@@ -40,11 +40,11 @@ pub struct Local {
 }
 
 impl Local {
-    /// A local runner: two runtime threads (calls run on blocking threads),
-    /// reading two blocks at once.
+    /// A local runner: [`photon::runtime_threads`] runtime threads (calls
+    /// run on blocking threads), reading two blocks at once.
     pub fn new() -> Result<Self> {
         let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
+            .worker_threads(photon::runtime_threads())
             .thread_name("photon-data-local")
             .enable_all()
             .build()

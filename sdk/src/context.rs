@@ -567,7 +567,7 @@ pub struct Context {
 /// Connects to a cluster, or starts an embedded one (see [`Config`]).
 pub fn init(config: Config) -> Result<Context> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+        .worker_threads(crate::runtime_threads())
         .thread_name("photon-driver")
         .enable_all()
         .build()

@@ -69,6 +69,17 @@ pub use worker::worker_entry;
 /// Arrow, as the SDK uses it (record batches travel as Arrow IPC).
 pub use arrow;
 
+/// Threads for a driver's, a worker's or a local pipeline's async runtime:
+/// the cores this process may use (its CPU affinity and cgroup quota, as
+/// the standard library reads them), at least 2 (a blocking section hands
+/// its queue to the other thread) and at most 16 (the runtimes move bytes
+/// and messages; the work runs on blocking threads).
+pub fn runtime_threads() -> usize {
+    std::thread::available_parallelism()
+        .map_or(2, std::num::NonZeroUsize::get)
+        .clamp(2, 16)
+}
+
 /// Runs a long synchronous piece of work (a model's forward pass) inside an
 /// `async` remote function or actor method; synchronous ones are run so
 /// already. On a multi-threaded runtime the thread first hands its queued
@@ -98,4 +109,13 @@ pub mod __private {
         decode_batch, encode, encode_batch,
     };
     pub use crate::run_blocking;
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn runtimes_get_the_usable_cores_within_bounds() {
+        let cores = std::thread::available_parallelism().unwrap().get();
+        assert_eq!(super::runtime_threads(), cores.clamp(2, 16));
+    }
 }

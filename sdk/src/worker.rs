@@ -55,7 +55,7 @@ fn required(name: &str) -> Result<String> {
 
 fn run() -> Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+        .worker_threads(crate::runtime_threads())
         .thread_name("photon-worker")
         .enable_all()
         .build()
