@@ -161,7 +161,8 @@ impl From<&Local> for Runner {
 }
 
 impl Runner {
-    fn runtime(&self) -> &tokio::runtime::Handle {
+    /// The runtime the pipeline's I/O runs on.
+    pub fn runtime(&self) -> &tokio::runtime::Handle {
         match self {
             Self::Cluster(ctx) => ctx.runtime(),
             Self::Local(local) => local.runtime(),

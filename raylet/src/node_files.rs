@@ -52,8 +52,7 @@ pub fn prune(
     let worker_files = worker_files + prune_dirs_of_ended_raylets(log_dir, retention);
     let packages = remove_stale(package_dir, retention, |path| {
         let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
-        let is_package = name.len() == 64 && name.bytes().all(|b| b.is_ascii_hexdigit());
-        is_package && !running.contains(path)
+        crate::packages::is_package_name(name) && !running.contains(path)
     });
     Pruned {
         worker_files,

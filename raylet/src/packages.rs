@@ -53,8 +53,7 @@ impl PackageCache {
         let Some(sha256) = env.get(PROGRAM_PACKAGE_ENV) else {
             return Ok(program.to_string());
         };
-        let valid = sha256.len() == 64 && sha256.bytes().all(|b| b.is_ascii_hexdigit());
-        if !valid {
+        if !is_package_name(sha256) {
             return Err(Status::invalid_argument(format!(
                 "{PROGRAM_PACKAGE_ENV}={sha256:?} is not a sha256 in hex"
             )));
@@ -114,6 +113,11 @@ impl PackageCache {
         info!(package = %sha256, size, path = %path.display(), "fetched a job's program from the head");
         Ok(())
     }
+}
+
+/// Whether `name` can name a package: a sha256 in hex (the cache's file names).
+pub fn is_package_name(name: &str) -> bool {
+    name.len() == 64 && name.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
 /// Marks a cached package as just used, so the node's file retention

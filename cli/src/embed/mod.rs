@@ -277,11 +277,10 @@ fn run_on_cluster(args: &EmbedArgs, logs: &Path) -> Result<Summary> {
     })?;
     let peak = cluster::JobMemoryPeak::sample(&ctx);
     let (min, max) = args.actors;
-    let summary = run_pipeline(&ctx, args, logs, started);
+    let summary = run_pipeline(&ctx, args, format!("{min}..{max}"), logs, started);
     let peak = peak.stop();
     drop(ctx);
     let mut summary = summary?;
-    summary.actors = format!("{min}..{max}");
     summary.peak_memory_bytes = peak.resident_bytes;
     summary.peak_memory_processes = peak.processes;
     Ok(summary)
@@ -292,8 +291,7 @@ fn run_on_cluster(args: &EmbedArgs, logs: &Path) -> Result<Summary> {
 fn run_in_process(args: &EmbedArgs, logs: &Path) -> Result<Summary> {
     let started = Instant::now();
     let local = photon_data::Local::new()?;
-    let mut summary = run_pipeline(&local, args, logs, started)?;
-    summary.actors = "in-process".into();
+    let mut summary = run_pipeline(&local, args, "in-process".into(), logs, started)?;
     summary.peak_memory_bytes =
         photon_raylet::procfs::peak_resident_bytes(std::process::id()).unwrap_or(0);
     summary.peak_memory_processes = 1;
@@ -305,6 +303,7 @@ fn run_in_process(args: &EmbedArgs, logs: &Path) -> Result<Summary> {
 fn run_pipeline(
     on: impl Into<photon_data::Runner>,
     args: &EmbedArgs,
+    actors: String,
     logs: &Path,
     started: Instant,
 ) -> Result<Summary> {
@@ -312,7 +311,8 @@ fn run_pipeline(
     // Everything that can be wrong with the output, the input or the model
     // is found before any actor starts (the pipeline checks the input's
     // types again, as it does for every job).
-    let existing = runtime_of(&on)
+    let existing = on
+        .runtime()
         .block_on(photon_data::files_to_replace(&args.output))
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     if !existing.is_empty() && !args.overwrite {
@@ -369,7 +369,7 @@ fn run_pipeline(
         "inputs": args.input,
         "column": args.column,
         "id_column": args.id_column,
-        "actors": if args.in_process { "in-process".to_string() } else { format!("{min}..{max}") },
+        "actors": actors,
         "photon_version": env!("CARGO_PKG_VERSION"),
     });
     let written = dataset
@@ -411,7 +411,7 @@ fn run_pipeline(
         device: engine.device,
         precision: engine.precision,
         threads: engine.threads,
-        actors: String::new(),
+        actors,
         peak_memory_bytes: 0,
         peak_memory_processes: 0,
         reconstructions: stats.reconstructions,
@@ -423,14 +423,6 @@ fn run_pipeline(
         model: model.display().to_string(),
         logs: logs.display().to_string(),
     })
-}
-
-/// The runtime a pipeline's I/O runs on.
-fn runtime_of(on: &photon_data::Runner) -> &tokio::runtime::Handle {
-    match on {
-        photon_data::Runner::Cluster(ctx) => ctx.runtime(),
-        photon_data::Runner::Local(local) => local.runtime(),
-    }
 }
 
 /// Where the `_SUCCESS` manifest of an output is.
