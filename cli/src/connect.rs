@@ -1,6 +1,7 @@
 //! Reaching a running head from a `photon` command: where it is, with which
 //! token, and errors that say what to do.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -14,15 +15,16 @@ use tonic::transport::Channel;
 
 use crate::session;
 
-/// `--address` and `--token` of commands that talk to a running head.
+/// `--address` and `--token-file` of commands that talk to a running head.
 #[derive(Debug, Clone, Args)]
 pub struct HeadArgs {
     /// The head, HOST:PORT (default: PHOTON_ADDRESS or this machine's head).
     #[arg(long)]
     pub address: Option<String>,
-    /// Cluster token (default: PHOTON_TOKEN or this machine's head).
-    #[arg(long)]
-    pub token: Option<String>,
+    /// File holding the cluster token (default: PHOTON_TOKEN, else this
+    /// machine's head). The token itself is never a flag: argv is public.
+    #[arg(long, value_name = "PATH")]
+    pub token_file: Option<PathBuf>,
 }
 
 type Authed = InterceptedService<Channel, AttachToken>;
@@ -39,7 +41,7 @@ impl Head {
     /// Connects to the head `args` name.
     pub async fn connect(args: &HeadArgs) -> anyhow::Result<Self> {
         let address = session::resolve_address(args.address.clone())?;
-        let token = session::resolve_token(args.token.clone())?;
+        let token = session::resolve_token(args.token_file.as_deref())?;
         let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{address}"))
             .with_context(|| format!("{address:?} is not a HOST:PORT address"))?
             .connect_timeout(Duration::from_secs(3));

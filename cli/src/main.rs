@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod advertise;
 mod connect;
 mod embed;
 mod job;

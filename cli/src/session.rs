@@ -1,29 +1,26 @@
 //! Where `photon` keeps what other commands on this machine need to find:
-//! `$PHOTON_HOME` (default `/tmp/photon`) holds `cluster.json` (the head's
-//! address and token file) and `pids/` (one file per process `photon start`
-//! started, for `photon stop`). Each head has a session directory (0700) with
-//! its token (0600), its database and its logs.
+//! `$PHOTON_HOME` (default `$XDG_RUNTIME_DIR/photon` or `~/.photon`, private
+//! to the user: see [`photon::home`]) holds `cluster.json` (the head's address
+//! and token file) and `pids/` (one file per process `photon start` started,
+//! for `photon stop`). Each head has a session directory (0700) with its token
+//! (0600), its database and its logs.
 
 use std::fs;
 use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
 use serde::{Deserialize, Serialize};
 
-/// `$PHOTON_HOME` or `/tmp/photon`.
-pub fn home() -> PathBuf {
-    std::env::var_os("PHOTON_HOME").map_or_else(|| PathBuf::from("/tmp/photon"), PathBuf::from)
+/// `$PHOTON_HOME`, created 0700 if missing and refused unless it is this user's own.
+pub fn home() -> anyhow::Result<PathBuf> {
+    photon::home::private_home().map_err(anyhow::Error::msg)
 }
 
 /// Creates `dir` (and parents) with mode 0700.
 pub fn create_private_dir(dir: &Path) -> anyhow::Result<()> {
-    fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-        .with_context(|| format!("cannot create directory {}", dir.display()))
+    photon::home::create_private_dir(dir).map_err(anyhow::Error::msg)
 }
 
 /// Writes `contents` to `path` with mode 0600, atomically (temp file + rename).
@@ -70,25 +67,31 @@ pub struct ClusterFile {
 }
 
 impl ClusterFile {
-    fn path() -> PathBuf {
-        home().join("cluster.json")
+    fn path() -> anyhow::Result<PathBuf> {
+        Ok(home()?.join("cluster.json"))
     }
 
     /// Publishes this head.
     pub fn write(&self) -> anyhow::Result<()> {
-        create_private_dir(&home())?;
-        write_private(&Self::path(), &serde_json::to_vec_pretty(self)?)
+        write_private(&Self::path()?, &serde_json::to_vec_pretty(self)?)
     }
 
-    /// The head started last on this machine, if any.
-    pub fn read() -> Option<Self> {
-        serde_json::from_slice(&fs::read(Self::path()).ok()?).ok()
+    /// The head started last on this machine, if any; an error if the home
+    /// is not this user's own.
+    pub fn read() -> anyhow::Result<Option<Self>> {
+        let path = Self::path()?;
+        Ok(fs::read(path)
+            .ok()
+            .and_then(|bytes| serde_json::from_slice(&bytes).ok()))
     }
 
     /// Removes the file if it still names `pid`.
     pub fn remove_if_owned_by(pid: u32) {
-        if Self::read().is_some_and(|file| file.pid == pid) {
-            let _ = fs::remove_file(Self::path());
+        if let Ok(Some(file)) = Self::read()
+            && file.pid == pid
+            && let Ok(path) = Self::path()
+        {
+            let _ = fs::remove_file(path);
         }
     }
 }
@@ -100,66 +103,116 @@ pub struct PidFile {
     pub role: String,
     /// The process.
     pub pid: u32,
+    /// When it started (clock ticks since boot, `/proc/PID/stat`), so that a
+    /// pid the system has since given to another process is told apart.
+    pub started: u64,
+    /// Its executable, checked too before it is signalled.
+    pub exe: PathBuf,
     /// What it serves, for messages.
     pub address: String,
 }
 
 impl PidFile {
-    fn dir() -> PathBuf {
-        home().join("pids")
+    /// The record of this process.
+    pub fn this_process(role: &str, address: &str) -> anyhow::Result<Self> {
+        let pid = std::process::id();
+        Ok(Self {
+            role: role.to_string(),
+            pid,
+            started: photon_proto::process_started(pid)
+                .context("cannot read this process's start time from /proc")?,
+            exe: std::env::current_exe().context("cannot read this process's executable")?,
+            address: address.to_string(),
+        })
     }
 
-    fn path(pid: u32) -> PathBuf {
-        Self::dir().join(format!("{pid}.json"))
+    /// Whether the recorded process still runs: the same pid, start time and
+    /// executable. Never true for pid 0 or 1.
+    pub fn is_running(&self) -> bool {
+        self.pid > 1
+            && photon_proto::process_started(self.pid) == Some(self.started)
+            && fs::read_link(format!("/proc/{}/exe", self.pid)).is_ok_and(|exe| exe == self.exe)
+    }
+
+    fn dir() -> anyhow::Result<PathBuf> {
+        Ok(home()?.join("pids"))
+    }
+
+    fn path(pid: u32) -> anyhow::Result<PathBuf> {
+        Ok(Self::dir()?.join(format!("{pid}.json")))
     }
 
     /// Records this process (written once it is ready).
     pub fn write(&self) -> anyhow::Result<()> {
-        create_private_dir(&Self::dir())?;
-        write_private(&Self::path(self.pid), &serde_json::to_vec(self)?)
+        create_private_dir(&Self::dir()?)?;
+        write_private(&Self::path(self.pid)?, &serde_json::to_vec(self)?)
     }
 
     /// The record of `pid`, once that process is ready.
     pub fn read(pid: u32) -> Option<Self> {
-        serde_json::from_slice(&fs::read(Self::path(pid)).ok()?).ok()
+        serde_json::from_slice(&fs::read(Self::path(pid).ok()?).ok()?).ok()
     }
 
-    /// Every recorded process.
-    pub fn all() -> Vec<Self> {
-        let Ok(entries) = fs::read_dir(Self::dir()) else {
-            return Vec::new();
+    /// Every recorded process (an unreadable record is reported and skipped).
+    pub fn all() -> anyhow::Result<Vec<Self>> {
+        let Ok(entries) = fs::read_dir(Self::dir()?) else {
+            return Ok(Vec::new());
         };
-        entries
-            .flatten()
-            .filter_map(|e| serde_json::from_slice(&fs::read(e.path()).ok()?).ok())
-            .collect()
+        let mut records = Vec::new();
+        for entry in entries.flatten() {
+            match fs::read(entry.path())
+                .ok()
+                .and_then(|bytes| serde_json::from_slice(&bytes).ok())
+            {
+                Some(record) => records.push(record),
+                None => eprintln!(
+                    "warning: {} is not a photon pid record: ignored",
+                    entry.path().display()
+                ),
+            }
+        }
+        Ok(records)
     }
 
     /// Forgets `pid`.
     pub fn remove(pid: u32) {
-        let _ = fs::remove_file(Self::path(pid));
+        if let Ok(path) = Self::path(pid) {
+            let _ = fs::remove_file(path);
+        }
     }
 }
 
-/// The cluster token: `--token`, else `PHOTON_TOKEN`, else the token of the
-/// head started on this machine.
-pub fn resolve_token(flag: Option<String>) -> anyhow::Result<String> {
-    if let Some(token) = flag.or_else(|| std::env::var("PHOTON_TOKEN").ok()) {
+/// The cluster token: `--token-file`, else `PHOTON_TOKEN`, else the token of
+/// the head started on this machine. Never a flag's value: argv is visible
+/// to every user in `ps`.
+pub fn resolve_token(token_file: Option<&Path>) -> anyhow::Result<String> {
+    if let Some(path) = token_file {
+        return read_token_file(path);
+    }
+    if let Some(token) = std::env::var("PHOTON_TOKEN").ok().filter(|t| !t.is_empty()) {
         return Ok(token);
     }
-    let Some(cluster) = ClusterFile::read() else {
+    let Some(cluster) = ClusterFile::read()? else {
         bail!(
-            "no cluster token: pass --token or set PHOTON_TOKEN (the head's session dir has a `token` file)"
+            "no cluster token: pass --token-file or set PHOTON_TOKEN (the head's session dir has a `token` file)"
         );
     };
-    let path = cluster.session_dir.join("token");
-    let token = fs::read_to_string(&path).with_context(|| {
+    read_token_file(&cluster.session_dir.join("token"))
+}
+
+/// The token in `path` (surrounding whitespace removed), never empty.
+pub fn read_token_file(path: &Path) -> anyhow::Result<String> {
+    let token = fs::read_to_string(path).with_context(|| {
         format!(
-            "cannot read the cluster token {}; pass --token or set PHOTON_TOKEN",
+            "cannot read the cluster token {}; pass --token-file or set PHOTON_TOKEN",
             path.display()
         )
     })?;
-    Ok(token.trim().to_string())
+    let token = token.trim();
+    if token.is_empty() {
+        bail!("the token file {} is empty", path.display());
+    }
+    Ok(token.to_string())
 }
 
 /// The head's address: `--address`, else `PHOTON_ADDRESS`, else the head
@@ -168,7 +221,7 @@ pub fn resolve_address(flag: Option<String>) -> anyhow::Result<String> {
     if let Some(address) = flag.or_else(|| std::env::var("PHOTON_ADDRESS").ok()) {
         return Ok(address);
     }
-    ClusterFile::read().map(|c| c.address).context(
+    ClusterFile::read()?.map(|c| c.address).context(
         "no cluster address: pass --address HOST:PORT or set PHOTON_ADDRESS (no head was started on this machine)",
     )
 }

@@ -15,6 +15,7 @@ use photon_object_store::StoreConfig;
 use photon_raylet::{RayletConfig, RayletInfo, ResourceOverrides};
 use tokio::net::TcpListener;
 
+use crate::advertise;
 use crate::session::{self, ClusterFile, PidFile};
 
 /// Default port of a head.
@@ -36,6 +37,11 @@ pub struct StartArgs {
     /// Interface to listen on. Loopback by default: set it to expose the node.
     #[arg(long, default_value = "127.0.0.1")]
     host: String,
+    /// The address other nodes dial for this node (IP or DNS name). Default:
+    /// `--host` when it is one address; for a wildcard `--host` (0.0.0.0),
+    /// the address of the interface that routes to the head.
+    #[arg(long, value_name = "HOST")]
+    advertise_address: Option<String>,
     /// Head port (0 picks a free one). Raylets always pick a free port.
     #[arg(long, default_value_t = DEFAULT_HEAD_PORT)]
     port: u16,
@@ -69,11 +75,12 @@ pub struct StartArgs {
     #[arg(long, value_name = "HOURS",
           default_value_t = photon_raylet::node_files::DEFAULT_RETENTION.as_secs_f64() / 3600.0)]
     worker_files_retention_hours: f64,
-    /// Cluster token. Joining: default PHOTON_TOKEN or this machine's head.
-    /// A head: sets its token (e.g. from a Kubernetes Secret), else
-    /// PHOTON_TOKEN, else the session dir's, else a new one.
-    #[arg(long)]
-    token: Option<String>,
+    /// File holding the cluster token. Joining: default PHOTON_TOKEN, else
+    /// this machine's head. A head: sets its token (e.g. a mounted
+    /// Kubernetes Secret), else PHOTON_TOKEN, else the session dir's, else a
+    /// new one. The token itself is never a flag: argv is public.
+    #[arg(long, value_name = "PATH")]
+    token_file: Option<PathBuf>,
     /// Finished jobs the head keeps (records, logs, directories, packages);
     /// older ones are deleted.
     #[arg(long, value_name = "COUNT", requires = "head",
@@ -91,6 +98,11 @@ pub struct StartArgs {
     /// raylets serve only when given.
     #[arg(long)]
     metrics_port: Option<u16>,
+    /// Serve `/metrics` without the token when `--host` is beyond loopback
+    /// (for a Prometheus without it). The status page and job logs always
+    /// need the token there; `/healthz` and `/readyz` never do.
+    #[arg(long)]
+    open_metrics: bool,
     /// Stay in the foreground until SIGTERM/SIGINT.
     #[arg(long)]
     block: bool,
@@ -127,7 +139,7 @@ fn resource_overrides(args: &StartArgs) -> anyhow::Result<ResourceOverrides> {
 /// Re-runs this command with `--block`, detached, and waits until it is ready.
 fn start_detached(args: &StartArgs) -> anyhow::Result<()> {
     use std::os::unix::process::CommandExt;
-    let logs = session::home().join("logs");
+    let logs = session::home()?.join("logs");
     session::create_private_dir(&logs)?;
     let role = if args.head { "head" } else { "raylet" };
     let nanos = SystemTime::now()
@@ -180,6 +192,15 @@ fn start_detached(args: &StartArgs) -> anyhow::Result<()> {
     }
 }
 
+/// `host:port`, with an IPv6 literal in brackets.
+fn host_port(host: &str, port: u16) -> String {
+    if host.contains(':') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    }
+}
+
 fn socket_address(host: &str, port: u16) -> anyhow::Result<SocketAddr> {
     format!("{host}:{port}")
         .parse()
@@ -215,9 +236,11 @@ async fn run_blocking(args: StartArgs, overrides: ResourceOverrides) -> anyhow::
             .address
             .clone()
             .expect("clap requires --address without --head");
-        let token = session::resolve_token(args.token.clone())?;
+        let token = session::resolve_token(args.token_file.as_deref())?;
+        let advertise =
+            advertise::advertised_host(args.advertise_address.as_deref(), &args.host, Some(&head))?;
         let mut config = RayletConfig::new(head, token);
-        config.advertise_host = args.host.clone();
+        config.advertise_host = advertise;
         config.resources = overrides;
         config.store = store;
         config.idle_worker_timeout = Duration::from_secs(args.idle_worker_timeout);
@@ -225,11 +248,12 @@ async fn run_blocking(args: StartArgs, overrides: ResourceOverrides) -> anyhow::
             args.worker_files_retention_hours,
             "--worker-files-retention-hours",
         )?;
-        config.log_dir = session::home().join(format!(
+        config.log_dir = session::home()?.join(format!(
             "{}{pid}",
             photon_raylet::node_files::LOG_DIR_PREFIX
         ));
-        config.package_dir = session::home().join("packages");
+        config.package_dir = session::home()?.join("packages");
+        config.open_metrics = args.open_metrics;
         config.metrics_address = args
             .metrics_port
             .map(|port| socket_address(&args.host, port))
@@ -271,12 +295,7 @@ fn announce_raylet(info: &RayletInfo, role: &str, serving: &str) {
             )
         }
     );
-    let record = PidFile {
-        role: role.to_string(),
-        pid: std::process::id(),
-        address: serving.to_string(),
-    };
-    if let Err(err) = record.write() {
+    if let Err(err) = PidFile::this_process(role, serving).and_then(|record| record.write()) {
         eprintln!("warning: {err:#}");
     }
 }
@@ -289,14 +308,13 @@ async fn run_head(
 ) -> anyhow::Result<()> {
     let session_dir = match &args.session_dir {
         Some(dir) => dir.clone(),
-        None => session::home().join(format!("session-{}-{}", unix_secs(), std::process::id())),
+        None => session::home()?.join(format!("session-{}-{}", unix_secs(), std::process::id())),
     };
     session::create_private_dir(&session_dir)?;
-    let given = args
-        .token
-        .clone()
-        .or_else(|| std::env::var("PHOTON_TOKEN").ok())
-        .filter(|t| !t.is_empty());
+    let given = match &args.token_file {
+        Some(path) => Some(session::read_token_file(path)?),
+        None => std::env::var("PHOTON_TOKEN").ok().filter(|t| !t.is_empty()),
+    };
     let token = match given {
         // Stored too, so local `photon` commands find it in the session dir.
         Some(token) => {
@@ -306,8 +324,10 @@ async fn run_head(
         None => session::session_token(&session_dir)?,
     };
     let max_age = hours(args.job_retention_hours, "--job-retention-hours")?;
+    let advertise =
+        advertise::advertised_host(args.advertise_address.as_deref(), &args.host, None)?;
     let listener = bind(&args.host, args.port).await?;
-    let address = listener.local_addr()?.to_string();
+    let address = host_port(&advertise, listener.local_addr()?.port());
     let mut config = HeadConfig::new(&session_dir, token.clone());
     config.node_timeout = Duration::from_millis(args.node_timeout_ms);
     config.job_retention = photon_head::JobRetention {
@@ -316,6 +336,8 @@ async fn run_head(
     };
     let metrics_port = args.metrics_port.unwrap_or(DEFAULT_METRICS_PORT);
     config.metrics_address = Some(socket_address(&args.host, metrics_port)?);
+    config.open_metrics = args.open_metrics;
+    config.advertise_host = Some(advertise.clone());
     // The head stops after the raylet, so the raylet's goodbye reaches it.
     let head_stop = tokio_util::sync::CancellationToken::new();
     let mut head = tokio::spawn(photon_head::run(
@@ -332,19 +354,17 @@ async fn run_head(
     .write()?;
     println!("head at {address}, session {}", session_dir.display());
     if metrics_port != 0 {
-        println!("status page at http://{}:{metrics_port}/", args.host);
+        println!(
+            "status page at http://{}/",
+            host_port(&advertise, metrics_port)
+        );
     }
     let raylet = if args.no_raylet {
-        PidFile {
-            role: "head".into(),
-            pid: std::process::id(),
-            address: address.clone(),
-        }
-        .write()?;
+        PidFile::this_process("head", &address)?.write()?;
         None
     } else {
         let mut config = RayletConfig::new(address.clone(), token);
-        config.advertise_host = args.host.clone();
+        config.advertise_host = advertise;
         config.resources = overrides;
         config.store = StoreConfig {
             fallback_root: session_dir.clone(),

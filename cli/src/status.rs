@@ -28,6 +28,8 @@ struct NodeView {
     hostname: String,
     state: &'static str,
     death_reason: String,
+    /// Why the head could not dial the node's advertised address (empty: it could).
+    unreachable: String,
     /// When the head declared it dead (0: alive).
     died_at_unix_ms: u64,
     total: BTreeMap<String, f64>,
@@ -128,6 +130,7 @@ fn node_view(record: NodeRecord) -> NodeView {
             "dead"
         },
         death_reason: record.death_reason,
+        unreachable: record.unreachable,
         died_at_unix_ms: record.died_at_unix_ms,
         total: amounts(&info.total),
         available: amounts(&record.available),
@@ -205,6 +208,9 @@ pub fn run(args: StatusArgs) -> anyhow::Result<()> {
         if node.state == "dead" {
             println!("    died: {}", node.death_reason);
             continue;
+        }
+        if !node.unreachable.is_empty() {
+            println!("    UNREACHABLE: {}", node.unreachable);
         }
         for (name, total) in &node.total {
             let available = node.available.get(name).copied().unwrap_or(0.0);

@@ -200,11 +200,10 @@ fn wrong_or_missing_token_is_refused_clearly() {
             "--block",
             "--address",
             &cluster.address,
-            "--token",
-            "not-the-token",
             "--object-store-memory",
             STORE,
         ])
+        .env("PHOTON_TOKEN", "not-the-token")
         .output()
         .unwrap();
     let stderr = failure(&output);
@@ -215,7 +214,8 @@ fn wrong_or_missing_token_is_refused_clearly() {
 
     let output = cluster
         .command()
-        .args(["status", "--address", &cluster.address, "--token", "nope"])
+        .args(["status", "--address", &cluster.address])
+        .env("PHOTON_TOKEN", "nope")
         .output()
         .unwrap();
     assert!(failure(&output).contains("wrong cluster token"));
@@ -280,13 +280,15 @@ fn bad_flags_and_busy_ports_fail_before_anything_starts() {
         "a failed start publishes nothing"
     );
 
+    let token_file = home.path().join("token-file");
+    std::fs::write(&token_file, "t\n").unwrap();
     let stderr = failure(&run(&[
         "start",
         "--block",
         "--address",
         "127.0.0.1:1",
-        "--token",
-        "t",
+        "--token-file",
+        token_file.to_str().unwrap(),
         "--object-store-memory",
         STORE,
     ]));
@@ -359,9 +361,10 @@ fn start_detaches_and_stop_stops_everything() {
     let stopped = run(&["stop"]);
     assert_eq!(stopped.matches("stopped ").count(), 2, "{stopped}");
     for pid in pids {
+        // Ended (a zombie until its new parent reaps it counts as ended).
         assert!(
-            !Path::new(&format!("/proc/{pid}")).exists(),
-            "process {pid} is gone"
+            photon_proto::process_started(pid).is_none(),
+            "process {pid} has ended"
         );
     }
     assert!(!home.path().join("cluster.json").exists());
@@ -701,13 +704,7 @@ mod actors {
         );
         let human = cluster
             .command()
-            .args([
-                "status",
-                "--address",
-                &cluster.address,
-                "--token",
-                &cluster.token,
-            ])
+            .args(["status", "--address", &cluster.address])
             .output()
             .unwrap();
         let human = String::from_utf8_lossy(&human.stdout);
@@ -1040,4 +1037,310 @@ fn consecutive_embed_runs_leave_no_workers_on_the_raylet() {
 /// Private resident memory (`RssAnon`) of process `pid`, in bytes.
 fn private_memory(pid: u32) -> u64 {
     photon_raylet::procfs::private_bytes(pid).expect("the raylet is running")
+}
+
+/// Item 5 of the real-hosts issue: `$PHOTON_HOME` private, `photon stop`
+/// careful; item 4: the token out of argv, the HTTP side behind it.
+mod access {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+    use support::http_request;
+
+    fn pid_record(home: &Path, pid: u32, started: u64, exe: &str) {
+        let dir = home.join("pids");
+        std::fs::create_dir_all(&dir).unwrap();
+        let record = serde_json::json!({
+            "role": "raylet", "pid": pid, "started": started, "exe": exe, "address": "127.0.0.1:1",
+        });
+        std::fs::write(dir.join(format!("{pid}.json")), record.to_string()).unwrap();
+    }
+
+    #[test]
+    fn stop_never_signals_a_process_that_reuses_a_recorded_pid() {
+        let home = tempfile::tempdir().unwrap();
+        let mut bystander = Command::new("sleep").arg("60").spawn().unwrap();
+        let pid = bystander.id();
+        let started = photon_proto::process_started(pid).unwrap();
+        // A stale record of a photon process whose pid the system gave to `sleep`.
+        pid_record(home.path(), pid, started + 1, PHOTON);
+        let output = Command::new(PHOTON)
+            .env("PHOTON_HOME", home.path())
+            .args(["stop", "--grace-period", "1"])
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert!(output.status.success(), "{stdout}");
+        assert!(
+            stdout.contains(&format!("(pid {pid}) had already ended")),
+            "{stdout}"
+        );
+        assert!(
+            bystander.try_wait().unwrap().is_none(),
+            "sleep was signalled"
+        );
+        assert!(!home.path().join(format!("pids/{pid}.json")).exists());
+
+        // The right start time but another executable: still not ours.
+        pid_record(home.path(), pid, started, PHOTON);
+        let output = Command::new(PHOTON)
+            .env("PHOTON_HOME", home.path())
+            .args(["stop", "--grace-period", "1"])
+            .output()
+            .unwrap();
+        assert!(output.status.success());
+        assert!(
+            bystander.try_wait().unwrap().is_none(),
+            "sleep was signalled"
+        );
+        bystander.kill().unwrap();
+        bystander.wait().unwrap();
+    }
+
+    #[test]
+    fn a_photon_home_others_can_write_or_own_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let home = dir.path().join("home");
+        std::fs::create_dir(&home).unwrap();
+        std::fs::set_permissions(&home, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let run = |args: &[&str]| {
+            Command::new(PHOTON)
+                .env("PHOTON_HOME", &home)
+                .env_remove("PHOTON_TOKEN")
+                .args(args)
+                .output()
+                .unwrap()
+        };
+        for args in [
+            &["status"][..],
+            &["start", "--head", "--block", "--port", "0"][..],
+        ] {
+            let stderr = failure(&run(args));
+            assert!(
+                stderr.contains(&home.display().to_string())
+                    && stderr.contains("writable by other users")
+                    && stderr.contains("chmod 700"),
+                "{args:?}: {stderr}"
+            );
+        }
+        assert!(!home.join("cluster.json").exists());
+        // Owned by someone else (only root can give a directory away).
+        std::fs::set_permissions(&home, std::fs::Permissions::from_mode(0o700)).unwrap();
+        if std::os::unix::fs::chown(&home, Some(65534), None).is_ok() {
+            let stderr = failure(&run(&["status"]));
+            assert!(stderr.contains("owned by uid 65534"), "{stderr}");
+        } else {
+            eprintln!("not root: the foreign-owner case is left out");
+        }
+    }
+
+    /// Every live process whose command line contains `needle`.
+    fn processes_with_in_argv(needle: &str) -> Vec<String> {
+        std::fs::read_dir("/proc")
+            .unwrap()
+            .flatten()
+            .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
+            .map(|argv| String::from_utf8_lossy(&argv).replace('\0', " "))
+            .filter(|argv| argv.contains(needle))
+            .collect()
+    }
+
+    #[test]
+    fn the_token_never_appears_in_a_photon_processs_argv() {
+        let home = tempfile::tempdir().unwrap();
+        let token_file = home.path().join("my-token");
+        let token = "a0b1c2d3e4f5a6b7c8d9e0f1a2b3c4d5";
+        std::fs::write(&token_file, format!("{token}\n")).unwrap();
+        let run = |args: &[&str]| {
+            let output = Command::new(PHOTON)
+                .env("PHOTON_HOME", home.path())
+                .env_remove("PHOTON_TOKEN")
+                .args(args)
+                .output()
+                .unwrap();
+            assert!(
+                output.status.success(),
+                "{args:?}: {}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+            String::from_utf8_lossy(&output.stdout).into_owned()
+        };
+        let file = token_file.to_str().unwrap();
+        let started = run(&[
+            "start",
+            "--head",
+            "--port",
+            "0",
+            "--metrics-port",
+            "0",
+            "--token-file",
+            file,
+            "--object-store-memory",
+            STORE,
+        ]);
+        let address = started
+            .split("--address ")
+            .nth(1)
+            .unwrap()
+            .lines()
+            .next()
+            .unwrap();
+        run(&[
+            "start",
+            "--address",
+            address,
+            "--token-file",
+            file,
+            "--object-store-memory",
+            STORE,
+        ]);
+        // Both daemons run with the token, and no argv holds it.
+        let status: Value = serde_json::from_str(&run(&["status", "--json"])).unwrap();
+        assert_eq!(status["nodes"].as_array().unwrap().len(), 2);
+        let leaked = processes_with_in_argv(token);
+        run(&["stop"]);
+        assert!(leaked.is_empty(), "the token is in argv: {leaked:?}");
+    }
+
+    #[test]
+    fn http_beyond_loopback_needs_the_token_except_probes_and_opened_metrics() {
+        let mut cluster = Cluster::start_with(&["--host", "0.0.0.0"]);
+        let status = cluster.status();
+        let head_http = status["metrics_address"].as_str().unwrap().to_string();
+        assert!(!head_http.starts_with("0.0.0.0"), "{head_http}");
+        let bearer = format!("Bearer {}", cluster.token);
+        for path in ["/api/status", "/", "/metrics", "/api/jobs/0badc0de/logs"] {
+            let refused = http_request(&head_http, "GET", path, &[], "");
+            assert_eq!(refused.code, 401, "{path}: {}", refused.body);
+            let wrong = http_request(
+                &head_http,
+                "GET",
+                path,
+                &[("Authorization", "Bearer nope")],
+                "",
+            );
+            assert_eq!(wrong.code, 401, "{path} with a wrong token");
+        }
+        let authed = http_request(
+            &head_http,
+            "GET",
+            "/api/status",
+            &[("Authorization", &bearer)],
+            "",
+        );
+        assert_eq!(authed.code, 200, "{}", authed.body);
+        assert!(
+            authed
+                .body
+                .contains(&status["cluster_id"].as_str().unwrap().to_string())
+        );
+        for probe in ["/healthz", "/readyz"] {
+            assert_eq!(
+                http_request(&head_http, "GET", probe, &[], "").code,
+                200,
+                "{probe}"
+            );
+        }
+        // A browser gets the sign-in page; signing in sets a cookie that works.
+        let page = http_request(&head_http, "GET", "/", &[("Accept", "text/html")], "");
+        assert!(
+            page.code == 401 && page.body.contains("action=\"/login\""),
+            "{}",
+            page.body
+        );
+        let form = [("Content-Type", "application/x-www-form-urlencoded")];
+        let bad = http_request(&head_http, "POST", "/login", &form, "token=nope");
+        assert!(bad.code == 401 && bad.header("set-cookie").is_none());
+        let login = http_request(
+            &head_http,
+            "POST",
+            "/login",
+            &form,
+            &format!("token={}", cluster.token),
+        );
+        let cookie = login.header("set-cookie").expect("a cookie").to_string();
+        assert!(cookie.contains("HttpOnly"), "{cookie}");
+        let cookie = cookie.split(';').next().unwrap();
+        let page = http_request(&head_http, "GET", "/", &[("Cookie", cookie)], "");
+        assert_eq!(page.code, 200);
+
+        // A raylet beyond loopback with --open-metrics: /metrics open, the rest not.
+        let pid =
+            cluster.add_raylet(&["--host", "0.0.0.0", "--metrics-port", "0", "--open-metrics"]);
+        let node = cluster.node_by_pid(pid);
+        let raylet_http = node["metrics_address"].as_str().unwrap();
+        assert!(!raylet_http.starts_with("0.0.0.0"), "{raylet_http}");
+        let metrics = http_request(raylet_http, "GET", "/metrics", &[], "");
+        assert!(
+            metrics.code == 200 && metrics.body.contains("photon_workers"),
+            "{}",
+            metrics.code
+        );
+        assert_eq!(
+            http_request(raylet_http, "GET", "/login", &[], "").code,
+            200
+        );
+        assert_eq!(
+            http_request(&head_http, "GET", "/metrics", &[], "").code,
+            401
+        );
+    }
+}
+
+/// Item 2 of the real-hosts issue: what a node advertises.
+mod advertise {
+    use super::*;
+
+    #[test]
+    fn a_raylet_bound_to_every_interface_is_advertised_at_a_dialable_address() {
+        let mut cluster = Cluster::start();
+        let pid = cluster.add_raylet(&["--host", "0.0.0.0"]);
+        let node = cluster.node_by_pid(pid);
+        let address = node["address"].as_str().unwrap();
+        // The head is on loopback, so loopback is the route to it.
+        assert!(address.starts_with("127.0.0.1:"), "{address}");
+        std::net::TcpStream::connect(address).expect("the advertised address answers");
+        std::thread::sleep(Duration::from_secs(1));
+        assert_eq!(cluster.node_by_pid(pid)["unreachable"], "", "{node}");
+    }
+
+    #[test]
+    fn a_raylet_advertised_where_nobody_listens_is_reported_unreachable() {
+        let mut cluster = Cluster::start();
+        // Bound to 127.0.0.1, advertised as 127.0.0.2: nothing listens there.
+        let pid = cluster.add_raylet(&["--advertise-address", "127.0.0.2"]);
+        let reason = wait_until(Duration::from_secs(10), "the unreachable report", || {
+            let node = cluster.node_by_pid(pid);
+            let reason = node["unreachable"].as_str().unwrap().to_string();
+            (!reason.is_empty()).then_some(reason)
+        });
+        assert!(
+            reason.contains("127.0.0.2:") && reason.contains("--advertise-address"),
+            "{reason}"
+        );
+        let human = cluster
+            .command()
+            .args(["status", "--address", &cluster.address])
+            .output()
+            .unwrap();
+        let human = String::from_utf8_lossy(&human.stdout);
+        assert!(human.contains("UNREACHABLE"), "{human}");
+        let refused = failure(
+            &cluster
+                .command()
+                .args([
+                    "start",
+                    "--block",
+                    "--address",
+                    &cluster.address,
+                    "--advertise-address",
+                    "0.0.0.0",
+                ])
+                .output()
+                .unwrap(),
+        );
+        assert!(
+            refused.contains("not an address other nodes can dial"),
+            "{refused}"
+        );
+    }
 }

@@ -4,13 +4,12 @@
 
 mod support;
 
-use std::io::{Read, Write};
 use std::path::PathBuf;
 use std::process::Output;
 use std::time::Duration;
 
 use serde_json::Value;
-use support::{Cluster, PHOTON, failure, wait_until};
+use support::{Cluster, PHOTON, failure, http_get, wait_until};
 
 /// The example job binary (`examples/src/bin/job_example.rs`; `scripts/test`
 /// builds it), built if missing — with the workspace's features, so it
@@ -39,7 +38,7 @@ fn photon(cluster: &Cluster, args: &[&str]) -> Output {
     cluster
         .command()
         .args(args)
-        .args(["--address", &cluster.address, "--token", &cluster.token])
+        .args(["--address", &cluster.address])
         .output()
         .unwrap()
 }
@@ -58,14 +57,7 @@ fn submit_program(
 ) -> Output {
     cluster
         .command()
-        .args([
-            "job",
-            "submit",
-            "--address",
-            &cluster.address,
-            "--token",
-            &cluster.token,
-        ])
+        .args(["job", "submit", "--address", &cluster.address])
         .args(flags)
         .arg("--")
         .arg(program)
@@ -87,20 +79,6 @@ fn job_status(cluster: &Cluster, id: &str) -> Value {
 fn submitted_id(output: &Output) -> String {
     assert!(output.status.success(), "{}", text(&output.stderr));
     text(&output.stdout).trim().to_string()
-}
-
-/// GET `path` from `address` over plain HTTP/1.0: (status code, body).
-fn http_get(address: &str, path: &str) -> (u16, String) {
-    let mut stream = std::net::TcpStream::connect(address).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    write!(stream, "GET {path} HTTP/1.0\r\nHost: {address}\r\n\r\n").unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    let (head, body) = response.split_once("\r\n\r\n").unwrap();
-    let code = head.split_whitespace().nth(1).unwrap().parse().unwrap();
-    (code, body.to_string())
 }
 
 /// Samples of a Prometheus text scrape, which must parse.
@@ -365,8 +343,8 @@ fn one_line_error(cluster: &Cluster, args: &[&str]) -> String {
 #[test]
 fn bad_input_gets_one_line_errors_with_a_hint() {
     let cluster = Cluster::start();
-    let (address, token) = (cluster.address.as_str(), cluster.token.as_str());
-    let on = ["--address", address, "--token", token];
+    let address = cluster.address.as_str();
+    let on = ["--address", address];
     let error = one_line_error(
         &cluster,
         &[&["job", "submit"], &on[..], &["--", "./no-such-job"]].concat(),
@@ -387,17 +365,23 @@ fn bad_input_gets_one_line_errors_with_a_hint() {
             "{error}"
         );
     }
-    let error = one_line_error(
-        &cluster,
-        &["job", "list", "--address", "127.0.0.1:1", "--token", token],
-    );
+    let error = one_line_error(&cluster, &["job", "list", "--address", "127.0.0.1:1"]);
     assert!(
         error.contains("cannot reach the head at 127.0.0.1:1") && error.contains("--address"),
         "{error}"
     );
+    let wrong = cluster.home.path().join("wrong-token");
+    std::fs::write(&wrong, "wrong\n").unwrap();
     let error = one_line_error(
         &cluster,
-        &["job", "list", "--address", address, "--token", "wrong"],
+        &[
+            "job",
+            "list",
+            "--address",
+            address,
+            "--token-file",
+            wrong.to_str().unwrap(),
+        ],
     );
     assert!(
         error.contains("wrong cluster token") && error.contains("PHOTON_TOKEN"),

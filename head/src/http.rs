@@ -96,6 +96,7 @@ fn node_json(record: &NodeRecord) -> Value {
         "hostname": info.hostname,
         "state": node_state(record),
         "death_reason": record.death_reason,
+        "unreachable": record.unreachable,
         "resources": resources,
         "object_store_used": record.object_store_used,
         "object_store_capacity": info.object_store_capacity,

@@ -82,6 +82,12 @@ pub struct HeadConfig {
     /// Where to serve the status page, `/metrics` and health probes over
     /// HTTP (port 0 picks one); `None`: not at all.
     pub metrics_address: Option<SocketAddr>,
+    /// The host other machines reach this head's HTTP side at (shown in
+    /// `photon status`); `None`: the address it is bound to.
+    pub advertise_host: Option<String>,
+    /// Serve `/metrics` without the token when bound beyond loopback (the
+    /// status page and job logs always need it there).
+    pub open_metrics: bool,
     /// Which finished jobs (records, logs, packages) are kept.
     pub job_retention: JobRetention,
 }
@@ -95,6 +101,8 @@ impl HeadConfig {
             heartbeat_interval: Duration::from_millis(500),
             node_timeout: Duration::from_secs(3),
             metrics_address: None,
+            advertise_host: None,
+            open_metrics: false,
             job_retention: JobRetention::default(),
         }
     }
@@ -142,7 +150,11 @@ pub async fn run(
     let metrics_address = http_listener
         .as_ref()
         .and_then(|l| l.local_addr().ok())
-        .map_or_else(String::new, |a| a.to_string());
+        .map_or_else(String::new, |a| match &config.advertise_host {
+            Some(host) if host.contains(':') => format!("[{host}]:{}", a.port()),
+            Some(host) => format!("{host}:{}", a.port()),
+            None => a.to_string(),
+        });
     let nodes = NodeTable::default();
     let restored = records.len();
     nodes.restore(records);
@@ -190,9 +202,14 @@ pub async fn run(
     if let Some(listener) = http_listener {
         info!(address = %state.metrics_address, "status page and metrics served");
         let router = http::router(state.clone(), readiness.clone());
+        let access = Some(photon_ops::HttpAccess {
+            token: config.token.clone(),
+            open_metrics: config.open_metrics,
+        });
         state.tasks.spawn(photon_ops::serve(
             listener,
             router,
+            access,
             state.cancel.clone().cancelled_owned(),
         ));
     }

@@ -169,6 +169,14 @@ impl NodeTable {
         }
     }
 
+    /// Records that the head could not dial a node's advertised address.
+    pub fn set_unreachable(&self, id: NodeId, reason: String) {
+        if let Some(entry) = self.lock().get_mut(&id) {
+            warn!(node = %id, %reason, "node's advertised address is unreachable");
+            entry.record.unreachable = reason;
+        }
+    }
+
     /// The raylet address of a node.
     pub fn address(&self, id: NodeId) -> Option<String> {
         self.lock()

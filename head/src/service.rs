@@ -133,6 +133,26 @@ pub struct HeadService {
     pub(crate) state: Arc<HeadState>,
 }
 
+/// How long the head tries to dial a newly registered node.
+const REACH_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Dials a node's advertised address once it registers: a node advertised
+/// at an address others cannot reach (a wildcard, a private interface, a
+/// firewall) would join and then fail every transfer and lease, so
+/// `photon status` says so.
+async fn probe_advertised_address(state: Arc<HeadState>, id: NodeId, address: String) {
+    let failure =
+        match tokio::time::timeout(REACH_TIMEOUT, tokio::net::TcpStream::connect(&address)).await {
+            Ok(Ok(_)) => return,
+            Ok(Err(err)) => err.to_string(),
+            Err(_) => format!("no answer within {REACH_TIMEOUT:?}"),
+        };
+    state.nodes.set_unreachable(
+        id,
+        format!("the head cannot dial {address} ({failure}): start the raylet with --advertise-address set to an address other nodes reach"),
+    );
+}
+
 fn store_status(err: crate::Error) -> Status {
     Status::internal(err.to_string())
 }
@@ -174,6 +194,11 @@ impl Head for HeadService {
         let persistence = self.state.persistence.clone();
         blocking(move || persistence.save_node(id, &record)).await?;
         info!(node = %id, %address, objects = objects.len(), "node registered");
+        self.state.tasks.spawn(probe_advertised_address(
+            self.state.clone(),
+            id,
+            address.clone(),
+        ));
         self.state.objects.reset_node(id, objects);
         self.state
             .reconcile_actors(id, &address, request.actors)

@@ -22,6 +22,9 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 
+mod access;
+pub use access::HttpAccess;
+
 /// Labels of one sample, as `(name, value)` pairs.
 pub type Labels = Vec<(String, String)>;
 
@@ -153,15 +156,22 @@ pub async fn bind(address: SocketAddr, flag: &str) -> Result<TcpListener, String
     })
 }
 
-/// Serves `router` on `listener` until `shutdown` completes.
+/// Serves `router` on `listener` until `shutdown` completes; beyond
+/// loopback, behind `access` (see [`HttpAccess`]). `None` only for a
+/// listener that serves nothing of a cluster's (the operator's metrics).
 pub async fn serve(
     listener: TcpListener,
     router: Router,
+    access: Option<HttpAccess>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) {
-    let address = listener
-        .local_addr()
-        .map_or_else(|_| "?".into(), |a| a.to_string());
+    let local = listener.local_addr();
+    let router = match (access, &local) {
+        (Some(access), Err(_)) => access.protect(router),
+        (Some(access), Ok(at)) if HttpAccess::required_at(*at) => access.protect(router),
+        _ => router,
+    };
+    let address = local.map_or_else(|_| "?".into(), |a| a.to_string());
     if let Err(err) = axum::serve(listener, router)
         .with_graceful_shutdown(shutdown)
         .await

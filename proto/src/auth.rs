@@ -37,7 +37,7 @@ impl Interceptor for RequireToken {
                 "wrong cluster token: use the token of this cluster (the head's session dir `token` file, or PHOTON_TOKEN)",
             )),
             None => Err(Status::unauthenticated(
-                "missing cluster token: pass it with --token or PHOTON_TOKEN (the head writes it to its session dir `token` file)",
+                "missing cluster token: pass it with --token-file or PHOTON_TOKEN (the head writes it to its session dir `token` file)",
             )),
         }
     }
@@ -69,7 +69,7 @@ impl Interceptor for AttachToken {
 }
 
 /// Compares without an early exit, so timing does not reveal the token.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 

@@ -92,6 +92,8 @@ pub struct RayletConfig {
     /// Where to serve `/metrics`, `/healthz` and `/readyz` (port 0 picks
     /// one); `None`: not at all.
     pub metrics_address: Option<SocketAddr>,
+    /// Serve `/metrics` without the token when bound beyond loopback.
+    pub open_metrics: bool,
 }
 
 impl RayletConfig {
@@ -111,6 +113,7 @@ impl RayletConfig {
             worker_files_retention: node_files::DEFAULT_RETENTION,
             initial_connect_timeout: Duration::from_secs(10),
             metrics_address: None,
+            open_metrics: false,
         }
     }
 }
@@ -224,6 +227,10 @@ pub async fn run(
         tokio::spawn(photon_ops::serve(
             listener,
             http::router(view, readiness.clone()),
+            Some(photon_ops::HttpAccess {
+                token: config.token.clone(),
+                open_metrics: config.open_metrics,
+            }),
             stop.clone().cancelled_owned(),
         ))
     });

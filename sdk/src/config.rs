@@ -54,10 +54,10 @@ impl Config {
         if let Some(token) = self.token.clone().or_else(|| std::env::var(TOKEN_ENV).ok()) {
             return Ok(token);
         }
-        let session_dir = self
-            .session_dir
-            .clone()
-            .or_else(|| published_session(address));
+        let session_dir = match &self.session_dir {
+            Some(dir) => Some(dir.clone()),
+            None => published_session(address)?,
+        };
         let Some(dir) = session_dir else {
             return Err(Error::Config(format!(
                 "no token for the cluster at {address}: set {TOKEN_ENV}, Config::token, or Config::session_dir (the head's session directory holds a `token` file)"
@@ -76,13 +76,23 @@ impl Config {
 }
 
 /// The session dir of the head `photon start` published in
-/// `$PHOTON_HOME/cluster.json` (default `/tmp/photon`), if it is `address`.
-fn published_session(address: &str) -> Option<PathBuf> {
-    let home =
-        std::env::var_os("PHOTON_HOME").map_or_else(|| PathBuf::from("/tmp/photon"), PathBuf::from);
-    let file: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(home.join("cluster.json")).ok()?).ok()?;
-    (file.get("address")?.as_str()? == address)
-        .then(|| file.get("session_dir")?.as_str().map(PathBuf::from))
-        .flatten()
+/// `$PHOTON_HOME/cluster.json`, if it is `address`. A home that is not this
+/// user's own is an error: it could point at anyone's head.
+fn published_session(address: &str) -> Result<Option<PathBuf>> {
+    let home = crate::home::home_path();
+    if !home.exists() {
+        return Ok(None);
+    }
+    crate::home::check_private(&home).map_err(Error::Config)?;
+    let Some(file) = std::fs::read(home.join("cluster.json"))
+        .ok()
+        .and_then(|bytes| serde_json::from_slice::<serde_json::Value>(&bytes).ok())
+    else {
+        return Ok(None);
+    };
+    Ok(
+        (file.get("address").and_then(|a| a.as_str()) == Some(address))
+            .then(|| file.get("session_dir")?.as_str().map(PathBuf::from))
+            .flatten(),
+    )
 }

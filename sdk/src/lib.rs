@@ -43,6 +43,7 @@ mod codec;
 mod config;
 mod context;
 mod error;
+pub mod home;
 mod lineage;
 mod object_io;
 mod object_ref;

@@ -16,7 +16,7 @@ const KEEP: usize = 10;
 /// Creates a new run directory (0700), named by time and process id so that
 /// names sort by age, after removing the oldest runs beyond [`KEEP`].
 pub fn create() -> anyhow::Result<PathBuf> {
-    let base = crate::session::home().join("embed-runs");
+    let base = crate::session::home()?.join("embed-runs");
     crate::session::create_private_dir(&base)?;
     prune(&base);
     let now = std::time::SystemTime::now()

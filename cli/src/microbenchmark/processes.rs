@@ -84,14 +84,8 @@ impl ProcessCluster {
     /// address once it has registered.
     pub fn add_raylet(&mut self, store_bytes: u64) -> anyhow::Result<String> {
         let mut raylet = Command::new(std::env::current_exe()?)
-            .args([
-                "start",
-                "--block",
-                "--address",
-                &self.address,
-                "--token",
-                &self.token,
-            ])
+            .args(["start", "--block", "--address", &self.address])
+            .env("PHOTON_TOKEN", &self.token)
             .args(["--object-store-memory", &store_bytes.to_string()])
             .env("PHOTON_HOME", self.home.path())
             .env("PHOTON_LOG", "warn")

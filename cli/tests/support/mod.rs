@@ -26,6 +26,70 @@ pub fn wait_until<T>(timeout: Duration, what: &str, mut condition: impl FnMut() 
     }
 }
 
+/// An HTTP/1.0 response: status code, headers (lower-case names), body.
+pub struct HttpResponse {
+    pub code: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl HttpResponse {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// `method path` to `address` over plain HTTP/1.0 with extra `headers` and `body`.
+pub fn http_request(
+    address: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> HttpResponse {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(address).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut request = format!("{method} {path} HTTP/1.0\r\nHost: {address}\r\n");
+    for (name, value) in headers {
+        request.push_str(&format!("{name}: {value}\r\n"));
+    }
+    request.push_str(&format!("Content-Length: {}\r\n\r\n{body}", body.len()));
+    stream.write_all(request.as_bytes()).unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let (head, body) = response.split_once("\r\n\r\n").unwrap();
+    let mut lines = head.lines();
+    let code = lines
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+    let headers = lines
+        .filter_map(|line| line.split_once(':'))
+        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    HttpResponse {
+        code,
+        headers,
+        body: body.to_string(),
+    }
+}
+
+/// GET `path` from `address` over plain HTTP/1.0: (status code, body).
+pub fn http_get(address: &str, path: &str) -> (u16, String) {
+    let response = http_request(address, "GET", path, &[], "");
+    (response.code, response.body)
+}
+
 /// A cluster whose processes are SIGKILLed on drop.
 pub struct Cluster {
     pub home: tempfile::TempDir,
@@ -59,12 +123,18 @@ impl Cluster {
         cluster
     }
 
+    /// `photon` in this cluster's home, with its token in `PHOTON_TOKEN`
+    /// once known (the token is never a flag).
     pub fn command(&self) -> Command {
         let mut command = Command::new(PHOTON);
         command
             .env("PHOTON_HOME", self.home.path())
-            .env_remove("PHOTON_TOKEN")
             .env_remove("PHOTON_ADDRESS");
+        if self.token.is_empty() {
+            command.env_remove("PHOTON_TOKEN");
+        } else {
+            command.env("PHOTON_TOKEN", &self.token);
+        }
         command
     }
 
@@ -120,8 +190,6 @@ impl Cluster {
             "--block",
             "--address",
             &self.address,
-            "--token",
-            &self.token,
             "--num-cpus",
             "1",
         ]);
@@ -151,14 +219,7 @@ impl Cluster {
     pub fn status(&self) -> Value {
         let output = self
             .command()
-            .args([
-                "status",
-                "--json",
-                "--address",
-                &self.address,
-                "--token",
-                &self.token,
-            ])
+            .args(["status", "--json", "--address", &self.address])
             .output()
             .unwrap();
         assert!(

@@ -151,6 +151,21 @@ fn env_var(name: &str, value: &str) -> EnvVar {
     }
 }
 
+/// `POD_IP`, the pod's address, through the downward API.
+fn pod_ip_env() -> EnvVar {
+    EnvVar {
+        name: "POD_IP".into(),
+        value_from: Some(EnvVarSource {
+            field_ref: Some(ObjectFieldSelector {
+                field_path: "status.podIP".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
 /// `PHOTON_TOKEN` from the cluster's Secret.
 fn token_env(cluster: &PhotonCluster) -> EnvVar {
     EnvVar {
@@ -261,6 +276,9 @@ pub fn head_deployment(cluster: &PhotonCluster) -> Deployment {
         "0",
         "--host",
         "0.0.0.0",
+        // Other nodes dial the pod's own address, never the wildcard.
+        "--advertise-address",
+        "$(POD_IP)",
         "--port",
     ]
     .iter()
@@ -269,6 +287,9 @@ pub fn head_deployment(cluster: &PhotonCluster) -> Deployment {
         port.to_string(),
         "--metrics-port".into(),
         metrics_port.to_string(),
+        // Prometheus scrapes pods without the cluster token; the status
+        // page and job logs still need it.
+        "--open-metrics".into(),
     ])
     .chain(["--session-dir".into(), SESSION_DIR.into()])
     .collect();
@@ -278,7 +299,7 @@ pub fn head_deployment(cluster: &PhotonCluster) -> Deployment {
         image_pull_policy: cluster.spec.image_pull_policy.clone(),
         command: Some(tini_photon()),
         args: Some(args),
-        env: Some(vec![token_env(cluster)]),
+        env: Some(vec![pod_ip_env(), token_env(cluster)]),
         ports: Some(vec![
             ContainerPort {
                 name: Some("grpc".into()),
@@ -384,7 +405,11 @@ pub fn worker_pod(cluster: &PhotonCluster, group: &WorkerGroup, index: u32) -> P
         .map(|a| a.to_string())
         .collect();
     args.extend([head_address(cluster), "--host".into(), "$(POD_IP)".into()]);
-    args.extend(["--metrics-port".into(), WORKER_METRICS_PORT.to_string()]);
+    args.extend([
+        "--metrics-port".into(),
+        WORKER_METRICS_PORT.to_string(),
+        "--open-metrics".into(),
+    ]);
     if let Some(resources) = &group.resources {
         if let Some(cpu) = resources
             .limits
@@ -401,17 +426,6 @@ pub fn worker_pod(cluster: &PhotonCluster, group: &WorkerGroup, index: u32) -> P
         args.extend(["--object-store-memory".into(), bytes.to_string()]);
     }
     let (shm, shm_mount) = shm_volume(cluster);
-    let pod_ip = EnvVar {
-        name: "POD_IP".into(),
-        value_from: Some(EnvVarSource {
-            field_ref: Some(ObjectFieldSelector {
-                field_path: "status.podIP".into(),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }),
-        ..Default::default()
-    };
     let container = Container {
         name: "raylet".into(),
         image: Some(cluster.spec.image.clone()),
@@ -419,7 +433,7 @@ pub fn worker_pod(cluster: &PhotonCluster, group: &WorkerGroup, index: u32) -> P
         command: Some(tini_photon()),
         args: Some(args),
         env: Some(vec![
-            pod_ip,
+            pod_ip_env(),
             token_env(cluster),
             env_var("PHOTON_HOME", "/tmp/photon"),
         ]),
@@ -560,7 +574,7 @@ mod tests {
         assert_eq!(
             args,
             "start --block --address demo-head.ml.svc:6380 --host $(POD_IP) --metrics-port 8266 \
-             --num-cpus 1.5 --num-gpus 1 --object-store-memory 1073741824"
+             --open-metrics --num-cpus 1.5 --num-gpus 1 --object-store-memory 1073741824"
         );
         let shm = &spec.volumes.unwrap()[0];
         let empty_dir = shm.empty_dir.as_ref().unwrap();

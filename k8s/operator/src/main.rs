@@ -55,6 +55,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     tokio::spawn(photon_ops::serve(
         listener,
         photon_ops::router(readiness.clone(), metrics),
+        None,
         std::future::pending(),
     ));
 
