@@ -45,8 +45,10 @@ pub struct StartArgs {
     /// Head port (0 picks a free one). Raylets always pick a free port.
     #[arg(long, default_value_t = DEFAULT_HEAD_PORT)]
     port: u16,
-    /// Session directory of the head (database, token, logs). Reusing one
-    /// restarts that cluster's head with its state.
+    /// Session directory. A head's holds its database, token and logs
+    /// (reusing one restarts that cluster's head with its state); a
+    /// raylet's holds its workers' logs, cached packages and spilled objects
+    /// (default: under `$PHOTON_HOME`).
     #[arg(long)]
     session_dir: Option<PathBuf>,
     /// Run only the head's control plane, no raylet on this node.
@@ -248,11 +250,21 @@ async fn run_blocking(args: StartArgs, overrides: ResourceOverrides) -> anyhow::
             args.worker_files_retention_hours,
             "--worker-files-retention-hours",
         )?;
-        config.log_dir = session::home()?.join(format!(
-            "{}{pid}",
-            photon_raylet::node_files::LOG_DIR_PREFIX
-        ));
-        config.package_dir = session::home()?.join("packages");
+        match &args.session_dir {
+            Some(dir) => {
+                session::create_private_dir(dir)?;
+                config.log_dir = dir.join("logs");
+                config.package_dir = dir.join("packages");
+                config.store.fallback_root = dir.clone();
+            }
+            None => {
+                config.log_dir = session::home()?.join(format!(
+                    "{}{pid}",
+                    photon_raylet::node_files::LOG_DIR_PREFIX
+                ));
+                config.package_dir = session::home()?.join("packages");
+            }
+        }
         config.open_metrics = args.open_metrics;
         config.metrics_address = args
             .metrics_port

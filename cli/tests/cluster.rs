@@ -1344,3 +1344,107 @@ mod advertise {
         );
     }
 }
+
+/// Item 6 of the real-hosts issue: a relative `--input` or `--output` is the
+/// caller's, wherever the workers run.
+#[test]
+fn a_relative_input_and_output_are_the_callers_not_the_raylets() {
+    let mut cluster = Cluster::start();
+    let raylet_dir = cluster.home.path().join("raylet-cwd");
+    std::fs::create_dir(&raylet_dir).unwrap();
+    let raylet_session = cluster.home.path().join("raylet-session");
+    cluster.add_raylet_in(
+        &raylet_dir,
+        &["--session-dir", raylet_session.to_str().unwrap()],
+    );
+    let (dir, model, corpus) = model_and_corpus(&cluster, 3, 60);
+    let caller_dir = dir.path().join("caller");
+    std::fs::create_dir(&caller_dir).unwrap();
+    std::fs::rename(&corpus, caller_dir.join("corpus.parquet")).unwrap();
+    // A same-named file of 7 rows where the raylet and its workers run.
+    let decoy = cluster
+        .command()
+        .args(["sample-corpus", "--rows", "7", "--output"])
+        .arg(raylet_dir.join("corpus.parquet"))
+        .output()
+        .unwrap();
+    assert!(decoy.status.success());
+    let output = embed_on(
+        &cluster,
+        Path::new("corpus.parquet"),
+        Path::new("out"),
+        &model,
+    )
+    .current_dir(&caller_dir)
+    .output()
+    .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let manifest: Value =
+        serde_json::from_slice(&std::fs::read(caller_dir.join("out/_SUCCESS")).unwrap()).unwrap();
+    assert_eq!(manifest["rows"], 60, "{manifest}");
+    assert_eq!(
+        output_ids(&caller_dir.join("out")),
+        (0..60).collect::<Vec<i64>>()
+    );
+    assert!(
+        !raylet_dir.join("out").exists(),
+        "written where the raylet runs"
+    );
+    // --session-dir is the raylet's: its workers' output files are there.
+    let worker_files = std::fs::read_dir(raylet_session.join("logs"))
+        .unwrap()
+        .count();
+    assert!(
+        worker_files > 0,
+        "no worker files in the raylet's session dir"
+    );
+
+    // The caller's file gone: the error names the absolute path, not the decoy.
+    std::fs::remove_file(caller_dir.join("corpus.parquet")).unwrap();
+    let output = embed_on(
+        &cluster,
+        Path::new("corpus.parquet"),
+        Path::new("out2"),
+        &model,
+    )
+    .current_dir(&caller_dir)
+    .output()
+    .unwrap();
+    let stderr = failure(&output);
+    assert!(
+        stderr.contains(&caller_dir.join("corpus.parquet").display().to_string()),
+        "{stderr}"
+    );
+}
+
+/// The sorted ids of every part an output's manifest lists.
+fn output_ids(out: &Path) -> Vec<i64> {
+    use arrow::array::AsArray;
+    use arrow::datatypes::Int64Type;
+    let manifest: Value =
+        serde_json::from_slice(&std::fs::read(out.join("_SUCCESS")).unwrap()).unwrap();
+    let mut ids = Vec::new();
+    for part in manifest["parts"].as_array().unwrap() {
+        let file = std::fs::File::open(out.join(part["name"].as_str().unwrap())).unwrap();
+        let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
+            .unwrap()
+            .build()
+            .unwrap();
+        for batch in reader {
+            ids.extend(
+                batch
+                    .unwrap()
+                    .column(0)
+                    .as_primitive::<Int64Type>()
+                    .values()
+                    .iter(),
+            );
+        }
+    }
+    ids.sort_unstable();
+    ids
+}

@@ -68,17 +68,32 @@ pub fn resolve(url: &str) -> Result<Location> {
             ))),
         };
     }
-    local(FsPath::new(url), display)
+    let path = FsPath::new(url);
+    if path.is_relative() {
+        // Named by its absolute path from here on: the URLs handed to tasks
+        // are these, and a worker resolves a relative path in its own
+        // directory on its own node, not the caller's.
+        let absolute = absolute(path)?;
+        let display = absolute.display().to_string();
+        return local(&absolute, display);
+    }
+    local(path, display)
 }
 
-fn local(path: &FsPath, display: String) -> Result<Location> {
+/// `path` made absolute against this process's working directory, with `.`
+/// and `..` resolved.
+fn absolute(path: &FsPath) -> Result<PathBuf> {
     let absolute = std::path::absolute(path).map_err(|e| {
         invalid(format!(
             "cannot make {} an absolute path: {e}",
             path.display()
         ))
     })?;
-    let absolute = normalize(&absolute);
+    Ok(normalize(&absolute))
+}
+
+fn local(path: &FsPath, display: String) -> Result<Location> {
+    let absolute = absolute(path)?;
     let object_path = Path::from_absolute_path(&absolute)
         .map_err(|e| invalid(format!("{display} is not a usable local path: {e}")))?;
     Ok(Location {
@@ -198,6 +213,14 @@ mod tests {
             location.display_of(&child),
             "/tmp/a/./b/../c/part-00000.parquet"
         );
+    }
+
+    #[test]
+    fn a_relative_path_is_named_by_its_absolute_path() {
+        let location = resolve("data/./in.parquet").unwrap();
+        let expected = std::env::current_dir().unwrap().join("data/in.parquet");
+        assert_eq!(location.display, expected.display().to_string());
+        assert_eq!(location.local.as_deref(), Some(expected.as_path()));
     }
 
     #[test]

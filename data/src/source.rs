@@ -527,7 +527,10 @@ pub async fn list_files(url: &str) -> Result<Vec<ListedFile>> {
             if let Some(local) = &location.local
                 && !local.is_dir()
             {
-                return Err(Error::Invalid(format!("input {url} does not exist")));
+                return Err(Error::Invalid(format!(
+                    "input {} does not exist",
+                    location.display
+                )));
             }
             (location, Box::new(is_data_file))
         }

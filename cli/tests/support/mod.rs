@@ -2,7 +2,7 @@
 //! as real `photon` processes in temp dirs, killed on drop.
 #![allow(dead_code)] // each test binary uses part of it
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
@@ -179,6 +179,12 @@ impl Cluster {
 
     /// Starts a raylet and waits until the head lists it alive; returns its pid.
     pub fn add_raylet(&mut self, extra: &[&str]) -> u32 {
+        self.add_raylet_in(Path::new("."), extra)
+    }
+
+    /// [`Cluster::add_raylet`] with `dir` as the raylet's working directory
+    /// (and its workers').
+    pub fn add_raylet_in(&mut self, dir: &Path, extra: &[&str]) -> u32 {
         let before = self.alive_nodes().len();
         let log_path = self
             .home
@@ -198,6 +204,7 @@ impl Cluster {
         }
         let child = command
             .args(extra)
+            .current_dir(dir)
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log_path).unwrap())
             .spawn()
