@@ -66,9 +66,13 @@ fn a_killed_raylet_is_declared_dead_within_3_seconds() {
 }
 
 #[test]
-fn a_silent_raylet_is_declared_dead_after_the_heartbeat_timeout() {
+fn a_silent_raylet_is_declared_dead_after_the_heartbeat_timeout_and_rejoins_as_a_new_node() {
     let mut cluster = Cluster::start();
     let frozen = cluster.add_raylet(&[]);
+    let old_id = cluster.node_by_pid(frozen)["node_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
     // SIGSTOP keeps the connection open but stops heartbeats: only the timeout can tell.
     cluster.kill(frozen, "-STOP");
     let stopped_at = Instant::now();
@@ -86,20 +90,30 @@ fn a_silent_raylet_is_declared_dead_after_the_heartbeat_timeout() {
         "{waited:?}"
     );
     cluster.kill(frozen, "-CONT");
-    let frozen_child = cluster
-        .children
-        .iter_mut()
-        .find(|c| c.id() == frozen)
+    // The same process comes back under a new node id; the old record stays dead.
+    let rejoined = wait_until(Duration::from_secs(15), "the raylet to rejoin", || {
+        cluster
+            .alive_nodes()
+            .into_iter()
+            .find(|n| n["pid"] == frozen && n["node_id"] != old_id.as_str())
+    });
+    let old = cluster
+        .nodes()
+        .into_iter()
+        .find(|n| n["node_id"] == old_id.as_str())
         .unwrap();
-    let status = wait_until(
-        Duration::from_secs(10),
-        "the refused raylet to exit",
-        || frozen_child.try_wait().unwrap(),
-    );
+    assert_eq!(old["state"], "dead");
+    assert_eq!(cluster.alive_nodes().len(), 1, "{rejoined}");
+    // And it takes work: an embed job runs on it, the only node.
+    let (dir, model, corpus) = model_and_corpus(&cluster, 4, 50);
+    let out = dir.path().join("out");
+    let output = embed_on(&cluster, &corpus, &out, &model).output().unwrap();
     assert!(
-        !status.success(),
-        "a node declared dead exits with an error"
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
     );
+    assert_eq!(output_ids(&out), (0..50).collect::<Vec<i64>>());
 }
 
 #[test]

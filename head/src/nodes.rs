@@ -21,7 +21,7 @@ struct NodeEntry {
 pub enum RegisterError {
     /// The node id belongs to a node declared dead.
     #[error(
-        "node {node} was declared dead ({reason}); a dead node cannot come back: restart its raylet to join as a new node"
+        "node {node} was declared dead ({reason}); a dead node cannot come back: it rejoins as a new node"
     )]
     Dead {
         /// The node.
@@ -112,7 +112,7 @@ impl NodeTable {
                 "node {id} is not registered with this head; register first"
             )),
             Some(entry) if entry.record.state == NodeState::Dead as i32 => Err(format!(
-                "node {id} was declared dead ({}); restart its raylet to join as a new node",
+                "node {id} was declared dead ({}); it rejoins as a new node",
                 entry.record.death_reason
             )),
             Some(entry) => {
@@ -222,7 +222,7 @@ mod tests {
         let err = table.heartbeat(id, &Heartbeat::default()).unwrap_err();
         assert!(err.contains("declared dead (missed heartbeats)"), "{err}");
         let err = table.register(id, info(id)).unwrap_err().to_string();
-        assert!(err.contains("restart its raylet"), "{err}");
+        assert!(err.contains("rejoins as a new node"), "{err}");
         let unknown = NodeId::random();
         assert!(
             table

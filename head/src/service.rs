@@ -186,11 +186,12 @@ impl Head for HeadService {
             .iter()
             .map(|bytes| ObjectId::from_slice(bytes))
             .collect::<Result<Vec<_>, _>>()?;
+        // `Aborted` tells a raylet declared dead to rejoin as a new node.
         let record = self
             .state
             .nodes
             .register(id, node)
-            .map_err(|err| Status::failed_precondition(err.to_string()))?;
+            .map_err(|err| Status::aborted(err.to_string()))?;
         let persistence = self.state.persistence.clone();
         blocking(move || persistence.save_node(id, &record)).await?;
         info!(node = %id, %address, objects = objects.len(), "node registered");

@@ -17,9 +17,18 @@ pub enum Error {
     /// The object store could not be created.
     #[error("cannot create the node's object store: {0}")]
     Store(#[from] photon_object_store::Error),
-    /// The head refused this node (version mismatch, wrong token, declared dead).
+    /// The head refused this node (version mismatch, wrong token).
     #[error("the head at {head} refused this node: {message}")]
     Refused {
+        /// The head's address.
+        head: String,
+        /// The head's reason.
+        message: String,
+    },
+    /// The head declared this node dead (it was silent past the timeout):
+    /// [`crate::run`] rejoins as a new node.
+    #[error("the head at {head} declared this node dead: {message}")]
+    DeclaredDead {
         /// The head's address.
         head: String,
         /// The head's reason.

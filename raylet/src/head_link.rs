@@ -79,6 +79,12 @@ impl HeadLink {
                         reply.into_inner().heartbeat_interval_ms.max(10),
                     ));
                 }
+                Err(status) if status.code() == Code::Aborted => {
+                    return Err(Error::DeclaredDead {
+                        head: self.address.clone(),
+                        message: status.message().to_string(),
+                    });
+                }
                 Err(status) if is_refusal(status.code()) => {
                     return Err(Error::Refused {
                         head: self.address.clone(),
@@ -196,7 +202,7 @@ impl HeadLink {
 
     /// Keeps the node registered and heartbeating until `stop`, then tells
     /// the head it is leaving. Returns an error only when the head refuses the
-    /// node (it was declared dead, wrong version or token).
+    /// node (wrong version or token) or declared it dead.
     pub async fn stay_registered(
         &self,
         node: NodeInfo,
@@ -291,7 +297,7 @@ impl HeadLink {
                 }
                 reply = replies.message() => match reply {
                     Ok(Some(reply)) if reply.unknown_node => {
-                        return Err(Error::Refused { head: self.address.clone(), message: reply.message });
+                        return Err(Error::DeclaredDead { head: self.address.clone(), message: reply.message });
                     }
                     Ok(Some(_)) => {}
                     Ok(None) | Err(_) => return Ok(StreamEnd::Broken),

@@ -136,13 +136,62 @@ pub struct RayletInfo {
 
 /// Runs a raylet on `listener` until `shutdown` completes (then it tells the
 /// head it is leaving) or the head refuses it. `started` is called once the
-/// node is registered.
+/// node is first registered.
+///
+/// A raylet the head declared dead (silent past the timeout: paused, or cut
+/// off by the network) rejoins as a new node once it reaches the head again,
+/// as Ray's raylets do not but a long-running cluster needs: the head has
+/// already handled its objects and actors as lost, so it stops its workers,
+/// drops its object store and starts over with a new node id on the same
+/// address.
 pub async fn run(
     config: RayletConfig,
     listener: TcpListener,
     started: impl FnOnce(&RayletInfo),
     shutdown: impl Future<Output = ()>,
 ) -> Result<()> {
+    tokio::pin!(shutdown);
+    let bound = listener
+        .local_addr()
+        .map_err(|err| Error::Config(err.to_string()))?;
+    let mut listener = listener;
+    let mut started = Some(started);
+    loop {
+        let announce = started.take();
+        let (outcome, stopping) = run_node(
+            &config,
+            listener,
+            |info| {
+                if let Some(announce) = announce {
+                    announce(info);
+                }
+            },
+            shutdown.as_mut(),
+        )
+        .await?;
+        match outcome {
+            Err(Error::DeclaredDead { head, message }) if !stopping => {
+                warn!(%head, %message, "the head declared this node dead: rejoining as a new node (its objects and actors were lost)");
+                listener = match TcpListener::bind(bound).await {
+                    Ok(listener) => listener,
+                    Err(_) => TcpListener::bind((bound.ip(), 0)).await.map_err(|err| {
+                        Error::Config(format!("cannot listen on {}: {err}", bound.ip()))
+                    })?,
+                };
+            }
+            outcome => return outcome,
+        }
+    }
+}
+
+/// One life of the node, under one node id: how it ended, and whether
+/// `shutdown` had completed. `Err` when it could not start.
+async fn run_node(
+    config: &RayletConfig,
+    listener: TcpListener,
+    started: impl FnOnce(&RayletInfo),
+    shutdown: std::pin::Pin<&mut impl Future<Output = ()>>,
+) -> Result<(Result<()>, bool)> {
     let resources = resources::detect(&config.resources)?;
     let store_config = config.store.clone();
     let store = tokio::task::spawn_blocking(move || ObjectStore::open(store_config))
@@ -298,9 +347,11 @@ pub async fn run(
         stop.clone(),
     );
     tokio::pin!(registered);
+    let mut stopping = false;
     let outcome = tokio::select! {
         outcome = &mut registered => outcome,
         () = shutdown => {
+            stopping = true;
             stop.cancel();
             registered.await
         }
@@ -326,11 +377,13 @@ pub async fn run(
         let _ = server.await;
     }
     info!(address = %info.address, "raylet stopped");
-    outcome?;
-    served.map_err(|source| Error::Serve {
-        address: info.address.clone(),
-        source,
-    })
+    let ended = outcome.and_then(|()| {
+        served.map_err(|source| Error::Serve {
+            address: info.address.clone(),
+            source,
+        })
+    });
+    Ok((ended, stopping))
 }
 
 /// Every [`node_files::PERIOD`] until `stop`: the node's stale worker files
