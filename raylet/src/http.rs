@@ -2,12 +2,14 @@
 //! leases and workers) and `/healthz` / `/readyz` (ready once registered).
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
 
 use photon_object_store::ObjectStore;
 use photon_ops::{Metrics, labels};
 
 use crate::actors::ActorHost;
 use crate::leases::LeaseManager;
+use crate::transfer::FetchCounts;
 use crate::worker_pool::WorkerPool;
 
 /// What the metrics are read from.
@@ -16,6 +18,7 @@ pub(crate) struct NodeView {
     pub actors: Arc<ActorHost>,
     pub leases: Arc<LeaseManager>,
     pub pool: Arc<WorkerPool>,
+    pub fetched: Arc<FetchCounts>,
     pub node_id: String,
 }
 
@@ -91,6 +94,16 @@ fn node_metrics(view: &NodeView) -> Metrics {
             "photon_object_store_restores",
             "Objects restored from spill since the raylet started",
             [(labels([("node", node)]), stats.restores_total)],
+        )
+        .counter(
+            "photon_objects_fetched",
+            "Objects this node pulled from other nodes since the raylet started",
+            [(labels([("node", node)]), view.fetched.objects.load(Relaxed))],
+        )
+        .counter(
+            "photon_object_fetched_bytes",
+            "Bytes of the objects this node pulled from other nodes since the raylet started",
+            [(labels([("node", node)]), view.fetched.bytes.load(Relaxed))],
         )
         .counter(
             "photon_object_store_evictions",

@@ -271,6 +271,7 @@ async fn run_node(
             actors: actors.clone(),
             leases: leases.clone(),
             pool: pool.clone(),
+            fetched: transfers.fetched().clone(),
             node_id: info.node_id.to_string(),
         };
         tokio::spawn(photon_ops::serve(

@@ -198,6 +198,16 @@ pub struct TransferService {
     /// starts with cold flow-control windows.
     peers: Mutex<HashMap<String, PeerClient>>,
     clients: Arc<crate::local_objects::LocalClients>,
+    fetched: Arc<FetchCounts>,
+}
+
+/// Objects this node pulled from other nodes since it started.
+#[derive(Debug, Default)]
+pub(crate) struct FetchCounts {
+    /// Objects fetched.
+    pub objects: std::sync::atomic::AtomicU64,
+    /// Their bytes.
+    pub bytes: std::sync::atomic::AtomicU64,
 }
 
 impl TransferService {
@@ -211,7 +221,13 @@ impl TransferService {
             fetches: Mutex::new(HashMap::new()),
             peers: Mutex::new(HashMap::new()),
             clients: Arc::new(crate::local_objects::LocalClients::default()),
+            fetched: Arc::default(),
         }
+    }
+
+    /// What this node has fetched from others (for `/metrics`).
+    pub(crate) fn fetched(&self) -> &Arc<FetchCounts> {
+        &self.fetched
     }
 
     pub(crate) fn store(&self) -> &ObjectStore {
@@ -272,6 +288,9 @@ impl TransferService {
             match pulled {
                 Ok((_, size)) => {
                     debug!(object = %id, from = %address, size, "object fetched");
+                    use std::sync::atomic::Ordering::Relaxed;
+                    self.fetched.objects.fetch_add(1, Relaxed);
+                    self.fetched.bytes.fetch_add(size, Relaxed);
                     self.announce(id).await;
                     return Ok(size);
                 }

@@ -2,6 +2,8 @@
 //! as real `photon` processes in temp dirs, killed on drop.
 #![allow(dead_code)] // each test binary uses part of it
 
+pub mod hosts;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};

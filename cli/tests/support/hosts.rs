@@ -1,0 +1,137 @@
+//! Hosts for multi-host tests: network namespaces, each with its own address
+//! on a private /24, joined by a bridge that lives in a namespace of its own
+//! (no address anywhere outside namespaces the test creates). Processes
+//! started in a host see only its `eth0` and its own loopback: another
+//! host's 127.0.0.1 is not theirs. Everything is removed on drop.
+
+use std::os::fd::AsFd;
+use std::process::{Command, Stdio};
+
+/// `ip` with `args`, which must succeed.
+fn ip(args: &[&str]) -> Result<(), String> {
+    let output = Command::new("ip")
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("cannot run `ip` (iproute2): {e}"))?;
+    if output.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "`ip {}` failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&output.stderr).trim()
+        ))
+    }
+}
+
+/// A set of namespace hosts on one bridge.
+pub struct Hosts {
+    tag: String,
+    subnet: String,
+    count: usize,
+}
+
+impl Hosts {
+    /// `count` hosts, or why they cannot be made here (not root, no `ip`,
+    /// no namespaces).
+    pub fn create(count: usize) -> Result<Self, String> {
+        // Unique per test process: nextest runs tests in parallel.
+        let pid = std::process::id();
+        let hosts = Self {
+            tag: format!("ph{pid}"),
+            subnet: format!("10.{}.{}", 100 + (pid >> 8) % 100, pid % 256),
+            count,
+        };
+        hosts.build().inspect_err(|_| hosts.remove())?;
+        Ok(hosts)
+    }
+
+    fn switch(&self) -> String {
+        format!("{}-sw", self.tag)
+    }
+
+    /// The namespace of host `i`.
+    pub fn name(&self, i: usize) -> String {
+        format!("{}-h{i}", self.tag)
+    }
+
+    /// The address of host `i`.
+    pub fn address(&self, i: usize) -> String {
+        format!("{}.{}", self.subnet, i + 1)
+    }
+
+    fn build(&self) -> Result<(), String> {
+        let switch = self.switch();
+        ip(&["netns", "add", &switch])?;
+        ip(&["-n", &switch, "link", "add", "br0", "type", "bridge"])?;
+        ip(&["-n", &switch, "link", "set", "br0", "up"])?;
+        for i in 0..self.count {
+            let host = self.name(i);
+            let (inside, port) = (format!("{}a{i}", self.tag), format!("{}b{i}", self.tag));
+            ip(&["netns", "add", &host])?;
+            ip(&[
+                "link", "add", &inside, "type", "veth", "peer", "name", &port,
+            ])?;
+            ip(&["link", "set", &inside, "netns", &host])?;
+            ip(&["link", "set", &port, "netns", &switch])?;
+            ip(&["-n", &host, "link", "set", &inside, "name", "eth0"])?;
+            let cidr = format!("{}/24", self.address(i));
+            ip(&["-n", &host, "addr", "add", &cidr, "dev", "eth0"])?;
+            ip(&["-n", &host, "link", "set", "eth0", "up"])?;
+            ip(&["-n", &host, "link", "set", "lo", "up"])?;
+            ip(&["-n", &switch, "link", "set", &port, "master", "br0"])?;
+            ip(&["-n", &switch, "link", "set", &port, "up"])?;
+        }
+        Ok(())
+    }
+
+    /// `program` run inside host `i`.
+    pub fn command(&self, i: usize, program: &str) -> Command {
+        let mut command = Command::new("ip");
+        command.args(["netns", "exec", &self.name(i), program]);
+        command
+    }
+
+    /// Runs `f` on a thread inside host `i`'s network (for sockets the test
+    /// opens itself).
+    pub fn within<T: Send>(&self, i: usize, f: impl FnOnce() -> T + Send) -> T {
+        let path = format!("/var/run/netns/{}", self.name(i));
+        std::thread::scope(|scope| {
+            scope
+                .spawn(|| {
+                    let namespace = std::fs::File::open(&path).unwrap();
+                    nix::sched::setns(namespace.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET)
+                        .unwrap();
+                    f()
+                })
+                .join()
+                .unwrap()
+        })
+    }
+
+    /// SIGKILLs every process in host `i`: the host fails.
+    pub fn kill_all(&self, i: usize) {
+        let output = Command::new("ip")
+            .args(["netns", "pids", &self.name(i)])
+            .output()
+            .unwrap();
+        for pid in String::from_utf8_lossy(&output.stdout).split_whitespace() {
+            let _ = Command::new("kill").args(["-9", pid]).status();
+        }
+    }
+
+    fn remove(&self) {
+        for i in 0..self.count {
+            self.kill_all(i);
+            let _ = ip(&["netns", "del", &self.name(i)]);
+        }
+        let _ = ip(&["netns", "del", &self.switch()]);
+    }
+}
+
+impl Drop for Hosts {
+    fn drop(&mut self) {
+        self.remove();
+    }
+}
