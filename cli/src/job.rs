@@ -6,25 +6,21 @@
 //! program as the job's driver with `PHOTON_ADDRESS` set.
 
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant, SystemTime};
 
-use anyhow::{Context, bail};
+use anyhow::bail;
 use clap::{Args, Subcommand};
 use photon_proto::v1::{
-    JobLogsRequest, JobRecord, JobRequest, JobState, ListJobsRequest, PackageChunk, PackageRef,
-    StopJobRequest, SubmitJobRequest,
+    JobLogsRequest, JobRecord, JobRequest, JobState, ListJobsRequest, StopJobRequest,
+    SubmitJobRequest,
 };
 use serde::Serialize;
-use sha2::{Digest, Sha256};
 use tokio_stream::StreamExt;
 
 use crate::connect::{Head, HeadArgs};
-
-/// Bytes per chunk of an upload (under gRPC's 4 MiB message limit).
-const UPLOAD_CHUNK: usize = 1 << 20;
 
 /// `photon job` subcommands.
 #[derive(Debug, Subcommand)]
@@ -240,7 +236,7 @@ async fn submit(args: SubmitArgs) -> anyhow::Result<ExitCode> {
     let head = Head::connect(&args.head).await?;
     let working_dir_package = match &args.working_dir {
         Some(dir) => {
-            let archive = pack_dir(dir)?;
+            let archive = photon::packages::pack(Some(dir), &[]).map_err(anyhow::Error::msg)?;
             upload(
                 &head,
                 archive.path(),
@@ -297,77 +293,23 @@ fn exit_code_of(record: &JobRecord) -> ExitCode {
     }
 }
 
-/// `dir` as a tar archive in a temporary file.
-fn pack_dir(dir: &Path) -> anyhow::Result<tempfile::NamedTempFile> {
-    let file = tempfile::NamedTempFile::new().context("cannot create a temporary file")?;
-    let mut builder = tar::Builder::new(file.reopen()?);
-    builder
-        .append_dir_all(".", dir)
-        .with_context(|| format!("cannot pack the working directory {}", dir.display()))?;
-    builder.into_inner()?.flush()?;
-    Ok(file)
-}
-
 /// Uploads the file at `path` unless the head has it; returns its sha256.
 async fn upload(head: &Head, path: &Path, what: &str) -> anyhow::Result<String> {
-    let read_error = || format!("cannot read the {what}");
-    let mut file = std::fs::File::open(path).with_context(read_error)?;
-    let mut hasher = Sha256::new();
-    let mut buffer = vec![0; UPLOAD_CHUNK];
-    loop {
-        let n = file.read(&mut buffer).with_context(read_error)?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buffer[..n]);
-    }
-    let sha256 = hex::encode(hasher.finalize());
-    let present = head
-        .jobs()
-        .has_package(PackageRef {
-            sha256: sha256.clone(),
-            size: 0,
-        })
-        .await
-        .map_err(|s| head.refused(s))?
-        .into_inner()
-        .present;
-    if present {
-        return Ok(sha256);
-    }
     let started = Instant::now();
-    let mut file = std::fs::File::open(path).with_context(read_error)?;
-    let (sender, receiver) = tokio::sync::mpsc::channel(4);
-    let hash = sha256.clone();
-    let reader = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
-        let mut buffer = vec![0; UPLOAD_CHUNK];
-        loop {
-            let n = file.read(&mut buffer)?;
-            if n == 0 {
-                return Ok(());
-            }
-            let chunk = PackageChunk {
-                sha256: hash.clone(),
-                data: bytes::Bytes::copy_from_slice(&buffer[..n]),
-            };
-            if sender.blocking_send(chunk).is_err() {
-                return Ok(());
-            }
-        }
-    });
-    let stored = head
-        .jobs()
-        .upload_package(tokio_stream::wrappers::ReceiverStream::new(receiver))
+    let uploaded = photon::packages::upload(&mut head.jobs(), path)
         .await
-        .map_err(|s| head.refused(s))?
-        .into_inner();
-    reader.await?.with_context(read_error)?;
-    eprintln!(
-        "uploaded the {what} ({:.1} MiB) in {:.1} s",
-        stored.size as f64 / (1 << 20) as f64,
-        started.elapsed().as_secs_f64()
-    );
-    Ok(sha256)
+        .map_err(|err| match err {
+            photon::packages::UploadError::Head(status) => head.refused(status),
+            read => anyhow::anyhow!("cannot upload the {what}: {read}"),
+        })?;
+    if uploaded.sent {
+        eprintln!(
+            "uploaded the {what} ({:.1} MiB) in {:.1} s",
+            uploaded.bytes as f64 / (1 << 20) as f64,
+            started.elapsed().as_secs_f64()
+        );
+    }
+    Ok(uploaded.sha256)
 }
 
 async fn get(head: &Head, id: &str) -> anyhow::Result<JobRecord> {

@@ -63,10 +63,26 @@ impl Cluster {
     }
 
     /// Starts `photon start --block args…` on host `i`, logging to its home.
-    fn start(&mut self, i: usize, args: &[&str]) {
+    /// Host `i` sees `hidden` as an empty directory (a tmpfs mounted over it
+    /// in the host's own mount namespace, which `ip netns exec` makes).
+    fn start(&mut self, i: usize, hidden: Option<&Path>, args: &[&str]) {
         let log = std::fs::File::create(self.nodes[i].home.path().join("node.log")).unwrap();
-        let child = self
-            .photon(i, &[&["start", "--block"], args].concat())
+        let mut command = match hidden {
+            None => self.photon(i, &["start", "--block"]),
+            Some(dir) => {
+                let mut command = self.hosts.command(i, "sh");
+                command
+                    .args(["-c", r#"mount -t tmpfs tmpfs "$0" && exec "$@""#])
+                    .arg(dir)
+                    .args([PHOTON, "start", "--block"])
+                    .env("PHOTON_HOME", self.nodes[i].home.path())
+                    .env_remove("PHOTON_ADDRESS")
+                    .stdin(Stdio::null());
+                command
+            }
+        };
+        let child = command
+            .args(args)
             .arg("--token-file")
             .arg(&self.token_file)
             .env_remove("PHOTON_TOKEN")
@@ -136,8 +152,12 @@ fn three_hosts() -> Option<Cluster> {
     };
     let head_host = cluster.hosts.address(0);
     let session = cluster.nodes[0].home.path().join("session");
+    // Models live only on the head's host: the others see an empty directory.
+    let models = cluster.scratch.path().join("models");
+    std::fs::create_dir(&models).unwrap();
     cluster.start(
         0,
+        None,
         &[
             "--head",
             "--host",
@@ -158,6 +178,7 @@ fn three_hosts() -> Option<Cluster> {
     wait_until(Duration::from_secs(20), "the head", || cluster.status());
     cluster.start(
         1,
+        Some(&models),
         &[
             "--address",
             &head,
@@ -174,6 +195,7 @@ fn three_hosts() -> Option<Cluster> {
     let host2 = cluster.hosts.address(2);
     cluster.start(
         2,
+        Some(&models),
         &[
             "--address",
             &head,
@@ -276,14 +298,24 @@ fn three_hosts_on_a_bridge_run_an_embed_job_exactly_once_through_a_host_failure(
     );
 
     // The embed job, driven from the head's host: the head has no CPUs, so
-    // its two actors run on hosts 1 and 2.
+    // its two actors run on hosts 1 and 2, which lack the model: it travels
+    // with the job.
     let work = cluster.scratch.path();
     let (model, corpus, out) = (
-        work.join("model"),
+        work.join("models/tiny-bert"),
         work.join("corpus.parquet"),
         work.join("out"),
     );
     photon_inference::tiny_model::write_tiny_bert(&model, 11).unwrap();
+    for host in [1, 2] {
+        // What that host's raylet (and its workers) see at the models path.
+        let raylet = cluster.nodes[host].children[0].id();
+        let models = work.join("models");
+        let seen = std::fs::read_dir(format!("/proc/{raylet}/root{}", models.display()))
+            .unwrap()
+            .count();
+        assert_eq!(seen, 0, "host {host} sees the model");
+    }
     let made = cluster.run(
         0,
         &[
@@ -359,10 +391,22 @@ fn three_hosts_on_a_bridge_run_an_embed_job_exactly_once_through_a_host_failure(
             .unwrap_or(0.0)
     });
     assert!(fetched > 0.0, "host 1 fetched no object from another host");
+    // The model reached host 1 once, unpacked in its package cache.
+    let unpacked: Vec<PathBuf> = std::fs::read_dir(cluster.nodes[1].home.path().join("packages"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "d"))
+        .collect();
+    assert_eq!(unpacked.len(), 1, "{unpacked:?}");
+    assert!(unpacked[0].join("tiny-bert/config.json").is_file());
 
     // Host 2 fails mid-job: its raylet and workers are SIGKILLed.
     let mut driver = driver;
-    assert!(driver.try_wait().unwrap().is_none(), "the job ended before the host failed");
+    assert!(
+        driver.try_wait().unwrap().is_none(),
+        "the job ended before the host failed"
+    );
     cluster.hosts.kill_all(2);
     let output = driver.wait_with_output().unwrap();
     assert!(

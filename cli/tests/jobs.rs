@@ -516,6 +516,37 @@ fn the_working_dir_and_env_reach_the_driver() {
     assert_eq!(list[0]["entrypoint"], "./run.sh");
 }
 
+#[test]
+fn the_working_dir_reaches_every_worker_not_only_the_driver() {
+    let mut cluster = Cluster::start();
+    // The raylet and its workers run elsewhere than the working dir.
+    let raylet_dir = tempfile::tempdir().unwrap();
+    cluster.add_raylet_in(raylet_dir.path(), &[]);
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("notes")).unwrap();
+    std::fs::write(
+        dir.path().join("notes/today.txt"),
+        "packed for the workers\n",
+    )
+    .unwrap();
+    let working_dir = dir.path().to_str().unwrap();
+    let output = submit(
+        &cluster,
+        &["--working-dir", working_dir],
+        &["--read", "notes/today.txt"],
+    );
+    let stdout = text(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{}\n{stdout}",
+        text(&output.stderr)
+    );
+    assert!(
+        stdout.contains("driver: a worker read notes/today.txt: packed for the workers"),
+        "{stdout}"
+    );
+}
+
 /// A driver script with a working dir of its own (so each job has its own package).
 fn script_job(dir: &std::path::Path, body: &str) -> String {
     std::fs::create_dir_all(dir).unwrap();

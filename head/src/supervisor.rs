@@ -49,6 +49,9 @@ pub mod env {
     pub const JOB_DIR: &str = "PHOTON_JOB_DIR";
     /// The uploaded program's content hash; raylets on other nodes fetch it by this.
     pub const PROGRAM_PACKAGE: &str = "PHOTON_PROGRAM_PACKAGE";
+    /// The working directory's content hash; every raylet unpacks it for the
+    /// job's workers by this.
+    pub const WORKING_DIR_PACKAGE: &str = "PHOTON_WORKING_DIR_PACKAGE";
 }
 
 pub(crate) fn now_ms() -> u64 {
@@ -539,6 +542,9 @@ async fn start_driver(
         .process_group(0);
     if !record.program_package.is_empty() {
         command.env(env::PROGRAM_PACKAGE, &record.program_package);
+    }
+    if !record.working_dir_package.is_empty() {
+        command.env(env::WORKING_DIR_PACKAGE, &record.working_dir_package);
     }
     command
         .spawn()

@@ -404,7 +404,18 @@ async fn prune_node_files(
         }
         let live = pool.live();
         let ids = live.iter().map(|w| w.id).collect();
-        let programs = live.iter().map(|w| w.spec.program.clone()).collect();
+        // What live workers run and where: their programs and working directories.
+        let programs = live
+            .iter()
+            .flat_map(|w| {
+                let dir = w
+                    .spec
+                    .env
+                    .get(packages::WORKING_DIR_ENV)
+                    .map(std::path::PathBuf::from);
+                std::iter::once(w.spec.program.clone()).chain(dir)
+            })
+            .collect();
         let (logs, packages) = (log_dir.clone(), package_dir.clone());
         let pruned = tokio::task::spawn_blocking(move || {
             node_files::prune(&logs, &ids, &packages, &programs, retention)

@@ -30,8 +30,9 @@ pub struct Pruned {
 }
 
 /// Removes, under `log_dir`, the output files of workers not in `live`
-/// and, under `package_dir`, the packages no live worker runs (`running`),
-/// of each whichever was last modified more than `retention` ago.
+/// and, under `package_dir`, the packages and unpacked working directories
+/// no live worker uses (`running`), of each whichever was last modified more
+/// than `retention` ago.
 pub fn prune(
     log_dir: &Path,
     live: &HashSet<WorkerId>,
@@ -52,7 +53,7 @@ pub fn prune(
     let worker_files = worker_files + prune_dirs_of_ended_raylets(log_dir, retention);
     let packages = remove_stale(package_dir, retention, |path| {
         let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
-        crate::packages::is_package_name(name) && !running.contains(path)
+        crate::packages::is_cache_entry(name) && !running.contains(path)
     });
     Pruned {
         worker_files,
@@ -91,8 +92,9 @@ fn prune_dirs_of_ended_raylets(log_dir: &Path, retention: Duration) -> usize {
     removed
 }
 
-/// Removes the files of `dir` that `removable` accepts and that were last
-/// modified over `retention` ago; returns how many.
+/// Removes the files (and directories, with what they hold) of `dir` that
+/// `removable` accepts and that were last modified over `retention` ago;
+/// returns how many.
 fn remove_stale(dir: &Path, retention: Duration, removable: impl Fn(&Path) -> bool) -> usize {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return 0;
@@ -107,7 +109,14 @@ fn remove_stale(dir: &Path, retention: Duration, removable: impl Fn(&Path) -> bo
             .ok()
             .and_then(|modified| now.duration_since(modified).ok())
             .is_some_and(|age| age > retention);
-        if stale && removable(&path) && std::fs::remove_file(&path).is_ok() {
+        let removed_it = || {
+            if path.is_dir() {
+                std::fs::remove_dir_all(&path).is_ok()
+            } else {
+                std::fs::remove_file(&path).is_ok()
+            }
+        };
+        if stale && removable(&path) && removed_it() {
             removed += 1;
         }
     }

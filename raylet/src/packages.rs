@@ -1,8 +1,13 @@
-//! Job binaries this node lacks: a submitted job's driver runs its program
-//! from the head node's package store, so its workers name a path that exists
-//! only there. A raylet on another machine fetches the program from the head
-//! by its content hash (the worker environment's `PHOTON_PROGRAM_PACKAGE`),
-//! verifies it, and caches it; concurrent requests share one download.
+//! Job files this node lacks, fetched from the head's content-addressed
+//! package store by hash, verified, and cached; concurrent requests share
+//! one download.
+//!
+//! - The program: a submitted job's driver runs its program from the head
+//!   node's package store, so its workers name a path that exists only
+//!   there (the worker environment's `PHOTON_PROGRAM_PACKAGE`).
+//! - The working directory (Ray's `runtime_env` `working_dir`): a tar the
+//!   worker environment's `PHOTON_WORKING_DIR_PACKAGE` names, unpacked once
+//!   per node into `<hash>.d` and made the worker's directory.
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -19,6 +24,14 @@ use crate::head_link::HeadLink;
 
 /// Environment variable naming the content hash of a job's program.
 pub const PROGRAM_PACKAGE_ENV: &str = "PHOTON_PROGRAM_PACKAGE";
+/// Environment variable naming the content hash of a job's working
+/// directory (a tar).
+pub const WORKING_DIR_PACKAGE_ENV: &str = "PHOTON_WORKING_DIR_PACKAGE";
+/// Set by the raylet for a worker: where the job's working directory is
+/// unpacked on this node (the worker's current directory).
+pub const WORKING_DIR_ENV: &str = "PHOTON_WORKING_DIR";
+/// What an unpacked working directory's name adds to its package's.
+const UNPACKED_SUFFIX: &str = ".d";
 
 /// This node's cache of job binaries fetched from the head.
 pub struct PackageCache {
@@ -38,50 +51,89 @@ impl PackageCache {
         }
     }
 
-    /// The program a worker should run: `program` itself if this node has
-    /// it, else the cached copy of the package `env` names (fetched first if
-    /// needed). A missing program without a package is left for the spawn to
-    /// report.
-    pub async fn resolve(
+    /// Makes a worker's `program` and `env` runnable on this node: the
+    /// program from the cache if this node lacks it, and the job's working
+    /// directory unpacked, named in `env` as [`WORKING_DIR_ENV`].
+    pub async fn prepare(
         &self,
-        program: &str,
-        env: &HashMap<String, String>,
-    ) -> Result<String, Status> {
-        if Path::new(program).exists() {
-            return Ok(program.to_string());
+        program: &mut String,
+        env: &mut HashMap<String, String>,
+    ) -> Result<(), Status> {
+        if !Path::new(program.as_str()).exists()
+            && let Some(sha256) = env.get(PROGRAM_PACKAGE_ENV)
+        {
+            let path = self.fetch(PROGRAM_PACKAGE_ENV, sha256, "program").await?;
+            *program = path.display().to_string();
         }
-        let Some(sha256) = env.get(PROGRAM_PACKAGE_ENV) else {
-            return Ok(program.to_string());
-        };
+        // A missing program without a package is left for the spawn to report.
+        if let Some(sha256) = env.get(WORKING_DIR_PACKAGE_ENV).cloned() {
+            let dir = self.working_dir(&sha256).await?;
+            env.insert(WORKING_DIR_ENV.into(), dir.display().to_string());
+        }
+        Ok(())
+    }
+
+    /// The lock that serialises work on one cache entry.
+    async fn lock_for(&self, name: &str) -> Arc<tokio::sync::Mutex<()>> {
+        self.downloads
+            .lock()
+            .await
+            .entry(name.to_string())
+            .or_default()
+            .clone()
+    }
+
+    /// The cached file of package `sha256` (`what` for messages; `env` the
+    /// variable that named it), downloaded first if missing.
+    async fn fetch(&self, env: &str, sha256: &str, what: &str) -> Result<PathBuf, Status> {
         if !is_package_name(sha256) {
             return Err(Status::invalid_argument(format!(
-                "{PROGRAM_PACKAGE_ENV}={sha256:?} is not a sha256 in hex"
+                "{env}={sha256:?} is not a sha256 in hex"
             )));
         }
         let path = self.dir.join(sha256);
-        if path.is_file() {
-            touch(&path);
-            return Ok(path.display().to_string());
-        }
-        let lock = self
-            .downloads
-            .lock()
-            .await
-            .entry(sha256.clone())
-            .or_default()
-            .clone();
-        let _download = lock.lock().await;
         if !path.is_file() {
-            self.download(sha256, &path).await?;
+            let lock = self.lock_for(sha256).await;
+            let _download = lock.lock().await;
+            if !path.is_file() {
+                self.download(sha256, &path, what).await?;
+            }
         }
         touch(&path);
-        Ok(path.display().to_string())
+        Ok(path)
     }
 
-    async fn download(&self, sha256: &str, path: &Path) -> Result<(), Status> {
-        let failed = |what: String| {
+    /// The job's working directory `sha256` unpacked on this node (once:
+    /// into a temporary directory, then renamed into place).
+    async fn working_dir(&self, sha256: &str) -> Result<PathBuf, Status> {
+        let what = "working directory";
+        let dir = self.dir.join(format!("{sha256}{UNPACKED_SUFFIX}"));
+        if !dir.is_dir() {
+            let archive = self.fetch(WORKING_DIR_PACKAGE_ENV, sha256, what).await?;
+            let lock = self.lock_for(&format!("{sha256}{UNPACKED_SUFFIX}")).await;
+            let _unpack = lock.lock().await;
+            if !dir.is_dir() {
+                let (cache, target) = (self.dir.clone(), dir.clone());
+                tokio::task::spawn_blocking(move || unpack(&archive, &cache, &target))
+                    .await
+                    .map_err(|e| Status::internal(e.to_string()))?
+                    .map_err(|e| {
+                        Status::failed_precondition(format!(
+                            "cannot unpack the job's working directory (package {sha256}) into {}: {e}",
+                            dir.display()
+                        ))
+                    })?;
+                info!(package = %sha256, dir = %dir.display(), "unpacked a job's working directory");
+            }
+        }
+        touch(&dir);
+        Ok(dir)
+    }
+
+    async fn download(&self, sha256: &str, path: &Path, what: &str) -> Result<(), Status> {
+        let failed = |problem: String| {
             Status::failed_precondition(format!(
-                "cannot fetch the job's program (package {sha256}) from the head: {what}"
+                "cannot fetch the job's {what} (package {sha256}) from the head: {problem}"
             ))
         };
         std::fs::create_dir_all(&self.dir)
@@ -110,9 +162,25 @@ impl PackageCache {
             .set_permissions(std::fs::Permissions::from_mode(0o755))
             .map_err(|e| failed(e.to_string()))?;
         temp.persist(path).map_err(|e| failed(e.to_string()))?;
-        info!(package = %sha256, size, path = %path.display(), "fetched a job's program from the head");
+        info!(package = %sha256, size, path = %path.display(), what, "fetched a job's package from the head");
         Ok(())
     }
+}
+
+/// Unpacks the tar `archive` into a fresh directory in `cache`, then renames
+/// it to `target`: a worker never sees a half-unpacked directory.
+fn unpack(archive: &Path, cache: &Path, target: &Path) -> std::io::Result<()> {
+    let temp = tempfile::Builder::new()
+        .prefix(".unpacking-")
+        .tempdir_in(cache)?;
+    tar::Archive::new(std::fs::File::open(archive)?).unpack(temp.path())?;
+    std::fs::rename(temp.keep(), target)
+}
+
+/// Whether `name` is a cache entry: a package, or a working directory
+/// unpacked from one.
+pub fn is_cache_entry(name: &str) -> bool {
+    is_package_name(name.strip_suffix(UNPACKED_SUFFIX).unwrap_or(name))
 }
 
 /// Whether `name` can name a package: a sha256 in hex (the cache's file names).
@@ -120,8 +188,8 @@ pub fn is_package_name(name: &str) -> bool {
     name.len() == 64 && name.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
-/// Marks a cached package as just used, so the node's file retention
-/// (`node_files`) keeps it.
+/// Marks a cached package (or unpacked directory) as just used, so the
+/// node's file retention (`node_files`) keeps it.
 fn touch(path: &Path) {
     // Read-only: a running executable cannot be opened for writing.
     if let Ok(file) = std::fs::File::open(path) {

@@ -81,7 +81,9 @@ impl Raylet for RayletService {
         request: Request<ActorSpec>,
     ) -> Result<Response<StartActorReply>, Status> {
         let mut spec = request.into_inner();
-        spec.program = self.packages.resolve(&spec.program, &spec.env).await?;
+        self.packages
+            .prepare(&mut spec.program, &mut spec.env)
+            .await?;
         self.actors.start(&spec).map(Response::new)
     }
 
@@ -138,9 +140,8 @@ impl Raylet for RayletService {
         request: Request<WorkerLeaseRequest>,
     ) -> Result<Response<WorkerLeaseReply>, Status> {
         let mut request = request.into_inner();
-        request.program = self
-            .packages
-            .resolve(&request.program, &request.env)
+        self.packages
+            .prepare(&mut request.program, &mut request.env)
             .await?;
         self.leases.request(request).await.map(Response::new)
     }

@@ -341,6 +341,10 @@ impl WorkerPool {
         let stderr = std::fs::File::create(self.config.log_dir.join(format!("worker-{id}.err")))
             .map_err(error)?;
         let mut command = Command::new(&spec.program);
+        // The job's working directory, unpacked on this node (`packages`).
+        if let Some(dir) = spec.env.get(crate::packages::WORKING_DIR_ENV) {
+            command.current_dir(dir);
+        }
         // A worker must not outlive its raylet (a kill -9'd raylet would leave
         // it holding GPUs): the kernel kills it when the spawning thread's
         // process goes. PDEATHSIG follows the *thread* that forked, so spawn

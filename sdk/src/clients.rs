@@ -36,6 +36,13 @@ pub(crate) fn head(address: &str, token: &str) -> Result<Head> {
     ))
 }
 
+pub(crate) fn jobs(address: &str, token: &str) -> Result<crate::packages::Jobs> {
+    Ok(photon_proto::v1::jobs_client::JobsClient::with_interceptor(
+        endpoint("head", address)?.connect_lazy(),
+        attach(token)?,
+    ))
+}
+
 pub(crate) fn raylet(address: &str, token: &str) -> Result<RayletClient> {
     photon_raylet::transfer::connect(address, token).map_err(Error::Config)
 }

@@ -38,6 +38,13 @@ pub struct Config {
     pub worker_memory_limit: Option<u64>,
     /// Tasks pushed to one leased worker before its replies come back.
     pub max_tasks_in_flight_per_worker: Option<usize>,
+    /// A directory whose contents every worker of this driver starts in, on
+    /// every node (Ray's `runtime_env` `working_dir`): packed here, uploaded
+    /// once to the head, unpacked once per node.
+    pub working_dir: Option<PathBuf>,
+    /// Files or directories added to the workers' directory under their own
+    /// names (with `working_dir` or alone).
+    pub files: Vec<PathBuf>,
 }
 
 impl Config {

@@ -620,6 +620,19 @@ async fn connect(config: &Config) -> Result<(Arc<Core>, Option<EmbeddedCluster>)
     if let Ok(package) = std::env::var(PROGRAM_PACKAGE_ENV) {
         worker_env.insert(PROGRAM_PACKAGE_ENV.to_string(), package);
     }
+    // The workers' directory on every node: this driver's own files, else
+    // the working directory of the job that started it.
+    let working_dir = if config.working_dir.is_some() || !config.files.is_empty() {
+        Some(ship_working_dir(config, &head_address, &token).await?)
+    } else {
+        std::env::var(crate::packages::WORKING_DIR_PACKAGE_ENV).ok()
+    };
+    if let Some(package) = working_dir {
+        worker_env.insert(
+            crate::packages::WORKING_DIR_PACKAGE_ENV.to_string(),
+            package,
+        );
+    }
     let lineage = Lineage::new();
     let core = Arc::new(Core {
         runtime: tokio::runtime::Handle::current(),
@@ -660,6 +673,28 @@ async fn attach_driver(head: Head, job: JobId) {
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// Packs `Config::working_dir` and `Config::files`, uploads them to the
+/// head (once: it keeps packages by content hash), and returns the hash.
+async fn ship_working_dir(config: &Config, head: &str, token: &str) -> Result<String> {
+    let (dir, files) = (config.working_dir.clone(), config.files.clone());
+    let archive =
+        tokio::task::spawn_blocking(move || crate::packages::pack(dir.as_deref(), &files))
+            .await
+            .expect("packing task panicked")
+            .map_err(Error::Config)?;
+    let mut jobs = clients::jobs(head, token)?;
+    let uploaded = crate::packages::upload(&mut jobs, archive.path())
+        .await
+        .map_err(|e| Error::Config(format!("cannot ship the job's files to the head: {e}")))?;
+    tracing::info!(
+        package = %uploaded.sha256,
+        bytes = uploaded.bytes,
+        sent = uploaded.sent,
+        "the job's files are in the head's package store"
+    );
+    Ok(uploaded.sha256)
 }
 
 /// A job id that differs between drivers (pid and clock mixed).

@@ -49,6 +49,7 @@ mod object_io;
 mod object_ref;
 mod objects;
 mod options;
+pub mod packages;
 mod progress;
 mod registry;
 mod submitter;

@@ -23,9 +23,12 @@ pub const ROW_NUMBER: &str = "_row";
 /// What each embedder actor is constructed from.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct EmbedSpec {
-    /// The sentence-transformers directory (on every node: the model cache
-    /// or a shared path).
+    /// The sentence-transformers directory, as the driver's machine names it.
     pub model: PathBuf,
+    /// The model directory's name in the workers' directory, where the
+    /// driver shipped it (`Config::files`): used on nodes that lack `model`.
+    #[serde(default)]
+    pub shipped_model: Option<String>,
     /// The text column.
     pub column: String,
     /// The column that becomes `id`.
@@ -39,6 +42,27 @@ pub struct EmbedSpec {
     /// Testing: milliseconds to sleep after each model batch.
     #[serde(default)]
     pub slow_batches_ms: u64,
+}
+
+impl EmbedSpec {
+    /// Where the model is on this node: the driver's path where this node
+    /// has it (the driver's own, a shared file system), else the shipped copy.
+    fn model_here(&self) -> Result<PathBuf, String> {
+        if self.model.is_dir() {
+            return Ok(self.model.clone());
+        }
+        let shipped = self.shipped_model.as_ref().and_then(|name| {
+            let dir = std::env::var_os(photon::packages::WORKING_DIR_ENV)?;
+            Some(PathBuf::from(dir).join(name))
+        });
+        match shipped {
+            Some(dir) if dir.is_dir() => Ok(dir),
+            _ => Err(format!(
+                "the model {} is not on this node and was not shipped with the job",
+                self.model.display()
+            )),
+        }
+    }
 }
 
 /// One actor's model: embeds a block's texts into `id, embedding` rows.
@@ -62,8 +86,9 @@ impl BatchUdf for EmbedBatches {
             max_batch_rows: spec.batch_size,
             ..EmbedderOptions::default()
         };
-        let embedder = SentenceEmbedder::load(&spec.model, options)
-            .map_err(|e| format!("cannot load the model {}: {e:#}", spec.model.display()))?;
+        let model = spec.model_here()?;
+        let embedder = SentenceEmbedder::load(&model, options)
+            .map_err(|e| format!("cannot load the model {}: {e:#}", model.display()))?;
         Ok(Self { embedder, spec })
     }
 

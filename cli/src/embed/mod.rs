@@ -268,11 +268,19 @@ fn backend_name(backend: BackendArg) -> &'static str {
 /// the embedder actors' pool runs on its nodes.
 fn run_on_cluster(args: &EmbedArgs, logs: &Path) -> Result<Summary> {
     let started = Instant::now();
+    // On a running cluster the model travels with the job (one upload to the
+    // head, one download per node, both cached by content hash), so only
+    // this machine needs it; an embedded cluster's workers share this disk.
+    let files = match &args.address {
+        Some(_) => vec![std::path::absolute(model_dir(args)?)?],
+        None => Vec::new(),
+    };
     let ctx = photon::init(photon::Config {
         address: args.address.clone(),
         // The embedded cluster's session (its workers' logs) is this run's
         // log directory, kept after the run.
         session_dir: args.address.is_none().then(|| logs.to_path_buf()),
+        files,
         ..photon::Config::default()
     })?;
     let peak = cluster::JobMemoryPeak::sample(&ctx);
@@ -343,6 +351,12 @@ fn run_pipeline(
         .hidden_size;
     let spec = cluster::EmbedSpec {
         model: std::path::absolute(&model)?,
+        // Shipped by `run_on_cluster` with `--address`.
+        shipped_model: args
+            .address
+            .as_ref()
+            .and(model.file_name())
+            .map(|name| name.to_string_lossy().into_owned()),
         column: args.column.clone(),
         id_column: id_column.clone(),
         threads: args.threads,

@@ -7,6 +7,7 @@
 //! photon job submit -- target/release/job_example            # succeeds
 //! photon job submit -- target/release/job_example --fail 3    # fails with exit code 3
 //! photon job submit --no-wait -- target/release/job_example --hold 600
+//! photon job submit --working-dir data -- target/release/job_example --read notes.txt
 //! ```
 
 use std::time::Duration;
@@ -18,6 +19,13 @@ use photon::{Config, ObjectRef};
 fn square(x: u64) -> u64 {
     println!("squaring {x}");
     x * x
+}
+
+/// Reads `path` in the worker's directory (the job's working directory,
+/// unpacked on the worker's node).
+#[photon::remote(num_cpus = 0.5)]
+fn read_file(path: String) -> String {
+    std::fs::read_to_string(&path).unwrap_or_else(|e| format!("cannot read {path}: {e}"))
 }
 
 /// Keeps a running total in its own worker process.
@@ -42,8 +50,9 @@ impl Tally {
 }
 
 /// `--fail CODE`: exit with CODE after the work; `--hold SECS`: keep the
-/// actor and a task running that long first (for `photon job stop`).
-fn flag(name: &str) -> Option<u64> {
+/// actor and a task running that long first (for `photon job stop`);
+/// `--read FILE`: a task reads FILE where it runs.
+fn flag<T: std::str::FromStr>(name: &str) -> Option<T> {
     let args: Vec<String> = std::env::args().collect();
     let at = args.iter().position(|a| a == name)?;
     args.get(at + 1)?.parse().ok()
@@ -63,11 +72,15 @@ fn main() -> photon::Result<()> {
         total = ctx.get(&tally.add(square))?;
     }
     println!("driver: sum of squares 1..=4 is {total}");
-    if let Some(seconds) = flag("--hold") {
+    if let Some(path) = flag::<String>("--read") {
+        let text = ctx.get(&read_file::remote(&ctx, path.clone()))?;
+        println!("driver: a worker read {path}: {}", text.trim_end());
+    }
+    if let Some(seconds) = flag::<u64>("--hold") {
         println!("driver: holding for {seconds} s");
         std::thread::sleep(Duration::from_secs(seconds));
     }
-    if let Some(code) = flag("--fail") {
+    if let Some(code) = flag::<u64>("--fail") {
         eprintln!("driver: failing on purpose with exit code {code}");
         std::process::exit(code as i32);
     }
