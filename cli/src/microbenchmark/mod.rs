@@ -8,6 +8,7 @@ mod core;
 mod data;
 mod embed;
 mod head;
+mod packages;
 mod processes;
 mod store;
 mod transfer;
@@ -50,6 +51,14 @@ pub enum Which {
         #[arg(long)]
         json: bool,
     },
+    /// A 90 MB model-like directory shipped to 2 nodes through the head's
+    /// package store (pack, upload, fetch, verify, unpack), cold and
+    /// cached, against copying it on this disk.
+    Packages {
+        /// One JSON object per line instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// The in-process sentence embedder on a generated corpus, with 1 and all
     /// threads, against candle-transformers' BERT as-is and sorted.
     Embed {
@@ -88,6 +97,7 @@ pub fn run(which: Which) -> anyhow::Result<()> {
         Which::Data { json } => data::run(&mut Report::new(json)),
         Which::Head { json, nodes } => head::run(&mut Report::new(json), &nodes),
         Which::Transfer { json } => transfer::run(&mut Report::new(json)),
+        Which::Packages { json } => packages::run(&mut Report::new(json)),
         Which::Embed {
             json,
             rows,
