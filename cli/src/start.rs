@@ -222,7 +222,21 @@ async fn bind(host: &str, port: u16) -> anyhow::Result<TcpListener> {
     })
 }
 
+/// Says, once, that a node reachable from other machines talks in the clear.
+fn warn_if_exposed(host: &str) {
+    let exposed = host
+        .parse::<std::net::IpAddr>()
+        .is_ok_and(|ip| !ip.is_loopback());
+    if exposed {
+        eprintln!(
+            "warning: --host {host} exposes this node beyond loopback without TLS: RPCs, objects \
+             and the cluster token cross the network in the clear; keep it on a private network"
+        );
+    }
+}
+
 async fn run_blocking(args: StartArgs, overrides: ResourceOverrides) -> anyhow::Result<()> {
+    warn_if_exposed(&args.host);
     let stop = tokio_util_shutdown();
     let pid = std::process::id();
     let store = StoreConfig {

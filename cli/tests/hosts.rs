@@ -251,6 +251,8 @@ fn output_ids(out: &Path) -> Vec<i64> {
 fn three_hosts_on_a_bridge_run_an_embed_job_exactly_once_through_a_host_failure() {
     let Some(cluster) = three_hosts() else { return };
     let addresses: Vec<String> = (0..3).map(|i| cluster.hosts.address(i)).collect();
+    // Until TLS, a node beyond loopback says that its traffic is in the clear.
+    assert!(cluster.log(1).contains("without TLS"), "{}", cluster.log(1));
 
     // Every node is advertised at its own host's address (host 1 binds
     // 0.0.0.0), and the head can dial each one.

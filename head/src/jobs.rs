@@ -1,7 +1,7 @@
 //! The job table: one record per submitted job, kept in memory and persisted
 //! on every change (see `supervisor` for what moves a job between states).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 
 use photon_proto::JobId;
@@ -11,6 +11,27 @@ use photon_proto::v1::{JobRecord, JobState};
 #[derive(Default)]
 pub struct JobTable {
     jobs: Mutex<HashMap<String, JobRecord>>,
+    ids: Mutex<IdAllocator>,
+}
+
+/// Job ids in order from a random start (so that two heads' ids rarely
+/// meet), skipping any in use.
+struct IdAllocator {
+    next: u32,
+    /// Every id handed out (to a submitted job or an ad-hoc driver) or in
+    /// use by a driver attached before a restart: never handed out again.
+    issued: HashSet<JobId>,
+}
+
+impl Default for IdAllocator {
+    fn default() -> Self {
+        let random = photon_proto::NodeId::random();
+        let start = JobId::from_slice(&random.as_bytes()[..JobId::SIZE]).expect("4 bytes");
+        Self {
+            next: start.as_u32(),
+            issued: HashSet::new(),
+        }
+    }
 }
 
 impl JobTable {
@@ -26,17 +47,27 @@ impl JobTable {
         }
     }
 
-    /// A fresh job id, unused by any job here. Random, like drivers' own ids,
-    /// so that ids of submitted and ad-hoc drivers do not collide by design.
+    /// A fresh job id, for a submitted job or an ad-hoc driver: unused by
+    /// any job here and never handed out before by this head.
     pub fn new_id(&self) -> JobId {
         let jobs = self.lock();
+        let mut ids = self.ids.lock().unwrap_or_else(|p| p.into_inner());
         loop {
-            let bytes = photon_proto::NodeId::random();
-            let id = JobId::from_slice(&bytes.as_bytes()[..JobId::SIZE]).expect("4 bytes");
-            if !jobs.contains_key(&id.to_string()) {
+            let id = JobId::from_u32(ids.next);
+            ids.next = ids.next.wrapping_add(1);
+            if !jobs.contains_key(&id.to_string()) && ids.issued.insert(id) {
                 return id;
             }
         }
+    }
+
+    /// Marks ids in use by drivers that were attached before a restart.
+    pub fn reserve(&self, ids: impl IntoIterator<Item = JobId>) {
+        self.ids
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .issued
+            .extend(ids);
     }
 
     /// Adds a new job.
@@ -104,6 +135,20 @@ pub const STATES: [JobState; 5] = [
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_id_in_use_by_a_job_or_a_reattaching_driver_is_never_handed_out() {
+        let table = JobTable::default();
+        let first = table.new_id().as_u32();
+        table.reserve([JobId::from_u32(first.wrapping_add(1))]);
+        table.insert(JobRecord {
+            job_id: JobId::from_u32(first.wrapping_add(2)).to_string(),
+            ..Default::default()
+        });
+        assert_eq!(table.new_id().as_u32(), first.wrapping_add(3));
+        let ids: HashSet<JobId> = (0..1000).map(|_| table.new_id()).collect();
+        assert_eq!(ids.len(), 1000);
+    }
 
     #[test]
     fn ids_are_unique_and_jobs_list_in_submission_order() {

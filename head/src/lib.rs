@@ -192,6 +192,7 @@ pub async fn run(
     state
         .tasks
         .spawn(async move { resuming.resume_jobs(job_records).await });
+    state.jobs.reserve(attached_drivers.iter().copied());
     state
         .tasks
         .spawn(drivers::end_jobs_of_drivers_gone_while_down(

@@ -298,6 +298,15 @@ impl Head for HeadService {
         Ok(Response::new(Box::pin(stream)))
     }
 
+    async fn new_job_id(
+        &self,
+        _: Request<photon_proto::v1::NewJobIdRequest>,
+    ) -> Result<Response<photon_proto::v1::NewJobIdReply>, Status> {
+        Ok(Response::new(photon_proto::v1::NewJobIdReply {
+            job_id: self.state.jobs.new_id().to_vec(),
+        }))
+    }
+
     async fn get_cluster_status(
         &self,
         _: Request<GetClusterStatusRequest>,

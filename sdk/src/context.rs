@@ -610,11 +610,15 @@ async fn connect(config: &Config) -> Result<(Arc<Core>, Option<EmbeddedCluster>)
         .map_err(|e| Error::Config(format!("cannot find this program's path for workers: {e}")))?
         .display()
         .to_string();
-    // A job submitted with `photon job submit` has its id from the head.
-    let job = std::env::var(JOB_ID_ENV)
+    // A job submitted with `photon job submit` has its id from the head;
+    // another driver asks the head for one.
+    let job = match std::env::var(JOB_ID_ENV)
         .ok()
         .and_then(|id| id.parse::<JobId>().ok())
-        .unwrap_or_else(|| JobId::from_u32(rand_u32()));
+    {
+        Some(job) => job,
+        None => new_job_id(&head).await?,
+    };
     let mut worker_env =
         std::collections::HashMap::from([(JOB_ID_ENV.to_string(), job.to_string())]);
     if let Ok(package) = std::env::var(PROGRAM_PACKAGE_ENV) {
@@ -697,19 +701,21 @@ async fn ship_working_dir(config: &Config, head: &str, token: &str) -> Result<St
     Ok(uploaded.sha256)
 }
 
-/// A job id that differs between drivers (pid and clock mixed).
+/// A job id from the head, unique among its jobs and drivers.
+async fn new_job_id(head: &clients::Head) -> Result<JobId> {
+    let reply = head
+        .clone()
+        .new_job_id(photon_proto::v1::NewJobIdRequest {})
+        .await
+        .map_err(|s| Error::cluster("the head gave no job id".to_string(), &s))?;
+    JobId::from_slice(&reply.into_inner().job_id)
+        .map_err(|e| Error::Config(format!("the head gave an invalid job id: {e}")))
+}
+
 /// The job id of a driver the head started (and of every worker).
 const JOB_ID_ENV: &str = "PHOTON_JOB_ID";
 /// The content hash of a submitted job's program.
 const PROGRAM_PACKAGE_ENV: &str = "PHOTON_PROGRAM_PACKAGE";
-
-fn rand_u32() -> u32 {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as u64);
-    let mixed = (nanos ^ (u64::from(std::process::id()) << 32)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    (mixed >> 32) as u32
-}
 
 /// The raylet to use when joining a cluster: the configured one, else the
 /// live node on this host.

@@ -45,10 +45,16 @@ pub fn run(report: &mut Report) -> anyhow::Result<()> {
         let nodes: Vec<PackageCache> = (0..2)
             .map(|i| {
                 let link = Arc::new(HeadLink::new(&address, TOKEN)?);
-                Ok(PackageCache::new(work.path().join(format!("node-{i}")), link))
+                Ok(PackageCache::new(
+                    work.path().join(format!("node-{i}")),
+                    link,
+                ))
             })
             .collect::<anyhow::Result<_>>()?;
-        for (round, name) in [(0, "ship_90mb_dir_to_2_nodes_s"), (1, "ship_again_cached_s")] {
+        for (round, name) in [
+            (0, "ship_90mb_dir_to_2_nodes_s"),
+            (1, "ship_again_cached_s"),
+        ] {
             let started = Instant::now();
             let shipped = ship(&address, &model, &nodes).await?;
             let seconds = started.elapsed().as_secs_f64();
@@ -80,18 +86,16 @@ async fn ship(address: &str, model: &Path, nodes: &[PackageCache]) -> anyhow::Re
     let archive = tokio::task::spawn_blocking(move || photon::packages::pack(None, &files))
         .await?
         .map_err(anyhow::Error::msg)?;
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{address}"))?
-        .connect_lazy();
+    let channel =
+        tonic::transport::Endpoint::from_shared(format!("http://{address}"))?.connect_lazy();
     let attach = photon_proto::auth::AttachToken::new(TOKEN).map_err(anyhow::Error::msg)?;
     let mut jobs = photon_proto::v1::jobs_client::JobsClient::with_interceptor(channel, attach);
     let uploaded = photon::packages::upload(&mut jobs, archive.path()).await?;
     let upload_s = started.elapsed().as_secs_f64();
     let prepared = futures::future::try_join_all(nodes.iter().map(|node| async {
         let mut program = "/bin/true".to_string();
-        let mut env = HashMap::from([(
-            WORKING_DIR_PACKAGE_ENV.to_string(),
-            uploaded.sha256.clone(),
-        )]);
+        let mut env =
+            HashMap::from([(WORKING_DIR_PACKAGE_ENV.to_string(), uploaded.sha256.clone())]);
         node.prepare(&mut program, &mut env).await?;
         anyhow::Ok(env[WORKING_DIR_ENV].clone())
     }))
@@ -101,7 +105,11 @@ async fn ship(address: &str, model: &Path, nodes: &[PackageCache]) -> anyhow::Re
         let size = std::fs::metadata(&weights)
             .with_context(|| format!("{} was not unpacked", weights.display()))?
             .len();
-        anyhow::ensure!(size as usize > MODEL_BYTES / 2, "{} is short", weights.display());
+        anyhow::ensure!(
+            size as usize > MODEL_BYTES / 2,
+            "{} is short",
+            weights.display()
+        );
     }
     Ok(Shipped { upload_s })
 }
