@@ -1,5 +1,5 @@
 //! Where `photon` keeps what other commands on this machine need to find:
-//! `$PHOTON_HOME` (default `$XDG_RUNTIME_DIR/photon` or `~/.photon`, private
+//! `$PHOTON_HOME` (default `~/.photon`, private
 //! to the user: see [`photon::home`]) holds `cluster.json` (the head's address
 //! and token file) and `pids/` (one file per process `photon start` started,
 //! for `photon stop`). Each head has a session directory (0700) with its token
@@ -104,9 +104,12 @@ pub struct PidFile {
     /// The process.
     pub pid: u32,
     /// When it started (clock ticks since boot, `/proc/PID/stat`), so that a
-    /// pid the system has since given to another process is told apart.
+    /// pid the system has since given to another process is told apart
+    /// (0 in records of photon versions before it: never signalled).
+    #[serde(default)]
     pub started: u64,
     /// Its executable, checked too before it is signalled.
+    #[serde(default)]
     pub exe: PathBuf,
     /// What it serves, for messages.
     pub address: String,
@@ -127,11 +130,16 @@ impl PidFile {
     }
 
     /// Whether the recorded process still runs: the same pid, start time and
-    /// executable. Never true for pid 0 or 1.
+    /// executable (also when the binary has since been replaced on disk).
+    /// Never true for pid 0 or 1.
     pub fn is_running(&self) -> bool {
+        let same_exe = |exe: PathBuf| {
+            exe == self.exe
+                || exe.to_str().and_then(|e| e.strip_suffix(" (deleted)")) == self.exe.to_str()
+        };
         self.pid > 1
             && photon_proto::process_started(self.pid) == Some(self.started)
-            && fs::read_link(format!("/proc/{}/exe", self.pid)).is_ok_and(|exe| exe == self.exe)
+            && fs::read_link(format!("/proc/{}/exe", self.pid)).is_ok_and(same_exe)
     }
 
     fn dir() -> anyhow::Result<PathBuf> {

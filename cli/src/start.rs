@@ -15,6 +15,8 @@ use photon_object_store::StoreConfig;
 use photon_raylet::{RayletConfig, RayletInfo, ResourceOverrides};
 use tokio::net::TcpListener;
 
+use photon_proto::net::host_port;
+
 use crate::advertise;
 use crate::session::{self, ClusterFile, PidFile};
 
@@ -191,15 +193,6 @@ fn start_detached(args: &StartArgs) -> anyhow::Result<()> {
             );
         }
         std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-/// `host:port`, with an IPv6 literal in brackets.
-fn host_port(host: &str, port: u16) -> String {
-    if host.contains(':') {
-        format!("[{host}]:{port}")
-    } else {
-        format!("{host}:{port}")
     }
 }
 

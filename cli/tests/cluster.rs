@@ -8,7 +8,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use support::{Cluster, PHOTON, STORE, failure, unix_ms, wait_until};
+use support::{Cluster, PHOTON, STORE, failure, output_ids, unix_ms, wait_until};
 
 #[test]
 fn three_raylets_register_with_their_resources() {
@@ -1158,9 +1158,23 @@ mod access {
             .collect()
     }
 
+    /// Runs `photon stop` in `home` when dropped, so a failed assert leaves
+    /// no detached daemon behind.
+    struct StopOnDrop<'a>(&'a Path);
+
+    impl Drop for StopOnDrop<'_> {
+        fn drop(&mut self) {
+            let _ = Command::new(PHOTON)
+                .env("PHOTON_HOME", self.0)
+                .arg("stop")
+                .output();
+        }
+    }
+
     #[test]
     fn the_token_never_appears_in_a_photon_processs_argv() {
         let home = tempfile::tempdir().unwrap();
+        let _stop = StopOnDrop(home.path());
         let token_file = home.path().join("my-token");
         let token = "a0b1c2d3e4f5a6b7c8d9e0f1a2b3c4d5";
         std::fs::write(&token_file, format!("{token}\n")).unwrap();
@@ -1273,6 +1287,10 @@ mod access {
         );
         let cookie = login.header("set-cookie").expect("a cookie").to_string();
         assert!(cookie.contains("HttpOnly"), "{cookie}");
+        assert!(
+            !cookie.contains(&cluster.token),
+            "the cookie is the token: {cookie}"
+        );
         let cookie = cookie.split(';').next().unwrap();
         let page = http_request(&head_http, "GET", "/", &[("Cookie", cookie)], "");
         assert_eq!(page.code, 200);
@@ -1433,32 +1451,4 @@ fn a_relative_input_and_output_are_the_callers_not_the_raylets() {
         stderr.contains(&caller_dir.join("corpus.parquet").display().to_string()),
         "{stderr}"
     );
-}
-
-/// The sorted ids of every part an output's manifest lists.
-fn output_ids(out: &Path) -> Vec<i64> {
-    use arrow::array::AsArray;
-    use arrow::datatypes::Int64Type;
-    let manifest: Value =
-        serde_json::from_slice(&std::fs::read(out.join("_SUCCESS")).unwrap()).unwrap();
-    let mut ids = Vec::new();
-    for part in manifest["parts"].as_array().unwrap() {
-        let file = std::fs::File::open(out.join(part["name"].as_str().unwrap())).unwrap();
-        let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
-            .unwrap()
-            .build()
-            .unwrap();
-        for batch in reader {
-            ids.extend(
-                batch
-                    .unwrap()
-                    .column(0)
-                    .as_primitive::<Int64Type>()
-                    .values()
-                    .iter(),
-            );
-        }
-    }
-    ids.sort_unstable();
-    ids
 }

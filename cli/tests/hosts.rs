@@ -11,12 +11,12 @@ use std::time::Duration;
 
 use serde_json::Value;
 use support::hosts::Hosts;
-use support::{PHOTON, http_request, wait_until};
+use support::{PHOTON, http_request, output_ids, wait_until};
 
 const HEAD_PORT: &str = "6380";
 const RAYLET_HTTP_PORT: &str = "8266";
 const STORE: &str = "134217728"; // 128 MiB per node
-const ROWS: usize = 4000;
+const ROWS: usize = 8000;
 
 /// One host's `$PHOTON_HOME` and the processes started there.
 struct Host {
@@ -126,6 +126,9 @@ impl Cluster {
 fn three_hosts() -> Option<Cluster> {
     let hosts = match Hosts::create(3) {
         Ok(hosts) => hosts,
+        Err(why) if std::env::var_os("PHOTON_REQUIRE_NETNS").is_some() => {
+            panic!("PHOTON_REQUIRE_NETNS is set, and network namespaces cannot be made: {why}")
+        }
         Err(why) => {
             eprintln!(
                 "SKIPPED: network namespaces cannot be made here ({why}); run as root with iproute2"
@@ -217,34 +220,6 @@ fn three_hosts() -> Option<Cluster> {
 
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
-}
-
-/// The sorted ids of every part an output's manifest lists.
-fn output_ids(out: &Path) -> Vec<i64> {
-    use arrow::array::AsArray;
-    use arrow::datatypes::Int64Type;
-    let manifest: Value =
-        serde_json::from_slice(&std::fs::read(out.join("_SUCCESS")).unwrap()).unwrap();
-    let mut ids = Vec::new();
-    for part in manifest["parts"].as_array().unwrap() {
-        let file = std::fs::File::open(out.join(part["name"].as_str().unwrap())).unwrap();
-        let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
-            .unwrap()
-            .build()
-            .unwrap();
-        for batch in reader {
-            ids.extend(
-                batch
-                    .unwrap()
-                    .column(0)
-                    .as_primitive::<Int64Type>()
-                    .values()
-                    .iter(),
-            );
-        }
-    }
-    ids.sort_unstable();
-    ids
 }
 
 #[test]

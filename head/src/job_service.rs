@@ -86,12 +86,16 @@ impl Jobs for JobService {
         request: Request<PackageRef>,
     ) -> Result<Response<Self::DownloadPackageStream>, Status> {
         let sha256 = request.into_inner().sha256;
+        if !self.state.packages.has(&sha256) {
+            return Err(Status::not_found(format!(
+                "package {sha256} is not on this head"
+            )));
+        }
         let path = self
             .state
             .packages
             .path(&sha256)
-            .filter(|p| p.is_file())
-            .ok_or_else(|| Status::not_found(format!("package {sha256} is not on this head")))?;
+            .expect("a stored package has a path");
         let mut file = std::fs::File::open(&path)
             .map_err(|e| Status::internal(format!("cannot read {}: {e}", path.display())))?;
         let (sender, receiver) = mpsc::channel(4);

@@ -151,8 +151,7 @@ pub async fn run(
         .as_ref()
         .and_then(|l| l.local_addr().ok())
         .map_or_else(String::new, |a| match &config.advertise_host {
-            Some(host) if host.contains(':') => format!("[{host}]:{}", a.port()),
-            Some(host) => format!("{host}:{}", a.port()),
+            Some(host) => photon_proto::net::host_port(host, a.port()),
             None => a.to_string(),
         });
     let nodes = NodeTable::default();

@@ -32,9 +32,13 @@ impl Packages {
         valid.then(|| self.dir.join(sha256.to_ascii_lowercase()))
     }
 
-    /// Whether package `sha256` is stored.
+    /// Whether package `sha256` is stored; a stored one counts as just used.
     pub fn has(&self, sha256: &str) -> bool {
-        self.path(sha256).is_some_and(|p| p.is_file())
+        let stored = self.path(sha256).filter(|p| p.is_file());
+        if let Some(path) = &stored {
+            touch(path);
+        }
+        stored.is_some()
     }
 
     /// Deletes package `sha256` (no job uses it any more).
@@ -44,8 +48,10 @@ impl Packages {
         }
     }
 
-    /// Deletes the packages not in `in_use` that were stored longer than
-    /// `grace` ago; returns how many.
+    /// Deletes the packages not in `in_use` that were last stored, checked
+    /// for or downloaded longer than `grace` ago (a package a driver shipped
+    /// with `Config::files` is named by no job record: use keeps it); returns
+    /// how many.
     pub fn remove_unused(
         &self,
         in_use: &std::collections::HashSet<String>,
@@ -126,6 +132,13 @@ impl Upload {
             .persist(&self.target)
             .map_err(|e| format!("cannot store package {actual}: {e}"))?;
         Ok(self.size)
+    }
+}
+
+/// Marks a package as just used (its mtime), so unused-package removal keeps it.
+fn touch(path: &Path) {
+    if let Ok(file) = std::fs::File::open(path) {
+        let _ = file.set_modified(std::time::SystemTime::now());
     }
 }
 

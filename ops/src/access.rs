@@ -3,6 +3,8 @@
 //! loopback, everything but the probes (`/healthz`, `/readyz`) and, when
 //! opened, `/metrics` needs the cluster token: an `Authorization: Bearer`
 //! header (scripts, Prometheus) or the cookie the login page sets (browsers).
+//! The cookie holds a value derived from the token, not the token: it opens
+//! the HTTP pages only, never the gRPC side.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -52,22 +54,31 @@ impl HttpAccess {
         PROBES.contains(&path) || path == "/login" || (self.open_metrics && path == "/metrics")
     }
 
+    /// The cookie's value: a hash of the token, so a stolen cookie does not
+    /// give away the token.
+    fn cookie_value(&self) -> String {
+        use sha2::Digest;
+        let mut hasher = sha2::Sha256::new();
+        hasher.update(b"photon http sign-in\0");
+        hasher.update(self.token.as_bytes());
+        hex::encode(hasher.finalize())
+    }
+
     fn presented_by(&self, headers: &HeaderMap) -> bool {
-        let expected = self.token.as_bytes();
         let bearer = headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "));
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .is_some_and(|token| constant_time_eq(token.as_bytes(), self.token.as_bytes()));
+        let expected = self.cookie_value();
         let cookie = headers
             .get_all(header::COOKIE)
             .iter()
             .filter_map(|v| v.to_str().ok())
             .flat_map(|v| v.split(';'))
-            .filter_map(|pair| pair.trim().strip_prefix(COOKIE)?.strip_prefix('='));
-        bearer
-            .into_iter()
-            .chain(cookie)
-            .any(|token| constant_time_eq(token.as_bytes(), expected))
+            .filter_map(|pair| pair.trim().strip_prefix(COOKIE)?.strip_prefix('='))
+            .any(|value| constant_time_eq(value.as_bytes(), expected.as_bytes()));
+        bearer || cookie
     }
 }
 
@@ -110,7 +121,10 @@ async fn login(State(access): State<Arc<HttpAccess>>, Form(login): Form<Login>) 
     if !constant_time_eq(token.as_bytes(), access.token.as_bytes()) {
         return (StatusCode::UNAUTHORIZED, Html(LOGIN_PAGE)).into_response();
     }
-    let cookie = format!("{COOKIE}={token}; HttpOnly; SameSite=Strict; Path=/");
+    let cookie = format!(
+        "{COOKIE}={}; HttpOnly; SameSite=Strict; Path=/",
+        access.cookie_value()
+    );
     ([(header::SET_COOKIE, cookie)], Redirect::to("/")).into_response()
 }
 

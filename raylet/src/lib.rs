@@ -118,6 +118,9 @@ impl RayletConfig {
     }
 }
 
+/// How long a node declared dead waits before it rejoins.
+const REJOIN_PAUSE: Duration = Duration::from_millis(500);
+
 /// How long a stopping raylet waits for clients to finish their calls.
 const SERVER_DRAIN: Duration = Duration::from_secs(2);
 
@@ -172,11 +175,16 @@ pub async fn run(
         match outcome {
             Err(Error::DeclaredDead { head, message }) if !stopping => {
                 warn!(%head, %message, "the head declared this node dead: rejoining as a new node (its objects and actors were lost)");
+                // Not in a tight loop should the head refuse every new life at once.
+                tokio::time::sleep(REJOIN_PAUSE).await;
                 listener = match TcpListener::bind(bound).await {
                     Ok(listener) => listener,
-                    Err(_) => TcpListener::bind((bound.ip(), 0)).await.map_err(|err| {
-                        Error::Config(format!("cannot listen on {}: {err}", bound.ip()))
-                    })?,
+                    Err(err) => {
+                        warn!(%bound, %err, "cannot listen on the node's address again: rejoining on a new port");
+                        TcpListener::bind((bound.ip(), 0)).await.map_err(|err| {
+                            Error::Config(format!("cannot listen on {}: {err}", bound.ip()))
+                        })?
+                    }
                 };
             }
             outcome => return outcome,
@@ -212,10 +220,10 @@ async fn run_node(
     let metrics_address = http_listener
         .as_ref()
         .and_then(|l| l.local_addr().ok())
-        .map(|a| format!("{}:{}", config.advertise_host, a.port()));
+        .map(|a| photon_proto::net::host_port(&config.advertise_host, a.port()));
     let info = RayletInfo {
         node_id: NodeId::random(),
-        address: format!("{}:{port}", config.advertise_host),
+        address: photon_proto::net::host_port(&config.advertise_host, port),
         resources,
         metrics_address: metrics_address.clone(),
     };
@@ -362,10 +370,14 @@ async fn run_node(
     // otherwise hold the server's graceful shutdown open.
     pool.shutdown().await;
     forwarder_stop.cancel();
-    let served = match tokio::time::timeout(SERVER_DRAIN, server).await {
+    let mut server = server;
+    let served = match tokio::time::timeout(SERVER_DRAIN, &mut server).await {
         Ok(served) => served.expect("raylet server task panicked"),
         Err(_) => {
             warn!("clients still connected after {SERVER_DRAIN:?}; stopping anyway");
+            // Ended, not detached: it holds the listener and the store.
+            server.abort();
+            let _ = server.await;
             Ok(())
         }
     };

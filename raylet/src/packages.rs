@@ -169,12 +169,17 @@ impl PackageCache {
 
 /// Unpacks the tar `archive` into a fresh directory in `cache`, then renames
 /// it to `target`: a worker never sees a half-unpacked directory.
+/// Another raylet sharing this cache may win the rename: its directory has
+/// the same content, and this one's is removed with `temp`.
 fn unpack(archive: &Path, cache: &Path, target: &Path) -> std::io::Result<()> {
     let temp = tempfile::Builder::new()
         .prefix(".unpacking-")
         .tempdir_in(cache)?;
     tar::Archive::new(std::fs::File::open(archive)?).unpack(temp.path())?;
-    std::fs::rename(temp.keep(), target)
+    match std::fs::rename(temp.path(), target) {
+        Err(_) if target.is_dir() => Ok(()),
+        renamed => renamed,
+    }
 }
 
 /// Whether `name` is a cache entry: a package, or a working directory

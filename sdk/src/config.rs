@@ -40,10 +40,12 @@ pub struct Config {
     pub max_tasks_in_flight_per_worker: Option<usize>,
     /// A directory whose contents every worker of this driver starts in, on
     /// every node (Ray's `runtime_env` `working_dir`): packed here, uploaded
-    /// once to the head, unpacked once per node.
+    /// once to the head, unpacked once per node. With it or `files`, the
+    /// workers' directory is this driver's own package, in place of the
+    /// working directory of a `photon job submit` that started the driver.
     pub working_dir: Option<PathBuf>,
-    /// Files or directories added to the workers' directory under their own
-    /// names (with `working_dir` or alone).
+    /// Files or directories put in the workers' directory under their own
+    /// names (with `working_dir`, or alone).
     pub files: Vec<PathBuf>,
 }
 

@@ -19,6 +19,7 @@ use photon_proto::v1::{
     TaskSpec, task_arg,
 };
 use photon_proto::{JobId, NodeId, ObjectId, Quantity, TaskId};
+use photon_raylet::packages::PROGRAM_PACKAGE_ENV;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::runtime::Runtime;
@@ -714,8 +715,6 @@ async fn new_job_id(head: &clients::Head) -> Result<JobId> {
 
 /// The job id of a driver the head started (and of every worker).
 const JOB_ID_ENV: &str = "PHOTON_JOB_ID";
-/// The content hash of a submitted job's program.
-const PROGRAM_PACKAGE_ENV: &str = "PHOTON_PROGRAM_PACKAGE";
 
 /// The raylet to use when joining a cluster: the configured one, else the
 /// live node on this host.

@@ -3,9 +3,11 @@
 //! secret) for other commands and drivers on this machine.
 //!
 //! Because it leads to the token, it is private to one user: by default
-//! `$XDG_RUNTIME_DIR/photon` (a per-user tmpfs) or `~/.photon`, created 0700,
-//! and refused when another user owns it or others may write to it (someone
-//! who can write it could point this user's commands at their own head).
+//! `~/.photon`, created 0700, and refused when another user owns it or
+//! others may write to it (someone who can write it could point this user's
+//! commands at their own head). Not `$XDG_RUNTIME_DIR`: heads keep their
+//! session (database, token, packages) under it, and that tmpfs is small and
+//! wiped at logout while the head runs on.
 
 use std::fs;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
@@ -14,15 +16,12 @@ use std::path::{Path, PathBuf};
 /// Environment variable that overrides the home directory.
 pub const HOME_ENV: &str = "PHOTON_HOME";
 
-/// `$PHOTON_HOME`, else `$XDG_RUNTIME_DIR/photon`, else `$HOME/.photon`, else
-/// `/tmp/photon-<uid>`; not created or checked (see [`private_home`]).
+/// `$PHOTON_HOME`, else `$HOME/.photon`, else `/tmp/photon-<uid>`; not
+/// created or checked (see [`private_home`]).
 pub fn home_path() -> PathBuf {
     let set = |name: &str| std::env::var_os(name).filter(|v| !v.is_empty());
     if let Some(home) = set(HOME_ENV) {
         return PathBuf::from(home);
-    }
-    if let Some(runtime) = set("XDG_RUNTIME_DIR") {
-        return PathBuf::from(runtime).join("photon");
     }
     if let Some(home) = set("HOME") {
         return PathBuf::from(home).join(".photon");

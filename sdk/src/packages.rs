@@ -32,6 +32,11 @@ pub fn pack(dir: Option<&Path>, files: &[PathBuf]) -> Result<tempfile::NamedTemp
         .reopen()
         .map_err(|e| format!("cannot write a temporary file: {e}"))?;
     let mut builder = tar::Builder::new(std::io::BufWriter::new(writer));
+    // Content, names and modes only (no mtimes or owners): unchanged files
+    // give the same hash, so nothing is uploaded or unpacked again. Links
+    // are packed as links, not as what they point to.
+    builder.mode(tar::HeaderMode::Deterministic);
+    builder.follow_symlinks(false);
     if let Some(dir) = dir {
         builder
             .append_dir_all(".", dir)
@@ -144,13 +149,16 @@ pub async fn upload(jobs: &mut Jobs, path: &Path) -> Result<Uploaded, UploadErro
             }
         }
     });
-    jobs.upload_package(tokio_stream::wrappers::ReceiverStream::new(receiver))
-        .await
-        .map_err(UploadError::Head)?;
+    let stored = jobs
+        .upload_package(tokio_stream::wrappers::ReceiverStream::new(receiver))
+        .await;
+    // A read error cut the stream short: it, not the head's hash mismatch,
+    // is the cause.
     reader
         .await
         .expect("reading task panicked")
         .map_err(read_error)?;
+    stored.map_err(UploadError::Head)?;
     Ok(Uploaded {
         sha256,
         bytes,

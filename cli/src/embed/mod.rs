@@ -248,11 +248,17 @@ pub fn run(args: EmbedArgs) -> Result<()> {
     summary.print(args.json)
 }
 
-/// The model, from `--model` or the cache (fetched if missing).
+/// The model, from `--model` or the cache (fetched if missing), as a
+/// canonical path: what actors load, and whose name it is shipped under.
 fn model_dir(args: &EmbedArgs) -> Result<PathBuf> {
-    match &args.model {
-        Some(dir) => Ok(dir.clone()),
-        None => Ok(model_cache::ensure_default_model(say)?),
+    let dir = match &args.model {
+        Some(dir) => dir.clone(),
+        None => model_cache::ensure_default_model(say)?,
+    };
+    // A missing one is left for `ModelDir::open`, whose error says what to do.
+    match std::fs::canonicalize(&dir) {
+        Ok(dir) => Ok(dir),
+        Err(_) => Ok(std::path::absolute(&dir)?),
     }
 }
 
@@ -272,7 +278,11 @@ fn run_on_cluster(args: &EmbedArgs, logs: &Path) -> Result<Summary> {
     // head, one download per node, both cached by content hash), so only
     // this machine needs it; an embedded cluster's workers share this disk.
     let files = match &args.address {
-        Some(_) => vec![std::path::absolute(model_dir(args)?)?],
+        Some(_) => {
+            let model = model_dir(args)?;
+            photon_inference::model_dir::ModelDir::open(&model)?;
+            vec![model]
+        }
         None => Vec::new(),
     };
     let ctx = photon::init(photon::Config {
@@ -350,7 +360,7 @@ fn run_pipeline(
         .config
         .hidden_size;
     let spec = cluster::EmbedSpec {
-        model: std::path::absolute(&model)?,
+        model: model.clone(),
         // Shipped by `run_on_cluster` with `--address`.
         shipped_model: args
             .address

@@ -36,11 +36,15 @@ impl Hosts {
     /// `count` hosts, or why they cannot be made here (not root, no `ip`,
     /// no namespaces).
     pub fn create(count: usize) -> Result<Self, String> {
-        // Unique per test process: nextest runs tests in parallel.
+        static CREATED: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        remove_stale_namespaces();
+        // Unique per test process (nextest runs tests in parallel) and per
+        // set within one. Each set has its own bridge, so subnets may repeat.
         let pid = std::process::id();
+        let set = CREATED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let hosts = Self {
-            tag: format!("ph{pid}"),
-            subnet: format!("10.{}.{}", 100 + (pid >> 8) % 100, pid % 256),
+            tag: format!("ph{pid}x{set}"),
+            subnet: "10.77.0".to_string(),
             count,
         };
         hosts.build().inspect_err(|_| hosts.remove())?;
@@ -127,6 +131,34 @@ impl Hosts {
             let _ = ip(&["netns", "del", &self.name(i)]);
         }
         let _ = ip(&["netns", "del", &self.switch()]);
+    }
+}
+
+/// Removes the namespaces of test processes that ended without cleaning up
+/// (a test killed by a timeout never runs `Drop`): `ph<pid>x<set>-…`.
+fn remove_stale_namespaces() {
+    let Ok(listed) = Command::new("ip").args(["netns", "list"]).output() else {
+        return;
+    };
+    for line in String::from_utf8_lossy(&listed.stdout).lines() {
+        let name = line.split_whitespace().next().unwrap_or("");
+        let owner = name
+            .strip_prefix("ph")
+            .and_then(|rest| rest.split_once('x'))
+            .and_then(|(pid, _)| pid.parse::<u32>().ok());
+        if let Some(pid) = owner
+            && !std::path::Path::new(&format!("/proc/{pid}")).exists()
+        {
+            let pids = Command::new("ip").args(["netns", "pids", name]).output();
+            for pid in pids
+                .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+                .unwrap_or_default()
+                .split_whitespace()
+            {
+                let _ = Command::new("kill").args(["-9", pid]).status();
+            }
+            let _ = ip(&["netns", "del", name]);
+        }
     }
 }
 

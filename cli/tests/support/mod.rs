@@ -92,6 +92,34 @@ pub fn http_get(address: &str, path: &str) -> (u16, String) {
     (response.code, response.body)
 }
 
+/// The sorted ids of every part an output's manifest lists.
+pub fn output_ids(out: &Path) -> Vec<i64> {
+    use arrow::array::AsArray;
+    use arrow::datatypes::Int64Type;
+    let manifest: Value =
+        serde_json::from_slice(&std::fs::read(out.join("_SUCCESS")).unwrap()).unwrap();
+    let mut ids = Vec::new();
+    for part in manifest["parts"].as_array().unwrap() {
+        let file = std::fs::File::open(out.join(part["name"].as_str().unwrap())).unwrap();
+        let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
+            .unwrap()
+            .build()
+            .unwrap();
+        for batch in reader {
+            ids.extend(
+                batch
+                    .unwrap()
+                    .column(0)
+                    .as_primitive::<Int64Type>()
+                    .values()
+                    .iter(),
+            );
+        }
+    }
+    ids.sort_unstable();
+    ids
+}
+
 /// A cluster whose processes are SIGKILLed on drop.
 pub struct Cluster {
     pub home: tempfile::TempDir,
