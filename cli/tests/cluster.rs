@@ -312,23 +312,27 @@ fn bad_flags_and_busy_ports_fail_before_anything_starts() {
     );
 }
 
+/// `photon args…` with `home` as `$PHOTON_HOME` and no token in the
+/// environment, which must succeed: its stdout.
+fn photon_in(home: &Path, args: &[&str]) -> String {
+    let output = Command::new(PHOTON)
+        .env("PHOTON_HOME", home)
+        .env_remove("PHOTON_TOKEN")
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
 #[test]
 fn start_detaches_and_stop_stops_everything() {
     let home = tempfile::tempdir().unwrap();
-    let run = |args: &[&str]| {
-        let output = Command::new(PHOTON)
-            .env("PHOTON_HOME", home.path())
-            .env_remove("PHOTON_TOKEN")
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(
-            output.status.success(),
-            "{args:?}: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        String::from_utf8_lossy(&output.stdout).into_owned()
-    };
+    let run = |args: &[&str]| photon_in(home.path(), args);
     let started = run(&[
         "start",
         "--head",
@@ -1178,20 +1182,7 @@ mod access {
         let token_file = home.path().join("my-token");
         let token = "a0b1c2d3e4f5a6b7c8d9e0f1a2b3c4d5";
         std::fs::write(&token_file, format!("{token}\n")).unwrap();
-        let run = |args: &[&str]| {
-            let output = Command::new(PHOTON)
-                .env("PHOTON_HOME", home.path())
-                .env_remove("PHOTON_TOKEN")
-                .args(args)
-                .output()
-                .unwrap();
-            assert!(
-                output.status.success(),
-                "{args:?}: {}",
-                String::from_utf8_lossy(&output.stderr)
-            );
-            String::from_utf8_lossy(&output.stdout).into_owned()
-        };
+        let run = |args: &[&str]| photon_in(home.path(), args);
         let file = token_file.to_str().unwrap();
         let started = run(&[
             "start",
@@ -1401,15 +1392,19 @@ fn a_relative_input_and_output_are_the_callers_not_the_raylets() {
         .output()
         .unwrap();
     assert!(decoy.status.success());
-    let output = embed_on(
-        &cluster,
-        Path::new("corpus.parquet"),
-        Path::new("out"),
-        &model,
-    )
-    .current_dir(&caller_dir)
-    .output()
-    .unwrap();
+    // `photon embed --input corpus.parquet --output OUT`, run in the caller's directory.
+    let embed_relative = |out: &str| {
+        embed_on(
+            &cluster,
+            Path::new("corpus.parquet"),
+            Path::new(out),
+            &model,
+        )
+        .current_dir(&caller_dir)
+        .output()
+        .unwrap()
+    };
+    let output = embed_relative("out");
     assert!(
         output.status.success(),
         "{}",
@@ -1437,16 +1432,7 @@ fn a_relative_input_and_output_are_the_callers_not_the_raylets() {
 
     // The caller's file gone: the error names the absolute path, not the decoy.
     std::fs::remove_file(caller_dir.join("corpus.parquet")).unwrap();
-    let output = embed_on(
-        &cluster,
-        Path::new("corpus.parquet"),
-        Path::new("out2"),
-        &model,
-    )
-    .current_dir(&caller_dir)
-    .output()
-    .unwrap();
-    let stderr = failure(&output);
+    let stderr = failure(&embed_relative("out2"));
     assert!(
         stderr.contains(&caller_dir.join("corpus.parquet").display().to_string()),
         "{stderr}"

@@ -179,39 +179,25 @@ fn three_hosts() -> Option<Cluster> {
     );
     let head = cluster.head_address();
     wait_until(Duration::from_secs(20), "the head", || cluster.status());
-    cluster.start(
-        1,
-        Some(&models),
-        &[
-            "--address",
-            &head,
-            "--host",
-            "0.0.0.0",
-            "--num-cpus",
-            "1",
-            "--object-store-memory",
-            STORE,
-            "--metrics-port",
-            RAYLET_HTTP_PORT,
-        ],
-    );
-    let host2 = cluster.hosts.address(2);
-    cluster.start(
-        2,
-        Some(&models),
-        &[
-            "--address",
-            &head,
-            "--host",
-            &host2,
-            "--num-cpus",
-            "1",
-            "--object-store-memory",
-            STORE,
-            "--metrics-port",
-            RAYLET_HTTP_PORT,
-        ],
-    );
+    // Host 1 binds every interface, host 2 its own address.
+    for (host, bind) in [(1, "0.0.0.0".to_string()), (2, cluster.hosts.address(2))] {
+        cluster.start(
+            host,
+            Some(&models),
+            &[
+                "--address",
+                &head,
+                "--host",
+                &bind,
+                "--num-cpus",
+                "1",
+                "--object-store-memory",
+                STORE,
+                "--metrics-port",
+                RAYLET_HTTP_PORT,
+            ],
+        );
+    }
     wait_until(Duration::from_secs(20), "three live nodes", || {
         (cluster.alive_nodes().len() == 3).then_some(())
     });
