@@ -8,7 +8,7 @@
 //! gives their drivers [`REATTACH_GRACE`] to come back and ends the jobs of
 //! those that do not (they died while the head was down).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -28,6 +28,8 @@ pub const REATTACH_GRACE: Duration = Duration::from_secs(5);
 #[derive(Default)]
 pub(crate) struct DriverSessions {
     open: Mutex<HashMap<JobId, usize>>,
+    /// The packages the attached drivers' workers use, by job.
+    packages: Mutex<HashMap<JobId, HashSet<String>>>,
 }
 
 impl DriverSessions {
@@ -35,8 +37,16 @@ impl DriverSessions {
         self.open.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// A session of `job` opened; it lasts until the returned guard drops.
-    pub(crate) fn open(state: &Arc<HeadState>, job: JobId) -> SessionGuard {
+    /// The packages of every attached driver (kept by the package retention).
+    pub(crate) fn packages_in_use(&self) -> HashSet<String> {
+        let packages = self.packages.lock().unwrap_or_else(|p| p.into_inner());
+        packages.values().flatten().cloned().collect()
+    }
+
+    /// A session of `job` opened, whose workers use `packages`; it lasts
+    /// until the returned guard drops.
+    pub(crate) fn open(state: &Arc<HeadState>, job: JobId, packages: Vec<String>) -> SessionGuard {
+        state.drivers.pin(job, packages);
         let sessions = {
             let mut open = state.drivers.lock();
             let count = open.entry(job).or_default();
@@ -57,6 +67,16 @@ impl DriverSessions {
         }
     }
 
+    /// Keeps `packages` while a session of `job` is open.
+    fn pin(&self, job: JobId, packages: Vec<String>) {
+        self.packages
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(job)
+            .or_default()
+            .extend(packages);
+    }
+
     fn is_open(&self, job: JobId) -> bool {
         self.lock().get(&job).is_some_and(|&n| n > 0)
     }
@@ -67,8 +87,18 @@ impl DriverSessions {
             *count -= 1;
             if *count == 0 {
                 open.remove(&job);
+                self.packages
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(&job);
             }
         }
+    }
+
+    #[cfg(test)]
+    fn open_for_test(&self, job: JobId, packages: Vec<String>) {
+        *self.lock().entry(job).or_default() += 1;
+        self.pin(job, packages);
     }
 }
 
@@ -135,5 +165,26 @@ pub(crate) async fn end_jobs_of_drivers_gone_while_down(
             "its driver did not come back after the head restarted",
         )
         .await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_attached_drivers_packages_are_in_use_until_its_last_session_closes() {
+        let sessions = DriverSessions::default();
+        let job = JobId::from_u32(7);
+        let model = "ab".repeat(32);
+        sessions.open_for_test(job, vec![model.clone()]);
+        sessions.open_for_test(job, Vec::new());
+        sessions.close(job);
+        assert!(
+            sessions.packages_in_use().contains(&model),
+            "one session is still open"
+        );
+        sessions.close(job);
+        assert!(sessions.packages_in_use().is_empty());
     }
 }

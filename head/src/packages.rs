@@ -151,6 +151,32 @@ mod tests {
     }
 
     #[test]
+    fn a_package_checked_for_counts_as_used_and_stays() {
+        let dir = tempfile::tempdir().unwrap();
+        let packages = Packages::new(dir.path());
+        let mut stored = Vec::new();
+        for content in [&b"checked"[..], b"forgotten"] {
+            let hash = sha256_hex(content);
+            let mut upload = packages.begin_upload(&hash).unwrap();
+            upload.write(content).unwrap();
+            upload.finish().unwrap();
+            let two_hours_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(7200);
+            std::fs::File::open(packages.path(&hash).unwrap())
+                .unwrap()
+                .set_modified(two_hours_ago)
+                .unwrap();
+            stored.push(hash);
+        }
+        assert!(packages.has(&stored[0]));
+        let removed = packages.remove_unused(
+            &std::collections::HashSet::new(),
+            std::time::Duration::from_secs(3600),
+        );
+        assert_eq!(removed, 1);
+        assert!(packages.has(&stored[0]) && !packages.has(&stored[1]));
+    }
+
+    #[test]
     fn a_package_is_stored_only_when_its_hash_matches() {
         let dir = tempfile::tempdir().unwrap();
         let packages = Packages::new(dir.path());

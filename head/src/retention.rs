@@ -110,13 +110,16 @@ impl HeadState {
             .remove_unused(&self.packages_in_use(), UNUSED_PACKAGE_GRACE);
     }
 
-    /// The packages the jobs kept name.
+    /// The packages the jobs kept name, and those of attached drivers.
     fn packages_in_use(&self) -> HashSet<String> {
-        self.jobs
+        let mut in_use: HashSet<String> = self
+            .jobs
             .all()
             .into_iter()
             .flat_map(|j| [j.program_package, j.working_dir_package])
-            .collect()
+            .collect();
+        in_use.extend(self.drivers.packages_in_use());
+        in_use
     }
 }
 

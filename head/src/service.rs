@@ -267,8 +267,9 @@ impl Head for HeadService {
         &self,
         request: Request<photon_proto::v1::AttachDriverRequest>,
     ) -> Result<Response<Self::AttachDriverStream>, Status> {
-        let job = photon_proto::JobId::from_slice(&request.get_ref().job_id)?;
-        let session = crate::drivers::DriverSessions::open(&self.state, job);
+        let request = request.into_inner();
+        let job = photon_proto::JobId::from_slice(&request.job_id)?;
+        let session = crate::drivers::DriverSessions::open(&self.state, job, request.packages);
         let (keepalives, received) = mpsc::channel(1);
         let cancel = self.state.cancel.clone();
         // A keepalive a second, so that a dead connection is noticed; a head

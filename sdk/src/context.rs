@@ -574,7 +574,19 @@ pub fn init(config: Config) -> Result<Context> {
         .build()
         .map_err(|e| Error::Config(format!("cannot start the driver runtime: {e}")))?;
     let (core, cluster) = runtime.block_on(connect(&config))?;
-    let session = runtime.spawn(attach_driver(core.head.clone(), core.driver_task.job_id()));
+    // The packages this driver's workers use stay at the head while it lives.
+    let packages = [
+        PROGRAM_PACKAGE_ENV,
+        crate::packages::WORKING_DIR_PACKAGE_ENV,
+    ]
+    .iter()
+    .filter_map(|name| core.worker_env.get(*name).cloned())
+    .collect();
+    let session = runtime.spawn(attach_driver(
+        core.head.clone(),
+        core.driver_task.job_id(),
+        packages,
+    ));
     Ok(Context {
         core: core.clone(),
         _owned: Arc::new(Owned {
@@ -667,10 +679,11 @@ async fn connect(config: &Config) -> Result<(Arc<Core>, Option<EmbeddedCluster>)
 /// Keeps this driver's session with the head open for as long as the
 /// driver runs (the runtime's end drops it): the head ends the job's actors
 /// and workers once the session is gone. Reattaches when the head restarts.
-async fn attach_driver(head: Head, job: JobId) {
+async fn attach_driver(head: Head, job: JobId, packages: Vec<String>) {
     loop {
         let request = photon_proto::v1::AttachDriverRequest {
             job_id: job.to_vec(),
+            packages: packages.clone(),
         };
         if let Ok(reply) = head.clone().attach_driver(request).await {
             let mut keepalives = reply.into_inner();
