@@ -182,11 +182,12 @@ impl PidFile {
         Ok(records)
     }
 
-    /// Forgets `pid`.
-    pub fn remove(pid: u32) {
+    /// Forgets process `pid`, and the head it published if it was one.
+    pub fn forget(pid: u32) {
         if let Ok(path) = Self::path(pid) {
             let _ = fs::remove_file(path);
         }
+        ClusterFile::remove_if_owned_by(pid);
     }
 }
 
@@ -194,10 +195,7 @@ impl PidFile {
 /// the head started on this machine. Never a flag's value: argv is visible
 /// to every user in `ps`.
 pub fn resolve_token(token_file: Option<&Path>) -> anyhow::Result<String> {
-    if let Some(path) = token_file {
-        return read_token_file(path);
-    }
-    if let Some(token) = std::env::var("PHOTON_TOKEN").ok().filter(|t| !t.is_empty()) {
+    if let Some(token) = given_token(token_file)? {
         return Ok(token);
     }
     let Some(cluster) = ClusterFile::read()? else {
@@ -206,6 +204,14 @@ pub fn resolve_token(token_file: Option<&Path>) -> anyhow::Result<String> {
         );
     };
     read_token_file(&cluster.session_dir.join("token"))
+}
+
+/// The token given to this command: `--token-file`, else `PHOTON_TOKEN`.
+pub fn given_token(token_file: Option<&Path>) -> anyhow::Result<Option<String>> {
+    match token_file {
+        Some(path) => read_token_file(path).map(Some),
+        None => Ok(std::env::var("PHOTON_TOKEN").ok().filter(|t| !t.is_empty())),
+    }
 }
 
 /// The token in `path` (surrounding whitespace removed), never empty.

@@ -12,10 +12,9 @@ use anyhow::{Context, bail};
 use clap::Args;
 use photon_head::HeadConfig;
 use photon_object_store::StoreConfig;
+use photon_proto::net::host_port;
 use photon_raylet::{RayletConfig, RayletInfo, ResourceOverrides};
 use tokio::net::TcpListener;
-
-use photon_proto::net::host_port;
 
 use crate::advertise;
 use crate::session::{self, ClusterFile, PidFile};
@@ -265,11 +264,12 @@ async fn run_blocking(args: StartArgs, overrides: ResourceOverrides) -> anyhow::
                 config.store.fallback_root = dir.clone();
             }
             None => {
-                config.log_dir = session::home()?.join(format!(
+                let home = session::home()?;
+                config.log_dir = home.join(format!(
                     "{}{pid}",
                     photon_raylet::node_files::LOG_DIR_PREFIX
                 ));
-                config.package_dir = session::home()?.join("packages");
+                config.package_dir = home.join("packages");
             }
         }
         config.open_metrics = args.open_metrics;
@@ -287,8 +287,7 @@ async fn run_blocking(args: StartArgs, overrides: ResourceOverrides) -> anyhow::
         .await
         .map_err(anyhow::Error::from)
     };
-    PidFile::remove(pid);
-    ClusterFile::remove_if_owned_by(pid);
+    PidFile::forget(pid);
     result
 }
 
@@ -330,11 +329,7 @@ async fn run_head(
         None => session::home()?.join(format!("session-{}-{}", unix_secs(), std::process::id())),
     };
     session::create_private_dir(&session_dir)?;
-    let given = match &args.token_file {
-        Some(path) => Some(session::read_token_file(path)?),
-        None => std::env::var("PHOTON_TOKEN").ok().filter(|t| !t.is_empty()),
-    };
-    let token = match given {
+    let token = match session::given_token(args.token_file.as_deref())? {
         // Stored too, so local `photon` commands find it in the session dir.
         Some(token) => {
             session::write_private(&session_dir.join("token"), token.as_bytes())?;

@@ -6,7 +6,7 @@ use clap::Args;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
-use crate::session::{ClusterFile, PidFile};
+use crate::session::PidFile;
 
 /// Arguments of `photon stop`.
 #[derive(Debug, Clone, Args)]
@@ -42,8 +42,7 @@ pub fn run(args: StopArgs) -> anyhow::Result<()> {
             "{} (pid {}) had already ended: forgetting it",
             process.role, process.pid
         );
-        PidFile::remove(process.pid);
-        ClusterFile::remove_if_owned_by(process.pid);
+        PidFile::forget(process.pid);
     }
     for process in &processes {
         signal(process, Signal::SIGTERM);
@@ -65,8 +64,7 @@ pub fn run(args: StopArgs) -> anyhow::Result<()> {
                 process.role, process.pid, process.address
             );
         }
-        PidFile::remove(process.pid);
-        ClusterFile::remove_if_owned_by(process.pid);
+        PidFile::forget(process.pid);
     }
     Ok(())
 }

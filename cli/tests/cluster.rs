@@ -720,12 +720,7 @@ mod actors {
             reason.contains("0.5 is not free") || reason.contains("has 0.5 free"),
             "{pending}"
         );
-        let human = cluster
-            .command()
-            .args(["status", "--address", &cluster.address])
-            .output()
-            .unwrap();
-        let human = String::from_utf8_lossy(&human.stdout);
+        let human = cluster.status_text();
         assert!(
             human.contains("1 pending") && human.contains("pending actor-02"),
             "{human}"
@@ -1340,12 +1335,7 @@ mod advertise {
             reason.contains("127.0.0.2:") && reason.contains("--advertise-address"),
             "{reason}"
         );
-        let human = cluster
-            .command()
-            .args(["status", "--address", &cluster.address])
-            .output()
-            .unwrap();
-        let human = String::from_utf8_lossy(&human.stdout);
+        let human = cluster.status_text();
         assert!(human.contains("UNREACHABLE"), "{human}");
         let refused = failure(
             &cluster

@@ -313,7 +313,7 @@ pub(crate) async fn read_source(source: &Source) -> Result<RecordBatch, String> 
             };
             let block = read_parquet_block(url, &to_read)
                 .await
-                .map_err(|e| format!("cannot read {url} on {}: {e}", where_this_runs()))?;
+                .map_err(|e| format!("cannot read {url} on {}: {e}", photon::where_this_runs()))?;
             match row_numbers {
                 Some(name) => add_row_numbers(block, name, *first_row),
                 None => Ok(block),
@@ -375,20 +375,6 @@ impl RowsToRead<'_> {
             ));
         }
         Ok(())
-    }
-}
-
-/// Where a task runs, for errors about files a node cannot read: the
-/// worker's node (its raylet's address and host name), else this host.
-fn where_this_runs() -> String {
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|name| name.trim().to_string())
-        .unwrap_or_default();
-    match std::env::var("PHOTON_RAYLET_ADDRESS") {
-        Ok(raylet) if std::env::var_os("PHOTON_WORKER").is_some() => {
-            format!("the node at {raylet} (host {host:?})")
-        }
-        _ => format!("host {host:?}"),
     }
 }
 

@@ -445,7 +445,8 @@ async fn prune_node_files(
     }
 }
 
-fn hostname() -> String {
+/// This machine's host name (empty if it cannot be read).
+pub fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|name| name.trim().to_string())
         .unwrap_or_default()

@@ -742,9 +742,7 @@ async fn local_raylet(
         .await
         .map_err(|s| Error::cluster(format!("cannot reach the head at {head_address}"), &s))?
         .into_inner();
-    let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_string())
-        .unwrap_or_default();
+    let hostname = photon_raylet::hostname();
     let alive = status
         .nodes
         .into_iter()

@@ -66,7 +66,7 @@ pub use options::{ActorOptions, TaskOptions};
 pub use photon_macros::{actor, main, remote};
 pub use photon_proto::{ActorId, ObjectId};
 pub use progress::{CallProgress, TaskProgress};
-pub use worker::worker_entry;
+pub use worker::{where_this_runs, worker_entry};
 
 /// Arrow, as the SDK uses it (record batches travel as Arrow IPC).
 pub use arrow;

@@ -23,6 +23,11 @@ const CHUNK: usize = 1 << 20;
 /// A client of the head's jobs service (which stores packages).
 pub type Jobs = JobsClient<InterceptedService<Channel, AttachToken>>;
 
+/// A client of the jobs service of the head at `address`.
+pub fn jobs_client(address: &str, token: &str) -> crate::Result<Jobs> {
+    crate::clients::jobs(address, token)
+}
+
 /// Packs `dir`'s contents (if any) and each of `files` (a file or a
 /// directory, under its own name at the top) into a temporary tar.
 pub fn pack(dir: Option<&Path>, files: &[PathBuf]) -> Result<tempfile::NamedTempFile, String> {

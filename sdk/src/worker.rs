@@ -28,6 +28,18 @@ use crate::object_io::{self, INLINE_MAX, Mapping, ObjectBytes, ReadError};
 use crate::progress::{ReplySender, TaskProgress};
 use crate::registry::{self, ActorInstance, Args};
 
+/// Where this process runs, for messages about what a node cannot do: a
+/// worker's node (its raylet's address and host name), else this host.
+pub fn where_this_runs() -> String {
+    let host = photon_raylet::hostname();
+    match std::env::var(env::RAYLET_ADDRESS) {
+        Ok(raylet) if std::env::var_os(env::WORKER).is_some() => {
+            format!("the node at {raylet} (host {host:?})")
+        }
+        _ => format!("host {host:?}"),
+    }
+}
+
 /// If this process was started as a worker (`PHOTON_WORKER=1`), runs the
 /// worker loop and exits; otherwise returns at once. Call it first thing in
 /// `main` (`#[photon::main]` does).

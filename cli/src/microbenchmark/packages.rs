@@ -86,10 +86,7 @@ async fn ship(address: &str, model: &Path, nodes: &[PackageCache]) -> anyhow::Re
     let archive = tokio::task::spawn_blocking(move || photon::packages::pack(None, &files))
         .await?
         .map_err(anyhow::Error::msg)?;
-    let channel =
-        tonic::transport::Endpoint::from_shared(format!("http://{address}"))?.connect_lazy();
-    let attach = photon_proto::auth::AttachToken::new(TOKEN).map_err(anyhow::Error::msg)?;
-    let mut jobs = photon_proto::v1::jobs_client::JobsClient::with_interceptor(channel, attach);
+    let mut jobs = photon::packages::jobs_client(address, TOKEN)?;
     let uploaded = photon::packages::upload(&mut jobs, archive.path()).await?;
     let upload_s = started.elapsed().as_secs_f64();
     let prepared = futures::future::try_join_all(nodes.iter().map(|node| async {

@@ -253,6 +253,16 @@ impl Cluster {
         pid
     }
 
+    /// `photon status` as a person reads it.
+    pub fn status_text(&self) -> String {
+        let output = self
+            .command()
+            .args(["status", "--address", &self.address])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    }
+
     pub fn status(&self) -> Value {
         let output = self
             .command()
