@@ -4,7 +4,6 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::Context;
 use clap::Args;
 use photon_proto::auth::AttachToken;
 use photon_proto::v1::head_client::HeadClient;
@@ -25,6 +24,14 @@ pub struct HeadArgs {
     /// machine's head). The token itself is never a flag: argv is public.
     #[arg(long, value_name = "PATH")]
     pub token_file: Option<PathBuf>,
+    /// The head's connection file (address, token and, with TLS, the CA),
+    /// for a head on another machine.
+    #[arg(long, value_name = "PATH")]
+    pub connection_file: Option<PathBuf>,
+    /// The CA certificate (PEM) of a cluster that uses TLS (default: the
+    /// connection file's, else PHOTON_TLS_CA, else this machine's head's).
+    #[arg(long, value_name = "PATH")]
+    pub tls_ca: Option<PathBuf>,
 }
 
 type Authed = InterceptedService<Channel, AttachToken>;
@@ -40,14 +47,18 @@ pub struct Head {
 impl Head {
     /// Connects to the head `args` name.
     pub async fn connect(args: &HeadArgs) -> anyhow::Result<Self> {
-        let address = session::resolve_address(args.address.clone())?;
-        let token = session::resolve_token(args.token_file.as_deref())?;
-        let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{address}"))
-            .with_context(|| format!("{address:?} is not a HOST:PORT address"))?
+        let connection = session::ConnectionFile::given(args.connection_file.as_deref())?;
+        let address = session::resolve_address(args.address.clone(), connection.as_ref())?;
+        let token = session::resolve_token(args.token_file.as_deref(), connection.as_ref())?;
+        crate::tls::configure_client(args.tls_ca.as_deref(), connection.as_ref(), &address)?;
+        let endpoint = photon_proto::tls::endpoint(&address)
+            .map_err(anyhow::Error::msg)?
             .connect_timeout(Duration::from_secs(3));
         let channel = endpoint.connect().await.map_err(|err| {
             anyhow::anyhow!(
-                "cannot reach the head at {address} ({err}): is it running? Check --address or PHOTON_ADDRESS"
+                "cannot reach the head at {address} ({}): is it running? Check --address or PHOTON_ADDRESS{}",
+                photon_proto::tls::describe(&err),
+                crate::tls::plaintext_hint()
             )
         })?;
         let attach = AttachToken::new(&token).map_err(anyhow::Error::msg)?;
@@ -73,12 +84,19 @@ impl Head {
         let address = &self.address;
         match status.code() {
             Code::Unavailable => anyhow::anyhow!(
-                "lost the head at {address} ({}): is it still running?",
-                status.message()
+                "lost the head at {address} ({}): is it still running?{}",
+                status.message(),
+                crate::tls::plaintext_hint()
             ),
             Code::NotFound | Code::InvalidArgument | Code::FailedPrecondition => {
                 anyhow::anyhow!("{}", status.message())
             }
+            // A TLS head answers a plaintext call with an HTTP/2 error.
+            Code::Unknown | Code::Internal => anyhow::anyhow!(
+                "the head at {address} answered: {}{}",
+                status.message(),
+                crate::tls::plaintext_hint()
+            ),
             _ => anyhow::anyhow!("the head at {address} answered: {}", status.message()),
         }
     }

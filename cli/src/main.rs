@@ -16,6 +16,7 @@ mod session;
 mod start;
 mod status;
 mod stop;
+mod tls;
 
 /// Photon: distributed batch inference and embedding jobs.
 #[derive(Debug, Parser)]

@@ -96,6 +96,65 @@ impl ClusterFile {
     }
 }
 
+/// Everything another machine needs to reach a cluster, in one file the
+/// head writes to its session dir (0600): its address, the token and, with
+/// TLS, the CA certificate. `--connection-file` reads it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ConnectionFile {
+    /// The head's advertised address.
+    pub address: String,
+    /// The cluster token.
+    pub token: String,
+    /// The CA certificate (PEM) of a cluster that uses TLS.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_certificate: Option<String>,
+}
+
+impl ConnectionFile {
+    /// Its name in a head's session dir.
+    pub const NAME: &str = "connection.json";
+
+    /// Reads `path`; errors name it.
+    pub fn read(path: &Path) -> anyhow::Result<Self> {
+        let bytes = fs::read(path)
+            .with_context(|| format!("cannot read the connection file {}", path.display()))?;
+        serde_json::from_slice(&bytes).with_context(|| {
+            format!(
+                "{} is not a photon connection file (the head's session dir has `{}`)",
+                path.display(),
+                Self::NAME
+            )
+        })
+    }
+
+    /// Writes it (0600: it holds the token).
+    pub fn write(&self, path: &Path) -> anyhow::Result<()> {
+        write_private(path, &serde_json::to_vec_pretty(self)?)
+    }
+
+    /// The CA certificate as a file this process and its children load:
+    /// `$PHOTON_HOME/tls/ca-<hash>.pem`. `None` for a plaintext cluster.
+    pub fn ca_file(&self) -> anyhow::Result<Option<PathBuf>> {
+        use sha2::Digest;
+        let Some(pem) = &self.ca_certificate else {
+            return Ok(None);
+        };
+        let dir = home()?.join("tls");
+        create_private_dir(&dir)?;
+        let hash = hex::encode(&sha2::Sha256::digest(pem.as_bytes())[..8]);
+        let path = dir.join(format!("ca-{hash}.pem"));
+        if fs::read_to_string(&path).ok().as_deref() != Some(pem.as_str()) {
+            write_private(&path, pem.as_bytes())?;
+        }
+        Ok(Some(path))
+    }
+
+    /// `--connection-file`, read.
+    pub fn given(path: Option<&Path>) -> anyhow::Result<Option<Self>> {
+        path.map(Self::read).transpose()
+    }
+}
+
 /// One process started by `photon start`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PidFile {
@@ -191,10 +250,16 @@ impl PidFile {
     }
 }
 
-/// The cluster token: `--token-file`, else `PHOTON_TOKEN`, else the token of
-/// the head started on this machine. Never a flag's value: argv is visible
-/// to every user in `ps`.
-pub fn resolve_token(token_file: Option<&Path>) -> anyhow::Result<String> {
+/// The cluster token: `--token-file`, else the connection file's, else
+/// `PHOTON_TOKEN`, else the token of the head started on this machine.
+/// Never a flag's value: argv is visible to every user in `ps`.
+pub fn resolve_token(
+    token_file: Option<&Path>,
+    connection: Option<&ConnectionFile>,
+) -> anyhow::Result<String> {
+    if let (None, Some(connection)) = (token_file, connection) {
+        return Ok(connection.token.clone());
+    }
     if let Some(token) = given_token(token_file)? {
         return Ok(token);
     }
@@ -229,10 +294,14 @@ pub fn read_token_file(path: &Path) -> anyhow::Result<String> {
     Ok(token.to_string())
 }
 
-/// The head's address: `--address`, else `PHOTON_ADDRESS`, else the head
-/// started on this machine.
-pub fn resolve_address(flag: Option<String>) -> anyhow::Result<String> {
-    if let Some(address) = flag.or_else(|| std::env::var("PHOTON_ADDRESS").ok()) {
+/// The head's address: `--address`, else the connection file's, else
+/// `PHOTON_ADDRESS`, else the head started on this machine.
+pub fn resolve_address(
+    flag: Option<String>,
+    connection: Option<&ConnectionFile>,
+) -> anyhow::Result<String> {
+    let given = flag.or_else(|| connection.map(|c| c.address.clone()));
+    if let Some(address) = given.or_else(|| std::env::var("PHOTON_ADDRESS").ok()) {
         return Ok(address);
     }
     ClusterFile::read()?.map(|c| c.address).context(

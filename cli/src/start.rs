@@ -17,7 +17,8 @@ use photon_raylet::{RayletConfig, RayletInfo, ResourceOverrides};
 use tokio::net::TcpListener;
 
 use crate::advertise;
-use crate::session::{self, ClusterFile, PidFile};
+use crate::session::{self, ClusterFile, ConnectionFile, PidFile};
+use crate::tls::{self, NodeTlsArgs};
 
 /// Default port of a head.
 pub const DEFAULT_HEAD_PORT: u16 = 6380;
@@ -33,8 +34,15 @@ pub struct StartArgs {
     #[arg(long, conflicts_with = "address")]
     head: bool,
     /// Join the head at HOST:PORT as a raylet.
-    #[arg(long, required_unless_present = "head")]
+    #[arg(long, required_unless_present_any = ["head", "connection_file"])]
     address: Option<String>,
+    /// Join with the head's connection file (its session dir's
+    /// `connection.json`: address, token and, with TLS, the CA): the one
+    /// file another machine needs.
+    #[arg(long, value_name = "PATH", conflicts_with = "head")]
+    connection_file: Option<PathBuf>,
+    #[command(flatten)]
+    tls: NodeTlsArgs,
     /// Interface to listen on. Loopback by default: set it to expose the node.
     #[arg(long, default_value = "127.0.0.1")]
     host: String,
@@ -169,10 +177,17 @@ fn start_detached(args: &StartArgs) -> anyhow::Result<()> {
                 ready.role, ready.address
             );
             if args.head {
-                println!(
-                    "join more nodes:   photon start --address {}",
-                    ready.address
-                );
+                match ClusterFile::read()?.filter(|cluster| cluster.pid == pid) {
+                    Some(cluster) => println!(
+                        "join more nodes:   photon start --connection-file {} (copy it to \
+                         the other machine: it holds the token)",
+                        cluster.session_dir.join(ConnectionFile::NAME).display()
+                    ),
+                    None => println!(
+                        "join more nodes:   photon start --address {}",
+                        ready.address
+                    ),
+                }
                 println!("cluster status:    photon status");
             }
             println!("log:               {}", log_path.display());
@@ -219,16 +234,16 @@ fn warn_if_exposed(host: &str) {
     let exposed = host
         .parse::<std::net::IpAddr>()
         .is_ok_and(|ip| !ip.is_loopback());
-    if exposed {
+    if exposed && photon_proto::tls::current().is_none() {
         eprintln!(
             "warning: --host {host} exposes this node beyond loopback without TLS: RPCs, objects \
-             and the cluster token cross the network in the clear; keep it on a private network"
+             and the cluster token cross the network in the clear; keep it on a private network \
+             or use --tls auto"
         );
     }
 }
 
 async fn run_blocking(args: StartArgs, overrides: ResourceOverrides) -> anyhow::Result<()> {
-    warn_if_exposed(&args.host);
     let stop = tokio_util_shutdown();
     let pid = std::process::id();
     let store = StoreConfig {
@@ -240,13 +255,26 @@ async fn run_blocking(args: StartArgs, overrides: ResourceOverrides) -> anyhow::
     let result = if args.head {
         run_head(&args, overrides, store, stop).await
     } else {
-        let head = args
-            .address
-            .clone()
-            .expect("clap requires --address without --head");
-        let token = session::resolve_token(args.token_file.as_deref())?;
+        let connection = ConnectionFile::given(args.connection_file.as_deref())?;
+        let head = session::resolve_address(args.address.clone(), connection.as_ref())?;
+        let token = session::resolve_token(args.token_file.as_deref(), connection.as_ref())?;
         let advertise =
             advertise::advertised_host(args.advertise_address.as_deref(), &args.host, Some(&head))?;
+        let tls_dir = match &args.session_dir {
+            Some(dir) => dir.join(photon_head::SESSION_TLS_DIR),
+            None => session::home()?.join(format!("tls-{pid}")),
+        };
+        let node_tls = tls::joining_node(
+            &args.tls,
+            connection.as_ref(),
+            &head,
+            &token,
+            &tls::node_hosts(&advertise, &args.host),
+            &tls_dir,
+        )
+        .await;
+        photon_proto::tls::configure(node_tls?);
+        warn_if_exposed(&args.host);
         let mut config = RayletConfig::new(head, token);
         config.advertise_host = advertise;
         config.resources = overrides;
@@ -278,14 +306,18 @@ async fn run_blocking(args: StartArgs, overrides: ResourceOverrides) -> anyhow::
             .map(|port| socket_address(&args.host, port))
             .transpose()?;
         let listener = bind(&args.host, 0).await?;
-        photon_raylet::run(
+        let result = photon_raylet::run(
             config,
             listener,
             |info| announce_raylet(info, "raylet", &info.address),
             stop.cancelled_owned(),
         )
         .await
-        .map_err(anyhow::Error::from)
+        .map_err(anyhow::Error::from);
+        if args.session_dir.is_none() {
+            let _ = std::fs::remove_dir_all(&tls_dir);
+        }
+        result
     };
     PidFile::forget(pid);
     result
@@ -340,9 +372,31 @@ async fn run_head(
     let max_age = hours(args.job_retention_hours, "--job-retention-hours")?;
     let advertise =
         advertise::advertised_host(args.advertise_address.as_deref(), &args.host, None)?;
+    let (node_tls, authority) = tls::head_node(
+        &args.tls,
+        &session_dir,
+        &tls::node_hosts(&advertise, &args.host),
+    )?;
+    let ca_certificate = match &node_tls {
+        Some(tls) => Some(
+            std::fs::read_to_string(&tls.files().ca)
+                .with_context(|| format!("cannot read {}", tls.files().ca.display()))?,
+        ),
+        None => None,
+    };
+    photon_proto::tls::configure(node_tls);
+    warn_if_exposed(&args.host);
     let listener = bind(&args.host, args.port).await?;
     let address = host_port(&advertise, listener.local_addr()?.port());
+    let connection_path = session_dir.join(ConnectionFile::NAME);
+    ConnectionFile {
+        address: address.clone(),
+        token: token.clone(),
+        ca_certificate,
+    }
+    .write(&connection_path)?;
     let mut config = HeadConfig::new(&session_dir, token.clone());
+    config.certificate_authority = authority;
     config.node_timeout = Duration::from_millis(args.node_timeout_ms);
     config.job_retention = photon_head::JobRetention {
         keep: args.job_retention_count,
@@ -367,9 +421,19 @@ async fn run_head(
     }
     .write()?;
     println!("head at {address}, session {}", session_dir.display());
+    println!(
+        "join from another machine: copy {} there (it holds the token) and run \
+         photon start --connection-file FILE",
+        connection_path.display()
+    );
     if metrics_port != 0 {
+        let scheme = if photon_proto::tls::current().is_some() {
+            "https"
+        } else {
+            "http"
+        };
         println!(
-            "status page at http://{}/",
+            "status page at {scheme}://{}/",
             host_port(&advertise, metrics_port)
         );
     }

@@ -200,7 +200,12 @@ pub fn run(args: StatusArgs) -> anyhow::Result<()> {
         view.nodes.len() - alive
     );
     if !view.metrics_address.is_empty() {
-        println!("status page: http://{}/", view.metrics_address);
+        let scheme = if photon_proto::tls::current().is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        println!("status page: {scheme}://{}/", view.metrics_address);
     }
     for node in &view.nodes {
         let short_id = &node.node_id[..node.node_id.len().min(12)];

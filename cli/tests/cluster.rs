@@ -1319,6 +1319,9 @@ mod advertise {
         std::net::TcpStream::connect(address).expect("the advertised address answers");
         std::thread::sleep(Duration::from_secs(1));
         assert_eq!(cluster.node_by_pid(pid)["unreachable"], "", "{node}");
+        // Beyond loopback without TLS, the node says so.
+        let log = std::fs::read_to_string(cluster.home.path().join("raylet-1.log")).unwrap();
+        assert!(log.contains("beyond loopback without TLS"), "{log}");
     }
 
     #[test]
@@ -1427,4 +1430,202 @@ fn a_relative_input_and_output_are_the_callers_not_the_raylets() {
         stderr.contains(&caller_dir.join("corpus.parquet").display().to_string()),
         "{stderr}"
     );
+}
+
+/// Item 3 of the real-hosts issue: TLS on every listener, certificates made
+/// by the head (`--tls auto`), one connection file for another machine.
+mod tls {
+    use super::*;
+    use crate::support::https_request;
+    use std::process::Stdio;
+
+    /// `photon` as on another machine: its own empty home, no token or CA
+    /// in the environment.
+    fn elsewhere() -> (tempfile::TempDir, Command) {
+        let home = tempfile::tempdir().unwrap();
+        let mut command = Command::new(PHOTON);
+        command
+            .env("PHOTON_HOME", home.path())
+            .env_remove("PHOTON_TOKEN")
+            .env_remove("PHOTON_ADDRESS")
+            .env_remove("PHOTON_TLS_CA");
+        (home, command)
+    }
+
+    #[test]
+    fn a_tls_cluster_joined_by_connection_file_runs_a_job_and_refuses_callers_without_its_ca() {
+        let mut cluster = Cluster::start_with(&["--tls", "auto"]);
+        let connection = cluster.session.join("connection.json");
+        let ca = cluster.session.join("tls/ca.pem");
+        let file: Value = serde_json::from_slice(&std::fs::read(&connection).unwrap()).unwrap();
+        assert_eq!(file["address"], cluster.address.as_str());
+        assert_eq!(file["token"], cluster.token.as_str());
+        assert_eq!(
+            file["ca_certificate"].as_str().unwrap(),
+            std::fs::read_to_string(&ca).unwrap()
+        );
+
+        // A raylet "on another machine" joins with the connection file alone.
+        let (raylet_home, mut join) = elsewhere();
+        let log = cluster.home.path().join("tls-raylet.log");
+        let child = join
+            .args([
+                "start",
+                "--block",
+                "--num-cpus",
+                "2",
+                "--object-store-memory",
+                STORE,
+            ])
+            .arg("--connection-file")
+            .arg(&connection)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        cluster.children.push(child);
+        wait_until(
+            Duration::from_secs(20),
+            "the TLS raylet to register",
+            || (cluster.alive_nodes().len() == 1).then_some(()),
+        );
+        // Its certificate came from the head and is kept only while it runs.
+        let pid = cluster.children.last().unwrap().id();
+        let node_tls = raylet_home.path().join(format!("tls-{pid}"));
+        assert!(node_tls.join("node.pem").is_file() && node_tls.join("node.key").is_file());
+
+        // A job from a third machine: driver, raylet, workers and object
+        // transfers all over TLS.
+        let (dir, model, corpus) = model_and_corpus(&cluster, 5, 120);
+        let out = dir.path().join("out");
+        let (_driver_home, mut driver) = elsewhere();
+        let embedded = driver
+            .args(["embed", "--id-column", "id", "--actors", "2..2", "--json"])
+            .arg("--connection-file")
+            .arg(&connection)
+            .arg("--input")
+            .arg(&corpus)
+            .arg("--output")
+            .arg(&out)
+            .arg("--model")
+            .arg(&model)
+            .output()
+            .unwrap();
+        assert!(
+            embedded.status.success(),
+            "{}\nraylet: {}",
+            String::from_utf8_lossy(&embedded.stderr),
+            std::fs::read_to_string(&log).unwrap()
+        );
+        assert_eq!(output_ids(&out), (0..120).collect::<Vec<_>>());
+
+        // Without the CA, a caller gets an error that says what to give.
+        let (_home, mut plain) = elsewhere();
+        let refused = failure(
+            &plain
+                .args(["status", "--address", &cluster.address])
+                .env("PHOTON_TOKEN", &cluster.token)
+                .output()
+                .unwrap(),
+        );
+        assert!(
+            refused.contains("needs its CA: --connection-file or --tls-ca"),
+            "{refused}"
+        );
+        // With another CA, the head's certificate is refused.
+        let other = tempfile::tempdir().unwrap();
+        photon_head::CertificateAuthority::load_or_create(other.path()).unwrap();
+        let (_home, mut impostor) = elsewhere();
+        let refused = failure(
+            &impostor
+                .args(["status", "--address", &cluster.address, "--tls-ca"])
+                .arg(other.path().join("ca.pem"))
+                .env("PHOTON_TOKEN", &cluster.token)
+                .output()
+                .unwrap(),
+        );
+        assert!(refused.contains("invalid peer certificate"), "{refused}");
+        // With the CA and the token, it is answered.
+        let (_home, mut trusted) = elsewhere();
+        let status = trusted
+            .args(["status", "--address", &cluster.address, "--tls-ca"])
+            .arg(&ca)
+            .env("PHOTON_TOKEN", &cluster.token)
+            .output()
+            .unwrap();
+        assert!(
+            status.status.success(),
+            "{}",
+            String::from_utf8_lossy(&status.stderr)
+        );
+        assert!(String::from_utf8_lossy(&status.stdout).contains("status page: https://"));
+
+        // The HTTP side speaks only TLS, with the same certificate.
+        let http = cluster.status()["metrics_address"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let health = https_request(&http, &ca, "GET", "/healthz", &[]).unwrap();
+        assert_eq!((health.code, health.body.as_str()), (200, "ok\n"));
+        let refused =
+            https_request(&http, &other.path().join("ca.pem"), "GET", "/healthz", &[]).unwrap_err();
+        assert!(refused.contains("invalid peer certificate"), "{refused}");
+        let mut plaintext = std::net::TcpStream::connect(&http).unwrap();
+        std::io::Write::write_all(&mut plaintext, b"GET /healthz HTTP/1.0\r\n\r\n").unwrap();
+        plaintext
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let mut answer = Vec::new();
+        let _ = std::io::Read::read_to_end(&mut plaintext, &mut answer);
+        assert!(
+            !String::from_utf8_lossy(&answer).contains("ok"),
+            "a plaintext request was answered"
+        );
+    }
+
+    #[test]
+    fn tls_without_the_clusters_ca_is_a_clear_error() {
+        let cluster = Cluster::start();
+        let (_home, mut join) = elsewhere();
+        let refused = failure(
+            &join
+                .args([
+                    "start",
+                    "--block",
+                    "--tls",
+                    "auto",
+                    "--address",
+                    &cluster.address,
+                ])
+                .env("PHOTON_TOKEN", &cluster.token)
+                .output()
+                .unwrap(),
+        );
+        assert!(
+            refused.contains("TLS needs the cluster's CA: give --connection-file"),
+            "{refused}"
+        );
+        // A plaintext head issues no certificates.
+        let (_home, mut join) = elsewhere();
+        let ca = tempfile::tempdir().unwrap();
+        photon_head::CertificateAuthority::load_or_create(ca.path()).unwrap();
+        let refused = failure(
+            &join
+                .args([
+                    "start",
+                    "--block",
+                    "--address",
+                    &cluster.address,
+                    "--tls-ca",
+                ])
+                .arg(ca.path().join("ca.pem"))
+                .env("PHOTON_TOKEN", &cluster.token)
+                .output()
+                .unwrap(),
+        );
+        assert!(
+            refused.contains("over TLS for this node's certificate"),
+            "{refused}"
+        );
+    }
 }

@@ -1,7 +1,8 @@
 //! A cluster of real hosts: three network namespaces on a bridge, each with
 //! its own address, none reachable from the others on loopback. The head in
-//! one, raylets in the other two; everything the test does on a host it does
-//! from inside that host's namespace.
+//! one (`--tls auto`), raylets in the other two, joined with the head's
+//! connection file alone; everything the test does on a host it does from
+//! inside that host's namespace.
 
 mod support;
 
@@ -11,7 +12,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 use support::hosts::Hosts;
-use support::{PHOTON, http_request, output_ids, wait_until};
+use support::{PHOTON, https_request, output_ids, wait_until};
 
 const HEAD_PORT: &str = "6380";
 const RAYLET_HTTP_PORT: &str = "8266";
@@ -46,6 +47,11 @@ impl Cluster {
         format!("{}:{HEAD_PORT}", self.hosts.address(0))
     }
 
+    /// The head's session dir, on host 0.
+    fn session(&self) -> PathBuf {
+        self.nodes[0].home.path().join("session")
+    }
+
     /// `photon args…` on host `i`, with that host's home and the token file.
     fn photon(&self, i: usize, args: &[&str]) -> Command {
         let mut command = self.hosts.command(i, PHOTON);
@@ -62,7 +68,8 @@ impl Cluster {
         self.photon(i, args).output().unwrap()
     }
 
-    /// Starts `photon start --block args…` on host `i`, logging to its home.
+    /// Starts `photon start --block args…` on host `i`, logging to its home;
+    /// with the token file unless `args` give a connection file.
     /// Host `i` sees `hidden` as an empty directory (a tmpfs mounted over it
     /// in the host's own mount namespace, which `ip netns exec` makes).
     fn start(&mut self, i: usize, hidden: Option<&Path>, args: &[&str]) {
@@ -81,10 +88,11 @@ impl Cluster {
                 command
             }
         };
+        command.args(args);
+        if !args.contains(&"--connection-file") {
+            command.arg("--token-file").arg(&self.token_file);
+        }
         let child = command
-            .args(args)
-            .arg("--token-file")
-            .arg(&self.token_file)
             .env_remove("PHOTON_TOKEN")
             .stdout(Stdio::null())
             .stderr(log)
@@ -154,7 +162,7 @@ fn three_hosts() -> Option<Cluster> {
         scratch,
     };
     let head_host = cluster.hosts.address(0);
-    let session = cluster.nodes[0].home.path().join("session");
+    let session = cluster.session();
     // Models live only on the head's host: the others see an empty directory.
     let models = cluster.scratch.path().join("models");
     std::fs::create_dir(&models).unwrap();
@@ -163,6 +171,8 @@ fn three_hosts() -> Option<Cluster> {
         None,
         &[
             "--head",
+            "--tls",
+            "auto",
             "--host",
             &head_host,
             "--port",
@@ -177,16 +187,16 @@ fn three_hosts() -> Option<Cluster> {
             session.to_str().unwrap(),
         ],
     );
-    let head = cluster.head_address();
     wait_until(Duration::from_secs(20), "the head", || cluster.status());
+    let connection = session.join("connection.json");
     // Host 1 binds every interface, host 2 its own address.
     for (host, bind) in [(1, "0.0.0.0".to_string()), (2, cluster.hosts.address(2))] {
         cluster.start(
             host,
             Some(&models),
             &[
-                "--address",
-                &head,
+                "--connection-file",
+                connection.to_str().unwrap(),
                 "--host",
                 &bind,
                 "--num-cpus",
@@ -212,8 +222,14 @@ fn text(bytes: &[u8]) -> String {
 fn three_hosts_on_a_bridge_run_an_embed_job_exactly_once_through_a_host_failure() {
     let Some(cluster) = three_hosts() else { return };
     let addresses: Vec<String> = (0..3).map(|i| cluster.hosts.address(i)).collect();
-    // Until TLS, a node beyond loopback says that its traffic is in the clear.
-    assert!(cluster.log(1).contains("without TLS"), "{}", cluster.log(1));
+    // With TLS, no node warns that its traffic is in the clear.
+    assert!(
+        !cluster.log(1).contains("without TLS"),
+        "{}",
+        cluster.log(1)
+    );
+    let ca = cluster.session().join("tls/ca.pem");
+    let ca_flag = ["--tls-ca", ca.to_str().unwrap()];
 
     // Every node is advertised at its own host's address (host 1 binds
     // 0.0.0.0), and the head can dial each one.
@@ -248,9 +264,18 @@ fn three_hosts_on_a_bridge_run_an_embed_job_exactly_once_through_a_host_failure(
         "{}",
         text(&apart.stderr)
     );
+    // Without the CA, a caller on another host cannot talk to the head.
+    let untrusting = cluster.run(2, &["status", "--address", &cluster.head_address()]);
+    assert!(!untrusting.status.success());
+    assert!(
+        text(&untrusting.stderr).contains("needs its CA"),
+        "{}",
+        text(&untrusting.stderr)
+    );
     // A wrong token is refused across hosts.
     let wrong = cluster
         .photon(2, &["status", "--address", &cluster.head_address()])
+        .args(ca_flag)
         .env("PHOTON_TOKEN", "not-the-token")
         .output()
         .unwrap();
@@ -338,13 +363,14 @@ fn three_hosts_on_a_bridge_run_an_embed_job_exactly_once_through_a_host_failure(
     let fetched = cluster.hosts.within(1, || {
         let address = format!("{}:{RAYLET_HTTP_PORT}", addresses[1]);
         let bearer = format!("Bearer {}", cluster.token);
-        let metrics = http_request(
+        let metrics = https_request(
             &address,
+            &ca,
             "GET",
             "/metrics",
             &[("Authorization", &bearer)],
-            "",
-        );
+        )
+        .unwrap();
         assert_eq!(metrics.code, 200, "{}", metrics.body);
         metrics
             .body

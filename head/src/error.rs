@@ -20,6 +20,9 @@ pub enum Error {
         /// What failed, and what to do.
         message: String,
     },
+    /// The TLS material cannot serve (no certificate of this node).
+    #[error("head TLS: {0}")]
+    Tls(String),
     /// The gRPC server failed.
     #[error("head server on {address}: {source}")]
     Serve {

@@ -18,6 +18,7 @@
 //! It does not schedule work or touch objects' bytes: raylets do.
 
 mod actors;
+mod certificates;
 mod drivers;
 mod error;
 mod http;
@@ -49,6 +50,10 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::info;
 
+pub use certificates::{
+    CA_FILE, CertificateAuthority, IssuedCertificate, NODE_CERT_FILE, NODE_KEY_FILE,
+    SESSION_TLS_DIR, store_node_files,
+};
 pub use error::{Error, Result};
 pub use persist::Persistence;
 pub use retention::JobRetention;
@@ -90,6 +95,9 @@ pub struct HeadConfig {
     pub open_metrics: bool,
     /// Which finished jobs (records, logs, packages) are kept.
     pub job_retention: JobRetention,
+    /// The session CA of `--tls auto`, which issues joining nodes their
+    /// certificates; `None`: nodes bring their own (or TLS is off).
+    pub certificate_authority: Option<std::sync::Arc<CertificateAuthority>>,
 }
 
 impl HeadConfig {
@@ -104,6 +112,7 @@ impl HeadConfig {
             advertise_host: None,
             open_metrics: false,
             job_retention: JobRetention::default(),
+            certificate_authority: None,
         }
     }
 }
@@ -118,6 +127,7 @@ pub async fn run(
     let address = listener
         .local_addr()
         .map_or_else(|_| "?".to_string(), |a| a.to_string());
+    let mut grpc = photon_proto::tls::server().map_err(Error::Tls)?;
     let data_dir = config.data_dir.clone();
     let (
         persistence,
@@ -179,6 +189,7 @@ pub async fn run(
         metrics_address,
         drivers: Default::default(),
         job_retention: config.job_retention,
+        certificate_authority: config.certificate_authority.clone(),
     });
     state.jobs.restore(job_records.clone());
     state.actors.restore(actor_records);
@@ -227,7 +238,7 @@ pub async fn run(
         state: state.clone(),
     };
     readiness.set(true);
-    let served = tonic::transport::Server::builder()
+    let served = grpc
         .add_service(HeadServer::with_interceptor(service, auth.clone()))
         .add_service(JobsServer::with_interceptor(jobs, auth.clone()))
         .add_service(VersionServer::with_interceptor(VersionService, auth))

@@ -9,7 +9,7 @@ use photon_proto::v1::{ActorRecord, ActorState, RunningActor, StopActorRequest};
 use photon_proto::{ActorId, NodeId, ResourceSet};
 use tonic::Code;
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use tracing::{info, warn};
 
 use crate::actors::on_actor_lost;
@@ -27,8 +27,7 @@ impl HeadState {
         if let Some(client) = clients.get(address) {
             return Ok(client.clone());
         }
-        let endpoint = Endpoint::from_shared(format!("http://{address}"))
-            .map_err(|e| e.to_string())?
+        let endpoint = photon_proto::tls::endpoint(address)?
             .connect_timeout(Duration::from_secs(1))
             .timeout(START_TIMEOUT);
         let client =

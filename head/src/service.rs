@@ -70,6 +70,8 @@ pub struct HeadState {
     pub(crate) job_retention: crate::retention::JobRetention,
     /// Drivers' open sessions, by job.
     pub(crate) drivers: crate::drivers::DriverSessions,
+    /// The session CA that issues joining nodes' certificates, if any.
+    pub(crate) certificate_authority: Option<Arc<crate::CertificateAuthority>>,
 }
 
 impl HeadState {
@@ -297,6 +299,26 @@ impl Head for HeadService {
             Ok(keepalive)
         });
         Ok(Response::new(Box::pin(stream)))
+    }
+
+    async fn issue_node_certificate(
+        &self,
+        request: Request<photon_proto::v1::IssueNodeCertificateRequest>,
+    ) -> Result<Response<photon_proto::v1::IssueNodeCertificateReply>, Status> {
+        let Some(authority) = &self.state.certificate_authority else {
+            return Err(Status::failed_precondition(
+                "this head has no session CA (it was not started with --tls auto): give the node \
+                 --tls-cert and --tls-key signed by the cluster's CA",
+            ));
+        };
+        let hosts = request.into_inner().hosts;
+        let issued = authority.issue(&hosts).map_err(Status::invalid_argument)?;
+        info!(?hosts, "issued a node certificate");
+        Ok(Response::new(photon_proto::v1::IssueNodeCertificateReply {
+            certificate_pem: issued.certificate_pem,
+            private_key_pem: issued.private_key_pem,
+            ca_certificate_pem: authority.certificate_pem().to_string(),
+        }))
     }
 
     async fn new_job_id(

@@ -532,6 +532,7 @@ async fn start_driver(
         .envs(&record.env)
         .env(env::ADDRESS, &state.address)
         .env(env::TOKEN, &state.token)
+        .envs(photon_proto::tls::child_env())
         .env(env::JOB_ID, &record.job_id)
         .env(env::JOB_DIR, &dir)
         .env_remove("PHOTON_WORKER")

@@ -23,7 +23,9 @@ use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 
 mod access;
+mod https;
 pub use access::HttpAccess;
+pub use https::TlsListener;
 
 /// Labels of one sample, as `(name, value)` pairs.
 pub type Labels = Vec<(String, String)>;
@@ -156,9 +158,10 @@ pub async fn bind(address: SocketAddr, flag: &str) -> Result<TcpListener, String
     })
 }
 
-/// Serves `router` on `listener` until `shutdown` completes; beyond
-/// loopback, behind `access` (see [`HttpAccess`]). `None` only for a
-/// listener that serves nothing of a cluster's (the operator's metrics).
+/// Serves `router` on `listener` until `shutdown` completes: over TLS when
+/// this process uses TLS ([`photon_proto::tls`]); beyond loopback, behind
+/// `access` (see [`HttpAccess`]). `None` only for a listener that serves
+/// nothing of a cluster's (the operator's metrics).
 pub async fn serve(
     listener: TcpListener,
     router: Router,
@@ -172,10 +175,20 @@ pub async fn serve(
         _ => router,
     };
     let address = local.map_or_else(|_| "?".into(), |a| a.to_string());
-    if let Err(err) = axum::serve(listener, router)
-        .with_graceful_shutdown(shutdown)
-        .await
-    {
+    let tls = photon_proto::tls::current().and_then(|tls| tls.http_server());
+    let served = match tls {
+        Some(config) => {
+            axum::serve(TlsListener::new(listener, config), router)
+                .with_graceful_shutdown(shutdown)
+                .await
+        }
+        None => {
+            axum::serve(listener, router)
+                .with_graceful_shutdown(shutdown)
+                .await
+        }
+    };
+    if let Err(err) = served {
         tracing::warn!(%address, %err, "HTTP endpoint failed");
     }
 }

@@ -21,6 +21,7 @@ pub mod net;
 pub mod placement;
 mod process;
 mod resources;
+pub mod tls;
 mod version;
 mod version_service;
 

@@ -16,7 +16,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use tonic::{Code, Status};
 use tracing::{info, warn};
 
@@ -39,8 +39,8 @@ pub struct HeadLink {
 impl HeadLink {
     /// A client for the head at `address` (host:port) using `token`.
     pub fn new(address: &str, token: &str) -> Result<Self> {
-        let endpoint = Endpoint::from_shared(format!("http://{address}"))
-            .map_err(|err| Error::Config(format!("head address {address:?} is invalid: {err}")))?
+        let endpoint = photon_proto::tls::endpoint(address)
+            .map_err(|err| Error::Config(format!("head {err}")))?
             .connect_timeout(Duration::from_secs(1))
             .tcp_nodelay(true);
         let attach = AttachToken::new(token).map_err(Error::Config)?;

@@ -201,6 +201,7 @@ async fn run_node(
     shutdown: std::pin::Pin<&mut impl Future<Output = ()>>,
 ) -> Result<(Result<()>, bool)> {
     let resources = resources::detect(&config.resources)?;
+    let grpc = photon_proto::tls::server().map_err(Error::Config)?;
     let store_config = config.store.clone();
     let store = tokio::task::spawn_blocking(move || ObjectStore::open(store_config))
         .await
@@ -330,8 +331,7 @@ async fn run_node(
         .max_decoding_message_size(transfer::MAX_MESSAGE_SIZE)
         .max_encoding_message_size(transfer::MAX_MESSAGE_SIZE);
     let server = tokio::spawn(
-        tonic::transport::Server::builder()
-            .initial_stream_window_size(transfer::STREAM_WINDOW)
+        grpc.initial_stream_window_size(transfer::STREAM_WINDOW)
             .initial_connection_window_size(transfer::CONNECTION_WINDOW)
             .max_frame_size(transfer::MAX_FRAME_SIZE)
             .add_service(tonic::service::interceptor::InterceptedService::new(

@@ -22,7 +22,7 @@ use tokio::sync::{OnceCell, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::{Stream, StreamExt};
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{debug, warn};
 
@@ -44,8 +44,8 @@ pub type PeerClient = RayletClient<InterceptedService<Channel, AttachToken>>;
 
 /// Connects to the raylet at `address` (host:port).
 pub fn connect(address: &str, token: &str) -> Result<PeerClient, String> {
-    let endpoint = Endpoint::from_shared(format!("http://{address}"))
-        .map_err(|err| format!("raylet address {address:?} is invalid: {err}"))?
+    let endpoint = photon_proto::tls::endpoint(address)
+        .map_err(|err| format!("raylet {err}"))?
         .connect_timeout(Duration::from_secs(2))
         .tcp_nodelay(true)
         .initial_stream_window_size(STREAM_WINDOW)

@@ -365,6 +365,7 @@ impl WorkerPool {
             .env(env::NODE_ID, self.config.node_id.to_string())
             .env(env::RAYLET_ADDRESS, &self.config.raylet_address)
             .env(env::TOKEN, &self.config.token)
+            .envs(photon_proto::tls::child_env())
             .stdin(Stdio::null())
             .stdout(stdout)
             .stderr(stderr)

@@ -19,8 +19,8 @@ pub(crate) type Head = HeadClient<InterceptedService<Channel, AttachToken>>;
 pub(crate) type Worker = WorkerClient<InterceptedService<Channel, AttachToken>>;
 
 fn endpoint(what: &str, address: &str) -> Result<Endpoint> {
-    Ok(Endpoint::from_shared(format!("http://{address}"))
-        .map_err(|err| Error::Config(format!("{what} address {address:?} is invalid: {err}")))?
+    Ok(photon_proto::tls::endpoint(address)
+        .map_err(|err| Error::Config(format!("{what} {err}")))?
         .connect_timeout(Duration::from_secs(5))
         .tcp_nodelay(true))
 }

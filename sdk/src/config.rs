@@ -22,6 +22,10 @@ pub struct Config {
     /// The session directory of the cluster being joined (for its token), or
     /// of the embedded cluster (default: a fresh temporary directory).
     pub session_dir: Option<PathBuf>,
+    /// The CA certificate (PEM file) of a cluster that uses TLS; `None`:
+    /// `PHOTON_TLS_CA`, else the session dir's `tls/ca.pem` where its head
+    /// made one (`--tls auto`), else plaintext.
+    pub tls_ca: Option<PathBuf>,
     /// The raylet this driver uses (`host:port`); `None`: the live node on this host.
     pub raylet_address: Option<String>,
     /// Embedded cluster: CPUs (default: detected).
@@ -63,11 +67,7 @@ impl Config {
         if let Some(token) = self.token.clone().or_else(|| std::env::var(TOKEN_ENV).ok()) {
             return Ok(token);
         }
-        let session_dir = match &self.session_dir {
-            Some(dir) => Some(dir.clone()),
-            None => published_session(address)?,
-        };
-        let Some(dir) = session_dir else {
+        let Some(dir) = self.session_dir(address)? else {
             return Err(Error::Config(format!(
                 "no token for the cluster at {address}: set {TOKEN_ENV}, Config::token, or Config::session_dir (the head's session directory holds a `token` file)"
             )));
@@ -81,6 +81,36 @@ impl Config {
                     path.display()
                 ))
             })
+    }
+}
+
+impl Config {
+    /// The transport for the cluster at `address`: TLS verified against
+    /// `tls_ca`, `PHOTON_TLS_CA` or the session's CA; `None`: plaintext.
+    pub(crate) fn resolved_tls(&self, address: &str) -> Result<Option<photon_proto::tls::Tls>> {
+        use photon_proto::tls::{Tls, TlsFiles};
+        let ca = match &self.tls_ca {
+            Some(ca) => Some(ca.clone()),
+            None => match Tls::from_env().map_err(Error::Config)? {
+                Some(tls) => return Ok(Some(tls)),
+                None => self
+                    .session_dir(address)?
+                    .map(|dir| {
+                        dir.join(photon_head::SESSION_TLS_DIR)
+                            .join(photon_head::CA_FILE)
+                    })
+                    .filter(|ca| ca.exists()),
+            },
+        };
+        ca.map(|ca| Tls::load(TlsFiles { ca, identity: None }).map_err(Error::Config))
+            .transpose()
+    }
+
+    fn session_dir(&self, address: &str) -> Result<Option<PathBuf>> {
+        match &self.session_dir {
+            Some(dir) => Ok(Some(dir.clone())),
+            None => published_session(address),
+        }
     }
 }
 

@@ -602,6 +602,11 @@ async fn connect(config: &Config) -> Result<(Arc<Core>, Option<EmbeddedCluster>)
     let (head_address, token, cluster) = match config.resolved_address() {
         Some(address) => {
             let token = config.resolved_token(&address)?;
+            // Without a CA found here, a process that chose its transport
+            // already (a worker, the `photon` CLI) keeps it.
+            if let Some(tls) = config.resolved_tls(&address)? {
+                photon_proto::tls::configure(Some(tls));
+            }
             (address, token, None)
         }
         None => {

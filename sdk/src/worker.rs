@@ -76,6 +76,8 @@ fn run() -> Result<()> {
 }
 
 async fn serve() -> Result<()> {
+    // The node's TLS, passed down by the raylet (plaintext when it passed none).
+    photon_proto::tls::configure(photon_proto::tls::Tls::from_env().map_err(Error::Config)?);
     let worker_id: WorkerId = required(env::WORKER_ID)?
         .parse()
         .map_err(|e| Error::Config(format!("{}: {e}", env::WORKER_ID)))?;
@@ -106,7 +108,8 @@ async fn serve() -> Result<()> {
         executor: executor.clone(),
     };
     let server = tokio::spawn(
-        tonic::transport::Server::builder()
+        photon_proto::tls::server()
+            .map_err(Error::Config)?
             .tcp_nodelay(true)
             .add_service(tonic::service::interceptor::InterceptedService::new(
                 WorkerServer::new(service)

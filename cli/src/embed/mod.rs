@@ -54,7 +54,7 @@ pub struct EmbedArgs {
     overwrite: bool,
     /// Run the pipeline in this process, without a cluster (photon-data's
     /// local runner: the same reads, checks and writes).
-    #[arg(long, conflicts_with_all = ["address", "actors", "num_gpus", "actor_cpus"])]
+    #[arg(long, conflicts_with_all = ["address", "connection_file", "actors", "num_gpus", "actor_cpus"])]
     in_process: bool,
     /// Embedder actors: `MIN..MAX` (or one number). Each loads the model once.
     #[arg(long, default_value = "1..1", value_parser = parse_actors)]
@@ -70,6 +70,10 @@ pub struct EmbedArgs {
     /// A running cluster's head (default: an embedded local cluster).
     #[arg(long)]
     address: Option<String>,
+    /// A running cluster's connection file (its head's session dir has
+    /// `connection.json`: address, token and, with TLS, the CA).
+    #[arg(long, value_name = "PATH")]
+    connection_file: Option<PathBuf>,
     /// Which engine runs the model.
     #[arg(long, value_enum, default_value_t = BackendArg::Auto)]
     backend: BackendArg,
@@ -277,7 +281,16 @@ fn run_on_cluster(args: &EmbedArgs, logs: &Path) -> Result<Summary> {
     // On a running cluster the model travels with the job (one upload to the
     // head, one download per node, both cached by content hash), so only
     // this machine needs it; an embedded cluster's workers share this disk.
-    let files = match &args.address {
+    let connection = crate::session::ConnectionFile::given(args.connection_file.as_deref())?;
+    let address = args
+        .address
+        .clone()
+        .or_else(|| connection.as_ref().map(|c| c.address.clone()));
+    let tls_ca = match &connection {
+        Some(connection) => connection.ca_file()?,
+        None => None,
+    };
+    let files = match &address {
         Some(_) => {
             let model = model_dir(args)?;
             photon_inference::model_dir::ModelDir::open(&model)?;
@@ -286,10 +299,12 @@ fn run_on_cluster(args: &EmbedArgs, logs: &Path) -> Result<Summary> {
         None => Vec::new(),
     };
     let ctx = photon::init(photon::Config {
-        address: args.address.clone(),
+        address: address.clone(),
+        token: connection.map(|c| c.token),
+        tls_ca,
         // The embedded cluster's session (its workers' logs) is this run's
         // log directory, kept after the run.
-        session_dir: args.address.is_none().then(|| logs.to_path_buf()),
+        session_dir: address.is_none().then(|| logs.to_path_buf()),
         files,
         ..photon::Config::default()
     })?;

@@ -31,7 +31,8 @@ async fn simulated_node(
     beats: Arc<AtomicU64>,
     stop: CancellationToken,
 ) -> anyhow::Result<()> {
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{address}"))?
+    let channel = photon_proto::tls::endpoint(&address)
+        .map_err(anyhow::Error::msg)?
         .connect()
         .await?;
     let mut client = HeadClient::with_interceptor(
