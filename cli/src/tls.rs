@@ -203,17 +203,15 @@ async fn issue_from_head(
     token: &str,
     hosts: &[String],
 ) -> anyhow::Result<photon_proto::v1::IssueNodeCertificateReply> {
-    let channel = photon_proto::tls::endpoint(head)
+    let endpoint = photon_proto::tls::endpoint(head)
         .map_err(anyhow::Error::msg)?
-        .connect_timeout(std::time::Duration::from_secs(5))
-        .connect()
-        .await
-        .map_err(|err| {
-            anyhow::anyhow!(
-                "cannot reach the head at {head} over TLS for this node's certificate: {}",
-                photon_proto::tls::describe(&err)
-            )
-        })?;
+        .connect_timeout(std::time::Duration::from_secs(5));
+    let channel = photon_proto::tls::channel(&endpoint).await.map_err(|err| {
+        anyhow::anyhow!(
+            "cannot reach the head at {head} over TLS for this node's certificate: {}",
+            photon_proto::tls::describe(&err)
+        )
+    })?;
     let attach = photon_proto::auth::AttachToken::new(token).map_err(anyhow::Error::msg)?;
     let mut client = photon_proto::v1::head_client::HeadClient::with_interceptor(channel, attach);
     let reply = client

@@ -1629,3 +1629,70 @@ mod tls {
         );
     }
 }
+
+/// TLS with certificates of the user's own CA (`--tls-cert/--tls-key/--tls-ca`).
+mod own_certificates {
+    use super::*;
+
+    /// A CA in `dir` and a certificate for `hosts` signed by it:
+    /// (`ca.pem`, `node.pem`, `node.key`).
+    fn certificates(dir: &Path, hosts: &[&str]) -> [String; 3] {
+        let authority = photon_head::CertificateAuthority::load_or_create(dir).unwrap();
+        let hosts: Vec<String> = hosts.iter().map(|h| h.to_string()).collect();
+        authority.issue_into(&hosts, dir).unwrap();
+        ["ca.pem", "node.pem", "node.key"].map(|f| dir.join(f).display().to_string())
+    }
+
+    #[test]
+    fn nodes_serve_their_own_certificates_and_one_that_names_another_host_is_reported() {
+        let pki = tempfile::tempdir().unwrap();
+        let [ca, cert, key] = certificates(pki.path(), &["127.0.0.1"]);
+        let tls = ["--tls-ca", &ca, "--tls-cert", &cert, "--tls-key", &key];
+        let mut cluster = Cluster::start_with(&tls);
+        // This machine's head's CA was copied to its session for local commands.
+        assert_eq!(
+            std::fs::read(cluster.session.join("tls/ca.pem")).unwrap(),
+            std::fs::read(&ca).unwrap()
+        );
+        let good = cluster.add_raylet(&tls);
+        std::thread::sleep(Duration::from_secs(1));
+        assert_eq!(cluster.node_by_pid(good)["unreachable"], "");
+
+        // A certificate of the same CA for another address: the raylet
+        // reaches the head, the head cannot verify the raylet.
+        let elsewhere = tempfile::tempdir().unwrap();
+        std::fs::copy(pki.path().join("ca.key"), elsewhere.path().join("ca.key")).unwrap();
+        std::fs::copy(&ca, elsewhere.path().join("ca.pem")).unwrap();
+        let [_, wrong_cert, wrong_key] = certificates(elsewhere.path(), &["10.9.9.9"]);
+        let wrong = cluster.add_raylet(&[
+            "--tls-ca",
+            &ca,
+            "--tls-cert",
+            &wrong_cert,
+            "--tls-key",
+            &wrong_key,
+        ]);
+        let reason = wait_until(Duration::from_secs(10), "the unreachable report", || {
+            let reason = cluster.node_by_pid(wrong)["unreachable"]
+                .as_str()
+                .unwrap()
+                .to_string();
+            (!reason.is_empty()).then_some(reason)
+        });
+        assert!(
+            reason.contains("not valid for name") && reason.contains("certificate names"),
+            "{reason}"
+        );
+
+        // A head given a certificate without its CA is refused before it starts.
+        let refused = failure(
+            &cluster
+                .command()
+                .args(["start", "--head", "--block", "--port", "0"])
+                .args(["--tls-cert", &cert, "--tls-key", &key])
+                .output()
+                .unwrap(),
+        );
+        assert!(refused.contains("--tls-cert needs --tls-ca"), "{refused}");
+    }
+}

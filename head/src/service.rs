@@ -138,20 +138,36 @@ pub struct HeadService {
 /// How long the head tries to dial a newly registered node.
 const REACH_TIMEOUT: Duration = Duration::from_secs(3);
 
-/// Dials a node's advertised address once it registers: a node advertised
-/// at an address others cannot reach (a wildcard, a private interface, a
-/// firewall) would join and then fail every transfer and lease, so
-/// `photon status` says so.
+/// Connects to a node's advertised address once it registers (TLS
+/// handshake included): a node advertised at an address others cannot
+/// reach (a wildcard, a private interface, a firewall), or with a
+/// certificate that does not name it, would join and then fail every
+/// transfer and lease, so `photon status` says so.
 async fn probe_advertised_address(state: Arc<HeadState>, id: NodeId, address: String) {
+    let endpoint = match photon_proto::tls::endpoint(&address) {
+        Ok(endpoint) => endpoint.connect_timeout(REACH_TIMEOUT),
+        Err(err) => {
+            state.nodes.set_unreachable(id, err);
+            return;
+        }
+    };
     let failure =
-        match tokio::time::timeout(REACH_TIMEOUT, tokio::net::TcpStream::connect(&address)).await {
+        match tokio::time::timeout(REACH_TIMEOUT, photon_proto::tls::channel(&endpoint)).await {
             Ok(Ok(_)) => return,
-            Ok(Err(err)) => err.to_string(),
+            Ok(Err(err)) => photon_proto::tls::describe(&err),
             Err(_) => format!("no answer within {REACH_TIMEOUT:?}"),
         };
     state.nodes.set_unreachable(
         id,
-        format!("the head cannot dial {address} ({failure}): start the raylet with --advertise-address set to an address other nodes reach"),
+        format!(
+            "the head cannot dial {address} ({failure}): start the raylet with \
+             --advertise-address set to an address other nodes reach{}",
+            if photon_proto::tls::current().is_some() {
+                " and its certificate names"
+            } else {
+                ""
+            }
+        ),
     );
 }
 

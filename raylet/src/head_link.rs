@@ -41,10 +41,9 @@ impl HeadLink {
     pub fn new(address: &str, token: &str) -> Result<Self> {
         let endpoint = photon_proto::tls::endpoint(address)
             .map_err(|err| Error::Config(format!("head {err}")))?
-            .connect_timeout(Duration::from_secs(1))
-            .tcp_nodelay(true);
+            .connect_timeout(Duration::from_secs(1));
         let attach = AttachToken::new(token).map_err(Error::Config)?;
-        let channel = endpoint.connect_lazy();
+        let channel = photon_proto::tls::lazy_channel(&endpoint);
         Ok(Self {
             client: HeadClient::with_interceptor(channel.clone(), attach.clone()),
             jobs: JobsClient::with_interceptor(channel, attach),

@@ -7,7 +7,7 @@ use photon_proto::auth::AttachToken;
 use photon_proto::v1::head_client::HeadClient;
 use photon_proto::v1::worker_client::WorkerClient;
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 use crate::error::{Error, Result};
 
@@ -18,11 +18,11 @@ pub(crate) type Head = HeadClient<InterceptedService<Channel, AttachToken>>;
 /// A client of a worker process.
 pub(crate) type Worker = WorkerClient<InterceptedService<Channel, AttachToken>>;
 
-fn endpoint(what: &str, address: &str) -> Result<Endpoint> {
-    Ok(photon_proto::tls::endpoint(address)
+fn channel(what: &str, address: &str) -> Result<Channel> {
+    let endpoint = photon_proto::tls::endpoint(address)
         .map_err(|err| Error::Config(format!("{what} {err}")))?
-        .connect_timeout(Duration::from_secs(5))
-        .tcp_nodelay(true))
+        .connect_timeout(Duration::from_secs(5));
+    Ok(photon_proto::tls::lazy_channel(&endpoint))
 }
 
 fn attach(token: &str) -> Result<AttachToken> {
@@ -31,14 +31,14 @@ fn attach(token: &str) -> Result<AttachToken> {
 
 pub(crate) fn head(address: &str, token: &str) -> Result<Head> {
     Ok(HeadClient::with_interceptor(
-        endpoint("head", address)?.connect_lazy(),
+        channel("head", address)?,
         attach(token)?,
     ))
 }
 
 pub(crate) fn jobs(address: &str, token: &str) -> Result<crate::packages::Jobs> {
     Ok(photon_proto::v1::jobs_client::JobsClient::with_interceptor(
-        endpoint("head", address)?.connect_lazy(),
+        channel("head", address)?,
         attach(token)?,
     ))
 }
@@ -49,7 +49,7 @@ pub(crate) fn raylet(address: &str, token: &str) -> Result<RayletClient> {
 
 pub(crate) fn worker(address: &str, token: &str) -> Result<Worker> {
     Ok(
-        WorkerClient::with_interceptor(endpoint("worker", address)?.connect_lazy(), attach(token)?)
+        WorkerClient::with_interceptor(channel("worker", address)?, attach(token)?)
             .max_decoding_message_size(usize::MAX)
             .max_encoding_message_size(usize::MAX),
     )

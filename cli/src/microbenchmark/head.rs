@@ -31,10 +31,8 @@ async fn simulated_node(
     beats: Arc<AtomicU64>,
     stop: CancellationToken,
 ) -> anyhow::Result<()> {
-    let channel = photon_proto::tls::endpoint(&address)
-        .map_err(anyhow::Error::msg)?
-        .connect()
-        .await?;
+    let endpoint = photon_proto::tls::endpoint(&address).map_err(anyhow::Error::msg)?;
+    let channel = photon_proto::tls::channel(&endpoint).await?;
     let mut client = HeadClient::with_interceptor(
         channel,
         AttachToken::new(&token).map_err(anyhow::Error::msg)?,

@@ -50,6 +50,9 @@ pub enum Which {
         /// One JSON object per line instead of a table.
         #[arg(long)]
         json: bool,
+        /// Also over TLS (`--tls auto`), against plaintext in the same run.
+        #[arg(long)]
+        tls: bool,
     },
     /// A 90 MB model-like directory shipped to 2 nodes through the head's
     /// package store (pack, upload, fetch, verify, unpack), cold and
@@ -96,7 +99,7 @@ pub fn run(which: Which) -> anyhow::Result<()> {
         Which::Core { json } => core::run(&mut Report::new(json)),
         Which::Data { json } => data::run(&mut Report::new(json)),
         Which::Head { json, nodes } => head::run(&mut Report::new(json), &nodes),
-        Which::Transfer { json } => transfer::run(&mut Report::new(json)),
+        Which::Transfer { json, tls } => transfer::run(&mut Report::new(json), tls),
         Which::Packages { json } => packages::run(&mut Report::new(json)),
         Which::Embed {
             json,

@@ -48,6 +48,12 @@ fn json_field(path: &Path, field: &str) -> Option<String> {
 impl ProcessCluster {
     /// Starts a head without a raylet and waits until it serves.
     pub fn start_head() -> anyhow::Result<Self> {
+        Self::start_head_with(&[])
+    }
+
+    /// [`ProcessCluster::start_head`] with extra flags (`--tls auto`). Its
+    /// raylets join it as this machine's head (its CA, if any, included).
+    pub fn start_head_with(flags: &[&str]) -> anyhow::Result<Self> {
         let home = tempfile::tempdir()?;
         let mut head = Command::new(std::env::current_exe()?)
             .args([
@@ -60,6 +66,7 @@ impl ProcessCluster {
                 "--session-dir",
             ])
             .arg(home.path().join("session"))
+            .args(flags)
             .env("PHOTON_HOME", home.path())
             .env("PHOTON_LOG", "warn")
             .stdout(Stdio::null())
@@ -97,6 +104,11 @@ impl ProcessCluster {
         let address = wait_for("a raylet", &mut raylet, || json_field(&pid_file, "address"));
         self.raylets.push(raylet);
         address
+    }
+
+    /// The head's session directory.
+    pub fn session_dir(&self) -> std::path::PathBuf {
+        self.home.path().join("session")
     }
 
     /// CPU seconds (user + system) the head has used so far.
