@@ -177,16 +177,16 @@ fn start_detached(args: &StartArgs) -> anyhow::Result<()> {
                 ready.role, ready.address
             );
             if args.head {
-                match ClusterFile::read()?.filter(|cluster| cluster.pid == pid) {
-                    Some(cluster) => println!(
-                        "join more nodes:   photon start --connection-file {} (copy it to \
-                         the other machine: it holds the token)",
+                println!(
+                    "join more nodes:   photon start --address {}",
+                    ready.address
+                );
+                if let Some(cluster) = ClusterFile::read()?.filter(|cluster| cluster.pid == pid) {
+                    println!(
+                        "  from elsewhere:  photon start --connection-file {} (copy the file \
+                         there: it holds the token)",
                         cluster.session_dir.join(ConnectionFile::NAME).display()
-                    ),
-                    None => println!(
-                        "join more nodes:   photon start --address {}",
-                        ready.address
-                    ),
+                    );
                 }
                 println!("cluster status:    photon status");
             }
