@@ -54,7 +54,7 @@ impl Head {
         let endpoint = photon_proto::tls::endpoint(&address)
             .map_err(anyhow::Error::msg)?
             .connect_timeout(Duration::from_secs(3));
-        let channel = photon_proto::tls::channel(&endpoint).await.map_err(|err| {
+        let channel = endpoint.connect().await.map_err(|err| {
             anyhow::anyhow!(
                 "cannot reach the head at {address} ({}): is it running? Check --address or PHOTON_ADDRESS{}",
                 photon_proto::tls::describe(&err),

@@ -206,7 +206,7 @@ async fn issue_from_head(
     let endpoint = photon_proto::tls::endpoint(head)
         .map_err(anyhow::Error::msg)?
         .connect_timeout(std::time::Duration::from_secs(5));
-    let channel = photon_proto::tls::channel(&endpoint).await.map_err(|err| {
+    let channel = endpoint.connect().await.map_err(|err| {
         anyhow::anyhow!(
             "cannot reach the head at {head} over TLS for this node's certificate: {}",
             photon_proto::tls::describe(&err)

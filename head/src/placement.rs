@@ -30,10 +30,8 @@ impl HeadState {
         let endpoint = photon_proto::tls::endpoint(address)?
             .connect_timeout(Duration::from_secs(1))
             .timeout(START_TIMEOUT);
-        let client = RayletClient::with_interceptor(
-            photon_proto::tls::lazy_channel(&endpoint),
-            AttachToken::new(&self.token)?,
-        );
+        let client =
+            RayletClient::with_interceptor(endpoint.connect_lazy(), AttachToken::new(&self.token)?);
         clients.insert(address.to_string(), client.clone());
         Ok(client)
     }

@@ -151,12 +151,11 @@ async fn probe_advertised_address(state: Arc<HeadState>, id: NodeId, address: St
             return;
         }
     };
-    let failure =
-        match tokio::time::timeout(REACH_TIMEOUT, photon_proto::tls::channel(&endpoint)).await {
-            Ok(Ok(_)) => return,
-            Ok(Err(err)) => photon_proto::tls::describe(&err),
-            Err(_) => format!("no answer within {REACH_TIMEOUT:?}"),
-        };
+    let failure = match tokio::time::timeout(REACH_TIMEOUT, endpoint.connect()).await {
+        Ok(Ok(_)) => return,
+        Ok(Err(err)) => photon_proto::tls::describe(&err),
+        Err(_) => format!("no answer within {REACH_TIMEOUT:?}"),
+    };
     state.nodes.set_unreachable(
         id,
         format!(

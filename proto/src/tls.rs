@@ -63,33 +63,9 @@ fn certificates(pem: &[u8], path: &Path) -> Result<Vec<CertificateDer<'static>>,
     Ok(certs)
 }
 
-/// Installs ring, rustls's provider here, as the process default with
-/// AES-128-GCM preferred: rustls puts AES-256 first, which costs object
-/// transfers a third of their rate for no protection a cluster needs. Every
-/// rustls configuration of this process (tonic's included) takes it.
-fn install_crypto_provider() {
-    static INSTALLED: std::sync::Once = std::sync::Once::new();
-    INSTALLED.call_once(|| {
-        use rustls::CipherSuite::{
-            TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256, TLS13_AES_128_GCM_SHA256,
-        };
-        let mut provider = rustls::crypto::ring::default_provider();
-        provider.cipher_suites.sort_by_key(|suite| {
-            let preferred = [
-                TLS13_AES_128_GCM_SHA256,
-                TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
-            ];
-            !preferred.contains(&suite.suite())
-        });
-        // Another default installed first (by a library) is kept.
-        let _ = provider.install_default();
-    });
-}
-
 impl Tls {
     /// Reads and checks `files`: every error names the file.
     pub fn load(files: TlsFiles) -> Result<Self, String> {
-        install_crypto_provider();
         let ca_pem = read(&files.ca, "CA certificate")?;
         let mut roots = rustls::RootCertStore::empty();
         for cert in certificates(&ca_pem, &files.ca)? {
@@ -212,40 +188,6 @@ pub fn endpoint(address: &str) -> Result<tonic::transport::Endpoint, String> {
             .tls_config(tls.client(host_of(address)))
             .map_err(|err| format!("TLS for {address}: {}", describe(&err))),
     }
-}
-
-/// A channel to `endpoint`, connected when first used, over
-/// [`crate::net::BufferedTcp`] (`TCP_NODELAY`, buffered reads).
-pub fn lazy_channel(endpoint: &tonic::transport::Endpoint) -> tonic::transport::Channel {
-    endpoint.connect_with_connector_lazy(tower::service_fn(dial))
-}
-
-/// [`lazy_channel`], connected now (TLS handshake included).
-pub async fn channel(
-    endpoint: &tonic::transport::Endpoint,
-) -> Result<tonic::transport::Channel, tonic::transport::Error> {
-    endpoint
-        .connect_with_connector(tower::service_fn(dial))
-        .await
-}
-
-async fn dial(
-    uri: tonic::codegen::http::Uri,
-) -> std::io::Result<hyper_util::rt::TokioIo<crate::net::BufferedTcp>> {
-    let invalid = || {
-        std::io::Error::new(
-            std::io::ErrorKind::InvalidInput,
-            format!("{uri} has no host:port"),
-        )
-    };
-    let host = uri.host().ok_or_else(invalid)?;
-    let port = uri.port_u16().ok_or_else(invalid)?;
-    let host = host.trim_start_matches('[').trim_end_matches(']');
-    let stream = tokio::net::TcpStream::connect((host, port)).await?;
-    stream.set_nodelay(true)?;
-    Ok(hyper_util::rt::TokioIo::new(crate::net::BufferedTcp::new(
-        stream,
-    )))
 }
 
 /// A gRPC server builder in this process's transport.

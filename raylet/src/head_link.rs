@@ -41,9 +41,10 @@ impl HeadLink {
     pub fn new(address: &str, token: &str) -> Result<Self> {
         let endpoint = photon_proto::tls::endpoint(address)
             .map_err(|err| Error::Config(format!("head {err}")))?
-            .connect_timeout(Duration::from_secs(1));
+            .connect_timeout(Duration::from_secs(1))
+            .tcp_nodelay(true);
         let attach = AttachToken::new(token).map_err(Error::Config)?;
-        let channel = photon_proto::tls::lazy_channel(&endpoint);
+        let channel = endpoint.connect_lazy();
         Ok(Self {
             client: HeadClient::with_interceptor(channel.clone(), attach.clone()),
             jobs: JobsClient::with_interceptor(channel, attach),

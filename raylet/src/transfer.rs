@@ -47,12 +47,13 @@ pub fn connect(address: &str, token: &str) -> Result<PeerClient, String> {
     let endpoint = photon_proto::tls::endpoint(address)
         .map_err(|err| format!("raylet {err}"))?
         .connect_timeout(Duration::from_secs(2))
+        .tcp_nodelay(true)
         .initial_stream_window_size(STREAM_WINDOW)
         .initial_connection_window_size(CONNECTION_WINDOW)
         .max_frame_size(MAX_FRAME_SIZE);
     let attach = AttachToken::new(token)?;
     Ok(
-        RayletClient::with_interceptor(photon_proto::tls::lazy_channel(&endpoint), attach)
+        RayletClient::with_interceptor(endpoint.connect_lazy(), attach)
             .max_decoding_message_size(MAX_MESSAGE_SIZE)
             .max_encoding_message_size(MAX_MESSAGE_SIZE),
     )

@@ -21,8 +21,9 @@ pub(crate) type Worker = WorkerClient<InterceptedService<Channel, AttachToken>>;
 fn channel(what: &str, address: &str) -> Result<Channel> {
     let endpoint = photon_proto::tls::endpoint(address)
         .map_err(|err| Error::Config(format!("{what} {err}")))?
-        .connect_timeout(Duration::from_secs(5));
-    Ok(photon_proto::tls::lazy_channel(&endpoint))
+        .connect_timeout(Duration::from_secs(5))
+        .tcp_nodelay(true);
+    Ok(endpoint.connect_lazy())
 }
 
 fn attach(token: &str) -> Result<AttachToken> {

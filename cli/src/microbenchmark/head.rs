@@ -32,7 +32,7 @@ async fn simulated_node(
     stop: CancellationToken,
 ) -> anyhow::Result<()> {
     let endpoint = photon_proto::tls::endpoint(&address).map_err(anyhow::Error::msg)?;
-    let channel = photon_proto::tls::channel(&endpoint).await?;
+    let channel = endpoint.connect().await?;
     let mut client = HeadClient::with_interceptor(
         channel,
         AttachToken::new(&token).map_err(anyhow::Error::msg)?,
