@@ -47,7 +47,7 @@ pub struct Head {
 impl Head {
     /// Connects to the head `args` name.
     pub async fn connect(args: &HeadArgs) -> anyhow::Result<Self> {
-        let connection = session::ConnectionFile::given(args.connection_file.as_deref())?;
+        let connection = session::connection_file(args.connection_file.as_deref())?;
         let address = session::resolve_address(args.address.clone(), connection.as_ref())?;
         let token = session::resolve_token(args.token_file.as_deref(), connection.as_ref())?;
         crate::tls::configure_client(args.tls_ca.as_deref(), connection.as_ref(), &address)?;

@@ -6,8 +6,6 @@
 //! (0600), its database and its logs.
 
 use std::fs;
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
@@ -25,17 +23,7 @@ pub fn create_private_dir(dir: &Path) -> anyhow::Result<()> {
 
 /// Writes `contents` to `path` with mode 0600, atomically (temp file + rename).
 pub fn write_private(path: &Path, contents: &[u8]) -> anyhow::Result<()> {
-    let temp = path.with_extension("tmp");
-    let mut file = fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&temp)
-        .with_context(|| format!("cannot write {}", temp.display()))?;
-    file.write_all(contents)?;
-    file.sync_all()?;
-    fs::rename(&temp, path).with_context(|| format!("cannot write {}", path.display()))
+    photon::home::write_private(path, contents).map_err(anyhow::Error::msg)
 }
 
 /// The session's token: reused if the session dir has one (a restarted head
@@ -96,63 +84,12 @@ impl ClusterFile {
     }
 }
 
-/// Everything another machine needs to reach a cluster, in one file the
-/// head writes to its session dir (0600): its address, the token and, with
-/// TLS, the CA certificate. `--connection-file` reads it.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct ConnectionFile {
-    /// The head's advertised address.
-    pub address: String,
-    /// The cluster token.
-    pub token: String,
-    /// The CA certificate (PEM) of a cluster that uses TLS.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub ca_certificate: Option<String>,
-}
+pub use photon::ConnectionFile;
 
-impl ConnectionFile {
-    /// Its name in a head's session dir.
-    pub const NAME: &str = "connection.json";
-
-    /// Reads `path`; errors name it.
-    pub fn read(path: &Path) -> anyhow::Result<Self> {
-        let bytes = fs::read(path)
-            .with_context(|| format!("cannot read the connection file {}", path.display()))?;
-        serde_json::from_slice(&bytes).with_context(|| {
-            format!(
-                "{} is not a photon connection file (the head's session dir has `{}`)",
-                path.display(),
-                Self::NAME
-            )
-        })
-    }
-
-    /// Writes it (0600: it holds the token).
-    pub fn write(&self, path: &Path) -> anyhow::Result<()> {
-        write_private(path, &serde_json::to_vec_pretty(self)?)
-    }
-
-    /// The CA certificate as a file this process and its children load:
-    /// `$PHOTON_HOME/tls/ca-<hash>.pem`. `None` for a plaintext cluster.
-    pub fn ca_file(&self) -> anyhow::Result<Option<PathBuf>> {
-        use sha2::Digest;
-        let Some(pem) = &self.ca_certificate else {
-            return Ok(None);
-        };
-        let dir = home()?.join("tls");
-        create_private_dir(&dir)?;
-        let hash = hex::encode(&sha2::Sha256::digest(pem.as_bytes())[..8]);
-        let path = dir.join(format!("ca-{hash}.pem"));
-        if fs::read_to_string(&path).ok().as_deref() != Some(pem.as_str()) {
-            write_private(&path, pem.as_bytes())?;
-        }
-        Ok(Some(path))
-    }
-
-    /// `--connection-file`, read.
-    pub fn given(path: Option<&Path>) -> anyhow::Result<Option<Self>> {
-        path.map(Self::read).transpose()
-    }
+/// `--connection-file`, read.
+pub fn connection_file(path: Option<&Path>) -> anyhow::Result<Option<ConnectionFile>> {
+    path.map(|path| ConnectionFile::read(path).map_err(anyhow::Error::msg))
+        .transpose()
 }
 
 /// One process started by `photon start`.

@@ -255,14 +255,19 @@ async fn run_blocking(args: StartArgs, overrides: ResourceOverrides) -> anyhow::
     let result = if args.head {
         run_head(&args, overrides, store, stop).await
     } else {
-        let connection = ConnectionFile::given(args.connection_file.as_deref())?;
+        let connection = session::connection_file(args.connection_file.as_deref())?;
         let head = session::resolve_address(args.address.clone(), connection.as_ref())?;
         let token = session::resolve_token(args.token_file.as_deref(), connection.as_ref())?;
         let advertise =
             advertise::advertised_host(args.advertise_address.as_deref(), &args.host, Some(&head))?;
-        let tls_dir = match &args.session_dir {
-            Some(dir) => dir.join(photon_head::SESSION_TLS_DIR),
-            None => session::home()?.join(format!("tls-{pid}")),
+        // Without a session dir, the node's key lives only as long as this
+        // process: removed however it returns.
+        let (tls_dir, _removed_at_exit) = match &args.session_dir {
+            Some(dir) => (dir.join(photon_head::SESSION_TLS_DIR), None),
+            None => {
+                let dir = session::home()?.join(format!("tls-{pid}"));
+                (dir.clone(), Some(RemoveOnDrop(dir)))
+            }
         };
         let node_tls = tls::joining_node(
             &args.tls,
@@ -306,21 +311,26 @@ async fn run_blocking(args: StartArgs, overrides: ResourceOverrides) -> anyhow::
             .map(|port| socket_address(&args.host, port))
             .transpose()?;
         let listener = bind(&args.host, 0).await?;
-        let result = photon_raylet::run(
+        photon_raylet::run(
             config,
             listener,
             |info| announce_raylet(info, "raylet", &info.address),
             stop.cancelled_owned(),
         )
         .await
-        .map_err(anyhow::Error::from);
-        if args.session_dir.is_none() {
-            let _ = std::fs::remove_dir_all(&tls_dir);
-        }
-        result
+        .map_err(anyhow::Error::from)
     };
     PidFile::forget(pid);
     result
+}
+
+/// A directory removed when this is dropped.
+struct RemoveOnDrop(std::path::PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 /// Prints the raylet and records this process for `photon stop`; `serving` is
@@ -394,7 +404,8 @@ async fn run_head(
         token: token.clone(),
         ca_certificate,
     }
-    .write(&connection_path)?;
+    .write(&connection_path)
+    .map_err(anyhow::Error::msg)?;
     let mut config = HeadConfig::new(&session_dir, token.clone());
     config.certificate_authority = authority;
     config.node_timeout = Duration::from_millis(args.node_timeout_ms);

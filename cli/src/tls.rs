@@ -10,7 +10,7 @@ use clap::{Args, ValueEnum};
 use photon_head::{CA_FILE, CertificateAuthority, NODE_CERT_FILE, NODE_KEY_FILE, SESSION_TLS_DIR};
 use photon_proto::tls::{Tls, TlsFiles};
 
-use crate::session::{self, ClusterFile, ConnectionFile};
+use crate::session::{ClusterFile, ConnectionFile};
 
 /// How a node makes its certificate.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -50,7 +50,7 @@ pub fn client_tls(
 ) -> anyhow::Result<Option<Tls>> {
     let ca = match (tls_ca, connection) {
         (Some(ca), _) => Some(ca.to_path_buf()),
-        (None, Some(connection)) => connection.ca_file()?,
+        (None, Some(connection)) => connection.ca_file().map_err(anyhow::Error::msg)?,
         (None, None) => {
             if let Some(tls) = Tls::from_env().map_err(anyhow::Error::msg)? {
                 return Ok(Some(tls));
@@ -72,11 +72,18 @@ pub fn configure_client(
     Ok(())
 }
 
+/// The CA of the head started on this machine, when it is the one at
+/// `address` and uses TLS now (its connection file says so).
 fn local_session_ca(address: &str) -> anyhow::Result<Option<PathBuf>> {
-    Ok(ClusterFile::read()?
-        .filter(|cluster| cluster.address == address)
-        .map(|cluster| cluster.session_dir.join(SESSION_TLS_DIR).join(CA_FILE))
-        .filter(|ca| ca.exists()))
+    let Some(cluster) = ClusterFile::read()?.filter(|cluster| cluster.address == address) else {
+        return Ok(None);
+    };
+    let connection =
+        ConnectionFile::of_session(&cluster.session_dir).map_err(anyhow::Error::msg)?;
+    match connection {
+        Some(connection) => connection.ca_file().map_err(anyhow::Error::msg),
+        None => Ok(None),
+    }
 }
 
 /// What the connect error adds when this process called in plaintext: the
@@ -103,7 +110,8 @@ fn load(files: TlsFiles) -> anyhow::Result<Tls> {
 /// A head node's TLS, made in its session dir's `tls` directory: with
 /// `--tls auto` a certificate for `hosts` signed by the session CA (made
 /// once, kept across restarts), which is returned to issue joining nodes
-/// theirs; else the given files, the CA copied there for local commands.
+/// theirs; else the given files. (Local commands find the CA in the
+/// session's connection file.)
 pub fn head_node(
     args: &NodeTlsArgs,
     session_dir: &Path,
@@ -136,12 +144,9 @@ pub fn head_node(
         .clone()
         .context("--tls-cert needs --tls-ca, the CA that signed it (nodes and commands verify the head with it)")?;
     let tls = load(TlsFiles {
-        ca: ca.clone(),
+        ca,
         identity: Some((cert.clone(), key.clone())),
     })?;
-    session::create_private_dir(&dir)?;
-    let pem = std::fs::read(&ca).with_context(|| format!("cannot read {}", ca.display()))?;
-    session::write_private(&dir.join(CA_FILE), &pem)?;
     Ok((Some(tls), None))
 }
 
@@ -158,7 +163,7 @@ pub async fn joining_node(
 ) -> anyhow::Result<Option<Tls>> {
     let ca = match (&args.tls_ca, connection) {
         (Some(ca), _) => Some(ca.clone()),
-        (None, Some(connection)) => connection.ca_file()?,
+        (None, Some(connection)) => connection.ca_file().map_err(anyhow::Error::msg)?,
         (None, None) => match std::env::var_os(photon_proto::tls::CA_ENV) {
             Some(ca) if !ca.is_empty() => Some(PathBuf::from(ca)),
             _ => local_session_ca(head)?,
@@ -185,7 +190,6 @@ pub async fn joining_node(
         identity: None,
     })?));
     let issued = issue_from_head(head, token, hosts).await?;
-    session::create_private_dir(dir)?;
     photon_head::store_node_files(
         dir,
         &issued.ca_certificate_pem,

@@ -1581,6 +1581,46 @@ mod tls {
             !String::from_utf8_lossy(&answer).contains("ok"),
             "a plaintext request was answered"
         );
+
+        // A job's SDK driver, started by the head, and its workers: over TLS.
+        let (_home, mut submitter) = elsewhere();
+        let job = submitter
+            .args(["job", "submit"])
+            .arg("--connection-file")
+            .arg(&connection)
+            .arg("--")
+            .arg(crate::support::job_example())
+            .output()
+            .unwrap();
+        assert!(
+            job.status.success(),
+            "{}{}",
+            String::from_utf8_lossy(&job.stdout),
+            String::from_utf8_lossy(&job.stderr)
+        );
+
+        // Stopped, the raylet leaves no key behind.
+        cluster.kill(pid, "-TERM");
+        assert!(
+            !node_tls.exists(),
+            "{} outlived its raylet",
+            node_tls.display()
+        );
+    }
+
+    #[test]
+    fn a_head_restarted_without_tls_on_the_same_session_is_called_in_plaintext() {
+        let mut cluster = Cluster::start_with(&["--tls", "auto"]);
+        assert!(cluster.status_text().contains("status page: https://"));
+        let head = cluster.head_pid();
+        cluster.kill(head, "-9");
+        cluster.head_args.clear();
+        cluster.start_head(0);
+        // Its CA is still in the session's tls/, but its connection file
+        // (rewritten at start) has none: local commands call in plaintext.
+        assert!(cluster.session.join("tls/ca.pem").exists());
+        let status = cluster.status_text();
+        assert!(status.contains("status page: http://"), "{status}");
     }
 
     #[test]
@@ -1649,10 +1689,14 @@ mod own_certificates {
         let [ca, cert, key] = certificates(pki.path(), &["127.0.0.1"]);
         let tls = ["--tls-ca", &ca, "--tls-cert", &cert, "--tls-key", &key];
         let mut cluster = Cluster::start_with(&tls);
-        // This machine's head's CA was copied to its session for local commands.
+        // Local commands and other machines find the CA in the connection file.
+        let file: Value = serde_json::from_slice(
+            &std::fs::read(cluster.session.join("connection.json")).unwrap(),
+        )
+        .unwrap();
         assert_eq!(
-            std::fs::read(cluster.session.join("tls/ca.pem")).unwrap(),
-            std::fs::read(&ca).unwrap()
+            file["ca_certificate"].as_str().unwrap(),
+            std::fs::read_to_string(&ca).unwrap()
         );
         let good = cluster.add_raylet(&tls);
         std::thread::sleep(Duration::from_secs(1));

@@ -9,22 +9,7 @@ use std::process::Output;
 use std::time::Duration;
 
 use serde_json::Value;
-use support::{Cluster, PHOTON, failure, http_get, wait_until};
-
-/// The example job binary (`examples/src/bin/job_example.rs`; `scripts/test`
-/// builds it), built if missing — with the workspace's features, so it
-/// shares the dependencies already built.
-fn job_example() -> PathBuf {
-    let path = std::path::Path::new(PHOTON).with_file_name("job_example");
-    if !path.exists() {
-        let status = std::process::Command::new(env!("CARGO"))
-            .args(["build", "--workspace", "--bin", "job_example"])
-            .status()
-            .unwrap();
-        assert!(status.success(), "cannot build the example job");
-    }
-    path
-}
+use support::{Cluster, failure, http_get, job_example, wait_until};
 
 /// A head and two 1-CPU raylets, each serving metrics.
 fn two_node_cluster() -> Cluster {

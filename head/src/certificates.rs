@@ -70,18 +70,22 @@ fn create_private_dir(dir: &Path) -> Result<(), String> {
         .map_err(|err| format!("cannot create {}: {err}", dir.display()))
 }
 
+/// Writes a key or certificate 0600, atomically: a temp file renamed over
+/// the old one, whose looser mode never survives.
 fn write_private(path: &Path, contents: &str) -> Result<(), String> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
+    let failed = |err: std::io::Error| format!("cannot write {}: {err}", path.display());
+    let temp = path.with_extension("tmp");
     let mut file = std::fs::OpenOptions::new()
         .write(true)
         .create(true)
         .truncate(true)
         .mode(0o600)
-        .open(path)
-        .map_err(|err| format!("cannot write {}: {err}", path.display()))?;
-    file.write_all(contents.as_bytes())
-        .map_err(|err| format!("cannot write {}: {err}", path.display()))
+        .open(&temp)
+        .map_err(failed)?;
+    file.write_all(contents.as_bytes()).map_err(failed)?;
+    std::fs::rename(&temp, path).map_err(failed)
 }
 
 impl CertificateAuthority {

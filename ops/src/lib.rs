@@ -25,7 +25,7 @@ use tokio::net::TcpListener;
 mod access;
 mod https;
 pub use access::HttpAccess;
-pub use https::TlsListener;
+use https::TlsListener;
 
 /// Labels of one sample, as `(name, value)` pairs.
 pub type Labels = Vec<(String, String)>;
@@ -175,9 +175,12 @@ pub async fn serve(
         _ => router,
     };
     let address = local.map_or_else(|_| "?".into(), |a| a.to_string());
-    let tls = photon_proto::tls::current().and_then(|tls| tls.http_server());
-    let served = match tls {
-        Some(config) => {
+    let served = match photon_proto::tls::current().map(|tls| tls.http_server()) {
+        Some(None) => {
+            tracing::error!(%address, "TLS is on but this process has no certificate: not serving HTTP");
+            return;
+        }
+        Some(Some(config)) => {
             axum::serve(TlsListener::new(listener, config), router)
                 .with_graceful_shutdown(shutdown)
                 .await

@@ -23,8 +23,8 @@ pub struct Config {
     /// of the embedded cluster (default: a fresh temporary directory).
     pub session_dir: Option<PathBuf>,
     /// The CA certificate (PEM file) of a cluster that uses TLS; `None`:
-    /// `PHOTON_TLS_CA`, else the session dir's `tls/ca.pem` where its head
-    /// made one (`--tls auto`), else plaintext.
+    /// `PHOTON_TLS_CA`, else the CA in the connection file of the session's
+    /// head, else plaintext.
     pub tls_ca: Option<PathBuf>,
     /// The raylet this driver uses (`host:port`); `None`: the live node on this host.
     pub raylet_address: Option<String>,
@@ -67,7 +67,11 @@ impl Config {
         if let Some(token) = self.token.clone().or_else(|| std::env::var(TOKEN_ENV).ok()) {
             return Ok(token);
         }
-        let Some(dir) = self.session_dir(address)? else {
+        let session_dir = match &self.session_dir {
+            Some(dir) => Some(dir.clone()),
+            None => published_session(address)?,
+        };
+        let Some(dir) = session_dir else {
             return Err(Error::Config(format!(
                 "no token for the cluster at {address}: set {TOKEN_ENV}, Config::token, or Config::session_dir (the head's session directory holds a `token` file)"
             )));
@@ -86,31 +90,36 @@ impl Config {
 
 impl Config {
     /// The transport for the cluster at `address`: TLS verified against
-    /// `tls_ca`, `PHOTON_TLS_CA` or the session's CA; `None`: plaintext.
+    /// `tls_ca`, else `PHOTON_TLS_CA`, else the CA in the connection file of
+    /// the session's head (a head restarted without TLS rewrites it without
+    /// one); `None`: plaintext.
     pub(crate) fn resolved_tls(&self, address: &str) -> Result<Option<photon_proto::tls::Tls>> {
         use photon_proto::tls::{Tls, TlsFiles};
         let ca = match &self.tls_ca {
             Some(ca) => Some(ca.clone()),
-            None => match Tls::from_env().map_err(Error::Config)? {
-                Some(tls) => return Ok(Some(tls)),
-                None => self
-                    .session_dir(address)?
-                    .map(|dir| {
-                        dir.join(photon_head::SESSION_TLS_DIR)
-                            .join(photon_head::CA_FILE)
-                    })
-                    .filter(|ca| ca.exists()),
-            },
+            None => {
+                if let Some(tls) = Tls::from_env().map_err(Error::Config)? {
+                    return Ok(Some(tls));
+                }
+                let session = match &self.session_dir {
+                    Some(dir) => Some(dir.clone()),
+                    // With the token from elsewhere, a home that is not
+                    // private is not an error, only not trusted for a CA.
+                    None => published_session(address).unwrap_or_else(|why| {
+                        tracing::warn!(%why, "not looking for the cluster's CA in PHOTON_HOME");
+                        None
+                    }),
+                };
+                match session {
+                    Some(dir) => crate::ConnectionFile::of_session(&dir)
+                        .and_then(|file| file.map_or(Ok(None), |file| file.ca_file()))
+                        .map_err(Error::Config)?,
+                    None => None,
+                }
+            }
         };
         ca.map(|ca| Tls::load(TlsFiles { ca, identity: None }).map_err(Error::Config))
             .transpose()
-    }
-
-    fn session_dir(&self, address: &str) -> Result<Option<PathBuf>> {
-        match &self.session_dir {
-            Some(dir) => Ok(Some(dir.clone())),
-            None => published_session(address),
-        }
     }
 }
 

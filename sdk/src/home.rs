@@ -47,6 +47,25 @@ pub fn create_private_dir(dir: &Path) -> Result<(), String> {
         .map_err(|err| format!("cannot create directory {}: {err}", dir.display()))
 }
 
+/// Writes `contents` to `path` with mode 0600, atomically (a temp file
+/// renamed over it, so an existing file's looser mode never survives).
+pub fn write_private(path: &Path, contents: &[u8]) -> Result<(), String> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let temp = path.with_extension("tmp");
+    let failed = |err: std::io::Error| format!("cannot write {}: {err}", path.display());
+    let mut file = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&temp)
+        .map_err(failed)?;
+    file.write_all(contents).map_err(failed)?;
+    file.sync_all().map_err(failed)?;
+    fs::rename(&temp, path).map_err(failed)
+}
+
 /// Refuses `dir` unless this user owns it and neither group nor others may
 /// write to it.
 pub fn check_private(dir: &Path) -> Result<(), String> {

@@ -41,6 +41,7 @@ mod clients;
 mod cluster;
 mod codec;
 mod config;
+mod connection;
 mod context;
 mod error;
 pub mod home;
@@ -58,6 +59,7 @@ mod worker;
 
 pub use actor_client::ActorHandle;
 pub use config::{ADDRESS_ENV, Config, TOKEN_ENV};
+pub use connection::ConnectionFile;
 pub use context::{Context, JOB_MEMORY_TIMEOUT, JobMemory, NodeView, PendingDemand, init};
 pub use error::{Error, KillReason, Result};
 pub use object_io::{INLINE_MAX, ObjectBytes};

@@ -281,13 +281,13 @@ fn run_on_cluster(args: &EmbedArgs, logs: &Path) -> Result<Summary> {
     // On a running cluster the model travels with the job (one upload to the
     // head, one download per node, both cached by content hash), so only
     // this machine needs it; an embedded cluster's workers share this disk.
-    let connection = crate::session::ConnectionFile::given(args.connection_file.as_deref())?;
+    let connection = crate::session::connection_file(args.connection_file.as_deref())?;
     let address = args
         .address
         .clone()
         .or_else(|| connection.as_ref().map(|c| c.address.clone()));
     let tls_ca = match &connection {
-        Some(connection) => connection.ca_file()?,
+        Some(connection) => connection.ca_file().map_err(anyhow::Error::msg)?,
         None => None,
     };
     let files = match &address {

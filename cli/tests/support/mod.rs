@@ -13,6 +13,21 @@ use serde_json::Value;
 pub const PHOTON: &str = env!("CARGO_BIN_EXE_photon");
 pub const STORE: &str = "33554432"; // 32 MiB per node keeps tests light
 
+/// The example job binary (`examples/src/bin/job_example.rs`; `scripts/test`
+/// builds it), built if missing — with the workspace's features, so it
+/// shares the dependencies already built.
+pub fn job_example() -> PathBuf {
+    let path = Path::new(PHOTON).with_file_name("job_example");
+    if !path.exists() {
+        let status = std::process::Command::new(env!("CARGO"))
+            .args(["build", "--workspace", "--bin", "job_example"])
+            .status()
+            .unwrap();
+        assert!(status.success(), "cannot build the example job");
+    }
+    path
+}
+
 /// Polls `condition` every 20 ms until it holds or `timeout` passes.
 pub fn wait_until<T>(timeout: Duration, what: &str, mut condition: impl FnMut() -> Option<T>) -> T {
     let start = Instant::now();
