@@ -76,7 +76,9 @@ fn write_private(path: &Path, contents: &str) -> Result<(), String> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     let failed = |err: std::io::Error| format!("cannot write {}: {err}", path.display());
-    let temp = path.with_extension("tmp");
+    // A name of this process's own, so concurrent writers never share one.
+    let temp = path.with_extension(format!("tmp.{}", std::process::id()));
+    let _ = std::fs::remove_file(&temp);
     let mut file = std::fs::OpenOptions::new()
         .write(true)
         .create(true)

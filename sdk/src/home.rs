@@ -52,7 +52,9 @@ pub fn create_private_dir(dir: &Path) -> Result<(), String> {
 pub fn write_private(path: &Path, contents: &[u8]) -> Result<(), String> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
-    let temp = path.with_extension("tmp");
+    // A name of this process's own, so concurrent writers never share one.
+    let temp = path.with_extension(format!("tmp.{}", std::process::id()));
+    let _ = std::fs::remove_file(&temp);
     let failed = |err: std::io::Error| format!("cannot write {}: {err}", path.display());
     let mut file = fs::OpenOptions::new()
         .write(true)
