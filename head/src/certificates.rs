@@ -61,40 +61,15 @@ fn tls_error(what: &str, err: impl std::fmt::Display) -> String {
     format!("{what}: {err}")
 }
 
-fn create_private_dir(dir: &Path) -> Result<(), String> {
-    use std::os::unix::fs::DirBuilderExt;
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-        .map_err(|err| format!("cannot create {}: {err}", dir.display()))
-}
-
-/// Writes a key or certificate 0600, atomically: a temp file renamed over
-/// the old one, whose looser mode never survives.
 fn write_private(path: &Path, contents: &str) -> Result<(), String> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let failed = |err: std::io::Error| format!("cannot write {}: {err}", path.display());
-    // A name of this process's own, so concurrent writers never share one.
-    let temp = path.with_extension(format!("tmp.{}", std::process::id()));
-    let _ = std::fs::remove_file(&temp);
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&temp)
-        .map_err(failed)?;
-    file.write_all(contents.as_bytes()).map_err(failed)?;
-    std::fs::rename(&temp, path).map_err(failed)
+    photon_proto::files::write_private(path, contents.as_bytes())
 }
 
 impl CertificateAuthority {
     /// The CA stored in `dir` (a session's `tls` directory), made and
     /// stored (0600) the first time.
     pub fn load_or_create(dir: &Path) -> Result<Self, String> {
-        create_private_dir(dir)?;
+        photon_proto::files::create_private_dir(dir)?;
         let (cert_path, key_path) = (dir.join(CA_FILE), dir.join(CA_KEY_FILE));
         if key_path.exists() {
             let read = |path: &PathBuf| {
@@ -173,7 +148,7 @@ pub fn store_node_files(
     ca_pem: &str,
     issued: &IssuedCertificate,
 ) -> Result<(), String> {
-    create_private_dir(dir)?;
+    photon_proto::files::create_private_dir(dir)?;
     if std::fs::read_to_string(dir.join(CA_FILE)).ok().as_deref() != Some(ca_pem) {
         write_private(&dir.join(CA_FILE), ca_pem)?;
     }

@@ -16,6 +16,7 @@
 //! ```
 
 pub mod auth;
+pub mod files;
 mod ids;
 pub mod net;
 pub mod placement;
