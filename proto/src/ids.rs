@@ -175,6 +175,12 @@ impl TaskId {
         Self(id)
     }
 
+    /// The root task of a worker process that submits tasks or puts
+    /// objects of its own (nested work): every id it makes descends from it.
+    pub fn for_worker(job: JobId, worker: WorkerId) -> Self {
+        Self(derive_16(job, b"worker", worker.as_bytes(), 0))
+    }
+
     /// The `counter`-th task submitted by `parent` (deterministic).
     pub fn for_child(parent: TaskId, counter: u64) -> Self {
         Self(derive_16(

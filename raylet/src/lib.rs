@@ -247,6 +247,7 @@ async fn run_node(
     pool_config.worker_memory_limit = config.worker_memory_limit;
     pool_config.idle_timeout = config.idle_worker_timeout;
     pool_config.token = config.token.clone();
+    pool_config.head_address = config.head_address.clone();
     let pool = worker_pool::WorkerPool::start(pool_config);
     let actors = std::sync::Arc::new(actors::ActorHost::new(
         &info.resources.total,

@@ -36,6 +36,8 @@ pub mod env {
     pub const RAYLET_ADDRESS: &str = "PHOTON_RAYLET_ADDRESS";
     /// The cluster token the worker presents (and requires from drivers).
     pub const TOKEN: &str = "PHOTON_TOKEN";
+    /// Where the worker reaches the head (to submit nested tasks and own objects).
+    pub const HEAD_ADDRESS: &str = "PHOTON_HEAD_ADDRESS";
 }
 
 /// What to start. Workers are reused only for an identical spec (same
@@ -77,6 +79,8 @@ pub struct WorkerPoolConfig {
     pub idle_timeout: Duration,
     /// The cluster token, given to workers.
     pub token: String,
+    /// The head's address, given to workers.
+    pub head_address: String,
 }
 
 impl WorkerPoolConfig {
@@ -97,6 +101,7 @@ impl WorkerPoolConfig {
             monitor_period: Duration::from_millis(250),
             idle_timeout: DEFAULT_IDLE_TIMEOUT,
             token: String::new(),
+            head_address: String::new(),
         }
     }
 }
@@ -365,6 +370,7 @@ impl WorkerPool {
             .env(env::NODE_ID, self.config.node_id.to_string())
             .env(env::RAYLET_ADDRESS, &self.config.raylet_address)
             .env(env::TOKEN, &self.config.token)
+            .env(env::HEAD_ADDRESS, &self.config.head_address)
             .envs(photon_proto::tls::child_env())
             .stdin(Stdio::null())
             .stdout(stdout)

@@ -109,7 +109,7 @@ pub(crate) struct Core {
     /// job, its program's package (so a node that lacks the binary fetches it).
     pub(crate) worker_env: std::collections::HashMap<String, String>,
     pub(crate) max_in_flight: usize,
-    driver_task: TaskId,
+    root_task: TaskId,
     task_counter: AtomicU64,
     put_counter: AtomicU32,
     raylets: Mutex<HashMap<String, RayletClient>>,
@@ -120,7 +120,7 @@ impl Core {
     /// A fresh task id (deterministic in job and submission order).
     pub(crate) fn next_task_id(&self) -> TaskId {
         TaskId::for_child(
-            self.driver_task,
+            self.root_task,
             self.task_counter.fetch_add(1, Ordering::Relaxed),
         )
     }
@@ -495,7 +495,7 @@ impl Core {
         fill: impl FnOnce(&mut [u8]) -> Result<()>,
     ) -> Result<Arc<RefHandle>> {
         let id = ObjectId::for_put(
-            self.driver_task,
+            self.root_task,
             self.put_counter.fetch_add(1, Ordering::Relaxed),
         );
         if size <= INLINE_MAX {
@@ -517,7 +517,7 @@ struct Owned {
     runtime: Option<Runtime>,
     cluster: Option<EmbeddedCluster>,
     /// The driver's session with the head (`attach_driver`).
-    session: tokio::task::JoinHandle<()>,
+    session: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Drop for Owned {
@@ -528,7 +528,9 @@ impl Drop for Owned {
         let core = self.core.clone();
         let mut cluster = self.cluster.take();
         // Closed first: an embedded head stops without waiting for it.
-        self.session.abort();
+        if let Some(session) = &self.session {
+            session.abort();
+        }
         runtime.block_on(async move {
             core.submitter.shutdown().await;
             core.actors.shutdown();
@@ -584,19 +586,24 @@ pub fn init(config: Config) -> Result<Context> {
     .collect();
     let session = runtime.spawn(attach_driver(
         core.head.clone(),
-        core.driver_task.job_id(),
+        core.root_task.job_id(),
         packages,
     ));
-    Ok(Context {
+    let owned = Arc::new(Owned {
         core: core.clone(),
-        _owned: Arc::new(Owned {
-            core,
-            runtime: Some(runtime),
-            cluster,
-            session,
-        }),
+        runtime: Some(runtime),
+        cluster,
+        session: Some(session),
+    });
+    *DRIVER.lock().unwrap_or_else(|p| p.into_inner()) = Arc::downgrade(&owned);
+    Ok(Context {
+        core,
+        _owned: owned,
     })
 }
+
+/// The context `init` made last, while the program holds it.
+static DRIVER: Mutex<std::sync::Weak<Owned>> = Mutex::new(std::sync::Weak::new());
 
 async fn connect(config: &Config) -> Result<(Arc<Core>, Option<EmbeddedCluster>)> {
     let (head_address, token, cluster) = match config.resolved_address() {
@@ -637,8 +644,7 @@ async fn connect(config: &Config) -> Result<(Arc<Core>, Option<EmbeddedCluster>)
         Some(job) => job,
         None => new_job_id(&head).await?,
     };
-    let mut worker_env =
-        std::collections::HashMap::from([(JOB_ID_ENV.to_string(), job.to_string())]);
+    let mut worker_env = HashMap::from([(JOB_ID_ENV.to_string(), job.to_string())]);
     if let Ok(package) = std::env::var(PROGRAM_PACKAGE_ENV) {
         worker_env.insert(PROGRAM_PACKAGE_ENV.to_string(), package);
     }
@@ -655,30 +661,63 @@ async fn connect(config: &Config) -> Result<(Arc<Core>, Option<EmbeddedCluster>)
             package,
         );
     }
-    let lineage = Lineage::new();
-    let core = Arc::new(Core {
-        runtime: tokio::runtime::Handle::current(),
-        token: token.clone(),
-        head: head.clone(),
-        raylet: raylet.clone(),
-        raylet_address: raylet_address.clone(),
+    worker_env.insert(PROGRAM_ENV.to_string(), program.clone());
+    let core = Core::start(CoreParts {
+        token,
+        head,
+        raylet,
+        raylet_address,
         node_id,
-        objects: ObjectTable::default(),
-        lineage: lineage.clone(),
-        submitter: Submitter::new(raylet_address.clone()),
-        actors: ActorClients::default(),
         program,
         worker_env,
-        max_in_flight: config.max_tasks_in_flight_per_worker.unwrap_or(16).max(1),
-        driver_task: TaskId::for_driver(job),
-        task_counter: AtomicU64::new(1),
-        put_counter: AtomicU32::new(0),
-        raylets: Mutex::default(),
-        rebuilding: Mutex::default(),
+        max_in_flight: config.max_tasks_in_flight_per_worker,
+        root_task: TaskId::for_driver(job),
     });
-    core.submitter.start(Arc::downgrade(&core));
-    tokio::spawn(lineage.run(head));
     Ok((core, cluster))
+}
+
+/// What a [`Core`] is made of: where it reaches the cluster, and who it is.
+pub(crate) struct CoreParts {
+    pub(crate) token: String,
+    pub(crate) head: Head,
+    pub(crate) raylet: RayletClient,
+    pub(crate) raylet_address: String,
+    pub(crate) node_id: NodeId,
+    pub(crate) program: String,
+    pub(crate) worker_env: HashMap<String, String>,
+    pub(crate) max_in_flight: Option<usize>,
+    /// The root of every id this owner makes (a driver's, or a worker's).
+    pub(crate) root_task: TaskId,
+}
+
+impl Core {
+    /// A core on the current runtime, its submitter and lineage loops started.
+    pub(crate) fn start(parts: CoreParts) -> Arc<Core> {
+        let lineage = Lineage::new();
+        let core = Arc::new(Core {
+            runtime: tokio::runtime::Handle::current(),
+            token: parts.token,
+            head: parts.head.clone(),
+            raylet: parts.raylet,
+            submitter: Submitter::new(parts.raylet_address.clone()),
+            raylet_address: parts.raylet_address,
+            node_id: parts.node_id,
+            objects: ObjectTable::default(),
+            lineage: lineage.clone(),
+            actors: ActorClients::default(),
+            program: parts.program,
+            worker_env: parts.worker_env,
+            max_in_flight: parts.max_in_flight.unwrap_or(16).max(1),
+            root_task: parts.root_task,
+            task_counter: AtomicU64::new(1),
+            put_counter: AtomicU32::new(0),
+            raylets: Mutex::default(),
+            rebuilding: Mutex::default(),
+        });
+        core.submitter.start(Arc::downgrade(&core));
+        tokio::spawn(lineage.run(parts.head));
+        core
+    }
 }
 
 /// Keeps this driver's session with the head open for as long as the
@@ -732,7 +771,10 @@ async fn new_job_id(head: &clients::Head) -> Result<JobId> {
 }
 
 /// The job id of a driver the head started (and of every worker).
-const JOB_ID_ENV: &str = "PHOTON_JOB_ID";
+pub(crate) const JOB_ID_ENV: &str = "PHOTON_JOB_ID";
+/// The driver's program as it named it, so workers that submit tasks of
+/// their own start the same program (and share idle workers with the driver).
+pub(crate) const PROGRAM_ENV: &str = "PHOTON_PROGRAM";
 
 /// The raylet to use when joining a cluster: the configured one, else the
 /// live node on this host.
@@ -774,6 +816,45 @@ async fn local_raylet(
 }
 
 impl Context {
+    /// This process's context, for code that was not handed one: inside a
+    /// remote function or actor method, the worker's own (made on first
+    /// use), which owns what it creates (Ray's ownership: nested tasks,
+    /// actors and objects are retried, rebuilt from lineage and freed by
+    /// this worker as the driver does for its own); in a driver, the
+    /// context [`init`] returned, while the program still holds it.
+    pub fn current() -> Result<Context> {
+        if crate::worker::is_worker() {
+            return crate::worker_context::get();
+        }
+        let owned = DRIVER
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .upgrade()
+            .ok_or_else(|| {
+                Error::Config(
+                    "there is no photon context in this process: call photon::init first".into(),
+                )
+            })?;
+        Ok(Context {
+            core: owned.core.clone(),
+            _owned: owned,
+        })
+    }
+
+    /// The context of a worker that owns `core` (it is never shut down:
+    /// the worker process ends with its job).
+    pub(crate) fn for_worker(core: Arc<Core>) -> Context {
+        Context {
+            core: core.clone(),
+            _owned: Arc::new(Owned {
+                core,
+                runtime: None,
+                cluster: None,
+                session: None,
+            }),
+        }
+    }
+
     fn block_on<F: std::future::Future>(&self, future: F) -> F::Output {
         self.core.runtime.block_on(future)
     }
@@ -1050,7 +1131,7 @@ impl Context {
     /// within [`JOB_MEMORY_TIMEOUT`] is left out.
     pub fn job_memory(&self) -> Result<JobMemory> {
         let nodes = self.cluster_nodes()?;
-        let job = self.core.driver_task.job_id().to_vec();
+        let job = self.core.root_task.job_id().to_vec();
         let core = self.core.clone();
         self.block_on(async move {
             let asks = nodes.iter().map(|node| {

@@ -56,6 +56,7 @@ mod registry;
 mod submitter;
 pub mod testing;
 mod worker;
+mod worker_context;
 
 pub use actor_client::ActorHandle;
 pub use config::{ADDRESS_ENV, Config, TOKEN_ENV};

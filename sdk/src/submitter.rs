@@ -17,6 +17,7 @@ use photon_proto::{ObjectId, WorkerId};
 use tokio::sync::{mpsc, oneshot};
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::UnboundedReceiverStream;
+use tonic::Code;
 use tracing::{debug, warn};
 
 use crate::clients;
@@ -631,19 +632,47 @@ async fn return_to_raylet(core: &Core, raylet: &str, worker: WorkerId, kill: boo
     }
 }
 
+/// How often a lease request goes back to the local raylet when the node it
+/// was spilled to cannot be reached, and how long it waits each time.
+const UNREACHABLE_SPILLBACK_RETRIES: u32 = 10;
+const UNREACHABLE_SPILLBACK_PAUSE: Duration = Duration::from_millis(300);
+
 /// Asks the local raylet for a worker, following spillbacks.
 async fn request_lease(
     core: &Arc<Core>,
-    mut raylet: String,
+    local: String,
     mut request: WorkerLeaseRequest,
 ) -> Result<(String, WorkerId, String), Error> {
-    for _ in 0..8 {
+    let mut raylet = local.clone();
+    let mut unreachable = 0;
+    let mut hops = 0;
+    while hops < 8 {
         let mut client = core.raylet_at(&raylet)?;
-        let reply = client
-            .request_worker_lease(request.clone())
-            .await
-            .map_err(|s| Error::cluster(format!("the raylet at {raylet} refused a lease"), &s))?
-            .into_inner();
+        let reply = match client.request_worker_lease(request.clone()).await {
+            Ok(reply) => reply.into_inner(),
+            // A node that died since the local raylet last heard from the
+            // head: ask again once the head's verdict has reached it,
+            // without costing the task a retry.
+            Err(status)
+                if raylet != local
+                    && status.code() == Code::Unavailable
+                    && unreachable < UNREACHABLE_SPILLBACK_RETRIES =>
+            {
+                debug!(%raylet, %status, "the spillback target is unreachable; asking the local raylet again");
+                unreachable += 1;
+                tokio::time::sleep(UNREACHABLE_SPILLBACK_PAUSE).await;
+                raylet = local.clone();
+                request.no_spillback = false;
+                hops = 0;
+                continue;
+            }
+            Err(status) => {
+                return Err(Error::cluster(
+                    format!("the raylet at {raylet} refused a lease"),
+                    &status,
+                ));
+            }
+        };
         if !reply.infeasible.is_empty() {
             return Err(Error::Unschedulable {
                 what: "a task".into(),
@@ -653,6 +682,7 @@ async fn request_lease(
         if !reply.spillback_address.is_empty() {
             raylet = reply.spillback_address;
             request.no_spillback = true;
+            hops += 1;
             continue;
         }
         let worker = WorkerId::from_slice(&reply.worker_id)

@@ -27,6 +27,7 @@ use crate::error::{Error, Result};
 use crate::object_io::{self, INLINE_MAX, Mapping, ObjectBytes, ReadError};
 use crate::progress::{ReplySender, TaskProgress};
 use crate::registry::{self, ActorInstance, Args};
+use crate::worker_context;
 
 /// Where this process runs, for messages about what a node cannot do: a
 /// worker's node (its raylet's address and host name), else this host.
@@ -40,11 +41,16 @@ pub fn where_this_runs() -> String {
     }
 }
 
+/// True in a process a raylet started as a worker (`PHOTON_WORKER=1`).
+pub(crate) fn is_worker() -> bool {
+    std::env::var(env::WORKER).as_deref() == Ok("1")
+}
+
 /// If this process was started as a worker (`PHOTON_WORKER=1`), runs the
 /// worker loop and exits; otherwise returns at once. Call it first thing in
 /// `main` (`#[photon::main]` does).
 pub fn worker_entry() {
-    if std::env::var(env::WORKER).as_deref() != Ok("1") {
+    if !is_worker() {
         return;
     }
     let code = match run() {
@@ -55,14 +61,6 @@ pub fn worker_entry() {
         }
     };
     std::process::exit(code);
-}
-
-fn required(name: &str) -> Result<String> {
-    std::env::var(name).map_err(|_| {
-        Error::Config(format!(
-            "{name} is not set: worker processes are started by a raylet"
-        ))
-    })
 }
 
 fn run() -> Result<()> {
@@ -78,14 +76,11 @@ fn run() -> Result<()> {
 async fn serve() -> Result<()> {
     // The node's TLS, passed down by the raylet (plaintext when it passed none).
     photon_proto::tls::configure(photon_proto::tls::Tls::from_env().map_err(Error::Config)?);
-    let worker_id: WorkerId = required(env::WORKER_ID)?
-        .parse()
-        .map_err(|e| Error::Config(format!("{}: {e}", env::WORKER_ID)))?;
-    let raylet_address = required(env::RAYLET_ADDRESS)?;
-    let token = required(env::TOKEN)?;
-    let node_id: NodeId = required(env::NODE_ID)?
-        .parse()
-        .map_err(|e| Error::Config(format!("{}: {e}", env::NODE_ID)))?;
+    crate::worker_context::set_runtime(tokio::runtime::Handle::current());
+    let worker_id: WorkerId = worker_context::parsed(env::WORKER_ID)?;
+    let raylet_address = worker_context::var(env::RAYLET_ADDRESS)?;
+    let token = worker_context::var(env::TOKEN)?;
+    let node_id: NodeId = worker_context::parsed(env::NODE_ID)?;
     let raylet = clients::raylet(&raylet_address, &token)?;
     let host = raylet_address
         .rsplit_once(':')

@@ -6,6 +6,7 @@
 
 mod cluster;
 mod functions;
+mod nested;
 mod owners;
 
 use std::time::Duration;
@@ -15,7 +16,7 @@ use photon::{Config, Context, Error, ObjectRef};
 
 use functions::*;
 
-fn embedded() -> Context {
+pub(crate) fn embedded() -> Context {
     photon::init(Config {
         num_cpus: Some(2.0),
         ..Config::default()
@@ -23,7 +24,7 @@ fn embedded() -> Context {
     .expect("embedded cluster starts")
 }
 
-fn check(condition: bool, message: impl Into<String>) -> Result<(), Failed> {
+pub(crate) fn check(condition: bool, message: impl Into<String>) -> Result<(), Failed> {
     if condition {
         Ok(())
     } else {
@@ -472,6 +473,22 @@ fn main() {
         Trial::test(
             "embedded::pending_demand_is_reported",
             pending_demand_is_reported,
+        ),
+        Trial::test(
+            "nested::a_task_fans_out_nested_tasks",
+            nested::a_task_fans_out_nested_tasks,
+        ),
+        Trial::test(
+            "nested::nested_objects_are_owned_and_freed_by_their_worker",
+            nested::nested_objects_are_owned_and_freed_by_their_worker,
+        ),
+        Trial::test(
+            "nested::an_actor_creates_sub_actors",
+            nested::an_actor_creates_sub_actors,
+        ),
+        Trial::test(
+            "nested::a_lost_nested_result_is_rebuilt_by_its_owner",
+            nested::a_lost_nested_result_is_rebuilt_by_its_owner,
         ),
         Trial::test("cluster::three_raylets", cluster::three_raylets),
         Trial::test(
