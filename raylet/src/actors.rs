@@ -102,6 +102,9 @@ impl ActorHost {
         let ledger = self.lock();
         let mut available = ledger.available.clone();
         available.set(names::GPU, ledger.gpus.free_total());
+        // Oversubscribed by a resumed worker: nothing is free.
+        let cpus = available.get(names::CPU).max(Quantity::ZERO);
+        available.set(names::CPU, cpus);
         available
     }
 
@@ -173,6 +176,28 @@ impl ActorHost {
         if let Some(grant) = &reservation.grant {
             ledger.gpus.release(grant);
         }
+    }
+
+    /// A leased worker blocked on objects lends the CPUs of `reservation`
+    /// back to the node until [`reclaim_cpus`](Self::reclaim_cpus).
+    pub fn lend_cpus(&self, reservation: &Reservation) {
+        self.shift_cpus(reservation, true);
+        self.freed.notify_waiters();
+    }
+
+    /// Takes lent CPUs back when the worker resumes, even if that
+    /// oversubscribes the node until something ends (as Ray does): a waiting
+    /// task must not wait again for the tasks it was waiting on.
+    pub fn reclaim_cpus(&self, reservation: &Reservation) {
+        self.shift_cpus(reservation, false);
+    }
+
+    fn shift_cpus(&self, reservation: &Reservation, lend: bool) {
+        let cpus = reservation.others.get(names::CPU);
+        let mut ledger = self.lock();
+        let free = ledger.available.get(names::CPU);
+        let free = if lend { free + cpus } else { free - cpus };
+        ledger.available.set(names::CPU, free);
     }
 
     /// Notified whenever resources come back.

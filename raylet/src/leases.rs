@@ -28,6 +28,8 @@ const SPILLBACK_CHECK: Duration = Duration::from_millis(250);
 struct Lease {
     worker: Worker,
     reservation: Reservation,
+    /// Its worker waits on objects: its CPUs are lent back to the node.
+    blocked: bool,
 }
 
 /// The node's task leases.
@@ -99,7 +101,7 @@ impl LeaseManager {
                 let lease = manager.lock().remove(&exit.worker_id);
                 if let Some(lease) = lease {
                     debug!(worker = %exit.worker_id, reason = %exit.reason, "leased worker ended");
-                    manager.host.unreserve(&lease.reservation);
+                    manager.give_back(&lease);
                 }
             }
         });
@@ -195,6 +197,7 @@ impl LeaseManager {
             Lease {
                 worker,
                 reservation,
+                blocked: false,
             },
         );
         Ok(reply)
@@ -227,7 +230,35 @@ impl LeaseManager {
         } else {
             self.pool.release(&lease.worker);
         }
+        self.give_back(&lease);
+    }
+
+    /// An ended lease's resources come back (less CPUs it had lent).
+    fn give_back(&self, lease: &Lease) {
+        if lease.blocked {
+            self.host.reclaim_cpus(&lease.reservation);
+        }
         self.host.unreserve(&lease.reservation);
+    }
+
+    /// `WorkerBlocked`: a leased worker waiting on objects lends its CPUs to
+    /// the node, and takes them back when it resumes. Unknown workers (an
+    /// actor's, a returned lease's) are ignored.
+    pub fn set_blocked(&self, worker: WorkerId, blocked: bool) {
+        let mut leases = self.lock();
+        let Some(lease) = leases.get_mut(&worker) else {
+            return;
+        };
+        if lease.blocked == blocked {
+            return;
+        }
+        lease.blocked = blocked;
+        debug!(%worker, blocked, "leased worker blocked state changed");
+        if blocked {
+            self.host.lend_cpus(&lease.reservation);
+        } else {
+            self.host.reclaim_cpus(&lease.reservation);
+        }
     }
 
     /// A request this node can never fit: spill it to a node that can, or

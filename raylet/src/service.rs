@@ -13,7 +13,8 @@ use photon_proto::v1::{
     ObjectDescriptor, ProcessMemory, PullObjectRequest, PushObjectReply, RegisterWorkerReply,
     RegisterWorkerRequest, ReleaseObjectReply, ReleaseObjectRequest, ReturnWorkerLeaseReply,
     ReturnWorkerLeaseRequest, SealObjectReply, SealObjectRequest, StartActorReply, StopActorReply,
-    StopActorRequest, WorkerExitReply, WorkerExitRequest, WorkerLeaseReply, WorkerLeaseRequest,
+    StopActorRequest, WorkerBlockedReply, WorkerBlockedRequest, WorkerExitReply, WorkerExitRequest,
+    WorkerLeaseReply, WorkerLeaseRequest,
 };
 use photon_proto::{ActorId, JobId, NodeId, WorkerId};
 use tonic::{Request, Response, Status, Streaming};
@@ -154,6 +155,16 @@ impl Raylet for RayletService {
         let worker = WorkerId::from_slice(&request.worker_id)?;
         self.leases.release(worker, request.kill);
         Ok(Response::new(ReturnWorkerLeaseReply {}))
+    }
+
+    async fn worker_blocked(
+        &self,
+        request: Request<WorkerBlockedRequest>,
+    ) -> Result<Response<WorkerBlockedReply>, Status> {
+        let request = request.into_inner();
+        let worker = WorkerId::from_slice(&request.worker_id)?;
+        self.leases.set_blocked(worker, request.blocked);
+        Ok(Response::new(WorkerBlockedReply {}))
     }
 
     async fn register_worker(

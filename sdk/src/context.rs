@@ -114,6 +114,8 @@ pub(crate) struct Core {
     put_counter: AtomicU32,
     raylets: Mutex<HashMap<String, RayletClient>>,
     rebuilding: Mutex<HashSet<ObjectId>>,
+    /// A worker's: tells its raylet while a task waits on objects.
+    blocked: Option<Arc<crate::blocked::BlockedReporter>>,
 }
 
 impl Core {
@@ -190,6 +192,7 @@ impl Core {
         id: ObjectId,
         how: Mapping,
     ) -> Result<ObjectBytes> {
+        let _waiting = self.waiting_if(self.objects.is_pending(id));
         for _ in 0..=MAX_REBUILDS {
             let state = self
                 .objects
@@ -209,6 +212,7 @@ impl Core {
                         Err(ReadError::Other(err)) => return Err(err),
                         Err(ReadError::Lost(why)) => {
                             let why = format!("its copy on node {address} is gone ({why})");
+                            let _waiting = self.waiting_if(true);
                             self.rebuild(id, why).await?;
                         }
                     }
@@ -219,6 +223,15 @@ impl Core {
             object: id,
             cause: format!("it was lost again after {MAX_REBUILDS} rebuilds"),
         })
+    }
+
+    /// Marks a worker's task as waiting on objects while the guard lives
+    /// (`blocked`), when `waits` (a driver has nothing to report).
+    pub(crate) fn waiting_if(&self, waits: bool) -> Option<crate::blocked::Waiting> {
+        self.blocked
+            .as_ref()
+            .filter(|_| waits)
+            .map(|reporter| reporter.wait())
     }
 
     /// True when an object can be read: held inline here, or in a live node's store.
@@ -672,6 +685,7 @@ async fn connect(config: &Config) -> Result<(Arc<Core>, Option<EmbeddedCluster>)
         worker_env,
         max_in_flight: config.max_tasks_in_flight_per_worker,
         root_task: TaskId::for_driver(job),
+        worker: None,
     });
     Ok((core, cluster))
 }
@@ -688,6 +702,8 @@ pub(crate) struct CoreParts {
     pub(crate) max_in_flight: Option<usize>,
     /// The root of every id this owner makes (a driver's, or a worker's).
     pub(crate) root_task: TaskId,
+    /// The worker this core runs in (none in a driver).
+    pub(crate) worker: Option<photon_proto::WorkerId>,
 }
 
 impl Core {
@@ -698,7 +714,7 @@ impl Core {
             runtime: tokio::runtime::Handle::current(),
             token: parts.token,
             head: parts.head.clone(),
-            raylet: parts.raylet,
+            raylet: parts.raylet.clone(),
             submitter: Submitter::new(parts.raylet_address.clone()),
             raylet_address: parts.raylet_address,
             node_id: parts.node_id,
@@ -713,6 +729,9 @@ impl Core {
             put_counter: AtomicU32::new(0),
             raylets: Mutex::default(),
             rebuilding: Mutex::default(),
+            blocked: parts
+                .worker
+                .map(|worker| crate::blocked::BlockedReporter::start(parts.raylet, worker)),
         });
         core.submitter.start(Arc::downgrade(&core));
         tokio::spawn(lineage.run(parts.head));
@@ -937,6 +956,9 @@ impl Context {
     /// error when its task failed. (A stored value may still turn out lost
     /// when read.)
     pub async fn ready_async<T>(&self, object: &ObjectRef<T>) -> Result<()> {
+        let _waiting = self
+            .core
+            .waiting_if(self.core.objects.is_pending(object.id()));
         match self.core.objects.wait_ready(object.id()).await {
             Some(ObjectState::Failed(err)) => Err(err),
             _ => Ok(()),
@@ -986,6 +1008,11 @@ impl Context {
         timeout: Option<Duration>,
     ) -> (Vec<ObjectRef<T>>, Vec<ObjectRef<T>>) {
         let wanted = num_returns.min(objects.len());
+        let pending = objects
+            .iter()
+            .filter(|object| self.core.objects.is_pending(object.id()))
+            .count();
+        let _waiting = self.core.waiting_if(objects.len() - pending < wanted);
         let mut ready = vec![false; objects.len()];
         let mut waiting: FuturesUnordered<_> = objects
             .iter()

@@ -37,6 +37,7 @@
 
 mod actor_client;
 mod batch;
+mod blocked;
 mod clients;
 mod cluster;
 mod codec;

@@ -98,5 +98,6 @@ fn parts() -> Result<CoreParts> {
         worker_env,
         max_in_flight: None,
         root_task: TaskId::for_worker(job, worker),
+        worker: Some(worker),
     })
 }

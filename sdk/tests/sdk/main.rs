@@ -483,6 +483,10 @@ fn main() {
             nested::nested_objects_are_owned_and_freed_by_their_worker,
         ),
         Trial::test(
+            "nested::waiting_tasks_lend_their_cpus",
+            nested::waiting_tasks_lend_their_cpus,
+        ),
+        Trial::test(
             "nested::an_actor_creates_sub_actors",
             nested::an_actor_creates_sub_actors,
         ),

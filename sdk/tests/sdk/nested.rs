@@ -81,6 +81,21 @@ pub fn a_task_fans_out_nested_tasks() -> Result<(), Failed> {
     Ok(())
 }
 
+/// More tasks than CPUs, each waiting on nested tasks: a waiting task lends
+/// its CPU, so the nested ones run instead of queueing behind their parents.
+pub fn waiting_tasks_lend_their_cpus() -> Result<(), Failed> {
+    let ctx = embedded(); // 2 CPUs
+    let parents: Vec<ObjectRef<FanOut>> = (0..4).map(|_| fan_out::remote(&ctx, 20u64)).collect();
+    for parent in &parents {
+        let seen = ctx.get_timeout(parent, Duration::from_secs(60))?;
+        check(
+            seen.sum == (0..20u64).map(|i| i * i).sum::<u64>(),
+            format!("a parent's sum: {seen:?}"),
+        )?;
+    }
+    Ok(())
+}
+
 pub fn nested_objects_are_owned_and_freed_by_their_worker() -> Result<(), Failed> {
     let ctx = embedded();
     let baseline = ctx.object_store_used()?;
