@@ -44,6 +44,9 @@ struct InFlight {
 #[derive(Default)]
 pub(crate) struct ActorClients {
     channels: Mutex<HashMap<ActorId, mpsc::UnboundedSender<Call>>>,
+    /// Calls not answered yet, by result, with a client of the actor's
+    /// worker once sent there (to cancel them there).
+    calls: Mutex<HashMap<ObjectId, Option<clients::Worker>>>,
 }
 
 impl ActorClients {
@@ -63,6 +66,24 @@ impl ActorClients {
                 sender
             })
             .clone()
+    }
+
+    /// For an actor call not answered yet: a client of its actor's worker
+    /// once it was sent there. `None` for anything else.
+    pub(crate) fn unanswered(&self, id: ObjectId) -> Option<Option<clients::Worker>> {
+        self.calls().get(&id).cloned()
+    }
+
+    /// The call making `id` was answered, failed or dropped.
+    pub(crate) fn forget(&self, id: ObjectId) {
+        let mut calls = self.calls();
+        if !calls.is_empty() {
+            calls.remove(&id);
+        }
+    }
+
+    fn calls(&self) -> std::sync::MutexGuard<'_, HashMap<ObjectId, Option<clients::Worker>>> {
+        self.calls.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Stops every connection.
@@ -101,6 +122,7 @@ impl ActorHandle {
         let handle = self.core.new_ref(return_id, ObjectState::Pending);
         match args.into_iter().collect::<Result<Vec<_>>>() {
             Ok(args) => {
+                self.core.actors.calls().insert(return_id, None);
                 let call = Call {
                     return_id,
                     method,
@@ -214,13 +236,18 @@ async fn resolve(
 }
 
 enum Connection {
-    Open {
-        sender: mpsc::UnboundedSender<TaskSpec>,
-        replies: tonic::Streaming<photon_proto::v1::TaskReply>,
-        raylet: String,
-        worker: WorkerId,
-    },
+    Open(Box<CallStream>),
     Dead(Error),
+}
+
+/// An open stream of calls to an actor's worker.
+struct CallStream {
+    sender: mpsc::UnboundedSender<TaskSpec>,
+    replies: tonic::Streaming<photon_proto::v1::TaskReply>,
+    /// A client of the worker, for cancels.
+    client: clients::Worker,
+    raylet: String,
+    worker: WorkerId,
 }
 
 /// Waits for the actor to be alive and constructed, then opens its stream.
@@ -259,19 +286,21 @@ async fn connect(core: &Arc<Core>, actor: ActorId) -> Result<Connection> {
                         let worker = WorkerId::from_slice(&reply.worker_id).map_err(|e| {
                             Error::Cluster(format!("bad worker id from the raylet: {e}"))
                         })?;
-                        let mut client = clients::worker(&address, &core.token)?;
+                        let client = clients::worker(&address, &core.token)?;
                         let (sender, receiver) = mpsc::unbounded_channel();
                         match client
+                            .clone()
                             .push_tasks(UnboundedReceiverStream::new(receiver))
                             .await
                         {
                             Ok(response) => {
-                                return Ok(Connection::Open {
+                                return Ok(Connection::Open(Box::new(CallStream {
                                     sender,
                                     replies: response.into_inner(),
+                                    client,
                                     raylet: record.node_address,
                                     worker,
-                                });
+                                })));
                             }
                             Err(_) => tokio::time::sleep(POLL).await,
                         }
@@ -308,13 +337,17 @@ async fn drive(
             Ok(connection) => connection,
             Err(err) => Connection::Dead(err),
         };
-        let (sender, mut replies, raylet, worker) = match connection {
-            Connection::Open {
-                sender,
-                replies,
-                raylet,
-                worker,
-            } => (sender, replies, raylet, worker),
+        let (sender, mut replies, client, raylet, worker) = match connection {
+            Connection::Open(stream) => {
+                let CallStream {
+                    sender,
+                    replies,
+                    client,
+                    raylet,
+                    worker,
+                } = *stream;
+                (sender, replies, client, raylet, worker)
+            }
             Connection::Dead(err) => {
                 // Every call from now on fails the same way.
                 for call in backlog.drain(..) {
@@ -376,13 +409,18 @@ async fn drive(
                     pending.push_front(call);
                     break;
                 }
-                send(&owner, call, &sender, &mut in_flight).await;
+                send(&owner, class, call, (&sender, &client), &mut in_flight).await;
             }
         }
         // The stream broke: the worker died. Calls in flight fail; later ones
         // wait for a restart (or fail if the actor is dead for good).
         let reason = why_worker_died(&owner, &raylet, worker).await.to_string();
         for (_, call) in in_flight.drain() {
+            owner.actors.forget(call.return_id);
+            if owner.take_cancel(call.return_id).is_some() {
+                owner.set_cancelled(call.return_id, &format!("{class}::{}", call.method), false);
+                continue;
+            }
             owner.objects.set(
                 call.return_id,
                 ObjectState::Failed(Error::ActorDied {
@@ -407,12 +445,17 @@ async fn arguments_ready(core: &Arc<Core>, call: &Call) {
     }
 }
 
+/// Sends `call` on the actor's stream (through `worker`: the stream and a
+/// client of its worker), once its arguments are resolved, unless it was
+/// cancelled.
 async fn send(
     core: &Arc<Core>,
+    class: &str,
     call: Call,
-    sender: &mpsc::UnboundedSender<TaskSpec>,
+    worker: (&mpsc::UnboundedSender<TaskSpec>, &clients::Worker),
     in_flight: &mut HashMap<Vec<u8>, InFlight>,
 ) {
+    let (sender, client) = worker;
     let mut deps = Vec::new();
     let mut args = Vec::with_capacity(call.args.len());
     for arg in call.args {
@@ -431,6 +474,16 @@ async fn send(
         args,
         ..Default::default()
     };
+    // Listed as sent before looking for a cancel: a cancel either finds it
+    // listed (and tells the worker) or is seen here.
+    core.actors
+        .calls()
+        .insert(call.return_id, Some(client.clone()));
+    if let Some(forced) = core.take_cancel(call.return_id) {
+        core.actors.forget(call.return_id);
+        core.set_cancelled(call.return_id, &format!("{class}::{}", call.method), forced);
+        return;
+    }
     in_flight.insert(
         task_id,
         InFlight {
@@ -458,6 +511,14 @@ fn complete(
     let Some(call) = in_flight.remove(&reply.task_id) else {
         return;
     };
+    core.actors.forget(call.return_id);
+    if core.take_cancel(call.return_id).is_some() {
+        if let Some(task_reply::Result::Stored(_)) = reply.result {
+            drop(core.delete_copies(call.return_id));
+        }
+        core.set_cancelled(call.return_id, &format!("{class}::{}", call.method), false);
+        return;
+    }
     let state = match reply.result {
         Some(task_reply::Result::Value(bytes)) => ObjectState::Inline(bytes),
         Some(task_reply::Result::Stored(stored)) => ObjectState::Stored {

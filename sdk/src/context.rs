@@ -116,6 +116,9 @@ pub(crate) struct Core {
     rebuilding: Mutex<HashSet<ObjectId>>,
     /// A worker's: tells its raylet while a task waits on objects.
     blocked: Option<Arc<crate::blocked::BlockedReporter>>,
+    /// Results whose task (or actor call) the program cancelled, and
+    /// whether by force, until the cancellation is carried out.
+    cancels: Mutex<HashMap<ObjectId, bool>>,
 }
 
 impl Core {
@@ -152,6 +155,8 @@ impl Core {
         let Some(freed) = self.objects.release(id) else {
             return;
         };
+        self.take_cancel(id);
+        self.actors.forget(id);
         self.lineage.object_freed(id);
         if let ObjectState::Stored { .. } = freed.state {
             drop(self.delete_copies(id));
@@ -223,6 +228,38 @@ impl Core {
             object: id,
             cause: format!("it was lost again after {MAX_REBUILDS} rebuilds"),
         })
+    }
+
+    /// Records that the program cancelled the call making `id`.
+    fn request_cancel(&self, id: ObjectId, force: bool) {
+        self.cancels
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id, force);
+    }
+
+    /// Whether the call making `id` was cancelled (and by force), forgetting it.
+    pub(crate) fn take_cancel(&self, id: ObjectId) -> Option<bool> {
+        let mut cancels = self.cancels.lock().unwrap_or_else(|p| p.into_inner());
+        if cancels.is_empty() {
+            return None;
+        }
+        cancels.remove(&id)
+    }
+
+    /// Fails `id` with `TaskCancelled` (its call was cancelled).
+    pub(crate) fn set_cancelled(&self, id: ObjectId, function: &str, forced: bool) {
+        let how = if forced {
+            " (its worker was killed)".to_string()
+        } else {
+            String::new()
+        };
+        let error = Error::TaskCancelled {
+            function: function.to_string(),
+            object: id,
+            how,
+        };
+        self.objects.set(id, ObjectState::Failed(error));
     }
 
     /// Marks a worker's task as waiting on objects while the guard lives
@@ -729,6 +766,7 @@ impl Core {
             put_counter: AtomicU32::new(0),
             raylets: Mutex::default(),
             rebuilding: Mutex::default(),
+            cancels: Mutex::default(),
             blocked: parts
                 .worker
                 .map(|worker| crate::blocked::BlockedReporter::start(parts.raylet, worker)),
@@ -1052,6 +1090,45 @@ impl Context {
             done.into_iter().map(|(o, _)| o.clone()).collect(),
             pending.into_iter().map(|(o, _)| o.clone()).collect(),
         )
+    }
+
+    /// Cancels the task or actor call that makes `object` (Ray's
+    /// `ray.cancel`); `get` then fails with [`Error::TaskCancelled`].
+    ///
+    /// - A task still waiting (for its arguments, a worker, or its turn on
+    ///   one) never runs.
+    /// - A running task is interrupted: an `async` one at its next await, a
+    ///   synchronous one when it checks [`crate::is_cancelled`]. With
+    ///   `force` its worker process is killed instead (other tasks on that
+    ///   worker are retried, as after any worker death).
+    /// - An actor call that has not started never runs; one that runs is
+    ///   interrupted as a task is. `force` is refused for actor calls:
+    ///   it would kill the actor (use [`Context::kill`]).
+    /// - A finished call is left as it is: cancelling it does nothing.
+    pub fn cancel<T>(&self, object: &ObjectRef<T>, force: bool) -> Result<()> {
+        let id = object.id();
+        if !self.core.objects.is_pending(id) {
+            return Ok(());
+        }
+        if let Some(sent) = self.core.actors.unanswered(id) {
+            if force {
+                return Err(Error::Config(format!(
+                    "cannot force-cancel the actor call making {id}: that would kill its actor; cancel it without force, or kill the actor"
+                )));
+            }
+            self.core.request_cancel(id, false);
+            // Not sent yet: its actor's connection sees the cancel before sending.
+            if let Some(worker) = sent {
+                let task_id = id.task_id().to_vec();
+                self.core
+                    .runtime
+                    .spawn(crate::submitter::cancel_on_worker(worker, task_id));
+            }
+            return Ok(());
+        }
+        self.core.request_cancel(id, force);
+        self.core.submitter.cancel(id, force);
+        Ok(())
     }
 
     /// Creates an actor (what the generated `Handle::new` calls).

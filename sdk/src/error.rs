@@ -75,6 +75,17 @@ pub enum Error {
         /// Why.
         reason: KillReason,
     },
+    /// The task (or actor call) was cancelled by its owner
+    /// ([`Context::cancel`](crate::Context::cancel)) before it finished.
+    #[error("task {function} making {object} was cancelled{how}")]
+    TaskCancelled {
+        /// The function or `Class::method`.
+        function: String,
+        /// The object it would have made.
+        object: photon_proto::ObjectId,
+        /// How: empty, or " (its worker was killed)" after a forced cancel.
+        how: String,
+    },
     /// `wait` or `get` with a timeout ran out.
     #[error("timed out after {0:?}")]
     Timeout(std::time::Duration),

@@ -38,6 +38,7 @@
 mod actor_client;
 mod batch;
 mod blocked;
+mod cancel;
 mod clients;
 mod cluster;
 mod codec;
@@ -60,6 +61,7 @@ mod worker;
 mod worker_context;
 
 pub use actor_client::ActorHandle;
+pub use cancel::is_cancelled;
 pub use config::{ADDRESS_ENV, Config, TOKEN_ENV};
 pub use connection::ConnectionFile;
 pub use context::{Context, JOB_MEMORY_TIMEOUT, JobMemory, NodeView, PendingDemand, init};

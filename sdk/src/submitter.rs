@@ -51,6 +51,8 @@ type Shape = BTreeMap<String, i64>;
 struct Lease {
     worker: WorkerId,
     raylet: String,
+    /// The worker's own client (for cancels; tasks go on the stream).
+    client: clients::Worker,
     shape: Shape,
     sender: mpsc::UnboundedSender<TaskSpec>,
     in_flight: HashMap<Vec<u8>, (PendingTask, Instant)>,
@@ -109,6 +111,10 @@ enum Event {
     WorkerDied {
         cause: DeathCause,
         tasks: Vec<PendingTask>,
+    },
+    Cancel {
+        return_id: ObjectId,
+        force: bool,
     },
     Tick,
     Shutdown(oneshot::Sender<()>),
@@ -191,6 +197,11 @@ impl Submitter {
         let _ = self.events.send(Event::Submit(Box::new(task)));
     }
 
+    /// Cancels the task making `return_id` (see `Context::cancel`).
+    pub(crate) fn cancel(&self, return_id: ObjectId, force: bool) {
+        let _ = self.events.send(Event::Cancel { return_id, force });
+    }
+
     /// Returns every lease and stops.
     pub(crate) async fn shutdown(&self) {
         let (done, wait) = oneshot::channel();
@@ -224,6 +235,10 @@ impl Loop {
             match event {
                 Event::Submit(task) => {
                     let task = *task;
+                    if let Some(forced) = core.take_cancel(task.return_id) {
+                        core.set_cancelled(task.return_id, &task.spec.function, forced);
+                        continue;
+                    }
                     let shape: Shape = task.resources.clone().into_iter().collect();
                     self.shapes
                         .entry(shape.clone())
@@ -260,6 +275,7 @@ impl Loop {
                         self.retry_or_fail(&core, task, &cause);
                     }
                 }
+                Event::Cancel { return_id, force } => self.cancel(&core, return_id, force),
                 Event::Tick => {
                     self.return_idle(&core);
                     // Shapes whose lease requests failed try again (a backoff of one tick).
@@ -392,6 +408,7 @@ impl Loop {
                 return;
             }
         };
+        let cancels = client.clone();
         self.grants += 1;
         let generation = self.grants;
         let (sender, receiver) = mpsc::unbounded_channel();
@@ -425,6 +442,7 @@ impl Loop {
             Lease {
                 worker,
                 raylet,
+                client: cancels,
                 shape: shape.clone(),
                 sender,
                 in_flight: HashMap::new(),
@@ -450,6 +468,18 @@ impl Loop {
         let Some((task, sent)) = lease.in_flight.remove(&reply.task_id) else {
             return;
         };
+        if let Some(forced) = core.take_cancel(task.return_id) {
+            if lease.in_flight.is_empty() {
+                lease.idle_since = Instant::now();
+            }
+            let shape = lease.shape.clone();
+            if let Some(task_reply::Result::Stored(_)) = reply.result {
+                drop(core.delete_copies(task.return_id));
+            }
+            core.set_cancelled(task.return_id, &task.spec.function, forced);
+            self.dispatch(core, &shape);
+            return;
+        }
         let now = Instant::now();
         // Service time: from when the worker could start it (sent, or the
         // previous reply if it queued there) to its reply.
@@ -558,6 +588,10 @@ impl Loop {
     }
 
     fn retry_or_fail(&mut self, core: &Arc<Core>, mut task: PendingTask, cause: &DeathCause) {
+        if let Some(forced) = core.take_cancel(task.return_id) {
+            core.set_cancelled(task.return_id, &task.spec.function, forced);
+            return;
+        }
         if task.retries_left > 0 {
             task.retries_left -= 1;
             debug!(task = %task.spec.function, "retrying after worker death");
@@ -583,6 +617,44 @@ impl Loop {
             },
         };
         core.objects.set(task.return_id, ObjectState::Failed(error));
+    }
+
+    /// Cancels the task making `return_id`: a queued one fails now; one on
+    /// a worker is interrupted there (or its worker killed, with `force`)
+    /// and fails when its reply or its worker's death comes in. One still
+    /// resolving its arguments fails when it is submitted.
+    fn cancel(&mut self, core: &Arc<Core>, return_id: ObjectId, force: bool) {
+        for state in self.shapes.values_mut() {
+            if let Some(position) = state.queue.iter().position(|t| t.return_id == return_id) {
+                let task = state.queue.remove(position).expect("found above");
+                core.take_cancel(return_id);
+                core.set_cancelled(return_id, &task.spec.function, false);
+                return;
+            }
+        }
+        let running = self.leases.values().find_map(|lease| {
+            lease
+                .in_flight
+                .values()
+                .find(|(task, _)| task.return_id == return_id)
+                .map(|(task, _)| (lease, task.spec.task_id.clone()))
+        });
+        if let Some((lease, task_id)) = running {
+            let core = core.clone();
+            let (raylet, worker, client) =
+                (lease.raylet.clone(), lease.worker, lease.client.clone());
+            tokio::spawn(async move {
+                if force {
+                    return_to_raylet(&core, &raylet, worker, true).await;
+                } else {
+                    cancel_on_worker(client, task_id).await;
+                }
+            });
+            return;
+        }
+        if !core.objects.is_pending(return_id) {
+            core.take_cancel(return_id); // it finished meanwhile
+        }
     }
 
     fn return_idle(&mut self, core: &Arc<Core>) {
@@ -616,6 +688,15 @@ impl Loop {
             return;
         };
         return_to_raylet(core, &lease.raylet, worker, kill).await;
+    }
+}
+
+/// Asks `worker` to cancel `task_id` (best effort: a worker
+/// that is gone has ended the task anyway).
+pub(crate) async fn cancel_on_worker(mut worker: clients::Worker, task_id: Vec<u8>) {
+    let request = photon_proto::v1::CancelTaskRequest { task_id };
+    if let Err(status) = worker.cancel_task(request).await {
+        debug!(%status, "cannot cancel a task on its worker");
     }
 }
 

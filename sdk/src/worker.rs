@@ -12,14 +12,15 @@ use futures::FutureExt;
 use photon_proto::auth::RequireToken;
 use photon_proto::v1::worker_server::{Worker, WorkerServer};
 use photon_proto::v1::{
-    ActorReadyRequest, ActorSpec, RegisterWorkerRequest, StoredObject, TaskArg as ProtoArg,
-    TaskFailure, TaskReply, TaskSpec, task_arg, task_reply,
+    ActorReadyRequest, ActorSpec, CancelTaskReply, CancelTaskRequest, RegisterWorkerRequest,
+    StoredObject, TaskArg as ProtoArg, TaskFailure, TaskReply, TaskSpec, task_arg, task_reply,
 };
 use photon_proto::{ActorId, NodeId, ObjectId, WorkerId};
 use photon_raylet::worker_pool::env;
 use tokio::sync::{Semaphore, mpsc};
 use tokio_stream::wrappers::UnboundedReceiverStream;
 use tokio_stream::{Stream, StreamExt};
+use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::clients::{self, RayletClient};
@@ -98,6 +99,7 @@ async fn serve() -> Result<()> {
         node_id,
         pid: std::process::id(),
         actor: std::sync::OnceLock::new(),
+        calls: crate::cancel::Calls::default(),
     });
     let service = WorkerService {
         executor: executor.clone(),
@@ -209,6 +211,8 @@ struct Executor {
     node_id: NodeId,
     pid: u32,
     actor: std::sync::OnceLock<ActorRuntime>,
+    /// Cancellation tokens of the calls pushed here.
+    calls: crate::cancel::Calls,
 }
 
 fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
@@ -227,6 +231,12 @@ impl Executor {
             pid: self.pid,
             ..Default::default()
         }
+    }
+
+    fn cancelled(&self, when: &str) -> TaskFailure {
+        let mut failure = self.failure(format!("cancelled by its owner {when}"));
+        failure.cancelled = true;
+        failure
     }
 
     /// Argument bytes: inline, or mapped from this node's store (pulled first if remote).
@@ -267,9 +277,25 @@ impl Executor {
 
     /// Runs one task or actor call and builds its reply; the call reports
     /// its progress on `replies` as it goes.
-    async fn execute(self: Arc<Self>, spec: TaskSpec, replies: ReplySender) -> TaskReply {
+    async fn execute(
+        self: Arc<Self>,
+        spec: TaskSpec,
+        replies: ReplySender,
+        cancel: CancellationToken,
+    ) -> TaskReply {
         let progress = TaskProgress::for_call(spec.task_id.clone(), replies);
-        let result = match progress.scope(self.run(&spec)).await {
+        let outcome = if cancel.is_cancelled() {
+            Err(self.cancelled("before it started"))
+        } else {
+            let run = progress.scope(crate::cancel::scope(cancel.clone(), self.run(&spec)));
+            tokio::select! {
+                biased;
+                outcome = run => outcome,
+                () = cancel.cancelled() => Err(self.cancelled("while it ran")),
+            }
+        };
+        self.calls.finished(&spec.task_id);
+        let result = match outcome {
             Ok(bytes) => self.store_result(&spec, bytes).await,
             Err(failure) => task_reply::Result::Failure(failure),
         };
@@ -356,6 +382,7 @@ impl Worker for WorkerService {
         let executor = self.executor.clone();
         tokio::spawn(async move {
             while let Some(Ok(spec)) = inbound.next().await {
+                let cancel = executor.calls.arrived(&spec.task_id);
                 let concurrent = executor
                     .actor
                     .get()
@@ -370,14 +397,14 @@ impl Worker for WorkerService {
                         let executor = executor.clone();
                         let sender = sender.clone();
                         tokio::spawn(async move {
-                            let reply = executor.execute(spec, sender.clone()).await;
+                            let reply = executor.execute(spec, sender.clone(), cancel).await;
                             drop(permit);
                             let _ = sender.send(Ok(reply));
                         });
                     }
                     // Tasks, and actors with max_concurrency 1: one at a time, in order.
                     None => {
-                        let reply = executor.clone().execute(spec, sender.clone()).await;
+                        let reply = executor.clone().execute(spec, sender.clone(), cancel).await;
                         if sender.send(Ok(reply)).is_err() {
                             return;
                         }
@@ -388,5 +415,13 @@ impl Worker for WorkerService {
         Ok(Response::new(Box::pin(UnboundedReceiverStream::new(
             receiver,
         ))))
+    }
+
+    async fn cancel_task(
+        &self,
+        request: Request<CancelTaskRequest>,
+    ) -> std::result::Result<Response<CancelTaskReply>, Status> {
+        self.executor.calls.cancel(&request.into_inner().task_id);
+        Ok(Response::new(CancelTaskReply {}))
     }
 }

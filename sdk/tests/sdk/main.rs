@@ -4,6 +4,7 @@
 //! so `main` routes first (no libtest harness; libtest-mimic lists and runs
 //! the tests, which nextest understands).
 
+mod cancel;
 mod cluster;
 mod functions;
 mod nested;
@@ -473,6 +474,22 @@ fn main() {
         Trial::test(
             "embedded::pending_demand_is_reported",
             pending_demand_is_reported,
+        ),
+        Trial::test(
+            "cancel::pending_tasks_never_run",
+            cancel::pending_tasks_never_run,
+        ),
+        Trial::test(
+            "cancel::running_tasks_are_interrupted",
+            cancel::running_tasks_are_interrupted,
+        ),
+        Trial::test(
+            "cancel::finished_tasks_keep_their_value",
+            cancel::finished_tasks_keep_their_value,
+        ),
+        Trial::test(
+            "cancel::actor_calls_not_started_never_run",
+            cancel::actor_calls_not_started_never_run,
         ),
         Trial::test(
             "nested::a_task_fans_out_nested_tasks",
