@@ -27,6 +27,7 @@ mod jobs;
 mod lineage;
 mod nodes;
 mod objects;
+mod owners;
 mod packages;
 mod persist;
 mod placement;
@@ -190,6 +191,7 @@ pub async fn run(
         drivers: Default::default(),
         job_retention: config.job_retention,
         certificate_authority: config.certificate_authority.clone(),
+        owners: Default::default(),
     });
     state.jobs.restore(job_records.clone());
     state.actors.restore(actor_records);

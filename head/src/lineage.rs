@@ -42,13 +42,13 @@ impl LineageTable {
         table.len()
     }
 
-    /// Removes the records of job `job`'s objects (the job ended); returns
-    /// their objects.
-    pub fn remove_job(&self, job: JobId) -> Vec<ObjectId> {
+    /// Removes the records of the objects of job `job` (`owner_tag` 0), or of
+    /// its owner `owner_tag` (it ended); returns their objects.
+    pub fn remove_owned(&self, job: JobId, owner_tag: u32) -> Vec<ObjectId> {
         let mut table = self.lock();
         let ids: Vec<ObjectId> = table
             .keys()
-            .filter(|id| id.job_id() == job)
+            .filter(|id| id.owned_by(job, owner_tag))
             .copied()
             .collect();
         for id in &ids {

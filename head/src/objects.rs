@@ -70,13 +70,14 @@ impl ObjectDirectory {
         objects.len()
     }
 
-    /// Forgets every copy of job `job`'s objects (the job ended and its
-    /// objects were freed everywhere).
-    pub fn drop_job(&self, job: JobId) {
+    /// Forgets every copy of the objects of job `job` (`owner_tag` 0), or of
+    /// its owner `owner_tag` (the job or owner ended and its objects were
+    /// freed everywhere).
+    pub fn drop_owned(&self, job: JobId, owner_tag: u32) {
         let mut maps = self.lock();
-        maps.holders.retain(|id, _| id.job_id() != job);
+        maps.holders.retain(|id, _| !id.owned_by(job, owner_tag));
         for objects in maps.held_by.values_mut() {
-            objects.retain(|id| id.job_id() != job);
+            objects.retain(|id| !id.owned_by(job, owner_tag));
         }
     }
 

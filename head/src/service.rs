@@ -17,7 +17,8 @@ use photon_proto::v1::{
     ObjectLocationUpdateReply, RegisterNodeRequest, RegisterNodeResponse,
 };
 use photon_proto::{
-    ActorId, NodeId, ObjectId, PROTOCOL_VERSION, ResourceSet, check_protocol_version,
+    ActorId, JobId, NodeId, ObjectId, PROTOCOL_VERSION, ResourceSet, WorkerId,
+    check_protocol_version,
 };
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -72,6 +73,8 @@ pub struct HeadState {
     pub(crate) drivers: crate::drivers::DriverSessions,
     /// The session CA that issues joining nodes' certificates, if any.
     pub(crate) certificate_authority: Option<Arc<crate::CertificateAuthority>>,
+    /// Workers that own work of their own.
+    pub(crate) owners: crate::owners::Owners,
 }
 
 impl HeadState {
@@ -82,6 +85,7 @@ impl HeadState {
             debug!(node = %id, dropped, "dropped the dead node's object locations");
             self.persist_node(id, record).await;
             self.node_lost(id, &reason).await;
+            self.owners_lost(id, &reason).await;
         }
     }
 
@@ -343,6 +347,38 @@ impl Head for HeadService {
         Ok(Response::new(photon_proto::v1::NewJobIdReply {
             job_id: self.state.jobs.new_id().to_vec(),
         }))
+    }
+
+    async fn register_owner(
+        &self,
+        request: Request<photon_proto::v1::RegisterOwnerRequest>,
+    ) -> Result<Response<photon_proto::v1::RegisterOwnerReply>, Status> {
+        let request = request.into_inner();
+        let job = JobId::from_slice(&request.job_id)?;
+        let node = NodeId::from_slice(&request.node_id)?;
+        let worker = WorkerId::from_slice(&request.worker_id)?;
+        let owner_tag = self.state.owners.register(job, node, worker);
+        debug!(%job, %node, %worker, owner_tag, "a worker became an owner");
+        Ok(Response::new(photon_proto::v1::RegisterOwnerReply {
+            owner_tag,
+        }))
+    }
+
+    async fn owner_died(
+        &self,
+        request: Request<photon_proto::v1::OwnerDiedRequest>,
+    ) -> Result<Response<photon_proto::v1::OwnerDiedReply>, Status> {
+        let request = request.into_inner();
+        let job = JobId::from_slice(&request.job_id)?;
+        let state = self.state.clone();
+        // In the background: ending everything may take a while, and the
+        // raylet's report must not wait for it.
+        self.state.tasks.spawn(async move {
+            state
+                .owner_ended(job, request.owner_tag, &request.reason)
+                .await;
+        });
+        Ok(Response::new(photon_proto::v1::OwnerDiedReply {}))
     }
 
     async fn get_cluster_status(

@@ -324,6 +324,14 @@ impl HeadState {
     /// spilled or half written) and drops its lineage: an object's fate
     /// follows its owner's.
     pub(crate) async fn end_job_everywhere(&self, job: JobId, why: &str) {
+        self.end_owned_everywhere(job, 0, why).await;
+        self.owners.forget_job(job);
+    }
+
+    /// [`end_job_everywhere`](Self::end_job_everywhere) for what the owner
+    /// `owner_tag` of `job` owned (0: the whole job): its non-detached
+    /// actors, the workers leased to it, its objects and lineage.
+    pub(crate) async fn end_owned_everywhere(&self, job: JobId, owner_tag: u32, why: &str) {
         let actors: Vec<ActorId> = self
             .actors
             .all()
@@ -332,13 +340,18 @@ impl HeadState {
             .filter_map(|a| a.spec)
             .filter(|spec| !spec.detached)
             .filter_map(|spec| ActorId::from_slice(&spec.actor_id).ok())
-            .filter(|a| a.job_id() == job)
+            .filter(|a| a.job_id() == job && (owner_tag == 0 || a.owner_tag() == owner_tag))
             .collect();
         // Dead first, so that killing their workers restarts nothing; the
         // raylets kill them with the job's other workers, forwarding their
         // last output on the way.
         for actor in actors {
-            self.mark_actor_dead(actor, why).await;
+            if owner_tag == 0 {
+                self.mark_actor_dead(actor, why).await;
+            } else {
+                // The job's other workers live on: kill this actor's own.
+                self.end_actor(actor, why).await;
+            }
         }
         for node in self.nodes.snapshot() {
             if node.state != NodeState::Alive as i32 {
@@ -350,6 +363,7 @@ impl HeadState {
             };
             let request = KillJobWorkersRequest {
                 job_id: job.to_vec(),
+                owner_tag,
             };
             match raylet.kill_job_workers(request).await {
                 Ok(reply) if reply.get_ref().killed > 0 => {
@@ -363,13 +377,14 @@ impl HeadState {
             // After its workers: none of them can store another object now.
             let request = FreeJobObjectsRequest {
                 job_id: job.to_vec(),
+                owner_tag,
             };
             if let Err(status) = raylet.free_job_objects(request).await {
                 warn!(job = %job, %address, error = status.message(), "cannot free the job's objects");
             }
         }
-        self.objects.drop_job(job);
-        let dropped = self.lineage.remove_job(job);
+        self.objects.drop_owned(job, owner_tag);
+        let dropped = self.lineage.remove_owned(job, owner_tag);
         if !dropped.is_empty() {
             let persistence = self.persistence.clone();
             let removed =

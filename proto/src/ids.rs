@@ -114,12 +114,15 @@ byte_id!(
     4
 );
 byte_id!(
-    /// A task (or the driver's root task): `JobId ‖ 12 bytes of hash(parent, counter)`.
+    /// A task (or an owner's root task): `JobId ‖ owner tag ‖ 8 bytes of
+    /// hash(parent, counter)`. The owner tag (big-endian `u32`) names the
+    /// process that submitted it: 0 for the job's driver, else a worker's
+    /// tag from the head, so what a dead owner made is found by prefix.
     TaskId,
     16
 );
 byte_id!(
-    /// An actor: `JobId ‖ 12 bytes of hash(creating task, counter)`.
+    /// An actor: `JobId ‖ owner tag ‖ 8 bytes of hash(creating task, counter)`.
     ActorId,
     16
 );
@@ -154,17 +157,22 @@ impl JobId {
     }
 }
 
-/// `job ‖ first 12 bytes of xxh3-128(domain ‖ parent ‖ counter)`.
-fn derive_16(job: JobId, domain: &[u8], parent: &[u8], counter: u64) -> [u8; 16] {
-    let mut input = Vec::with_capacity(domain.len() + parent.len() + 8);
+/// `parent's job and owner tag ‖ first 8 bytes of xxh3-128(domain ‖ parent ‖ counter)`.
+fn derive_16(parent: TaskId, domain: &[u8], counter: u64) -> [u8; 16] {
+    let mut input = Vec::with_capacity(domain.len() + 16 + 8);
     input.extend_from_slice(domain);
-    input.extend_from_slice(parent);
+    input.extend_from_slice(parent.as_bytes());
     input.extend_from_slice(&counter.to_be_bytes());
     let hash = xxh3_128(&input).to_be_bytes();
     let mut id = [0u8; 16];
-    id[..4].copy_from_slice(job.as_bytes());
-    id[4..].copy_from_slice(&hash[..12]);
+    id[..8].copy_from_slice(&parent.0[..8]);
+    id[8..].copy_from_slice(&hash[..8]);
     id
+}
+
+/// The owner tag at bytes 4..8 of a task, actor or object id.
+fn owner_tag_of(bytes: &[u8]) -> u32 {
+    u32::from_be_bytes([bytes[4], bytes[5], bytes[6], bytes[7]])
 }
 
 impl TaskId {
@@ -175,42 +183,47 @@ impl TaskId {
         Self(id)
     }
 
-    /// The root task of a worker process that submits tasks or puts
-    /// objects of its own (nested work): every id it makes descends from it.
-    pub fn for_worker(job: JobId, worker: WorkerId) -> Self {
-        Self(derive_16(job, b"worker", worker.as_bytes(), 0))
+    /// The root task of a worker process that owns work of its own
+    /// (nested tasks, actors, puts), under the owner tag the head gave it:
+    /// every id it makes descends from it and carries the tag.
+    pub fn for_owner(job: JobId, owner_tag: u32) -> Self {
+        let mut id = [0u8; 16];
+        id[..4].copy_from_slice(job.as_bytes());
+        id[4..8].copy_from_slice(&owner_tag.to_be_bytes());
+        Self(id)
     }
 
-    /// The `counter`-th task submitted by `parent` (deterministic).
+    /// The `counter`-th task submitted by `parent` (deterministic; same
+    /// job and owner tag).
     pub fn for_child(parent: TaskId, counter: u64) -> Self {
-        Self(derive_16(
-            parent.job_id(),
-            b"task",
-            parent.as_bytes(),
-            counter,
-        ))
+        Self(derive_16(parent, b"task", counter))
     }
 
     /// The job this task belongs to.
     pub fn job_id(&self) -> JobId {
         JobId([self.0[0], self.0[1], self.0[2], self.0[3]])
     }
+
+    /// The tag of the process that owns it (0: the job's driver).
+    pub fn owner_tag(&self) -> u32 {
+        owner_tag_of(&self.0)
+    }
 }
 
 impl ActorId {
     /// The `counter`-th actor created by `creator` (deterministic).
     pub fn for_child(creator: TaskId, counter: u64) -> Self {
-        Self(derive_16(
-            creator.job_id(),
-            b"actor",
-            creator.as_bytes(),
-            counter,
-        ))
+        Self(derive_16(creator, b"actor", counter))
     }
 
     /// The job this actor belongs to.
     pub fn job_id(&self) -> JobId {
         JobId([self.0[0], self.0[1], self.0[2], self.0[3]])
+    }
+
+    /// The tag of the process that created it (0: the job's driver).
+    pub fn owner_tag(&self) -> u32 {
+        owner_tag_of(&self.0)
     }
 }
 
@@ -261,6 +274,17 @@ impl ObjectId {
         self.task_id().job_id()
     }
 
+    /// The tag of the process that owns it (0: the job's driver).
+    pub fn owner_tag(&self) -> u32 {
+        owner_tag_of(&self.0)
+    }
+
+    /// True when the process with `owner_tag` of `job` owns it; tag 0
+    /// stands for the whole job.
+    pub fn owned_by(&self, job: JobId, owner_tag: u32) -> bool {
+        self.job_id() == job && (owner_tag == 0 || self.owner_tag() == owner_tag)
+    }
+
     /// The return index or put counter.
     pub fn index(&self) -> u32 {
         u32::from_be_bytes([self.0[16], self.0[17], self.0[18], self.0[19]]) & !PUT_INDEX_BIT
@@ -307,6 +331,27 @@ mod tests {
         assert_ne!(
             ActorId::for_child(root, 1).as_bytes(),
             TaskId::for_child(root, 1).as_bytes()
+        );
+    }
+
+    #[test]
+    fn ids_carry_their_owner_tag_down_the_tree() {
+        let job = JobId::from_u32(7);
+        let driver = TaskId::for_driver(job);
+        let owner = TaskId::for_owner(job, 0xABCD_0001);
+        let nested = TaskId::for_child(TaskId::for_child(owner, 3), 4);
+        assert_eq!((nested.job_id(), nested.owner_tag()), (job, 0xABCD_0001));
+        assert_eq!(TaskId::for_child(driver, 3).owner_tag(), 0);
+        assert_eq!(ActorId::for_child(nested, 1).owner_tag(), 0xABCD_0001);
+        let object = ObjectId::for_put(nested, 1);
+        assert_eq!(object.owner_tag(), 0xABCD_0001);
+        assert!(object.owned_by(job, 0xABCD_0001));
+        assert!(object.owned_by(job, 0), "tag 0 is the whole job");
+        assert!(!object.owned_by(job, 0xABCD_0002));
+        assert!(!object.owned_by(JobId::from_u32(8), 0xABCD_0001));
+        assert_ne!(
+            TaskId::for_child(owner, 3),
+            TaskId::for_child(TaskId::for_owner(job, 2), 3)
         );
     }
 

@@ -9,7 +9,7 @@ use photon_proto::v1::head_client::HeadClient;
 use photon_proto::v1::jobs_client::JobsClient;
 use photon_proto::v1::{
     ActorExit, GetClusterStatusRequest, GetObjectLocationsRequest, Heartbeat, NodeInfo, NodeRecord,
-    ObjectLocationUpdate, ObjectStoreUsage, RegisterNodeRequest, WorkerLogLines,
+    ObjectLocationUpdate, ObjectStoreUsage, OwnerDiedRequest, RegisterNodeRequest, WorkerLogLines,
 };
 use photon_proto::{NodeId, ObjectId, PROTOCOL_VERSION};
 use tokio::sync::mpsc;
@@ -160,6 +160,11 @@ impl HeadLink {
             .download_package(request)
             .await?
             .into_inner())
+    }
+
+    /// Tells the head an owner's worker ended.
+    pub async fn owner_died(&self, request: OwnerDiedRequest) -> Result<(), Status> {
+        self.client.clone().owner_died(request).await.map(|_| ())
     }
 
     /// Tells the head an actor's worker ended.

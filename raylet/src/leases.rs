@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use photon_proto::v1::{NodeState, WorkerLeaseReply, WorkerLeaseRequest};
-use photon_proto::{NodeId, ResourceSet, WorkerId};
+use photon_proto::{JobId, NodeId, ResourceSet, WorkerId};
 use tokio::sync::broadcast::error::RecvError;
 use tonic::Status;
 use tracing::{debug, warn};
@@ -30,6 +30,9 @@ struct Lease {
     reservation: Reservation,
     /// Its worker waits on objects: its CPUs are lent back to the node.
     blocked: bool,
+    /// Who asked: the job (as its workers' environment names it) and the
+    /// owner's tag (0: the driver).
+    owner: (Option<String>, u32),
 }
 
 /// The node's task leases.
@@ -198,6 +201,10 @@ impl LeaseManager {
                 worker,
                 reservation,
                 blocked: false,
+                owner: (
+                    request.env.get(crate::worker_logs::JOB_ID_ENV).cloned(),
+                    request.owner_tag,
+                ),
             },
         );
         Ok(reply)
@@ -231,6 +238,23 @@ impl LeaseManager {
             self.pool.release(&lease.worker);
         }
         self.give_back(&lease);
+    }
+
+    /// Kills the workers leased to the owner `owner_tag` of `job` (it
+    /// ended: nobody will read their results); their leases end as the
+    /// pool reports their exits. Returns how many.
+    pub fn kill_owned_by(&self, job: JobId, owner_tag: u32) -> u32 {
+        let job = Some(job.to_string());
+        let workers: Vec<WorkerId> = self
+            .lock()
+            .iter()
+            .filter(|(_, lease)| lease.owner == (job.clone(), owner_tag))
+            .map(|(worker, _)| *worker)
+            .collect();
+        for worker in &workers {
+            self.pool.kill(*worker);
+        }
+        workers.len() as u32
     }
 
     /// An ended lease's resources come back (less CPUs it had lent).

@@ -33,6 +33,7 @@ mod http;
 pub mod leases;
 mod local_objects;
 pub mod node_files;
+pub mod owners;
 pub mod packages;
 pub mod procfs;
 pub mod resources;
@@ -267,6 +268,8 @@ async fn run_node(
         stop.clone(),
     ));
     let workers = worker_directory::WorkerDirectory::start(pool.clone());
+    let owners = std::sync::Arc::new(owners::Owners::default());
+    let owner_watcher = tokio::spawn(owners.clone().report_deaths(pool.clone(), link.clone()));
     let leases = leases::LeaseManager::start(
         info.node_id,
         actors.clone(),
@@ -320,6 +323,7 @@ async fn run_node(
         actors: actors.clone(),
         leases,
         workers,
+        owners,
         pool: pool.clone(),
         forwarder,
         packages: std::sync::Arc::new(packages::PackageCache::new(
@@ -383,6 +387,7 @@ async fn run_node(
         }
     };
     exit_watcher.abort();
+    owner_watcher.abort();
     let _ = dead_holders.await;
     let _ = file_pruner.await;
     // The forwarder's last pass sends what the workers printed before they ended.

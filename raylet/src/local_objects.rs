@@ -234,16 +234,27 @@ impl TransferService {
         Ok(())
     }
 
-    /// `FreeJobObjects`: frees every object of `job` here, in memory, spilled
-    /// or half written, dropping whatever pins them; returns the count and
-    /// bytes freed. The head forgets their locations itself.
-    pub async fn free_job_objects(&self, job: JobId) -> Result<(u64, u64), Status> {
+    /// `FreeJobObjects`: frees every object of `job` (or of its owner with
+    /// `owner_tag`, when not 0) here, in memory, spilled or half written,
+    /// dropping whatever pins them; returns the count and bytes freed. The
+    /// head forgets their locations itself.
+    pub async fn free_owned_objects(
+        &self,
+        job: JobId,
+        owner_tag: u32,
+    ) -> Result<(u64, u64), Status> {
         let clients = self.clients().clone();
         // Off the async runtime: spilled objects' files are deleted.
         let (objects, bytes) = blocking(self.store(), move |store| {
-            clients.forget_job(job);
+            if owner_tag == 0 {
+                clients.forget_job(job);
+            }
             let (mut objects, mut bytes) = (0, 0);
-            for id in store.ids().into_iter().filter(|id| id.job_id() == job) {
+            for id in store
+                .ids()
+                .into_iter()
+                .filter(|id| id.owned_by(job, owner_tag))
+            {
                 if let Ok(size) = store.discard(id) {
                     objects += 1;
                     bytes += size;
@@ -253,7 +264,7 @@ impl TransferService {
         })
         .await?;
         if objects > 0 {
-            info!(%job, objects, bytes, "freed the objects of an ended job");
+            info!(%job, owner_tag, objects, bytes, "freed the objects of an ended job or owner");
         }
         Ok((objects, bytes))
     }

@@ -13,8 +13,8 @@ use photon_proto::v1::{
     ObjectDescriptor, ProcessMemory, PullObjectRequest, PushObjectReply, RegisterWorkerReply,
     RegisterWorkerRequest, ReleaseObjectReply, ReleaseObjectRequest, ReturnWorkerLeaseReply,
     ReturnWorkerLeaseRequest, SealObjectReply, SealObjectRequest, StartActorReply, StopActorReply,
-    StopActorRequest, WorkerBlockedReply, WorkerBlockedRequest, WorkerExitReply, WorkerExitRequest,
-    WorkerLeaseReply, WorkerLeaseRequest,
+    StopActorRequest, WatchOwnerReply, WatchOwnerRequest, WorkerBlockedReply, WorkerBlockedRequest,
+    WorkerExitReply, WorkerExitRequest, WorkerLeaseReply, WorkerLeaseRequest,
 };
 use photon_proto::{ActorId, JobId, NodeId, WorkerId};
 use tonic::{Request, Response, Status, Streaming};
@@ -43,6 +43,8 @@ pub struct RayletService {
     pub forwarder: Arc<crate::worker_logs::LogForwarder>,
     /// This node.
     pub node_id: NodeId,
+    /// Workers here that own work of their own.
+    pub owners: Arc<crate::owners::Owners>,
 }
 
 #[tonic::async_trait]
@@ -101,17 +103,36 @@ impl Raylet for RayletService {
         &self,
         request: Request<KillJobWorkersRequest>,
     ) -> Result<Response<KillJobWorkersReply>, Status> {
-        let job = JobId::from_slice(&request.into_inner().job_id)?;
-        let killed = self.forwarder.end_job(&job.to_string()).await;
+        let request = request.into_inner();
+        let job = JobId::from_slice(&request.job_id)?;
+        let killed = match request.owner_tag {
+            0 => self.forwarder.end_job(&job.to_string()).await,
+            owner_tag => self.leases.kill_owned_by(job, owner_tag),
+        };
         Ok(Response::new(KillJobWorkersReply { killed }))
+    }
+
+    async fn watch_owner(
+        &self,
+        request: Request<WatchOwnerRequest>,
+    ) -> Result<Response<WatchOwnerReply>, Status> {
+        let request = request.into_inner();
+        let worker = WorkerId::from_slice(&request.worker_id)?;
+        let job = JobId::from_slice(&request.job_id)?;
+        self.owners.watch(worker, job, request.owner_tag);
+        Ok(Response::new(WatchOwnerReply {}))
     }
 
     async fn free_job_objects(
         &self,
         request: Request<FreeJobObjectsRequest>,
     ) -> Result<Response<FreeJobObjectsReply>, Status> {
-        let job = JobId::from_slice(&request.into_inner().job_id)?;
-        let (objects, bytes) = self.transfers.free_job_objects(job).await?;
+        let request = request.into_inner();
+        let job = JobId::from_slice(&request.job_id)?;
+        let (objects, bytes) = self
+            .transfers
+            .free_owned_objects(job, request.owner_tag)
+            .await?;
         Ok(Response::new(FreeJobObjectsReply { objects, bytes }))
     }
 

@@ -130,6 +130,11 @@ impl Core {
         )
     }
 
+    /// The tag of this owner (0: a driver).
+    pub(crate) fn owner_tag(&self) -> u32 {
+        self.root_task.owner_tag()
+    }
+
     /// A new counted reference to `id`.
     pub(crate) fn new_ref(self: &Arc<Self>, id: ObjectId, state: ObjectState) -> Arc<RefHandle> {
         self.objects.add_ref(id, state);

@@ -334,6 +334,7 @@ impl Loop {
                 resources: shape.clone().into_iter().collect(),
                 program: core.program.clone(),
                 env: core.worker_env.clone(),
+                owner_tag: core.owner_tag(),
                 ..Default::default()
             };
             let events = self.events.clone();

@@ -3,12 +3,15 @@
 //! owner in its own right (Ray's ownership model). The worker keeps the
 //! objects' table and lineage, retries and rebuilds its tasks, and frees
 //! what it made when the last reference drops, exactly as a driver does;
-//! its ids descend from a root task of its own (`TaskId::for_worker`), so
-//! they never collide with the driver's or another worker's.
+//! its ids descend from a root task of its own (`TaskId::for_owner`) under
+//! an owner tag the head gives it, so they never collide with the driver's
+//! or another worker's, and when this worker ends (its raylet tells the
+//! head) everything it owned ends with it.
 
 use std::collections::HashMap;
 use std::sync::{Mutex, OnceLock};
 
+use photon_proto::v1::{RegisterOwnerRequest, WatchOwnerRequest};
 use photon_proto::{JobId, NodeId, TaskId, WorkerId};
 use photon_raylet::packages::PROGRAM_PACKAGE_ENV;
 use photon_raylet::worker_pool::env;
@@ -38,8 +41,11 @@ pub(crate) fn get() -> Result<Context> {
     let runtime = RUNTIME.get().ok_or_else(|| {
         Error::Config("this worker has not started yet: call Context::current from a task".into())
     })?;
+    // Off the async workers' threads when called from async code: the
+    // owner's registration is a round trip to the head and the raylet.
+    let parts = crate::run_blocking(|| runtime.block_on(parts()))?;
     let _entered = runtime.enter();
-    let made = Context::for_worker(Core::start(parts()?));
+    let made = Context::for_worker(Core::start(parts));
     *context = Some(made.clone());
     Ok(made)
 }
@@ -62,8 +68,9 @@ where
 }
 
 /// The worker's place in the cluster, from the environment its raylet and
-/// its driver gave it.
-fn parts() -> Result<CoreParts> {
+/// its driver gave it, and its owner tag, from the head (its raylet watches
+/// it from now on, to report its end).
+async fn parts() -> Result<CoreParts> {
     let token = var(env::TOKEN)?;
     let head_address = var(env::HEAD_ADDRESS)?;
     let raylet_address = var(env::RAYLET_ADDRESS)?;
@@ -88,16 +95,38 @@ fn parts() -> Result<CoreParts> {
     .into_iter()
     .filter_map(|name| Some((name.to_string(), std::env::var(name).ok()?)))
     .collect();
+    let head = clients::head(&head_address, &token)?;
+    let raylet = clients::raylet(&raylet_address, &token)?;
+    let owner_tag = head
+        .clone()
+        .register_owner(RegisterOwnerRequest {
+            job_id: job.to_vec(),
+            node_id: node_id.to_vec(),
+            worker_id: worker.to_vec(),
+        })
+        .await
+        .map_err(|s| Error::cluster("the head gave this worker no owner tag", &s))?
+        .into_inner()
+        .owner_tag;
+    raylet
+        .clone()
+        .watch_owner(WatchOwnerRequest {
+            worker_id: worker.to_vec(),
+            job_id: job.to_vec(),
+            owner_tag,
+        })
+        .await
+        .map_err(|s| Error::cluster("the raylet cannot watch this worker as an owner", &s))?;
     Ok(CoreParts {
-        head: clients::head(&head_address, &token)?,
-        raylet: clients::raylet(&raylet_address, &token)?,
+        head,
+        raylet,
         token,
         raylet_address,
         node_id,
         program,
         worker_env,
         max_in_flight: None,
-        root_task: TaskId::for_worker(job, worker),
+        root_task: TaskId::for_owner(job, owner_tag),
         worker: Some(worker),
     })
 }

@@ -504,6 +504,10 @@ fn main() {
             nested::waiting_tasks_lend_their_cpus,
         ),
         Trial::test(
+            "nested::what_a_dead_owner_owned_ends_with_it",
+            nested::what_a_dead_owner_owned_ends_with_it,
+        ),
+        Trial::test(
             "nested::an_actor_creates_sub_actors",
             nested::an_actor_creates_sub_actors,
         ),

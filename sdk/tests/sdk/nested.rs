@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use libtest_mimic::Failed;
 use photon::testing::LoopbackCluster;
-use photon::{Context, ObjectRef};
+use photon::{Context, Error, ObjectRef};
 
 use crate::functions::*;
 use crate::{check, embedded, wait_until};
@@ -239,6 +239,99 @@ pub fn a_lost_nested_result_is_rebuilt_by_its_owner() -> Result<(), Failed> {
     check(
         read == len && sum == expected,
         format!("the rebuilt value: {read} bytes summing to {sum}"),
+    )?;
+    Ok(())
+}
+
+/// Owns objects, a sub-actor and a long nested task until its worker dies.
+pub struct Hoarder {
+    kept: Vec<ObjectRef<Vec<u8>>>,
+    sub: Option<CounterHandle>,
+    running: Option<ObjectRef<u64>>,
+}
+
+#[photon::actor]
+impl Hoarder {
+    pub fn new() -> Self {
+        Hoarder {
+            kept: Vec::new(),
+            sub: None,
+            running: None,
+        }
+    }
+
+    /// Puts `len` bytes, makes `len` more with a nested task, starts a
+    /// named sub-actor and a nested task holding a CPU for a minute.
+    pub fn hoard(&mut self, len: u64, sub_name: String) -> Result<(), String> {
+        let ctx = Context::current().map_err(|e| e.to_string())?;
+        let put = ctx
+            .put(&vec![3u8; len as usize])
+            .map_err(|e| e.to_string())?;
+        let made = make_bytes::remote(&ctx, len, 4u8);
+        ctx.wait(std::slice::from_ref(&made), 1, None);
+        self.kept = vec![put, made];
+        let sub = CounterHandle::new_with(
+            &ctx,
+            CounterHandle::options().num_cpus(0.0).name(&sub_name),
+            0u64,
+        )
+        .map_err(|e| e.to_string())?;
+        ctx.get(&sub.incr(1u64)).map_err(|e| e.to_string())?;
+        self.sub = Some(sub);
+        self.running = Some(sleep_ms::remote(&ctx, 60_000u64));
+        Ok(())
+    }
+}
+
+/// An owner's death ends what it owned: its objects leave every store, its
+/// lineage leaves the head, its sub-actors die and the workers running its
+/// tasks are stopped (their CPUs come back).
+pub fn what_a_dead_owner_owned_ends_with_it() -> Result<(), Failed> {
+    let ctx = embedded(); // 2 CPUs
+    let baseline = ctx.object_store_used()?;
+    let hoarder = HoarderHandle::new_with(&ctx, HoarderHandle::options().num_cpus(0.0))?;
+    let len = 1_500_000u64;
+    ctx.get(&hoarder.hoard(len, "hoarded-counter".to_string()))?;
+    let sub = CounterHandle::lookup(&ctx, "hoarded-counter")?;
+    check(ctx.get(&sub.value())? == 1, "the sub-actor is up")?;
+    let stored = wait_until(Duration::from_secs(10), || {
+        ctx.object_store_used()
+            .is_ok_and(|used| used >= baseline + 2 * len)
+    });
+    check(stored, "the owner's objects are in the store")?;
+    let lineage = wait_until(Duration::from_secs(10), || {
+        ctx.lineage_records().is_ok_and(|(_, head)| head >= 1)
+    });
+    check(lineage, "the nested task's lineage reached the head")?;
+    // Its minute-long nested task holds one of the two CPUs now.
+    ctx.kill(hoarder.handle())?;
+    let freed = wait_until(Duration::from_secs(10), || {
+        ctx.object_store_used().is_ok_and(|used| used <= baseline)
+    });
+    check(
+        freed,
+        format!("store use back to {baseline}: {}", ctx.object_store_used()?),
+    )?;
+    check(
+        wait_until(Duration::from_secs(10), || {
+            ctx.lineage_records().is_ok_and(|(_, head)| head == 0)
+        }),
+        format!("lineage left the head: {:?}", ctx.lineage_records()?),
+    )?;
+    match ctx.get_timeout(&sub.value(), Duration::from_secs(10)) {
+        Err(Error::ActorDied { reason, .. }) => {
+            check(
+                reason.contains("owner"),
+                format!("the sub-actor's death: {reason}"),
+            )?;
+        }
+        other => return Err(format!("expected the sub-actor dead, got {other:?}").into()),
+    }
+    // Both CPUs are free again: the nested task's worker was stopped.
+    let whole = square::remote_with(&ctx, square::options().num_cpus(2.0), 6u64);
+    check(
+        ctx.get_timeout(&whole, Duration::from_secs(10))? == 36,
+        "a two-CPU task runs",
     )?;
     Ok(())
 }
