@@ -23,10 +23,17 @@ use crate::error::{Error, Result};
 use crate::object_ref::{ArgKind, ObjectRef, RefHandle, TaskArg};
 use crate::objects::ObjectState;
 use crate::options::ActorOptions;
-use crate::submitter::why_worker_died;
+use crate::submitter::{cancel_on_worker, why_worker_died};
 
 /// How often a caller polls the head while its actor is pending or restarting.
 const POLL: Duration = Duration::from_millis(20);
+
+/// What an actor's connection is asked to do.
+enum Message {
+    Call(Call),
+    /// Cancel the call making this object, if it was sent to the worker.
+    Cancel(ObjectId),
+}
 
 struct Call {
     return_id: ObjectId,
@@ -43,10 +50,7 @@ struct InFlight {
 /// The calls channel of each actor this driver talks to.
 #[derive(Default)]
 pub(crate) struct ActorClients {
-    channels: Mutex<HashMap<ActorId, mpsc::UnboundedSender<Call>>>,
-    /// Calls not answered yet, by result, with a client of the actor's
-    /// worker once sent there (to cancel them there).
-    calls: Mutex<HashMap<ObjectId, Option<clients::Worker>>>,
+    channels: Mutex<HashMap<ActorId, mpsc::UnboundedSender<Message>>>,
 }
 
 impl ActorClients {
@@ -55,7 +59,7 @@ impl ActorClients {
         core: &Arc<Core>,
         actor: ActorId,
         class: &'static str,
-    ) -> mpsc::UnboundedSender<Call> {
+    ) -> mpsc::UnboundedSender<Message> {
         let mut channels = self.channels.lock().unwrap_or_else(|p| p.into_inner());
         channels
             .entry(actor)
@@ -68,22 +72,13 @@ impl ActorClients {
             .clone()
     }
 
-    /// For an actor call not answered yet: a client of its actor's worker
-    /// once it was sent there. `None` for anything else.
-    pub(crate) fn unanswered(&self, id: ObjectId) -> Option<Option<clients::Worker>> {
-        self.calls().get(&id).cloned()
-    }
-
-    /// The call making `id` was answered, failed or dropped.
-    pub(crate) fn forget(&self, id: ObjectId) {
-        let mut calls = self.calls();
-        if !calls.is_empty() {
-            calls.remove(&id);
+    /// Asks every actor connection to cancel the call making `id` on its
+    /// worker, if it sent it there (cancels are rare; actors per owner few).
+    pub(crate) fn cancel(&self, id: ObjectId) {
+        let channels = self.channels.lock().unwrap_or_else(|p| p.into_inner());
+        for channel in channels.values() {
+            let _ = channel.send(Message::Cancel(id));
         }
-    }
-
-    fn calls(&self) -> std::sync::MutexGuard<'_, HashMap<ObjectId, Option<clients::Worker>>> {
-        self.calls.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Stops every connection.
@@ -119,10 +114,9 @@ impl ActorHandle {
     pub fn call<T>(&self, method: &'static str, args: Vec<Result<TaskArg>>) -> ObjectRef<T> {
         let task_id = self.core.next_task_id();
         let return_id = ObjectId::for_return(task_id, 0);
-        let handle = self.core.new_ref(return_id, ObjectState::Pending);
+        let handle = self.core.new_call_ref(return_id);
         match args.into_iter().collect::<Result<Vec<_>>>() {
             Ok(args) => {
-                self.core.actors.calls().insert(return_id, None);
                 let call = Call {
                     return_id,
                     method,
@@ -132,7 +126,7 @@ impl ActorHandle {
                     .core
                     .actors
                     .sender(&self.core, self.id, self.class)
-                    .send(call)
+                    .send(Message::Call(call))
                     .is_err()
                 {
                     self.core.objects.set(
@@ -327,7 +321,7 @@ async fn drive(
     core: std::sync::Weak<Core>,
     actor: ActorId,
     class: &'static str,
-    mut calls: mpsc::UnboundedReceiver<Call>,
+    mut calls: mpsc::UnboundedReceiver<Message>,
 ) {
     let mut in_flight: HashMap<Vec<u8>, InFlight> = HashMap::new();
     let mut backlog: Vec<Call> = Vec::new();
@@ -356,8 +350,10 @@ async fn drive(
                         .set(call.return_id, ObjectState::Failed(err.clone()));
                 }
                 drop(owner);
-                while let Some(call) = calls.recv().await {
-                    if let Some(owner) = core.upgrade() {
+                while let Some(message) = calls.recv().await {
+                    if let Message::Call(call) = message
+                        && let Some(owner) = core.upgrade()
+                    {
                         owner
                             .objects
                             .set(call.return_id, ObjectState::Failed(err.clone()));
@@ -373,8 +369,12 @@ async fn drive(
                 Some(call) => Some(call),
                 None => {
                     tokio::select! {
-                        call = calls.recv() => match call {
-                            Some(call) => Some(call),
+                        message = calls.recv() => match message {
+                            Some(Message::Call(call)) => Some(call),
+                            Some(Message::Cancel(id)) => {
+                                cancel_sent(&owner, &in_flight, &client, id);
+                                None
+                            }
                             None => return,
                         },
                         reply = replies.next() => {
@@ -392,15 +392,26 @@ async fn drive(
             if let Some(call) = next {
                 // Wait for its arguments while still reading replies: an
                 // argument may be an earlier call's result on this stream.
+                // Later calls queue up behind it; cancels act at once.
                 let broken = {
                     let arguments = arguments_ready(&owner, &call);
                     tokio::pin!(arguments);
+                    let mut open = true;
                     loop {
+                        // Ready arguments first: most calls have none pending.
                         tokio::select! {
+                            biased;
                             () = &mut arguments => break false,
                             reply = replies.next() => match reply {
                                 Some(Ok(reply)) => complete(&owner, class, &mut in_flight, reply),
                                 _ => break true,
+                            },
+                            message = calls.recv(), if open => match message {
+                                Some(Message::Call(later)) => pending.push_back(later),
+                                Some(Message::Cancel(id)) => {
+                                    cancel_sent(&owner, &in_flight, &client, id);
+                                }
+                                None => open = false,
                             },
                         }
                     }
@@ -409,14 +420,13 @@ async fn drive(
                     pending.push_front(call);
                     break;
                 }
-                send(&owner, class, call, (&sender, &client), &mut in_flight).await;
+                send(&owner, class, call, &sender, &mut in_flight).await;
             }
         }
         // The stream broke: the worker died. Calls in flight fail; later ones
         // wait for a restart (or fail if the actor is dead for good).
         let reason = why_worker_died(&owner, &raylet, worker).await.to_string();
         for (_, call) in in_flight.drain() {
-            owner.actors.forget(call.return_id);
             if owner.take_cancel(call.return_id).is_some() {
                 owner.set_cancelled(call.return_id, &format!("{class}::{}", call.method), false);
                 continue;
@@ -445,17 +455,30 @@ async fn arguments_ready(core: &Arc<Core>, call: &Call) {
     }
 }
 
-/// Sends `call` on the actor's stream (through `worker`: the stream and a
-/// client of its worker), once its arguments are resolved, unless it was
-/// cancelled.
+/// A cancel for the call making `id`: if this connection sent it, the
+/// worker is told (one not sent yet sees the cancel before it is sent).
+fn cancel_sent(
+    core: &Arc<Core>,
+    in_flight: &HashMap<Vec<u8>, InFlight>,
+    worker: &clients::Worker,
+    id: ObjectId,
+) {
+    let task_id = id.task_id().to_vec();
+    if in_flight.contains_key(&task_id) {
+        core.runtime
+            .spawn(cancel_on_worker(worker.clone(), task_id));
+    }
+}
+
+/// Sends `call` on the actor's stream once its arguments are resolved,
+/// unless it was cancelled.
 async fn send(
     core: &Arc<Core>,
     class: &str,
     call: Call,
-    worker: (&mpsc::UnboundedSender<TaskSpec>, &clients::Worker),
+    sender: &mpsc::UnboundedSender<TaskSpec>,
     in_flight: &mut HashMap<Vec<u8>, InFlight>,
 ) {
-    let (sender, client) = worker;
     let mut deps = Vec::new();
     let mut args = Vec::with_capacity(call.args.len());
     for arg in call.args {
@@ -476,11 +499,7 @@ async fn send(
     };
     // Listed as sent before looking for a cancel: a cancel either finds it
     // listed (and tells the worker) or is seen here.
-    core.actors
-        .calls()
-        .insert(call.return_id, Some(client.clone()));
     if let Some(forced) = core.take_cancel(call.return_id) {
-        core.actors.forget(call.return_id);
         core.set_cancelled(call.return_id, &format!("{class}::{}", call.method), forced);
         return;
     }
@@ -511,7 +530,6 @@ fn complete(
     let Some(call) = in_flight.remove(&reply.task_id) else {
         return;
     };
-    core.actors.forget(call.return_id);
     if core.take_cancel(call.return_id).is_some() {
         if let Some(task_reply::Result::Stored(_)) = reply.result {
             drop(core.delete_copies(call.return_id));

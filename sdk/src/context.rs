@@ -5,7 +5,7 @@
 //! when every copy is lost.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -119,6 +119,9 @@ pub(crate) struct Core {
     /// Results whose task (or actor call) the program cancelled, and
     /// whether by force, until the cancellation is carried out.
     cancels: Mutex<HashMap<ObjectId, bool>>,
+    /// How many `cancels` holds: every call's send and reply look, and
+    /// almost always find none without taking the lock.
+    cancel_count: AtomicUsize,
 }
 
 impl Core {
@@ -144,6 +147,15 @@ impl Core {
         })
     }
 
+    /// A counted reference to the result of a new actor call.
+    pub(crate) fn new_call_ref(self: &Arc<Self>, id: ObjectId) -> Arc<RefHandle> {
+        self.objects.add_ref_made_by(id, ObjectState::Pending, true);
+        Arc::new(RefHandle {
+            id,
+            core: Arc::downgrade(self),
+        })
+    }
+
     /// A client of the raylet at `address` (cached).
     pub(crate) fn raylet_at(&self, address: &str) -> Result<RayletClient> {
         let mut raylets = self.raylets.lock().unwrap_or_else(|p| p.into_inner());
@@ -161,7 +173,6 @@ impl Core {
             return;
         };
         self.take_cancel(id);
-        self.actors.forget(id);
         self.lineage.object_freed(id);
         if let ObjectState::Stored { .. } = freed.state {
             drop(self.delete_copies(id));
@@ -202,7 +213,7 @@ impl Core {
         id: ObjectId,
         how: Mapping,
     ) -> Result<ObjectBytes> {
-        let _waiting = self.waiting_if(self.objects.is_pending(id));
+        let _waiting = self.waiting_if(|| self.objects.is_pending(id));
         for _ in 0..=MAX_REBUILDS {
             let state = self
                 .objects
@@ -222,7 +233,7 @@ impl Core {
                         Err(ReadError::Other(err)) => return Err(err),
                         Err(ReadError::Lost(why)) => {
                             let why = format!("its copy on node {address} is gone ({why})");
-                            let _waiting = self.waiting_if(true);
+                            let _waiting = self.waiting_if(|| true);
                             self.rebuild(id, why).await?;
                         }
                     }
@@ -237,19 +248,20 @@ impl Core {
 
     /// Records that the program cancelled the call making `id`.
     fn request_cancel(&self, id: ObjectId, force: bool) {
-        self.cancels
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(id, force);
+        let mut cancels = self.cancels.lock().unwrap_or_else(|p| p.into_inner());
+        cancels.insert(id, force);
+        self.cancel_count.store(cancels.len(), Ordering::Release);
     }
 
     /// Whether the call making `id` was cancelled (and by force), forgetting it.
     pub(crate) fn take_cancel(&self, id: ObjectId) -> Option<bool> {
-        let mut cancels = self.cancels.lock().unwrap_or_else(|p| p.into_inner());
-        if cancels.is_empty() {
+        if self.cancel_count.load(Ordering::Acquire) == 0 {
             return None;
         }
-        cancels.remove(&id)
+        let mut cancels = self.cancels.lock().unwrap_or_else(|p| p.into_inner());
+        let forced = cancels.remove(&id);
+        self.cancel_count.store(cancels.len(), Ordering::Release);
+        forced
     }
 
     /// Fails `id` with `TaskCancelled` (its call was cancelled).
@@ -268,12 +280,14 @@ impl Core {
     }
 
     /// Marks a worker's task as waiting on objects while the guard lives
-    /// (`blocked`), when `waits` (a driver has nothing to report).
-    pub(crate) fn waiting_if(&self, waits: bool) -> Option<crate::blocked::Waiting> {
-        self.blocked
-            .as_ref()
-            .filter(|_| waits)
-            .map(|reporter| reporter.wait())
+    /// (`blocked`), when `waits()` (asked only in a worker: a driver has
+    /// nothing to report).
+    pub(crate) fn waiting_if(
+        &self,
+        waits: impl FnOnce() -> bool,
+    ) -> Option<crate::blocked::Waiting> {
+        let reporter = self.blocked.as_ref()?;
+        waits().then(|| reporter.wait())
     }
 
     /// True when an object can be read: held inline here, or in a live node's store.
@@ -772,6 +786,7 @@ impl Core {
             raylets: Mutex::default(),
             rebuilding: Mutex::default(),
             cancels: Mutex::default(),
+            cancel_count: AtomicUsize::new(0),
             blocked: parts
                 .worker
                 .map(|worker| crate::blocked::BlockedReporter::start(parts.raylet, worker)),
@@ -1001,7 +1016,7 @@ impl Context {
     pub async fn ready_async<T>(&self, object: &ObjectRef<T>) -> Result<()> {
         let _waiting = self
             .core
-            .waiting_if(self.core.objects.is_pending(object.id()));
+            .waiting_if(|| self.core.objects.is_pending(object.id()));
         match self.core.objects.wait_ready(object.id()).await {
             Some(ObjectState::Failed(err)) => Err(err),
             _ => Ok(()),
@@ -1051,11 +1066,13 @@ impl Context {
         timeout: Option<Duration>,
     ) -> (Vec<ObjectRef<T>>, Vec<ObjectRef<T>>) {
         let wanted = num_returns.min(objects.len());
-        let pending = objects
-            .iter()
-            .filter(|object| self.core.objects.is_pending(object.id()))
-            .count();
-        let _waiting = self.core.waiting_if(objects.len() - pending < wanted);
+        let _waiting = self.core.waiting_if(|| {
+            let pending = objects
+                .iter()
+                .filter(|object| self.core.objects.is_pending(object.id()))
+                .count();
+            objects.len() - pending < wanted
+        });
         let mut ready = vec![false; objects.len()];
         let mut waiting: FuturesUnordered<_> = objects
             .iter()
@@ -1115,20 +1132,16 @@ impl Context {
         if !self.core.objects.is_pending(id) {
             return Ok(());
         }
-        if let Some(sent) = self.core.actors.unanswered(id) {
+        if self.core.objects.is_actor_call(id) {
             if force {
                 return Err(Error::Config(format!(
                     "cannot force-cancel the actor call making {id}: that would kill its actor; cancel it without force, or kill the actor"
                 )));
             }
+            // Recorded first: a call not sent yet sees it before sending; the
+            // actor's connection tells the worker of one it sent.
             self.core.request_cancel(id, false);
-            // Not sent yet: its actor's connection sees the cancel before sending.
-            if let Some(worker) = sent {
-                let task_id = id.task_id().to_vec();
-                self.core
-                    .runtime
-                    .spawn(crate::submitter::cancel_on_worker(worker, task_id));
-            }
+            self.core.actors.cancel(id);
             return Ok(());
         }
         self.core.request_cancel(id, force);

@@ -31,6 +31,8 @@ struct Entry {
     progress: Option<CallProgress>,
     refs: usize,
     ready: Arc<Notify>,
+    /// Made by an actor call (which cannot be force-cancelled).
+    actor_call: bool,
 }
 
 /// What the caller must clean up after the last reference went.
@@ -51,6 +53,11 @@ impl ObjectTable {
 
     /// Counts one more reference, creating the entry (pending) if needed.
     pub(crate) fn add_ref(&self, id: ObjectId, initial: ObjectState) {
+        self.add_ref_made_by(id, initial, false);
+    }
+
+    /// [`add_ref`](Self::add_ref), saying whether an actor call makes it.
+    pub(crate) fn add_ref_made_by(&self, id: ObjectId, initial: ObjectState, actor_call: bool) {
         self.lock()
             .entry(id)
             .or_insert_with(|| Entry {
@@ -58,8 +65,14 @@ impl ObjectTable {
                 progress: None,
                 refs: 0,
                 ready: Arc::new(Notify::new()),
+                actor_call,
             })
             .refs += 1;
+    }
+
+    /// True when an actor call makes `id`.
+    pub(crate) fn is_actor_call(&self, id: ObjectId) -> bool {
+        self.lock().get(&id).is_some_and(|entry| entry.actor_call)
     }
 
     /// Drops one reference; returns the entry's state when it was the last.
