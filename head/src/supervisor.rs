@@ -324,8 +324,10 @@ impl HeadState {
     /// spilled or half written) and drops its lineage: an object's fate
     /// follows its owner's.
     pub(crate) async fn end_job_everywhere(&self, job: JobId, why: &str) {
-        self.end_owned_everywhere(job, 0, why).await;
+        // First: owners killed with the job report their end meanwhile,
+        // which must not start a second cleanup each.
         self.owners.forget_job(job);
+        self.end_owned_everywhere(job, 0, why).await;
     }
 
     /// [`end_job_everywhere`](Self::end_job_everywhere) for what the owner

@@ -104,12 +104,13 @@ impl LocalClients {
         self.lock().writers.remove(&id);
     }
 
-    /// Forgets every pin and writer of job `job`'s objects (the job ended:
-    /// its objects are being freed whoever holds them).
-    fn forget_job(&self, job: JobId) {
+    /// Forgets every pin and writer of the objects of job `job` (or of its
+    /// owner `owner_tag`, when not 0): they ended, and their objects are
+    /// being freed whoever holds them.
+    fn forget_owned(&self, job: JobId, owner_tag: u32) {
         let mut held = self.lock();
-        held.pins.retain(|id, _| id.job_id() != job);
-        held.writers.retain(|id, _| id.job_id() != job);
+        held.pins.retain(|id, _| !id.owned_by(job, owner_tag));
+        held.writers.retain(|id, _| !id.owned_by(job, owner_tag));
     }
 }
 
@@ -246,9 +247,7 @@ impl TransferService {
         let clients = self.clients().clone();
         // Off the async runtime: spilled objects' files are deleted.
         let (objects, bytes) = blocking(self.store(), move |store| {
-            if owner_tag == 0 {
-                clients.forget_job(job);
-            }
+            clients.forget_owned(job, owner_tag);
             let (mut objects, mut bytes) = (0, 0);
             for id in store
                 .ids()

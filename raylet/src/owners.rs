@@ -29,7 +29,12 @@ impl Owners {
     }
 
     /// Reports each watched worker's end to the head, until the pool closes.
+    /// Reports go through a queue of their own, sent and retried apart, so
+    /// a slow or restarting head never makes this miss an exit.
     pub async fn report_deaths(self: Arc<Self>, pool: Arc<WorkerPool>, head: Arc<HeadLink>) {
+        let (reports, queued) = tokio::sync::mpsc::unbounded_channel();
+        let sender = tokio::spawn(send_reports(queued, head));
+        let _stop_sender = AbortOnDrop(sender);
         let mut exits = pool.subscribe();
         loop {
             let exit = match exits.recv().await {
@@ -56,14 +61,48 @@ impl Owners {
                 exit.worker_id, exit.pid, exit.reason
             );
             info!(%job, owner_tag, %reason, "an owner ended");
-            let request = OwnerDiedRequest {
+            let _ = reports.send(OwnerDiedRequest {
                 job_id: job.to_vec(),
                 owner_tag,
                 reason,
-            };
-            if let Err(status) = head.owner_died(request).await {
-                warn!(%job, owner_tag, error = status.message(), "cannot tell the head that an owner ended");
+            });
+        }
+    }
+}
+
+/// How often one report is tried, and how long apart.
+const REPORT_TRIES: u32 = 30;
+const REPORT_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Sends the queued reports in order, each until the head takes it (a
+/// restarting head is back within seconds; after that the job's end frees
+/// what the owner owned).
+async fn send_reports(
+    mut queued: tokio::sync::mpsc::UnboundedReceiver<OwnerDiedRequest>,
+    head: Arc<HeadLink>,
+) {
+    while let Some(report) = queued.recv().await {
+        for attempt in 1..=REPORT_TRIES {
+            match head.owner_died(report.clone()).await {
+                Ok(()) => break,
+                Err(status) if attempt == REPORT_TRIES => {
+                    warn!(
+                        owner_tag = report.owner_tag,
+                        error = status.message(),
+                        "cannot tell the head that an owner ended: what it owned stays until its job ends"
+                    );
+                }
+                Err(_) => tokio::time::sleep(REPORT_RETRY).await,
             }
         }
+    }
+}
+
+/// Aborts a task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }

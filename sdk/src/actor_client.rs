@@ -497,8 +497,9 @@ async fn send(
         args,
         ..Default::default()
     };
-    // Listed as sent before looking for a cancel: a cancel either finds it
-    // listed (and tells the worker) or is seen here.
+    // A cancel recorded before this is seen here; one recorded after is
+    // handled by this same connection once the call is in flight (it tells
+    // the worker).
     if let Some(forced) = core.take_cancel(call.return_id) {
         core.set_cancelled(call.return_id, &format!("{class}::{}", call.method), forced);
         return;

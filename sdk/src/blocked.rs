@@ -74,13 +74,26 @@ async fn forward(mut changes: watch::Receiver<bool>, mut raylet: RayletClient, w
         if blocked == reported {
             continue;
         }
-        let request = WorkerBlockedRequest {
-            worker_id: worker.to_vec(),
-            blocked,
-        };
-        match raylet.worker_blocked(request).await {
-            Ok(_) => reported = blocked,
-            Err(status) => debug!(%status, blocked, "cannot tell the raylet this worker waits"),
+        // Until the raylet has heard (a lost report would leave CPUs lent
+        // for the rest of the lease, or never lent on the next one).
+        loop {
+            let request = WorkerBlockedRequest {
+                worker_id: worker.to_vec(),
+                blocked,
+            };
+            match raylet.worker_blocked(request).await {
+                Ok(_) => {
+                    reported = blocked;
+                    break;
+                }
+                Err(status) => {
+                    debug!(%status, blocked, "cannot tell the raylet this worker waits; trying again");
+                    tokio::time::sleep(RETRY_AFTER).await;
+                }
+            }
         }
     }
 }
+
+/// How long a failed report waits before it is sent again.
+const RETRY_AFTER: Duration = Duration::from_millis(100);

@@ -6,7 +6,7 @@
 
 use std::collections::HashMap;
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use tokio_util::sync::CancellationToken;
 
@@ -29,9 +29,11 @@ pub(crate) async fn scope<F: Future>(token: CancellationToken, call: F) -> F::Ou
     CURRENT.scope(token, call).await
 }
 
-/// A cancel for a call this worker has not seen is kept this long, in case
-/// the call is still on its way (it travels on another stream).
-const EARLY_CANCEL_KEPT: Duration = Duration::from_secs(60);
+/// Cancels for calls this worker has not read yet (still queued on their
+/// stream behind a running call, or on their way) are kept until the call
+/// arrives; past this many, the oldest go (those of calls that finished
+/// before their cancel came).
+const EARLY_CANCELS_KEPT: usize = 10_000;
 
 /// The tokens of the calls a worker holds, by task id.
 #[derive(Default)]
@@ -70,7 +72,16 @@ impl Calls {
     /// The owner cancels `task_id`.
     pub(crate) fn cancel(&self, task_id: &[u8]) {
         let mut tokens = self.tokens.lock().unwrap_or_else(|p| p.into_inner());
-        tokens.retain(|_, call| call.early.is_none_or(|at| at.elapsed() < EARLY_CANCEL_KEPT));
+        let early = tokens.values().filter(|call| call.early.is_some()).count();
+        if early >= EARLY_CANCELS_KEPT {
+            let oldest = tokens
+                .iter()
+                .filter_map(|(id, call)| Some((call.early?, id.clone())))
+                .min();
+            if let Some((_, id)) = oldest {
+                tokens.remove(&id);
+            }
+        }
         match tokens.get(task_id) {
             Some(call) => call.token.cancel(),
             None => {

@@ -264,8 +264,12 @@ impl Core {
         forced
     }
 
-    /// Fails `id` with `TaskCancelled` (its call was cancelled).
+    /// Fails `id` with `TaskCancelled` (its call was cancelled), unless it
+    /// failed so already (a task cancelled while waiting for arguments).
     pub(crate) fn set_cancelled(&self, id: ObjectId, function: &str, forced: bool) {
+        if !self.objects.is_pending(id) {
+            return;
+        }
         let how = if forced {
             " (its worker was killed)".to_string()
         } else {
@@ -484,9 +488,12 @@ impl Core {
                     }
                     self.submitter.submit(task);
                 }
-                Err(err) => {
-                    self.objects.set(task.return_id, ObjectState::Failed(err));
-                }
+                Err(err) => match self.take_cancel(task.return_id) {
+                    Some(forced) => self.set_cancelled(task.return_id, &task.spec.function, forced),
+                    None => {
+                        self.objects.set(task.return_id, ObjectState::Failed(err));
+                    }
+                },
             }
             return;
         }

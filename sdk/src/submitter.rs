@@ -644,6 +644,11 @@ impl Loop {
             let core = core.clone();
             let (raylet, worker, client) =
                 (lease.raylet.clone(), lease.worker, lease.client.clone());
+            let shape = lease.shape.clone();
+            if force && let Some(state) = self.shapes.get_mut(&shape) {
+                // No more tasks for a worker being killed.
+                state.workers.retain(|w| *w != worker);
+            }
             tokio::spawn(async move {
                 if force {
                     return_to_raylet(&core, &raylet, worker, true).await;
@@ -653,7 +658,11 @@ impl Loop {
             });
             return;
         }
-        if !core.objects.is_pending(return_id) {
+        if core.objects.is_pending(return_id) {
+            // Resolving its arguments, or being rebuilt: it fails now, and
+            // the cancel stays recorded so it is dropped when submitted.
+            core.set_cancelled(return_id, "(waiting for its arguments)", false);
+        } else {
             core.take_cancel(return_id); // it finished meanwhile
         }
     }

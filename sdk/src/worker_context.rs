@@ -34,20 +34,27 @@ pub(crate) fn set_runtime(runtime: tokio::runtime::Handle) {
 
 /// This worker's context, made on first use.
 pub(crate) fn get() -> Result<Context> {
-    let mut context = CONTEXT.lock().unwrap_or_else(|p| p.into_inner());
-    if let Some(context) = context.as_ref() {
+    if let Some(context) = CONTEXT.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
         return Ok(context.clone());
     }
     let runtime = RUNTIME.get().ok_or_else(|| {
         Error::Config("this worker has not started yet: call Context::current from a task".into())
     })?;
-    // Off the async workers' threads when called from async code: the
-    // owner's registration is a round trip to the head and the raylet.
-    let parts = crate::run_blocking(|| runtime.block_on(parts()))?;
-    let _entered = runtime.enter();
-    let made = Context::for_worker(Core::start(parts));
-    *context = Some(made.clone());
-    Ok(made)
+    // Made off the runtime's threads (the owner's registration is a round
+    // trip to the head and the raylet), and so is any wait for the lock
+    // meanwhile: callers parked on it must not hold the threads that drive
+    // the registration.
+    crate::run_blocking(|| {
+        let mut context = CONTEXT.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(context) = context.as_ref() {
+            return Ok(context.clone());
+        }
+        let parts = runtime.block_on(parts())?;
+        let _entered = runtime.enter();
+        let made = Context::for_worker(Core::start(parts));
+        *context = Some(made.clone());
+        Ok(made)
+    })
 }
 
 pub(crate) fn var(name: &str) -> Result<String> {

@@ -96,12 +96,22 @@ pub fn pending_tasks_never_run() -> Result<(), Failed> {
     )?;
     // The running one is untouched.
     check(ctx.get(&running)? == 1_500, "the running task's value")?;
-    // A task waiting on an argument that is not ready never runs either.
-    let slow = sleep_stubbornly::remote(&ctx, 500u64);
+    // A task waiting on an argument that is not ready fails at once and
+    // never runs.
+    let slow = sleep_stubbornly::remote(&ctx, 2_000u64);
     let after = square::remote(&ctx, &slow);
+    let started = Instant::now();
     ctx.cancel(&after, false)?;
-    expect_cancelled(&ctx, &after, "square", false)?;
-    check(ctx.get(&slow)? == 500, "its argument's task still ran")?;
+    expect_cancelled(&ctx, &after, "(waiting for its arguments)", false)?;
+    check(
+        started.elapsed() < Duration::from_secs(1),
+        format!(
+            "a task waiting on arguments is cancelled at once: {:?}",
+            started.elapsed()
+        ),
+    )?;
+    check(ctx.get(&slow)? == 2_000, "its argument's task still ran")?;
+    expect_cancelled(&ctx, &after, "(waiting for its arguments)", false)?;
     Ok(())
 }
 
