@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 use std::sync::Mutex;
 
-use photon_proto::{JobId, NodeId, WorkerId};
+use photon_proto::{JobId, NodeId};
 use tracing::info;
 
 use crate::service::HeadState;
@@ -22,8 +22,8 @@ pub(crate) struct Owners {
 struct JobOwners {
     /// The last tag given out in the job.
     last_tag: u32,
-    /// Live owners: tag → where they run.
-    live: HashMap<u32, (NodeId, WorkerId)>,
+    /// Live owners: tag → the node they run on.
+    live: HashMap<u32, NodeId>,
 }
 
 impl Owners {
@@ -31,8 +31,8 @@ impl Owners {
         self.jobs.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// A new tag in `job` for `worker` on `node` (never 0, the driver's).
-    pub(crate) fn register(&self, job: JobId, node: NodeId, worker: WorkerId) -> u32 {
+    /// A new tag in `job` for a worker on `node` (never 0, the driver's).
+    pub(crate) fn register(&self, job: JobId, node: NodeId) -> u32 {
         let mut jobs = self.lock();
         let owners = jobs.entry(job).or_default();
         // A restarted head starts from a random tag, away from earlier ones.
@@ -47,7 +47,7 @@ impl Owners {
                 break;
             }
         }
-        owners.live.insert(owners.last_tag, (node, worker));
+        owners.live.insert(owners.last_tag, node);
         owners.last_tag
     }
 
@@ -62,7 +62,7 @@ impl Owners {
     fn take_node(&self, node: NodeId) -> Vec<(JobId, u32)> {
         let mut ended = Vec::new();
         for (job, owners) in self.lock().iter_mut() {
-            owners.live.retain(|tag, (on, _)| {
+            owners.live.retain(|tag, on| {
                 let here = *on == node;
                 if here {
                     ended.push((*job, *tag));

@@ -357,7 +357,7 @@ impl Head for HeadService {
         let job = JobId::from_slice(&request.job_id)?;
         let node = NodeId::from_slice(&request.node_id)?;
         let worker = WorkerId::from_slice(&request.worker_id)?;
-        let owner_tag = self.state.owners.register(job, node, worker);
+        let owner_tag = self.state.owners.register(job, node);
         debug!(%job, %node, %worker, owner_tag, "a worker became an owner");
         Ok(Response::new(photon_proto::v1::RegisterOwnerReply {
             owner_tag,

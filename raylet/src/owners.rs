@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 use photon_proto::v1::OwnerDiedRequest;
 use photon_proto::{JobId, WorkerId};
 use tokio::sync::broadcast::error::RecvError;
+use tokio_util::task::AbortOnDropHandle;
 use tracing::{info, warn};
 
 use crate::head_link::HeadLink;
@@ -33,8 +34,7 @@ impl Owners {
     /// a slow or restarting head never makes this miss an exit.
     pub async fn report_deaths(self: Arc<Self>, pool: Arc<WorkerPool>, head: Arc<HeadLink>) {
         let (reports, queued) = tokio::sync::mpsc::unbounded_channel();
-        let sender = tokio::spawn(send_reports(queued, head));
-        let _stop_sender = AbortOnDrop(sender);
+        let _sender = AbortOnDropHandle::new(tokio::spawn(send_reports(queued, head)));
         let mut exits = pool.subscribe();
         loop {
             let exit = match exits.recv().await {
@@ -95,14 +95,5 @@ async fn send_reports(
                 Err(_) => tokio::time::sleep(REPORT_RETRY).await,
             }
         }
-    }
-}
-
-/// Aborts a task when dropped.
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
     }
 }

@@ -427,8 +427,7 @@ async fn drive(
         // wait for a restart (or fail if the actor is dead for good).
         let reason = why_worker_died(&owner, &raylet, worker).await.to_string();
         for (_, call) in in_flight.drain() {
-            if owner.take_cancel(call.return_id).is_some() {
-                owner.set_cancelled(call.return_id, &format!("{class}::{}", call.method), false);
+            if owner.fail_if_cancelled(call.return_id, || format!("{class}::{}", call.method)) {
                 continue;
             }
             owner.objects.set(
@@ -500,8 +499,7 @@ async fn send(
     // A cancel recorded before this is seen here; one recorded after is
     // handled by this same connection once the call is in flight (it tells
     // the worker).
-    if let Some(forced) = core.take_cancel(call.return_id) {
-        core.set_cancelled(call.return_id, &format!("{class}::{}", call.method), forced);
+    if core.fail_if_cancelled(call.return_id, || format!("{class}::{}", call.method)) {
         return;
     }
     in_flight.insert(
@@ -531,11 +529,10 @@ fn complete(
     let Some(call) = in_flight.remove(&reply.task_id) else {
         return;
     };
-    if core.take_cancel(call.return_id).is_some() {
+    if core.fail_if_cancelled(call.return_id, || format!("{class}::{}", call.method)) {
         if let Some(task_reply::Result::Stored(_)) = reply.result {
             drop(core.delete_copies(call.return_id));
         }
-        core.set_cancelled(call.return_id, &format!("{class}::{}", call.method), false);
         return;
     }
     let state = match reply.result {

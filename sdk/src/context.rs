@@ -140,16 +140,21 @@ impl Core {
 
     /// A new counted reference to `id`.
     pub(crate) fn new_ref(self: &Arc<Self>, id: ObjectId, state: ObjectState) -> Arc<RefHandle> {
-        self.objects.add_ref(id, state);
-        Arc::new(RefHandle {
-            id,
-            core: Arc::downgrade(self),
-        })
+        self.counted_ref(id, state, false)
     }
 
     /// A counted reference to the result of a new actor call.
     pub(crate) fn new_call_ref(self: &Arc<Self>, id: ObjectId) -> Arc<RefHandle> {
-        self.objects.add_ref_made_by(id, ObjectState::Pending, true);
+        self.counted_ref(id, ObjectState::Pending, true)
+    }
+
+    fn counted_ref(
+        self: &Arc<Self>,
+        id: ObjectId,
+        state: ObjectState,
+        actor_call: bool,
+    ) -> Arc<RefHandle> {
+        self.objects.add_ref(id, state, actor_call);
         Arc::new(RefHandle {
             id,
             core: Arc::downgrade(self),
@@ -262,6 +267,21 @@ impl Core {
         let forced = cancels.remove(&id);
         self.cancel_count.store(cancels.len(), Ordering::Release);
         forced
+    }
+
+    /// If the call making `id` was cancelled, fails it with `TaskCancelled`
+    /// (naming `function()`) and says so: its outcome is in, or it was about
+    /// to be sent or retried.
+    pub(crate) fn fail_if_cancelled(
+        &self,
+        id: ObjectId,
+        function: impl FnOnce() -> String,
+    ) -> bool {
+        let Some(forced) = self.take_cancel(id) else {
+            return false;
+        };
+        self.set_cancelled(id, &function(), forced);
+        true
     }
 
     /// Fails `id` with `TaskCancelled` (its call was cancelled), unless it
@@ -488,12 +508,11 @@ impl Core {
                     }
                     self.submitter.submit(task);
                 }
-                Err(err) => match self.take_cancel(task.return_id) {
-                    Some(forced) => self.set_cancelled(task.return_id, &task.spec.function, forced),
-                    None => {
+                Err(err) => {
+                    if !self.fail_if_cancelled(task.return_id, || task.spec.function.clone()) {
                         self.objects.set(task.return_id, ObjectState::Failed(err));
                     }
-                },
+                }
             }
             return;
         }

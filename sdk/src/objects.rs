@@ -51,13 +51,9 @@ impl ObjectTable {
         self.entries.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Counts one more reference, creating the entry (pending) if needed.
-    pub(crate) fn add_ref(&self, id: ObjectId, initial: ObjectState) {
-        self.add_ref_made_by(id, initial, false);
-    }
-
-    /// [`add_ref`](Self::add_ref), saying whether an actor call makes it.
-    pub(crate) fn add_ref_made_by(&self, id: ObjectId, initial: ObjectState, actor_call: bool) {
+    /// Counts one more reference, creating the entry (in state `initial`,
+    /// made by an actor call or not) if needed.
+    pub(crate) fn add_ref(&self, id: ObjectId, initial: ObjectState, actor_call: bool) {
         self.lock()
             .entry(id)
             .or_insert_with(|| Entry {

@@ -235,8 +235,7 @@ impl Loop {
             match event {
                 Event::Submit(task) => {
                     let task = *task;
-                    if let Some(forced) = core.take_cancel(task.return_id) {
-                        core.set_cancelled(task.return_id, &task.spec.function, forced);
+                    if core.fail_if_cancelled(task.return_id, || task.spec.function.clone()) {
                         continue;
                     }
                     let shape: Shape = task.resources.clone().into_iter().collect();
@@ -469,7 +468,7 @@ impl Loop {
         let Some((task, sent)) = lease.in_flight.remove(&reply.task_id) else {
             return;
         };
-        if let Some(forced) = core.take_cancel(task.return_id) {
+        if core.fail_if_cancelled(task.return_id, || task.spec.function.clone()) {
             if lease.in_flight.is_empty() {
                 lease.idle_since = Instant::now();
             }
@@ -477,7 +476,6 @@ impl Loop {
             if let Some(task_reply::Result::Stored(_)) = reply.result {
                 drop(core.delete_copies(task.return_id));
             }
-            core.set_cancelled(task.return_id, &task.spec.function, forced);
             self.dispatch(core, &shape);
             return;
         }
@@ -589,8 +587,7 @@ impl Loop {
     }
 
     fn retry_or_fail(&mut self, core: &Arc<Core>, mut task: PendingTask, cause: &DeathCause) {
-        if let Some(forced) = core.take_cancel(task.return_id) {
-            core.set_cancelled(task.return_id, &task.spec.function, forced);
+        if core.fail_if_cancelled(task.return_id, || task.spec.function.clone()) {
             return;
         }
         if task.retries_left > 0 {
