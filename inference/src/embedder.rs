@@ -10,36 +10,57 @@ use tokenizers::{Tokenizer, TruncationParams, TruncationStrategy};
 use crate::candle_bert::CandleBert;
 use crate::error::{InferenceError, Result};
 use crate::fast_bert::{FastBert, Workspace};
+use crate::gpu::{self, GpuBert, Precision};
 use crate::model_dir::ModelDir;
 
-/// Which implementation runs the model.
+/// Which CPU implementation runs the model (the GPU has one).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Backend {
-    /// The GPU (candle, `cuda` feature) when one is visible, else the fast CPU path.
+    /// The GPU engine where [`DeviceChoice`] picks the GPU, else the fast CPU path.
     #[default]
     Auto,
     /// The fused, packed CPU path ([`crate::fast_bert`]).
     FastCpu,
-    /// candle-transformers' `BertModel` on padded batches, on the GPU when
-    /// built with `cuda` and one is visible, else on the CPU.
+    /// candle-transformers' `BertModel` on padded batches on the CPU: the
+    /// reference the fast paths are checked against.
     Candle,
+}
+
+/// Where the model runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DeviceChoice {
+    /// The GPU engine when a GPU is visible (and the backend is `Auto`),
+    /// else the CPU.
+    #[default]
+    Auto,
+    /// The CPU engines.
+    Cpu,
+    /// The GPU engine ([`crate::gpu`]) on the first visible GPU; an error,
+    /// before the model loads, where none is visible.
+    Gpu,
 }
 
 /// How an embedder runs.
 #[derive(Debug, Clone)]
 pub struct EmbedderOptions {
-    /// The implementation.
+    /// The CPU implementation.
     pub backend: Backend,
+    /// CPU or GPU.
+    pub device: DeviceChoice,
+    /// The products' precision; `None` for the engine's default (fp32 on the
+    /// CPU, fp16 on the GPU).
+    pub precision: Option<Precision>,
     /// CPU threads; 0 means one per available core. The fast path runs one
-    /// batch per thread; candle parallelises inside each operation.
+    /// batch per thread; candle parallelises inside each operation; the GPU
+    /// engine tokenizes with them.
     pub threads: usize,
     /// Most texts per batch; `None` for the engine's default (256 on the
-    /// fast path, 64 for candle).
+    /// fast path, 64 for candle, 1024 on the GPU).
     pub max_batch_rows: Option<usize>,
     /// Most tokens per batch, counting padding where the engine pads; `None`
     /// for the engine's default: 512 on the fast path (its activations then
     /// stay in cache: measured 512 ≈ 384 > 1024 > 2048 ≈ 4096 ≈ 8192 tokens,
-    /// 93 vs 69–74 rows/s on one thread) and 16384 for candle.
+    /// 93 vs 69–74 rows/s on one thread) and 16384 for candle and the GPU.
     pub max_batch_tokens: Option<usize>,
     /// Sort texts by token length before cutting batches (on by default;
     /// off only to measure what sorting saves).
@@ -50,6 +71,8 @@ impl Default for EmbedderOptions {
     fn default() -> Self {
         Self {
             backend: Backend::Auto,
+            device: DeviceChoice::Auto,
+            precision: None,
             threads: 0,
             max_batch_rows: None,
             max_batch_tokens: None,
@@ -59,8 +82,12 @@ impl Default for EmbedderOptions {
 }
 
 /// Batch limits after engine defaults: (rows, tokens).
-fn batch_limits(options: &EmbedderOptions, pads: bool) -> (usize, usize) {
-    let (rows, tokens) = if pads { (64, 16_384) } else { (256, 512) };
+fn batch_limits(options: &EmbedderOptions, engine: EngineKind) -> (usize, usize) {
+    let (rows, tokens) = match engine {
+        EngineKind::Fast => (256, 512),
+        EngineKind::Candle => (64, 16_384),
+        EngineKind::Gpu => (1024, 16_384),
+    };
     (
         options.max_batch_rows.unwrap_or(rows).max(1),
         options.max_batch_tokens.unwrap_or(tokens).max(1),
@@ -133,7 +160,29 @@ impl Embeddings {
 enum Engine {
     Fast(FastBert),
     Candle(CandleBert),
+    Gpu(Box<GpuBert>),
 }
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum EngineKind {
+    Fast,
+    Candle,
+    Gpu,
+}
+
+impl Engine {
+    fn kind(&self) -> EngineKind {
+        match self {
+            Engine::Fast(_) => EngineKind::Fast,
+            Engine::Candle(_) => EngineKind::Candle,
+            Engine::Gpu(_) => EngineKind::Gpu,
+        }
+    }
+}
+
+/// Texts tokenized at a time by the GPU engine's tokenizing thread, which
+/// works on the next chunk while the GPU embeds this one.
+const GPU_TOKENIZE_CHUNK: usize = 4096;
 
 /// A loaded sentence-transformers BERT model with its tokenizer.
 pub struct SentenceEmbedder {
@@ -148,19 +197,24 @@ pub struct SentenceEmbedder {
 
 impl SentenceEmbedder {
     /// Loads the model in `dir` (see [`ModelDir::open`] for what it needs).
+    /// The device and precision are checked first, so a GPU asked for where
+    /// none is visible fails before any model loads.
     pub fn load(dir: &Path, options: EmbedderOptions) -> Result<Self> {
+        let kind = choose_engine(&options)?;
         let model = ModelDir::open(dir)?;
         let tokenizer = load_tokenizer(&model)?;
         let threads = match options.threads {
             0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
             n => n,
         };
-        let engine = match (options.backend, gpu_device()?) {
-            (Backend::Auto | Backend::Candle, Some(gpu)) => {
-                Engine::Candle(CandleBert::load(&model, &gpu)?)
+        let engine = match kind {
+            EngineKind::Gpu => {
+                let (rows, tokens) = batch_limits(&options, kind);
+                let precision = options.precision.unwrap_or(Precision::Fp16);
+                Engine::Gpu(Box::new(GpuBert::load(&model, precision, tokens, rows)?))
             }
-            (Backend::Candle, None) => Engine::Candle(CandleBert::load(&model, &Device::Cpu)?),
-            (Backend::Auto | Backend::FastCpu, _) => Engine::Fast(FastBert::load(&model)?),
+            EngineKind::Candle => Engine::Candle(CandleBert::load(&model, &Device::Cpu)?),
+            EngineKind::Fast => Engine::Fast(FastBert::load(&model)?),
         };
         let candle_pool = match engine {
             Engine::Candle(_) => Some(
@@ -169,7 +223,7 @@ impl SentenceEmbedder {
                     .build()
                     .map_err(|e| candle_core::Error::Msg(format!("thread pool: {e}")))?,
             ),
-            Engine::Fast(_) => None,
+            Engine::Fast(_) | Engine::Gpu(_) => None,
         };
         Ok(Self {
             model,
@@ -197,27 +251,31 @@ impl SentenceEmbedder {
         self.threads
     }
 
-    /// Which implementation and device run the model: `fast-cpu`,
-    /// `candle-cpu` or `candle-cuda`.
+    /// Which implementation runs the model: `fast-cpu`, `candle-cpu` or `gpu`.
     pub fn backend_name(&self) -> &'static str {
         match &self.engine {
             Engine::Fast(_) => "fast-cpu",
-            Engine::Candle(c) if c.device().is_cuda() => "candle-cuda",
             Engine::Candle(_) => "candle-cpu",
+            Engine::Gpu(_) => "gpu",
         }
     }
 
     /// What computes this embedder's vectors, for summaries and stats.
     pub fn engine_info(&self) -> EngineInfo {
-        let device = match &self.engine {
-            Engine::Candle(c) if c.device().is_cuda() => "cuda",
-            _ => "cpu",
+        let (device, precision, gpu_memory_bytes) = match &self.engine {
+            Engine::Gpu(gpu) => (
+                format!("gpu:{} ({})", gpu.device().visible_id, gpu.device().name),
+                gpu.precision().name(),
+                gpu.device_bytes(),
+            ),
+            _ => ("cpu".to_string(), Precision::Fp32.name(), 0),
         };
         EngineInfo {
             engine: self.backend_name().to_string(),
-            device: device.to_string(),
-            precision: "fp32".to_string(),
+            device,
+            precision: precision.to_string(),
             threads: self.threads,
+            gpu_memory_bytes,
         }
     }
 
@@ -258,10 +316,54 @@ impl SentenceEmbedder {
         texts: &[S],
         rows_done: &(dyn Fn(usize) + Sync),
     ) -> Result<Embeddings> {
+        if matches!(self.engine, Engine::Gpu(_)) {
+            return self.embed_gpu_pipelined(texts, rows_done);
+        }
         let (sequences, truncated) = self.tokenize(texts)?;
         let mut embeddings = self.embed_tokens_reporting(&sequences, rows_done)?;
         embeddings.stats.truncated = truncated;
         Ok(embeddings)
+    }
+
+    /// The GPU engine's `embed`: a thread tokenizes chunk `n + 1` (on the
+    /// tokenizer's CPU threads) while the GPU embeds chunk `n`, so the GPU
+    /// waits on tokenization only when the CPUs cannot keep up.
+    fn embed_gpu_pipelined<S: AsRef<str>>(
+        &self,
+        texts: &[S],
+        rows_done: &(dyn Fn(usize) + Sync),
+    ) -> Result<Embeddings> {
+        let dim = self.dim();
+        let mut values = vec![0.0f32; texts.len() * dim];
+        let mut stats = EmbedStats {
+            rows: texts.len(),
+            ..EmbedStats::default()
+        };
+        let texts: Vec<&str> = texts.iter().map(|t| t.as_ref()).collect();
+        std::thread::scope(|scope| -> Result<()> {
+            let (sender, chunks) = std::sync::mpsc::sync_channel(1);
+            scope.spawn(move || {
+                for chunk in texts.chunks(GPU_TOKENIZE_CHUNK) {
+                    // A send fails only when the GPU side stopped on an error.
+                    if sender.send(self.tokenize(chunk)).is_err() {
+                        break;
+                    }
+                }
+            });
+            let mut first_row = 0;
+            for tokenized in chunks {
+                let (sequences, truncated) = tokenized?;
+                let chunk = self.embed_tokens_reporting(&sequences, rows_done)?;
+                values[first_row * dim..][..chunk.values.len()].copy_from_slice(&chunk.values);
+                first_row += sequences.len();
+                stats.truncated += truncated;
+                stats.tokens += chunk.stats.tokens;
+                stats.computed_tokens += chunk.stats.computed_tokens;
+                stats.batches += chunk.stats.batches;
+            }
+            Ok(())
+        })?;
+        Ok(Embeddings { dim, values, stats })
     }
 
     /// Embeds already tokenized sequences (each at most the model's maximum
@@ -276,8 +378,7 @@ impl SentenceEmbedder {
         rows_done: &(dyn Fn(usize) + Sync),
     ) -> Result<Embeddings> {
         let dim = self.dim();
-        let pads = matches!(self.engine, Engine::Candle(_));
-        let batches = cut_batches(sequences, &self.options, pads);
+        let batches = cut_batches(sequences, &self.options, self.engine.kind());
         let mut stats = EmbedStats {
             rows: sequences.len(),
             tokens: sequences.iter().map(Vec::len).sum(),
@@ -289,6 +390,7 @@ impl SentenceEmbedder {
         let results = match &self.engine {
             Engine::Fast(bert) => self.run_fast(bert, sequences, &batches, rows_done),
             Engine::Candle(bert) => self.run_candle(bert, sequences, &batches, rows_done)?,
+            Engine::Gpu(bert) => self.run_gpu(bert, sequences, &batches, rows_done)?,
         };
         let mut values = vec![0.0f32; sequences.len() * dim];
         for (batch, pooled) in batches.iter().zip(results) {
@@ -296,7 +398,8 @@ impl SentenceEmbedder {
                 values[row * dim..][..dim].copy_from_slice(vector);
             }
         }
-        if self.model.normalize {
+        // The GPU engine normalises in its pooling kernel.
+        if self.model.normalize && !matches!(self.engine, Engine::Gpu(_)) {
             for row in values.chunks_exact_mut(dim) {
                 l2_normalize(row);
             }
@@ -365,6 +468,33 @@ impl SentenceEmbedder {
         results
     }
 
+    /// Batches one after another on the GPU (each fills it).
+    fn run_gpu(
+        &self,
+        bert: &GpuBert,
+        sequences: &[Vec<u32>],
+        batches: &[Batch],
+        rows_done: &(dyn Fn(usize) + Sync),
+    ) -> Result<Vec<Vec<f32>>> {
+        let mut tokens = Vec::new();
+        let mut lengths = Vec::new();
+        batches
+            .iter()
+            .map(|batch| {
+                tokens.clear();
+                lengths.clear();
+                for &row in &batch.rows {
+                    tokens.extend_from_slice(&sequences[row]);
+                    lengths.push(sequences[row].len());
+                }
+                let pooled =
+                    bert.forward_packed(&tokens, &lengths, self.model.pooling, self.model.normalize)?;
+                rows_done(batch.rows.len());
+                Ok(pooled)
+            })
+            .collect()
+    }
+
     fn run_candle(
         &self,
         bert: &CandleBert,
@@ -396,8 +526,9 @@ struct Batch {
 /// Sorts rows by token length (longest first, so the big batches start
 /// early and the tail is short) and cuts batches of similar lengths, so
 /// padding stays small where the backend pads at all.
-fn cut_batches(sequences: &[Vec<u32>], options: &EmbedderOptions, pads: bool) -> Vec<Batch> {
-    let (max_rows, max_tokens) = batch_limits(options, pads);
+fn cut_batches(sequences: &[Vec<u32>], options: &EmbedderOptions, engine: EngineKind) -> Vec<Batch> {
+    let (max_rows, max_tokens) = batch_limits(options, engine);
+    let pads = engine == EngineKind::Candle;
     let mut order: Vec<usize> = (0..sequences.len()).collect();
     if options.sort_by_length {
         order.sort_by_key(|&i| std::cmp::Reverse(sequences[i].len()));
@@ -457,28 +588,79 @@ fn load_tokenizer(model: &ModelDir) -> Result<Tokenizer> {
     Ok(tokenizer)
 }
 
-/// The GPU candle should use, if built with `cuda` and one is visible.
-fn gpu_device() -> Result<Option<Device>> {
-    if cfg!(feature = "cuda") && candle_core::utils::cuda_is_available() {
-        Ok(Some(Device::new_cuda(0)?))
-    } else {
-        Ok(None)
+/// Which engine `options` ask for, checked before anything loads: a GPU
+/// asked for where none is visible, or a precision the engine does not run,
+/// is an error that names this host.
+fn choose_engine(options: &EmbedderOptions) -> Result<EngineKind> {
+    let host = gpu::host_name();
+    let cpu_engine = || match options.backend {
+        Backend::Candle => EngineKind::Candle,
+        Backend::Auto | Backend::FastCpu => EngineKind::Fast,
+    };
+    let kind = match options.device {
+        DeviceChoice::Cpu => cpu_engine(),
+        DeviceChoice::Gpu => {
+            if options.backend != Backend::Auto {
+                return Err(InferenceError::Gpu(format!(
+                    "the {:?} backend runs on the CPU; with the GPU leave the backend at auto",
+                    options.backend
+                )));
+            }
+            match gpu::visible_gpus() {
+                Ok(0) => return Err(InferenceError::Gpu(no_gpu_message(&host, "no CUDA GPU is visible"))),
+                Ok(_) => EngineKind::Gpu,
+                Err(e) => return Err(InferenceError::Gpu(no_gpu_message(&host, &e))),
+            }
+        }
+        DeviceChoice::Auto if options.backend != Backend::Auto => cpu_engine(),
+        DeviceChoice::Auto => match gpu::visible_gpus() {
+            Ok(0) => cpu_engine(),
+            Ok(_) => EngineKind::Gpu,
+            Err(e) => {
+                tracing::warn!(host, "device auto: running on the CPU: {e}");
+                cpu_engine()
+            }
+        },
+    };
+    match options.precision {
+        Some(p) if kind != EngineKind::Gpu && p != Precision::Fp32 => {
+            Err(InferenceError::Gpu(format!(
+                "precision {} runs on the GPU engine (device gpu), and {host} runs this model \
+                 on the CPU, which computes in fp32",
+                p.name()
+            )))
+        }
+        _ => Ok(kind),
     }
 }
 
+fn no_gpu_message(host: &str, why: &str) -> String {
+    let visible = std::env::var("CUDA_VISIBLE_DEVICES")
+        .map(|v| format!("CUDA_VISIBLE_DEVICES={v:?}"))
+        .unwrap_or_else(|_| "CUDA_VISIBLE_DEVICES unset".into());
+    format!(
+        "the GPU was asked for, but on {host} {why} ({visible}); run where a GPU is, \
+         or choose the CPU (--device cpu)"
+    )
+}
+
 /// Which engine computes an embedder's vectors, where, and in what precision:
-/// shown as `engine=fast-cpu device=cpu precision=fp32 threads=2`, and read
-/// back from that form (it travels from actors to the driver as text).
+/// shown as `engine=gpu device=gpu:0 (NVIDIA H100 80GB HBM3) precision=fp16
+/// threads=16 gpu_memory=310MiB`, and read back from that form (it travels
+/// from actors to the driver as text, and the progress line shows it).
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct EngineInfo {
-    /// `fast-cpu`, `candle-cpu` or `candle-cuda`.
+    /// `fast-cpu`, `candle-cpu` or `gpu`.
     pub engine: String,
-    /// `cpu`, or the GPU.
+    /// `cpu`, or the GPU: `gpu:ID (NAME)`.
     pub device: String,
-    /// `fp32`.
+    /// `fp32`, `fp16` or `bf16`.
     pub precision: String,
-    /// Threads computing on the CPU.
+    /// Threads computing on the CPU (on the GPU engine, tokenizing).
     pub threads: usize,
+    /// Device memory the GPU engine allocated (weights and activation
+    /// buffers), to the MiB; 0 on the CPU.
+    pub gpu_memory_bytes: u64,
 }
 
 impl std::fmt::Display for EngineInfo {
@@ -487,7 +669,11 @@ impl std::fmt::Display for EngineInfo {
             f,
             "engine={} device={} precision={} threads={}",
             self.engine, self.device, self.precision, self.threads
-        )
+        )?;
+        if self.gpu_memory_bytes > 0 {
+            write!(f, " gpu_memory={}MiB", self.gpu_memory_bytes.div_ceil(1 << 20))?;
+        }
+        Ok(())
     }
 }
 
@@ -495,19 +681,38 @@ impl std::str::FromStr for EngineInfo {
     type Err = String;
 
     fn from_str(text: &str) -> std::result::Result<Self, String> {
-        let field = |key: &str| {
-            text.split_whitespace()
-                .find_map(|pair| pair.strip_prefix(key)?.strip_prefix('='))
+        // A value runs to the next key: the device's name has spaces.
+        const KEYS: [&str; 5] = ["engine=", "device=", "precision=", "threads=", "gpu_memory="];
+        let field = |key: &str| -> Option<&str> {
+            let start = text.find(key)? + key.len();
+            let rest = &text[start..];
+            let end = KEYS
+                .iter()
+                .filter_map(|k| rest.find(&format!(" {k}")))
+                .min()
+                .unwrap_or(rest.len());
+            Some(rest[..end].trim())
+        };
+        let required = |key: &str| {
+            field(key)
                 .map(str::to_string)
-                .ok_or_else(|| format!("no {key}= in the engine description {text:?}"))
+                .ok_or_else(|| format!("no {key} in the engine description {text:?}"))
+        };
+        let number = |key: &str, value: &str| {
+            value
+                .parse::<u64>()
+                .map_err(|e| format!("{key} in {text:?}: {e}"))
+        };
+        let gpu_memory_bytes = match field("gpu_memory=") {
+            Some(mib) => number("gpu_memory", mib.trim_end_matches("MiB"))? << 20,
+            None => 0,
         };
         Ok(Self {
-            engine: field("engine")?,
-            device: field("device")?,
-            precision: field("precision")?,
-            threads: field("threads")?
-                .parse()
-                .map_err(|e| format!("threads in {text:?}: {e}"))?,
+            engine: required("engine=")?,
+            device: required("device=")?,
+            precision: required("precision=")?,
+            threads: number("threads", &required("threads=")?)? as usize,
+            gpu_memory_bytes,
         })
     }
 }
@@ -518,15 +723,29 @@ mod engine_info_tests {
 
     #[test]
     fn reads_back_what_it_shows() {
-        let info = EngineInfo {
+        let cpu = EngineInfo {
             engine: "fast-cpu".into(),
             device: "cpu".into(),
             precision: "fp32".into(),
             threads: 2,
+            gpu_memory_bytes: 0,
         };
-        let text = info.to_string();
+        let text = cpu.to_string();
         assert_eq!(text, "engine=fast-cpu device=cpu precision=fp32 threads=2");
-        assert_eq!(text.parse::<EngineInfo>().unwrap(), info);
+        assert_eq!(text.parse::<EngineInfo>().unwrap(), cpu);
+        let gpu = EngineInfo {
+            engine: "gpu".into(),
+            device: "gpu:3 (NVIDIA H100 80GB HBM3)".into(),
+            precision: "fp16".into(),
+            threads: 16,
+            gpu_memory_bytes: 310 << 20,
+        };
+        let text = gpu.to_string();
+        assert_eq!(
+            text,
+            "engine=gpu device=gpu:3 (NVIDIA H100 80GB HBM3) precision=fp16 threads=16 gpu_memory=310MiB"
+        );
+        assert_eq!(text.parse::<EngineInfo>().unwrap(), gpu);
         assert!(
             "engine=x"
                 .parse::<EngineInfo>()

@@ -60,6 +60,10 @@ pub enum InferenceError {
         /// What failed, and the command that fetches it by hand.
         message: String,
     },
+    /// The GPU engine cannot run: no GPU visible, a CUDA library missing, a
+    /// kernel that failed to compile or launch.
+    #[error("GPU engine: {0}")]
+    Gpu(String),
     /// An error from candle (tensor shapes, devices, CUDA).
     #[error("candle: {0}")]
     Candle(#[from] candle_core::Error),

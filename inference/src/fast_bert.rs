@@ -351,14 +351,14 @@ fn resize(buffer: &mut Vec<f32>, len: usize) {
 }
 
 /// The safetensors file's tensors, looked up by name with shape checks.
-struct Weights<'a> {
+pub(crate) struct Weights<'a> {
     file: &'a Path,
     tensors: HashMap<String, Tensor>,
     prefix: &'static str,
 }
 
 impl<'a> Weights<'a> {
-    fn new(file: &'a Path, tensors: HashMap<String, Tensor>) -> Self {
+    pub(crate) fn new(file: &'a Path, tensors: HashMap<String, Tensor>) -> Self {
         let prefix = if tensors.contains_key("bert.embeddings.word_embeddings.weight") {
             "bert."
         } else {
@@ -371,7 +371,7 @@ impl<'a> Weights<'a> {
         }
     }
 
-    fn get(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
+    pub(crate) fn get(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
         let error = |message: String| InferenceError::Weights {
             file: self.file.to_path_buf(),
             tensor: format!("{}{name}", self.prefix),

@@ -5,12 +5,14 @@
 //! runs BERT, pools (mean by default, with the attention mask) and
 //! L2-normalises, matching sentence-transformers' vectors.
 //!
-//! Two engines run the same model:
+//! Three engines run the same model:
 //! * [`fast_bert`] — the CPU default: packed (padding-free) sequences, fused
 //!   vectorised kernels, one batch per thread;
-//! * [`candle_bert`] — candle-transformers' `BertModel` on padded batches, for
-//!   GPUs (`cuda` feature) and as the reference the fast path is checked
-//!   against.
+//! * [`gpu`] — packed sequences on an NVIDIA GPU: cuBLAS products in fp16,
+//!   bf16 or fp32 and the crate's own CUDA kernels, compiled at run time, so
+//!   the same build runs with or without CUDA;
+//! * [`candle_bert`] — candle-transformers' `BertModel` on padded batches on
+//!   the CPU: the reference the others are checked against.
 //!
 //! ```no_run
 //! use photon_inference::{EmbedderOptions, SentenceEmbedder, model_cache};
@@ -25,13 +27,15 @@ pub mod candle_bert;
 pub mod embedder;
 pub mod error;
 pub mod fast_bert;
+pub mod gpu;
 pub mod kernels;
 pub mod model_cache;
 pub mod model_dir;
 pub mod tiny_model;
 
 pub use embedder::{
-    Backend, EmbedStats, EmbedderOptions, Embeddings, EngineInfo, SentenceEmbedder,
+    Backend, DeviceChoice, EmbedStats, EmbedderOptions, Embeddings, EngineInfo, SentenceEmbedder,
 };
+pub use gpu::Precision;
 pub use error::InferenceError;
 pub use model_dir::{ModelDir, Pooling};

@@ -27,6 +27,12 @@ const WORDS: &str = "the a an of and to in is was for on that with as by at from
 /// `sentence_bert_config.json`, `modules.json` and `1_Pooling/config.json`
 /// for a 2-layer, 32-wide BERT with weights drawn from `seed`.
 pub fn write_tiny_bert(dir: &Path, seed: u64) -> BoxResult {
+    write_tiny_bert_with_layers(dir, seed, 2)
+}
+
+/// [`write_tiny_bert`] with `layers` encoder layers (0 leaves embeddings,
+/// layer norm and pooling: a check can then tell which step differs).
+pub fn write_tiny_bert_with_layers(dir: &Path, seed: u64, layers: usize) -> BoxResult {
     std::fs::create_dir_all(dir.join("1_Pooling"))?;
     let mut vocab: Vec<String> = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
         .iter()
@@ -42,7 +48,7 @@ pub fn write_tiny_bert(dir: &Path, seed: u64) -> BoxResult {
     let vocab_size = vocab.len();
     write_tokenizer(dir, &vocab)?;
 
-    let (h, i, layers, positions) = (TINY_HIDDEN, 64, 2, 64);
+    let (h, i, positions) = (TINY_HIDDEN, 64, 64);
     let config = serde_json::json!({
         "architectures": ["BertModel"], "model_type": "bert",
         "vocab_size": vocab_size, "hidden_size": h, "num_hidden_layers": layers,

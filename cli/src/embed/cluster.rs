@@ -12,7 +12,7 @@ use std::sync::Arc;
 use arrow::array::{ArrayRef, FixedSizeListArray, Float32Array, RecordBatch};
 use arrow::datatypes::{DataType, Field, Schema};
 use photon_data::{BatchUdf, register_udf};
-use photon_inference::{Backend, EmbedderOptions, SentenceEmbedder};
+use photon_inference::{Backend, DeviceChoice, EmbedderOptions, Precision, SentenceEmbedder};
 use serde::{Deserialize, Serialize};
 
 use super::texts::push_texts;
@@ -39,6 +39,17 @@ pub struct EmbedSpec {
     pub batch_size: Option<usize>,
     /// `auto`, `fast-cpu` or `candle`.
     pub backend: String,
+    /// `cpu`, `gpu`, `auto` (the GPU when `num_gpus` > 0) or `auto-visible`
+    /// (the GPU when one is visible: the in-process run, which has no actors).
+    #[serde(default)]
+    pub device: String,
+    /// `fp32`, `fp16` or `bf16`; `None` for the engine's default.
+    #[serde(default)]
+    pub precision: Option<Precision>,
+    /// GPUs each actor was given: with `device` auto, the GPU engine runs
+    /// exactly when this is above 0.
+    #[serde(default)]
+    pub num_gpus: f64,
     /// Testing: milliseconds to sleep after each model batch.
     #[serde(default)]
     pub slow_batches_ms: u64,
@@ -80,15 +91,30 @@ impl BatchUdf for EmbedBatches {
             "candle" => Backend::Candle,
             _ => Backend::Auto,
         };
+        let device = match spec.device.as_str() {
+            "cpu" => DeviceChoice::Cpu,
+            "gpu" => DeviceChoice::Gpu,
+            "auto-visible" => DeviceChoice::Auto,
+            _ if spec.num_gpus > 0.0 => DeviceChoice::Gpu,
+            _ => DeviceChoice::Cpu,
+        };
         let options = EmbedderOptions {
             backend,
+            device,
+            precision: spec.precision,
             threads: spec.threads,
             max_batch_rows: spec.batch_size,
             ..EmbedderOptions::default()
         };
         let model = spec.model_here()?;
-        let embedder = SentenceEmbedder::load(&model, options)
-            .map_err(|e| format!("cannot load the model {}: {e:#}", model.display()))?;
+        let node = std::env::var("PHOTON_NODE_ID").unwrap_or_else(|_| "this process".into());
+        let embedder = SentenceEmbedder::load(&model, options).map_err(|e| match e {
+            photon_inference::InferenceError::Gpu(_) => format!(
+                "node {node}: an actor given {} GPU(s) cannot run the model: {e:#}",
+                spec.num_gpus
+            ),
+            e => format!("cannot load the model {}: {e:#}", model.display()),
+        })?;
         Ok(Self { embedder, spec })
     }
 

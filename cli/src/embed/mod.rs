@@ -74,9 +74,18 @@ pub struct EmbedArgs {
     /// `connection.json`: address, token and, with TLS, the CA).
     #[arg(long, value_name = "PATH")]
     connection_file: Option<PathBuf>,
-    /// Which engine runs the model.
+    /// Which CPU engine runs the model.
     #[arg(long, value_enum, default_value_t = BackendArg::Auto)]
     backend: BackendArg,
+    /// Where the model runs: `auto` is the GPU for actors given GPUs
+    /// (--num-gpus) and, with --in-process, where one is visible; else the
+    /// CPU. A GPU asked for where none is visible is an error naming the node.
+    #[arg(long, value_enum, default_value_t = DeviceArg::Auto)]
+    device: DeviceArg,
+    /// The products' precision: fp16 (the GPU's default), bf16, or fp32 (the
+    /// CPU's, and on the GPU for checking).
+    #[arg(long, value_parser = photon_inference::Precision::parse)]
+    precision: Option<photon_inference::Precision>,
     /// Print the summary as one JSON object on stdout.
     #[arg(long)]
     json: bool,
@@ -86,10 +95,21 @@ pub struct EmbedArgs {
     slow_batches_ms: u64,
 }
 
+/// `--device` values.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum DeviceArg {
+    /// The GPU where the actors were given GPUs, else the CPU.
+    Auto,
+    /// The CPU engines.
+    Cpu,
+    /// The GPU engine; an error where no GPU is visible.
+    Gpu,
+}
+
 /// `--backend` values.
 #[derive(Debug, Clone, Copy, ValueEnum)]
 enum BackendArg {
-    /// A GPU when built with CUDA and one is visible, else the fast CPU path.
+    /// The GPU engine where --device picks the GPU, else the fast CPU path.
     Auto,
     /// Packed sequences and fused kernels on the CPU.
     FastCpu,
@@ -112,6 +132,9 @@ struct Summary {
     precision: String,
     /// Threads computing per actor (or in this process).
     threads: usize,
+    /// Device memory the GPU engine allocated per actor (the largest across
+    /// actors); 0 on the CPU.
+    gpu_memory_per_actor_bytes: u64,
     /// `MIN..MAX` actors, or `in-process`.
     actors: String,
     /// Peak summed resident memory of the job's processes across the
@@ -152,6 +175,12 @@ impl Summary {
             "  engine    {} on {}, {}, {} thread(s); actors {}",
             self.engine, self.device, self.precision, self.threads, self.actors
         );
+        if self.gpu_memory_per_actor_bytes > 0 {
+            println!(
+                "  gpu       {:.0} MiB allocated per actor (weights and activation buffers)",
+                self.gpu_memory_per_actor_bytes as f64 / (1 << 20) as f64
+            );
+        }
         let counted = if self.actors == "in-process" {
             "this process".to_string()
         } else {
@@ -205,6 +234,7 @@ fn merged_engine(descriptions: &[String]) -> Result<EngineInfo> {
         device: join(|i| i.device.clone()),
         precision: join(|i| i.precision.clone()),
         threads: infos.iter().map(|i| i.threads).max().unwrap_or(0),
+        gpu_memory_bytes: infos.iter().map(|i| i.gpu_memory_bytes).max().unwrap_or(0),
     })
 }
 
@@ -387,6 +417,15 @@ fn run_pipeline(
         threads: args.threads,
         batch_size: args.batch_size,
         backend: backend_name(args.backend).to_string(),
+        device: match args.device {
+            DeviceArg::Auto if args.in_process => "auto-visible",
+            DeviceArg::Auto => "auto",
+            DeviceArg::Cpu => "cpu",
+            DeviceArg::Gpu => "gpu",
+        }
+        .to_string(),
+        precision: args.precision,
+        num_gpus: args.num_gpus,
         slow_batches_ms: args.slow_batches_ms,
     };
     if args.id_column.is_none() {
@@ -450,6 +489,7 @@ fn run_pipeline(
         device: engine.device,
         precision: engine.precision,
         threads: engine.threads,
+        gpu_memory_per_actor_bytes: engine.gpu_memory_bytes,
         actors,
         peak_memory_bytes: 0,
         peak_memory_processes: 0,

@@ -7,6 +7,7 @@ use serde::Serialize;
 mod core;
 mod data;
 mod embed;
+mod gpu_embed;
 mod head;
 mod packages;
 mod processes;
@@ -79,6 +80,28 @@ pub enum Which {
         model: Option<std::path::PathBuf>,
     },
     /// Internal: the second process of the cross-process read benchmark.
+    /// The GPU engine against the CPU engine in the same run: cosines (tiny
+    /// models by layer count, then the real model per precision, and against
+    /// sentence-transformers' vectors), rows/s, first batch, device memory,
+    /// tokenization per core. Fails when a cosine is under 0.999.
+    GpuEmbed {
+        /// One JSON object per figure.
+        #[arg(long)]
+        json: bool,
+        /// Corpus rows checked against the CPU engine.
+        #[arg(long, default_value_t = 2_000)]
+        check_rows: usize,
+        /// Corpus rows timed per precision.
+        #[arg(long, default_value_t = 20_000)]
+        rows: usize,
+        /// Model directory (default: the cached all-MiniLM-L6-v2).
+        #[arg(long)]
+        model: Option<std::path::PathBuf>,
+        /// sentence-transformers' vectors for the model (a JSON file with
+        /// `sentences` and `embeddings`).
+        #[arg(long)]
+        fixture: Option<std::path::PathBuf>,
+    },
     #[command(hide = true)]
     StoreReader {
         /// The object descriptor, as JSON.
@@ -113,6 +136,21 @@ pub fn run(which: Which) -> anyhow::Result<()> {
                 model,
             };
             embed::run(&mut Report::new(json), &bench)
+        }
+        Which::GpuEmbed {
+            json,
+            check_rows,
+            rows,
+            model,
+            fixture,
+        } => {
+            let bench = gpu_embed::GpuEmbedBench {
+                check_rows,
+                rows,
+                model,
+                fixture,
+            };
+            gpu_embed::run(&mut Report::new(json), &bench)
         }
         Which::StoreReader { descriptor, lazy } => store::read_in_child(&descriptor, lazy),
     }

@@ -1,0 +1,105 @@
+//! The GPU engine: BERT on one NVIDIA GPU through the workspace's cudarc,
+//! loaded at run time, so the one `photon` binary builds without CUDA and
+//! runs on CPU-only hosts and GPU hosts alike.
+//!
+//! * [`libraries`] finds the CUDA 13 or 12 libraries (the driver, NVRTC,
+//!   cuBLAS) and says where it looked when one is missing;
+//! * [`compile`] compiles the kernels (`kernels.cu`) with NVRTC for the
+//!   device's architecture, cached on disk;
+//! * [`engine`] holds the weights on the device and runs batches.
+
+pub mod compile;
+pub mod engine;
+pub mod libraries;
+
+pub use engine::{GpuBert, GpuDevice};
+
+use cudarc::cublas::sys::cudaDataType;
+
+/// The precision of a model's products' inputs. On the GPU, accumulation,
+/// the residual stream, layer norms, softmax and GELU are fp32 in every mode;
+/// the CPU engines compute fp32 only.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    /// fp32 throughout (on the GPU without TF32): the CPU's, and the GPU's
+    /// for checking the others.
+    Fp32,
+    /// fp16 products with fp32 accumulation: the GPU's default.
+    Fp16,
+    /// bf16 products with fp32 accumulation.
+    Bf16,
+}
+
+impl Precision {
+    /// Reads `fp32`, `fp16` or `bf16`.
+    pub fn parse(name: &str) -> Result<Self, String> {
+        match name {
+            "fp32" => Ok(Self::Fp32),
+            "fp16" => Ok(Self::Fp16),
+            "bf16" => Ok(Self::Bf16),
+            other => Err(format!("unknown precision {other:?}: expected fp32, fp16 or bf16")),
+        }
+    }
+
+    /// Its name: `fp32`, `fp16` or `bf16`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Fp32 => "fp32",
+            Self::Fp16 => "fp16",
+            Self::Bf16 => "bf16",
+        }
+    }
+
+    /// `PRECISION` in `kernels.cu`.
+    pub(crate) fn code(self) -> u32 {
+        match self {
+            Self::Fp32 => 0,
+            Self::Fp16 => 1,
+            Self::Bf16 => 2,
+        }
+    }
+
+    pub(crate) fn element_bytes(self) -> usize {
+        match self {
+            Self::Fp32 => 4,
+            Self::Fp16 | Self::Bf16 => 2,
+        }
+    }
+
+    pub(crate) fn cublas_type(self) -> cudaDataType {
+        match self {
+            Self::Fp32 => cudaDataType::CUDA_R_32F,
+            Self::Fp16 => cudaDataType::CUDA_R_16F,
+            Self::Bf16 => cudaDataType::CUDA_R_16BF,
+        }
+    }
+}
+
+/// How many GPUs this process sees (after `CUDA_VISIBLE_DEVICES`): 0 without
+/// a CUDA driver; an error when the driver is there but cannot start.
+pub fn visible_gpus() -> Result<usize, String> {
+    // SAFETY: only tries to dlopen the driver library by its usual names.
+    #[allow(unsafe_code)]
+    let present = unsafe { cudarc::driver::sys::is_culib_present() };
+    if !present {
+        return Ok(0);
+    }
+    match cudarc::driver::result::init() {
+        Ok(()) => {}
+        // What the driver says when CUDA_VISIBLE_DEVICES hides every GPU (the
+        // raylet's setting for workers granted none) or the host has none.
+        Err(e) if e.0 == cudarc::driver::sys::CUresult::CUDA_ERROR_NO_DEVICE => return Ok(0),
+        Err(e) => return Err(format!("the CUDA driver is present but failed to initialise: {e}")),
+    }
+    cudarc::driver::result::device::get_count()
+        .map(|n| n.max(0) as usize)
+        .map_err(|e| format!("cannot count CUDA devices: {e}"))
+}
+
+/// This machine's host name, for errors that must name the node.
+pub fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|name| name.trim().to_string())
+        .unwrap_or_else(|_| "this host".into())
+}
