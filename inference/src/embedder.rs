@@ -10,6 +10,7 @@ use tokenizers::{Tokenizer, TruncationParams, TruncationStrategy};
 use crate::candle_bert::CandleBert;
 use crate::error::{InferenceError, Result};
 use crate::fast_bert::{FastBert, Workspace};
+use crate::gpu::device::Gpu;
 use crate::gpu::{self, GpuBert, Precision};
 use crate::model_dir::ModelDir;
 
@@ -201,6 +202,21 @@ impl SentenceEmbedder {
     /// none is visible fails before any model loads.
     pub fn load(dir: &Path, options: EmbedderOptions) -> Result<Self> {
         let kind = choose_engine(&options)?;
+        Self::load_engine(dir, options, kind, None)
+    }
+
+    /// Loads the model onto `gpu` (the GPU engine on a given device: the
+    /// tests' emulator), whatever `options.device` says.
+    pub fn load_on_gpu(dir: &Path, options: EmbedderOptions, gpu: Box<dyn Gpu>) -> Result<Self> {
+        Self::load_engine(dir, options, EngineKind::Gpu, Some(gpu))
+    }
+
+    fn load_engine(
+        dir: &Path,
+        options: EmbedderOptions,
+        kind: EngineKind,
+        gpu: Option<Box<dyn Gpu>>,
+    ) -> Result<Self> {
         let model = ModelDir::open(dir)?;
         let tokenizer = load_tokenizer(&model)?;
         let threads = match options.threads {
@@ -211,7 +227,10 @@ impl SentenceEmbedder {
             EngineKind::Gpu => {
                 let (rows, tokens) = batch_limits(&options, kind);
                 let precision = options.precision.unwrap_or(Precision::Fp16);
-                Engine::Gpu(Box::new(GpuBert::load(&model, precision, tokens, rows)?))
+                Engine::Gpu(Box::new(match gpu {
+                    Some(gpu) => GpuBert::load_on(gpu, &model, precision, tokens, rows)?,
+                    None => GpuBert::load(&model, precision, tokens, rows)?,
+                }))
             }
             EngineKind::Candle => Engine::Candle(CandleBert::load(&model, &Device::Cpu)?),
             EngineKind::Fast => Engine::Fast(FastBert::load(&model)?),
@@ -487,8 +506,12 @@ impl SentenceEmbedder {
                     tokens.extend_from_slice(&sequences[row]);
                     lengths.push(sequences[row].len());
                 }
-                let pooled =
-                    bert.forward_packed(&tokens, &lengths, self.model.pooling, self.model.normalize)?;
+                let pooled = bert.forward_packed(
+                    &tokens,
+                    &lengths,
+                    self.model.pooling,
+                    self.model.normalize,
+                )?;
                 rows_done(batch.rows.len());
                 Ok(pooled)
             })
@@ -526,7 +549,11 @@ struct Batch {
 /// Sorts rows by token length (longest first, so the big batches start
 /// early and the tail is short) and cuts batches of similar lengths, so
 /// padding stays small where the backend pads at all.
-fn cut_batches(sequences: &[Vec<u32>], options: &EmbedderOptions, engine: EngineKind) -> Vec<Batch> {
+fn cut_batches(
+    sequences: &[Vec<u32>],
+    options: &EmbedderOptions,
+    engine: EngineKind,
+) -> Vec<Batch> {
     let (max_rows, max_tokens) = batch_limits(options, engine);
     let pads = engine == EngineKind::Candle;
     let mut order: Vec<usize> = (0..sequences.len()).collect();
@@ -607,7 +634,12 @@ fn choose_engine(options: &EmbedderOptions) -> Result<EngineKind> {
                 )));
             }
             match gpu::visible_gpus() {
-                Ok(0) => return Err(InferenceError::Gpu(no_gpu_message(&host, "no CUDA GPU is visible"))),
+                Ok(0) => {
+                    return Err(InferenceError::Gpu(no_gpu_message(
+                        &host,
+                        "no CUDA GPU is visible",
+                    )));
+                }
                 Ok(_) => EngineKind::Gpu,
                 Err(e) => return Err(InferenceError::Gpu(no_gpu_message(&host, &e))),
             }
@@ -671,7 +703,11 @@ impl std::fmt::Display for EngineInfo {
             self.engine, self.device, self.precision, self.threads
         )?;
         if self.gpu_memory_bytes > 0 {
-            write!(f, " gpu_memory={}MiB", self.gpu_memory_bytes.div_ceil(1 << 20))?;
+            write!(
+                f,
+                " gpu_memory={}MiB",
+                self.gpu_memory_bytes.div_ceil(1 << 20)
+            )?;
         }
         Ok(())
     }
@@ -682,7 +718,13 @@ impl std::str::FromStr for EngineInfo {
 
     fn from_str(text: &str) -> std::result::Result<Self, String> {
         // A value runs to the next key: the device's name has spaces.
-        const KEYS: [&str; 5] = ["engine=", "device=", "precision=", "threads=", "gpu_memory="];
+        const KEYS: [&str; 5] = [
+            "engine=",
+            "device=",
+            "precision=",
+            "threads=",
+            "gpu_memory=",
+        ];
         let field = |key: &str| -> Option<&str> {
             let start = text.find(key)? + key.len();
             let rest = &text[start..];

@@ -36,6 +36,6 @@ pub mod tiny_model;
 pub use embedder::{
     Backend, DeviceChoice, EmbedStats, EmbedderOptions, Embeddings, EngineInfo, SentenceEmbedder,
 };
-pub use gpu::Precision;
 pub use error::InferenceError;
+pub use gpu::Precision;
 pub use model_dir::{ModelDir, Pooling};

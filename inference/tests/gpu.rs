@@ -37,8 +37,8 @@ fn every_kernel_compiles_for_every_precision_and_architecture() {
                     precision_code: precision_code(precision),
                     head_dim,
                 };
-                let cubin = compile::compile(&options)
-                    .unwrap_or_else(|e| panic!("{options:?}: {e}"));
+                let cubin =
+                    compile::compile(&options).unwrap_or_else(|e| panic!("{options:?}: {e}"));
                 assert_eq!(&cubin[..4], b"\x7fELF", "{options:?}: not a CUBIN");
                 for kernel in KERNELS {
                     assert!(
@@ -92,12 +92,18 @@ fn compiled_kernels_are_cached_per_options() {
     assert!(files[0].file_name().to_string_lossy().starts_with("sm_90-"));
     // The cached file is what a second load reads: change it and see.
     std::fs::write(files[0].path(), b"cached").unwrap();
-    assert_eq!(compile::cubin(&options, Some(cache.path())).unwrap(), b"cached");
+    assert_eq!(
+        compile::cubin(&options, Some(cache.path())).unwrap(),
+        b"cached"
+    );
     let other = KernelOptions {
         precision_code: 1,
         ..options
     };
-    assert_eq!(compile::cubin(&other, Some(cache.path())).unwrap()[..4], first[..4]);
+    assert_eq!(
+        compile::cubin(&other, Some(cache.path())).unwrap()[..4],
+        first[..4]
+    );
     assert_eq!(std::fs::read_dir(cache.path()).unwrap().count(), 2);
 }
 
@@ -122,7 +128,10 @@ fn the_gpu_asked_for_where_none_is_visible_fails_before_the_model_loads() {
     };
     // No model here: the error must be the GPU's, found first.
     let missing = std::path::Path::new("/nonexistent/model");
-    let err = SentenceEmbedder::load(missing, options).err().unwrap().to_string();
+    let err = SentenceEmbedder::load(missing, options)
+        .err()
+        .unwrap()
+        .to_string();
     assert!(err.contains("no CUDA GPU is visible"), "{err}");
     assert!(err.contains(&gpu::host_name()), "names the host: {err}");
     assert!(err.contains("--device cpu"), "says what to do: {err}");
@@ -138,9 +147,15 @@ fn a_gpu_precision_on_the_cpu_is_an_error_not_a_silent_fp32_run() {
             precision: Some(precision),
             ..EmbedderOptions::default()
         };
-        let err = SentenceEmbedder::load(dir.path(), options).err().unwrap().to_string();
+        let err = SentenceEmbedder::load(dir.path(), options)
+            .err()
+            .unwrap()
+            .to_string();
         assert!(
-            err.contains(&format!("precision {} runs on the GPU engine", precision.name())),
+            err.contains(&format!(
+                "precision {} runs on the GPU engine",
+                precision.name()
+            )),
             "{err}"
         );
     }
@@ -162,8 +177,14 @@ fn a_missing_cuda_library_is_reported_with_where_it_was_looked_for() {
         Err(e) => {
             assert!(e.contains("cannot load cuBLASLt"), "{e}");
             assert!(e.contains("libcublasLt.so.13 or libcublasLt.so.12"), "{e}");
-            assert!(e.contains("/usr/local/cuda/lib64"), "lists the directories: {e}");
-            assert!(e.contains(libraries::LIBRARY_PATH_ENV), "says what to do: {e}");
+            assert!(
+                e.contains("/usr/local/cuda/lib64"),
+                "lists the directories: {e}"
+            );
+            assert!(
+                e.contains(libraries::LIBRARY_PATH_ENV),
+                "says what to do: {e}"
+            );
         }
     }
 }

@@ -55,7 +55,11 @@ pub fn run(report: &mut Report, bench: &GpuEmbedBench) -> Result<()> {
         let cpu = load(&dir, DeviceChoice::Cpu, None)?.embed(&texts)?;
         let gpu = load(&dir, DeviceChoice::Gpu, Some(Precision::Fp32))?.embed(&texts)?;
         let (min, _) = cosines(&gpu, &cpu);
-        report.figure(&format!("tiny_{layers}_layers_fp32_cosine_vs_cpu_min"), min as f64, "cosine");
+        report.figure(
+            &format!("tiny_{layers}_layers_fp32_cosine_vs_cpu_min"),
+            min as f64,
+            "cosine",
+        );
         if min < COSINE_FLOOR {
             failures.push(format!("tiny model, {layers} layers, fp32: cosine {min}"));
         }
@@ -85,15 +89,27 @@ pub fn run(report: &mut Report, bench: &GpuEmbedBench) -> Result<()> {
         report.figure(&format!("gpu_{name}_load_ms"), ms(loading), "ms");
         let first = Instant::now();
         gpu.embed(&texts[..texts.len().min(256)])?;
-        report.figure(&format!("gpu_{name}_first_batch_of_256_ms"), ms(first), "ms");
+        report.figure(
+            &format!("gpu_{name}_first_batch_of_256_ms"),
+            ms(first),
+            "ms",
+        );
         report.figure(
             &format!("gpu_{name}_device_memory_mib"),
             gpu.engine_info().gpu_memory_bytes as f64 / (1 << 20) as f64,
             "MiB",
         );
         let (min, mean) = cosines(&gpu.embed(&texts)?, &cpu_vectors);
-        report.figure(&format!("gpu_{name}_cosine_vs_cpu_min"), min as f64, "cosine");
-        report.figure(&format!("gpu_{name}_cosine_vs_cpu_mean"), mean as f64, "cosine");
+        report.figure(
+            &format!("gpu_{name}_cosine_vs_cpu_min"),
+            min as f64,
+            "cosine",
+        );
+        report.figure(
+            &format!("gpu_{name}_cosine_vs_cpu_mean"),
+            mean as f64,
+            "cosine",
+        );
         if min < COSINE_FLOOR {
             failures.push(format!("{name} against the CPU engine: cosine {min}"));
         }
@@ -102,9 +118,15 @@ pub fn run(report: &mut Report, bench: &GpuEmbedBench) -> Result<()> {
             let min = (0..expected.len())
                 .map(|i| cosine(ours.row(i), &expected[i]))
                 .fold(f32::INFINITY, f32::min);
-            report.figure(&format!("gpu_{name}_cosine_vs_fixture_min"), min as f64, "cosine");
+            report.figure(
+                &format!("gpu_{name}_cosine_vs_fixture_min"),
+                min as f64,
+                "cosine",
+            );
             if min < COSINE_FLOOR {
-                failures.push(format!("{name} against sentence-transformers: cosine {min}"));
+                failures.push(format!(
+                    "{name} against sentence-transformers: cosine {min}"
+                ));
             }
         }
         let rate = rows_per_s(&gpu, &timed_texts)?;
@@ -133,12 +155,19 @@ pub fn run(report: &mut Report, bench: &GpuEmbedBench) -> Result<()> {
     );
 
     if !failures.is_empty() {
-        bail!("the GPU engine's vectors are off:\n  {}", failures.join("\n  "));
+        bail!(
+            "the GPU engine's vectors are off:\n  {}",
+            failures.join("\n  ")
+        );
     }
     Ok(())
 }
 
-fn load(dir: &Path, device: DeviceChoice, precision: Option<Precision>) -> Result<SentenceEmbedder> {
+fn load(
+    dir: &Path,
+    device: DeviceChoice,
+    precision: Option<Precision>,
+) -> Result<SentenceEmbedder> {
     let options = EmbedderOptions {
         backend: Backend::Auto,
         device,

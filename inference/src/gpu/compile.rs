@@ -128,7 +128,8 @@ pub fn compile_source(source: &str, options: &KernelOptions) -> Result<Vec<u8>, 
             "nvrtcCreateProgram",
         )?;
         let result = (|| {
-            let status = sys::nvrtcCompileProgram(program, arg_ptrs.len() as c_int, arg_ptrs.as_ptr());
+            let status =
+                sys::nvrtcCompileProgram(program, arg_ptrs.len() as c_int, arg_ptrs.as_ptr());
             if status != sys::nvrtcResult::NVRTC_SUCCESS {
                 let mut size = 0usize;
                 sys::nvrtcGetProgramLogSize(program, &mut size);
@@ -141,7 +142,10 @@ pub fn compile_source(source: &str, options: &KernelOptions) -> Result<Vec<u8>, 
                 ));
             }
             let mut size = 0usize;
-            check(sys::nvrtcGetCUBINSize(program, &mut size), "nvrtcGetCUBINSize")?;
+            check(
+                sys::nvrtcGetCUBINSize(program, &mut size),
+                "nvrtcGetCUBINSize",
+            )?;
             let mut bytes = vec![0u8; size];
             check(
                 sys::nvrtcGetCUBIN(program, bytes.as_mut_ptr().cast()),

@@ -148,7 +148,10 @@ fn python_paths() -> Vec<PathBuf> {
     PATHS
         .get_or_init(|| {
             let output = std::process::Command::new("python3")
-                .args(["-c", "import sys; print('\\n'.join(p for p in sys.path if p))"])
+                .args([
+                    "-c",
+                    "import sys; print('\\n'.join(p for p in sys.path if p))",
+                ])
                 .stderr(std::process::Stdio::null())
                 .output();
             match output {

@@ -6,15 +6,27 @@
 //!   cuBLAS) and says where it looked when one is missing;
 //! * [`compile`] compiles the kernels (`kernels.cu`) with NVRTC for the
 //!   device's architecture, cached on disk;
-//! * [`engine`] holds the weights on the device and runs batches.
+//! * [`engine`] holds the weights on the device and runs batches, through
+//!   the [`device::Gpu`] interface that [`cuda::CudaGpu`] implements.
 
 pub mod compile;
+pub mod cuda;
+pub mod device;
 pub mod engine;
 pub mod libraries;
 
-pub use engine::{GpuBert, GpuDevice};
+pub use engine::GpuBert;
 
-use cudarc::cublas::sys::cudaDataType;
+/// Which GPU an engine runs on, for summaries.
+#[derive(Debug, Clone)]
+pub struct GpuDevice {
+    /// `CUDA_VISIBLE_DEVICES`' id of the GPU (the raylet's instance id).
+    pub visible_id: String,
+    /// The device's name, e.g. `NVIDIA H100 80GB HBM3`.
+    pub name: String,
+    /// `(major, minor)` compute capability.
+    pub compute_capability: (i32, i32),
+}
 
 /// The precision of a model's products' inputs. On the GPU, accumulation,
 /// the residual stream, layer norms, softmax and GELU are fp32 in every mode;
@@ -38,7 +50,9 @@ impl Precision {
             "fp32" => Ok(Self::Fp32),
             "fp16" => Ok(Self::Fp16),
             "bf16" => Ok(Self::Bf16),
-            other => Err(format!("unknown precision {other:?}: expected fp32, fp16 or bf16")),
+            other => Err(format!(
+                "unknown precision {other:?}: expected fp32, fp16 or bf16"
+            )),
         }
     }
 
@@ -52,7 +66,7 @@ impl Precision {
     }
 
     /// `PRECISION` in `kernels.cu`.
-    pub(crate) fn code(self) -> u32 {
+    pub fn code(self) -> u32 {
         match self {
             Self::Fp32 => 0,
             Self::Fp16 => 1,
@@ -64,14 +78,6 @@ impl Precision {
         match self {
             Self::Fp32 => 4,
             Self::Fp16 | Self::Bf16 => 2,
-        }
-    }
-
-    pub(crate) fn cublas_type(self) -> cudaDataType {
-        match self {
-            Self::Fp32 => cudaDataType::CUDA_R_32F,
-            Self::Fp16 => cudaDataType::CUDA_R_16F,
-            Self::Bf16 => cudaDataType::CUDA_R_16BF,
         }
     }
 }
@@ -90,7 +96,11 @@ pub fn visible_gpus() -> Result<usize, String> {
         // What the driver says when CUDA_VISIBLE_DEVICES hides every GPU (the
         // raylet's setting for workers granted none) or the host has none.
         Err(e) if e.0 == cudarc::driver::sys::CUresult::CUDA_ERROR_NO_DEVICE => return Ok(0),
-        Err(e) => return Err(format!("the CUDA driver is present but failed to initialise: {e}")),
+        Err(e) => {
+            return Err(format!(
+                "the CUDA driver is present but failed to initialise: {e}"
+            ));
+        }
     }
     cudarc::driver::result::device::get_count()
         .map(|n| n.max(0) as usize)
