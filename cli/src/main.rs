@@ -63,6 +63,11 @@ enum Command {
         /// Seed: the same seed gives the same corpus.
         #[arg(long, default_value_t = 1)]
         seed: u64,
+        /// Write the sentences as text, one per line, instead of Parquet
+        /// (for programs without a Parquet reader, like the GPU check's
+        /// sentence-transformers run).
+        #[arg(long)]
+        lines: bool,
     },
     /// Measure Photon's building blocks on this machine against references
     /// measured in the same run.
@@ -99,9 +104,21 @@ fn main() -> ExitCode {
         },
         Command::Embed(args) => embed::run(args),
         Command::Model { command } => model::run(command),
-        Command::SampleCorpus { output, rows, seed } => {
-            embed::corpus::write_sample_corpus(&output, rows, seed)
-                .map(|()| println!("wrote {rows} sentences to {}", output.display()))
+        Command::SampleCorpus {
+            output,
+            rows,
+            seed,
+            lines,
+        } => {
+            let written = if lines {
+                let mut text = embed::corpus::sample_sentences(rows, seed).join("\n");
+                text.push('\n');
+                std::fs::write(&output, text)
+                    .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", output.display()))
+            } else {
+                embed::corpus::write_sample_corpus(&output, rows, seed)
+            };
+            written.map(|()| println!("wrote {rows} sentences to {}", output.display()))
         }
         Command::Microbenchmark { which } => microbenchmark::run(which),
     };

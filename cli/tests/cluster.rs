@@ -1740,3 +1740,37 @@ mod own_certificates {
         assert!(refused.contains("--tls-cert needs --tls-ca"), "{refused}");
     }
 }
+
+#[test]
+fn an_actor_given_a_gpu_its_node_cannot_see_fails_naming_the_node_and_the_cluster_stays_up() {
+    if photon_inference::gpu::visible_gpus() != Ok(0) {
+        eprintln!("SKIPPED: a GPU is visible here; scripts/gpu-check covers this machine");
+        return;
+    }
+    let mut cluster = Cluster::start();
+    // A raylet told it has a GPU this host does not have.
+    let pid = cluster.add_raylet(&["--num-gpus", "1"]);
+    let node = cluster.node_by_pid(pid)["node_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (dir, model, corpus) = model_and_corpus(&cluster, 4, 50);
+    let out = dir.path().join("out");
+    let run = embed_on(&cluster, &corpus, &out, &model)
+        .args(["--num-gpus", "1"])
+        .output()
+        .unwrap();
+    assert!(!run.status.success());
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(
+        stderr.contains(&format!("node {node}: an actor given 1 GPU(s)"))
+            && stderr.contains("no CUDA GPU is visible")
+            && stderr.contains("CUDA_VISIBLE_DEVICES=\"0\""),
+        "{stderr}"
+    );
+    assert!(!out.exists(), "nothing written");
+    // The cluster is still there, and runs the same job on the CPU.
+    let rerun = embed_on(&cluster, &corpus, &out, &model).output().unwrap();
+    assert!(rerun.status.success(), "{}", failure(&rerun));
+    assert_eq!(output_ids(&out), (0..50).collect::<Vec<i64>>());
+}

@@ -256,6 +256,41 @@ fn bad_input_fails_before_the_model_loads_and_writes_nothing() {
     assert!(!out.exists(), "nothing written");
 }
 
+#[test]
+fn a_gpu_asked_for_where_none_is_visible_fails_and_writes_nothing() {
+    if photon_inference::gpu::visible_gpus() != Ok(0) {
+        eprintln!("SKIPPED: a GPU is visible here; scripts/gpu-check covers this machine");
+        return;
+    }
+    let (_dir, model, corpus, out) = tiny_model_and_corpus(3, 40);
+    let host = photon_inference::gpu::host_name();
+    for (extra, expected) in [
+        // On a cluster an actor sees only the GPUs it is given.
+        (
+            &["--device", "gpu"][..],
+            "--device gpu on a cluster needs --num-gpus",
+        ),
+        (
+            &["--device", "gpu", "--in-process"][..],
+            "no CUDA GPU is visible",
+        ),
+        // A GPU precision on the CPU is refused, not run in fp32.
+        (
+            &["--device", "cpu", "--precision", "fp16", "--in-process"][..],
+            "precision fp16 needs the GPU engine",
+        ),
+    ] {
+        let run = embed(&corpus, &out, &model, extra);
+        let stderr = text(&run.stderr);
+        assert!(!run.status.success(), "{extra:?}: {stderr}");
+        assert!(stderr.contains(expected), "{extra:?}: {stderr}");
+        if extra.contains(&"--in-process") {
+            assert!(stderr.contains(&host), "names the host: {stderr}");
+        }
+        assert!(!out.exists(), "{extra:?}: nothing written");
+    }
+}
+
 /// The pids of `parent`'s child processes that are actors' workers.
 fn actor_workers(parent: u32) -> Vec<i32> {
     let Ok(entries) = std::fs::read_dir("/proc") else {
@@ -363,7 +398,7 @@ fn tiny_model_and_corpus(seed: u64, rows: usize) -> (tempfile::TempDir, PathBuf,
 }
 
 /// The summary fields both paths print with `--json`.
-const SUMMARY_FIELDS: [&str; 20] = [
+const SUMMARY_FIELDS: [&str; 21] = [
     "rows",
     "dim",
     "wall_seconds",
@@ -373,6 +408,7 @@ const SUMMARY_FIELDS: [&str; 20] = [
     "device",
     "precision",
     "threads",
+    "gpu_memory_per_actor_bytes",
     "actors",
     "peak_memory_bytes",
     "peak_memory_processes",

@@ -1,7 +1,7 @@
 //! The model as candle-transformers defines it: `BertModel` on padded,
-//! attention-masked batches. It runs on any candle device (the GPU path with
-//! the `cuda` feature), is the reference the fast CPU path is tested against,
-//! and is the "candle as-is" baseline in `photon microbenchmark embed`.
+//! attention-masked batches, on the CPU. It is the reference the fast engines
+//! are tested against, and the "candle as-is" baseline in `photon
+//! microbenchmark embed`.
 
 use candle_core::{D, DType, Device, IndexOp, Tensor};
 use candle_nn::VarBuilder;

@@ -193,7 +193,8 @@ pub struct SentenceEmbedder {
     options: EmbedderOptions,
     threads: usize,
     workspaces: Mutex<Vec<Workspace>>,
-    candle_pool: Option<rayon::ThreadPool>,
+    /// `threads` threads: candle computes on them, the GPU engine tokenizes.
+    pool: Option<rayon::ThreadPool>,
 }
 
 impl SentenceEmbedder {
@@ -235,14 +236,14 @@ impl SentenceEmbedder {
             EngineKind::Candle => Engine::Candle(CandleBert::load(&model, &Device::Cpu)?),
             EngineKind::Fast => Engine::Fast(FastBert::load(&model)?),
         };
-        let candle_pool = match engine {
-            Engine::Candle(_) => Some(
+        let pool = match engine {
+            Engine::Candle(_) | Engine::Gpu(_) => Some(
                 rayon::ThreadPoolBuilder::new()
                     .num_threads(threads)
                     .build()
                     .map_err(|e| candle_core::Error::Msg(format!("thread pool: {e}")))?,
             ),
-            Engine::Fast(_) | Engine::Gpu(_) => None,
+            Engine::Fast(_) => None,
         };
         Ok(Self {
             model,
@@ -251,7 +252,7 @@ impl SentenceEmbedder {
             options,
             threads,
             workspaces: Mutex::new(Vec::new()),
-            candle_pool,
+            pool,
         })
     }
 
@@ -361,10 +362,13 @@ impl SentenceEmbedder {
         let texts: Vec<&str> = texts.iter().map(|t| t.as_ref()).collect();
         std::thread::scope(|scope| -> Result<()> {
             let (sender, chunks) = std::sync::mpsc::sync_channel(1);
+            let pool = self.pool.as_ref().expect("the GPU engine has a pool");
             scope.spawn(move || {
                 for chunk in texts.chunks(GPU_TOKENIZE_CHUNK) {
+                    // On `threads` threads, so actors sharing a node share its cores.
+                    let tokenized = pool.install(|| self.tokenize(chunk));
                     // A send fails only when the GPU side stopped on an error.
-                    if sender.send(self.tokenize(chunk)).is_err() {
+                    if sender.send(tokenized).is_err() {
                         break;
                     }
                 }
@@ -525,7 +529,7 @@ impl SentenceEmbedder {
         batches: &[Batch],
         rows_done: &(dyn Fn(usize) + Sync),
     ) -> Result<Vec<Vec<f32>>> {
-        let pool = self.candle_pool.as_ref().expect("candle engine has a pool");
+        let pool = self.pool.as_ref().expect("candle engine has a pool");
         pool.install(|| {
             batches
                 .iter()
@@ -657,8 +661,8 @@ fn choose_engine(options: &EmbedderOptions) -> Result<EngineKind> {
     match options.precision {
         Some(p) if kind != EngineKind::Gpu && p != Precision::Fp32 => {
             Err(InferenceError::Gpu(format!(
-                "precision {} runs on the GPU engine (device gpu), and {host} runs this model \
-                 on the CPU, which computes in fp32",
+                "precision {} needs the GPU engine (--device gpu); on {host} this model runs \
+                 on the CPU, which computes in fp32 only (--precision fp32)",
                 p.name()
             )))
         }

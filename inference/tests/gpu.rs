@@ -153,7 +153,7 @@ fn a_gpu_precision_on_the_cpu_is_an_error_not_a_silent_fp32_run() {
             .to_string();
         assert!(
             err.contains(&format!(
-                "precision {} runs on the GPU engine",
+                "precision {} needs the GPU engine",
                 precision.name()
             )),
             "{err}"

@@ -107,13 +107,15 @@ impl BatchUdf for EmbedBatches {
             ..EmbedderOptions::default()
         };
         let model = spec.model_here()?;
-        let node = std::env::var("PHOTON_NODE_ID").unwrap_or_else(|_| "this process".into());
-        let embedder = SentenceEmbedder::load(&model, options).map_err(|e| match e {
-            photon_inference::InferenceError::Gpu(_) => format!(
+        // An actor's worker knows its node (the in-process run has none).
+        let node = std::env::var("PHOTON_NODE_ID").ok();
+        let embedder = SentenceEmbedder::load(&model, options).map_err(|e| match (e, node) {
+            (e @ photon_inference::InferenceError::Gpu(_), Some(node)) => format!(
                 "node {node}: an actor given {} GPU(s) cannot run the model: {e:#}",
                 spec.num_gpus
             ),
-            e => format!("cannot load the model {}: {e:#}", model.display()),
+            (e @ photon_inference::InferenceError::Gpu(_), None) => format!("{e:#}"),
+            (e, _) => format!("cannot load the model {}: {e:#}", model.display()),
         })?;
         Ok(Self { embedder, spec })
     }

@@ -259,6 +259,12 @@ fn parse_actors(text: &str) -> Result<(usize, usize), String> {
 
 /// Runs `photon embed`: on a cluster, or in this process with `--in-process`.
 pub fn run(args: EmbedArgs) -> Result<()> {
+    if matches!(args.device, DeviceArg::Gpu) && !args.in_process && args.num_gpus <= 0.0 {
+        anyhow::bail!(
+            "--device gpu on a cluster needs --num-gpus: an actor uses only the GPUs it is \
+             given (--num-gpus 1, or 0.25 for four actors on one GPU)"
+        );
+    }
     let logs = run_dir::create()?;
     crate::logging::log_to(&logs.join(run_dir::LOG_FILE))?;
     say(&format!(
