@@ -42,6 +42,11 @@ impl CudaGpu {
         unsafe {
             context.disable_event_tracking();
         }
+        // Waiting threads sleep instead of spinning: actors sharing a GPU
+        // share the node's cores with their tokenizers.
+        if let Err(e) = context.set_blocking_synchronize() {
+            tracing::warn!("the GPU context keeps spin-waiting: {e}");
+        }
         let stream = context.default_stream();
         let device = GpuDevice {
             visible_id: std::env::var("CUDA_VISIBLE_DEVICES")
@@ -89,6 +94,12 @@ impl CudaGpu {
 impl Gpu for CudaGpu {
     fn describe(&self) -> GpuDevice {
         self.device.clone()
+    }
+
+    fn make_current(&self) -> Result<(), String> {
+        self.context
+            .bind_to_thread()
+            .map_err(|e| format!("binding the GPU context: {e}"))
     }
 
     fn alloc(&self, bytes: usize) -> Result<DeviceBuffer, String> {

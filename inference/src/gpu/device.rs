@@ -79,6 +79,10 @@ pub struct Gemm {
 pub trait Gpu: Send + Sync {
     /// Which device this is.
     fn describe(&self) -> super::GpuDevice;
+    /// Makes the device usable from the calling thread (before buffers drop).
+    fn make_current(&self) -> Result<(), String> {
+        Ok(())
+    }
     /// Allocates `bytes` zeroed bytes.
     fn alloc(&self, bytes: usize) -> Result<DeviceBuffer, String>;
     /// Copies `bytes` to the start of `to`.

@@ -257,8 +257,10 @@ impl GpuBert {
             total,
             "lengths must add up to the tokens"
         );
-        if rows == 0 {
-            return Ok(Vec::new());
+        if total == 0 {
+            // Only empty sequences (a grid of no blocks is an error in CUDA):
+            // their pooled vectors are zeros, as the CPU engine's are.
+            return Ok(vec![0.0; rows * self.hidden]);
         }
         let buffers = self.buffers.lock().unwrap_or_else(|e| e.into_inner());
         let b = &*buffers;
@@ -450,6 +452,16 @@ impl GpuBert {
 
     fn upload(&self, bytes: &[u8], to: &DeviceBuffer) -> Result<()> {
         self.gpu.upload(bytes, to).map_err(InferenceError::Gpu)
+    }
+}
+
+impl Drop for GpuBert {
+    fn drop(&mut self) {
+        // The buffers are freed as the fields drop, on whatever thread drops
+        // the engine: the device's context must be current there.
+        if let Err(e) = self.gpu.make_current() {
+            tracing::warn!("freeing the GPU engine's memory: {e}");
+        }
     }
 }
 

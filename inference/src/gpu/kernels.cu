@@ -161,6 +161,7 @@ extern "C" __global__ void attention(const float* qkv, const float* qkv_bias, co
         int query = first + threadIdx.x;
         bool active = query < len;
         float q[HEAD_DIM], acc[HEAD_DIM];
+#pragma unroll
         for (int d = 0; d < HEAD_DIM; d++) {
             q[d] = active ? (rows[query * stride + q_col + d] + qkv_bias[q_col + d]) * scale : 0.0f;
             acc[d] = 0.0f;
@@ -179,11 +180,13 @@ extern "C" __global__ void attention(const float* qkv, const float* qkv_bias, co
             if (active) {
                 for (int j = 0; j < tile_len; j++) {
                     float score = 0.0f;
+#pragma unroll
                     for (int d = 0; d < HEAD_DIM; d++) score += q[d] * keys[j][d];
                     float new_max = fmaxf(running_max, score);
                     float correction = __expf(running_max - new_max);
                     float weight = __expf(score - new_max);
                     total = total * correction + weight;
+#pragma unroll
                     for (int d = 0; d < HEAD_DIM; d++)
                         acc[d] = acc[d] * correction + weight * values[j][d];
                     running_max = new_max;
@@ -193,6 +196,7 @@ extern "C" __global__ void attention(const float* qkv, const float* qkv_bias, co
         if (active) {
             act_t* out = context + (size_t)(start + query) * width + q_col;
             float inv = 1.0f / total;
+#pragma unroll
             for (int d = 0; d < HEAD_DIM; d++) out[d] = from_float(acc[d] * inv);
         }
     }
