@@ -355,10 +355,7 @@ impl SentenceEmbedder {
     ) -> Result<Embeddings> {
         let dim = self.dim();
         let mut values = vec![0.0f32; texts.len() * dim];
-        let mut stats = EmbedStats {
-            rows: texts.len(),
-            ..EmbedStats::default()
-        };
+        let mut stats = EmbedStats::default();
         let texts: Vec<&str> = texts.iter().map(|t| t.as_ref()).collect();
         std::thread::scope(|scope| -> Result<()> {
             let (sender, chunks) = std::sync::mpsc::sync_channel(1);
@@ -376,13 +373,11 @@ impl SentenceEmbedder {
             let mut first_row = 0;
             for tokenized in chunks {
                 let (sequences, truncated) = tokenized?;
-                let chunk = self.embed_tokens_reporting(&sequences, rows_done)?;
+                let mut chunk = self.embed_tokens_reporting(&sequences, rows_done)?;
                 values[first_row * dim..][..chunk.values.len()].copy_from_slice(&chunk.values);
                 first_row += sequences.len();
-                stats.truncated += truncated;
-                stats.tokens += chunk.stats.tokens;
-                stats.computed_tokens += chunk.stats.computed_tokens;
-                stats.batches += chunk.stats.batches;
+                chunk.stats.truncated = truncated;
+                stats.add(&chunk.stats);
             }
             Ok(())
         })?;

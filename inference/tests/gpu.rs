@@ -34,7 +34,7 @@ fn every_kernel_compiles_for_every_precision_and_architecture() {
             for head_dim in [8, 32, 128] {
                 let options = KernelOptions {
                     compute_capability,
-                    precision_code: precision_code(precision),
+                    precision_code: precision.code(),
                     head_dim,
                 };
                 let cubin =
@@ -48,14 +48,6 @@ fn every_kernel_compiles_for_every_precision_and_architecture() {
                 }
             }
         }
-    }
-}
-
-fn precision_code(precision: Precision) -> u32 {
-    match precision {
-        Precision::Fp32 => 0,
-        Precision::Fp16 => 1,
-        Precision::Bf16 => 2,
     }
 }
 

@@ -118,9 +118,7 @@ impl Gpu for CudaGpu {
 
     fn upload(&self, bytes: &[u8], to: &DeviceBuffer) -> Result<(), String> {
         assert!(bytes.len() <= to.bytes, "upload past the buffer's end");
-        self.context
-            .bind_to_thread()
-            .map_err(|e| format!("binding the GPU context: {e}"))?;
+        self.make_current()?;
         // SAFETY: `to` is a live allocation at least `bytes.len()` long;
         // from pageable memory the driver has copied `bytes` when this returns.
         #[allow(unsafe_code)]
@@ -132,9 +130,7 @@ impl Gpu for CudaGpu {
 
     fn download(&self, from: &DeviceBuffer, bytes: &mut [u8]) -> Result<(), String> {
         assert!(bytes.len() <= from.bytes, "download past the buffer's end");
-        self.context
-            .bind_to_thread()
-            .map_err(|e| format!("binding the GPU context: {e}"))?;
+        self.make_current()?;
         // SAFETY: `from` is a live allocation at least `bytes.len()` long; the
         // stream is synchronised before `bytes` is read.
         #[allow(unsafe_code)]
@@ -148,9 +144,7 @@ impl Gpu for CudaGpu {
     }
 
     fn launch(&self, kernel: &str, shape: Launch, args: &[KernelArg]) -> Result<(), String> {
-        self.context
-            .bind_to_thread()
-            .map_err(|e| format!("binding the GPU context: {e}"))?;
+        self.make_current()?;
         let function = self
             .functions
             .get(kernel)
@@ -179,9 +173,7 @@ impl Gpu for CudaGpu {
     }
 
     fn gemm(&self, g: &Gemm) -> Result<(), String> {
-        self.context
-            .bind_to_thread()
-            .map_err(|e| format!("binding the GPU context: {e}"))?;
+        self.make_current()?;
         let operation = |transpose| {
             if transpose {
                 blas_sys::cublasOperation_t::CUBLAS_OP_T
