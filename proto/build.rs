@@ -17,6 +17,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         ".photon.v1.ObjectChunk.data",
         ".photon.v1.TaskArg.value",
         ".photon.v1.TaskReply.value",
+        ".photon.v1.ReturnObject.value",
         ".photon.v1.PackageChunk.data",
         ".photon.v1.LogChunk.data",
     ]);

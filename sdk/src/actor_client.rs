@@ -22,7 +22,8 @@ use crate::context::Core;
 use crate::error::{Error, Result};
 use crate::object_ref::{ArgKind, ObjectRef, RefHandle, TaskArg};
 use crate::objects::ObjectState;
-use crate::options::ActorOptions;
+use crate::options::{ActorOptions, MethodOptions};
+use crate::returns::{CallReturns, Returns};
 use crate::submitter::{cancel_on_worker, why_worker_died};
 
 /// How often a caller polls the head while its actor is pending or restarting.
@@ -36,15 +37,52 @@ enum Message {
 }
 
 struct Call {
-    return_id: ObjectId,
+    returns: Returns,
     method: &'static str,
+    /// The caller's name for the call (empty: none).
+    name: String,
+    retries_left: u32,
     args: Vec<TaskArg>,
+    /// Set for a call sent before, being sent again after a restart: its
+    /// arguments are resolved already.
+    resolved: Option<Box<Sent>>,
+}
+
+/// A call as sent to the worker, with the argument references it holds.
+struct Sent {
+    spec: TaskSpec,
+    _deps: Vec<Arc<RefHandle>>,
+}
+
+impl Call {
+    fn label(&self, class: &str) -> String {
+        method_label(class, self.method, &self.name)
+    }
 }
 
 struct InFlight {
-    return_id: ObjectId,
+    returns: Returns,
     method: &'static str,
-    _deps: Vec<Arc<RefHandle>>,
+    name: String,
+    retries_left: u32,
+    /// Order of sending, so calls sent again after a restart keep it.
+    sequence: u64,
+    sent: Sent,
+}
+
+impl InFlight {
+    fn label(&self, class: &str) -> String {
+        method_label(class, self.method, &self.name)
+    }
+}
+
+/// How errors name an actor call: `Class::method`, after the call's name if it has one.
+fn method_label(class: &str, method: &str, name: &str) -> String {
+    if name.is_empty() {
+        format!("{class}::{method}")
+    } else {
+        format!("{name} ({class}::{method})")
+    }
 }
 
 /// The calls channel of each actor this driver talks to.
@@ -110,17 +148,34 @@ impl ActorHandle {
         self.id
     }
 
-    /// Calls `method` (what the generated handle methods do).
+    /// Calls `method` with default options.
     pub fn call<T>(&self, method: &'static str, args: Vec<Result<TaskArg>>) -> ObjectRef<T> {
-        let task_id = self.core.next_task_id();
-        let return_id = ObjectId::for_return(task_id, 0);
-        let handle = self.core.new_call_ref(return_id);
+        self.call_with(method, MethodOptions::new(), args)
+    }
+
+    /// Calls `method` with `options`; `R` is one `ObjectRef` or, for a
+    /// method declared with `num_returns`, a tuple of them (what the
+    /// generated handle methods do).
+    pub fn call_with<R: CallReturns>(
+        &self,
+        method: &'static str,
+        options: MethodOptions,
+        args: Vec<Result<TaskArg>>,
+    ) -> R {
+        let returns = Returns::new(self.core.next_task_id(), R::COUNT);
+        let refs: Vec<ObjectRef<()>> = returns
+            .ids()
+            .map(|id| ObjectRef::new(self.core.new_call_ref(id)))
+            .collect();
         match args.into_iter().collect::<Result<Vec<_>>>() {
             Ok(args) => {
                 let call = Call {
-                    return_id,
+                    returns,
                     method,
+                    name: options.name.unwrap_or_default(),
+                    retries_left: options.max_retries,
                     args,
+                    resolved: None,
                 };
                 if self
                     .core
@@ -129,17 +184,15 @@ impl ActorHandle {
                     .send(Message::Call(call))
                     .is_err()
                 {
-                    self.core.objects.set(
-                        return_id,
-                        ObjectState::Failed(Error::Cluster("the driver is shutting down".into())),
+                    self.core.fail_returns(
+                        returns,
+                        Error::Cluster("the driver is shutting down".into()),
                     );
                 }
             }
-            Err(err) => {
-                self.core.objects.set(return_id, ObjectState::Failed(err));
-            }
+            Err(err) => self.core.fail_returns(returns, err),
         }
-        ObjectRef::new(handle)
+        R::from_refs(&mut refs.into_iter())
     }
 
     /// Registers the actor with the head, which places it.
@@ -325,6 +378,7 @@ async fn drive(
 ) {
     let mut in_flight: HashMap<Vec<u8>, InFlight> = HashMap::new();
     let mut backlog: Vec<Call> = Vec::new();
+    let mut sequence = 0u64;
     loop {
         let Some(owner) = core.upgrade() else { return };
         let connection = match connect(&owner, actor).await {
@@ -345,18 +399,14 @@ async fn drive(
             Connection::Dead(err) => {
                 // Every call from now on fails the same way.
                 for call in backlog.drain(..) {
-                    owner
-                        .objects
-                        .set(call.return_id, ObjectState::Failed(err.clone()));
+                    owner.fail_returns(call.returns, err.clone());
                 }
                 drop(owner);
                 while let Some(message) = calls.recv().await {
                     if let Message::Call(call) = message
                         && let Some(owner) = core.upgrade()
                     {
-                        owner
-                            .objects
-                            .set(call.return_id, ObjectState::Failed(err.clone()));
+                        owner.fail_returns(call.returns, err.clone());
                     }
                 }
                 return;
@@ -420,25 +470,38 @@ async fn drive(
                     pending.push_front(call);
                     break;
                 }
-                send(&owner, class, call, &sender, &mut in_flight).await;
+                sequence += 1;
+                send(&owner, class, call, sequence, &sender, &mut in_flight).await;
             }
         }
-        // The stream broke: the worker died. Calls in flight fail; later ones
-        // wait for a restart (or fail if the actor is dead for good).
+        // The stream broke: the worker died. Calls in flight with retries
+        // left go again after a restart, in their order; the others fail.
+        // Later ones wait for a restart (or fail if the actor is dead for good).
         let reason = why_worker_died(&owner, &raylet, worker).await.to_string();
-        for (_, call) in in_flight.drain() {
-            if owner.fail_if_cancelled(call.return_id, || format!("{class}::{}", call.method)) {
+        let mut sent: Vec<InFlight> = in_flight.drain().map(|(_, call)| call).collect();
+        sent.sort_by_key(|call| call.sequence);
+        for call in sent {
+            if owner.fail_if_cancelled(call.returns, || call.label(class)) {
                 continue;
             }
-            owner.objects.set(
-                call.return_id,
-                ObjectState::Failed(Error::ActorDied {
+            if call.retries_left > 0 {
+                backlog.push(Call {
+                    returns: call.returns,
+                    method: call.method,
+                    name: call.name,
+                    retries_left: call.retries_left - 1,
+                    args: Vec::new(),
+                    resolved: Some(Box::new(call.sent)),
+                });
+                continue;
+            }
+            let label = call.label(class);
+            owner.fail_returns(
+                call.returns,
+                Error::ActorDied {
                     actor,
-                    reason: format!(
-                        "its worker died while running {class}::{}: {reason}",
-                        call.method
-                    ),
-                }),
+                    reason: format!("its worker died while running {label}: {reason}"),
+                },
             );
         }
         backlog.extend(pending);
@@ -475,39 +538,52 @@ async fn send(
     core: &Arc<Core>,
     class: &str,
     call: Call,
+    sequence: u64,
     sender: &mpsc::UnboundedSender<TaskSpec>,
     in_flight: &mut HashMap<Vec<u8>, InFlight>,
 ) {
-    let mut deps = Vec::new();
-    let mut args = Vec::with_capacity(call.args.len());
-    for arg in call.args {
-        match resolve(core, arg, &mut deps).await {
-            Ok(arg) => args.push(arg),
-            Err(err) => {
-                core.objects.set(call.return_id, ObjectState::Failed(err));
-                return;
+    let label = call.label(class);
+    let sent = match call.resolved {
+        Some(sent) => *sent,
+        None => {
+            let mut deps = Vec::new();
+            let mut args = Vec::with_capacity(call.args.len());
+            for arg in call.args {
+                match resolve(core, arg, &mut deps).await {
+                    Ok(arg) => args.push(arg),
+                    Err(err) => {
+                        core.fail_returns(call.returns, err);
+                        return;
+                    }
+                }
             }
+            let spec = TaskSpec {
+                task_id: call.returns.primary().task_id().to_vec(),
+                method: call.method.to_string(),
+                args,
+                num_returns: call.returns.count(),
+                name: call.name.clone(),
+                ..Default::default()
+            };
+            Sent { spec, _deps: deps }
         }
-    }
-    let task_id = call.return_id.task_id().to_vec();
-    let spec = TaskSpec {
-        task_id: task_id.clone(),
-        method: call.method.to_string(),
-        args,
-        ..Default::default()
     };
     // A cancel recorded before this is seen here; one recorded after is
     // handled by this same connection once the call is in flight (it tells
     // the worker).
-    if core.fail_if_cancelled(call.return_id, || format!("{class}::{}", call.method)) {
+    if core.fail_if_cancelled(call.returns, || label) {
         return;
     }
+    let spec = sent.spec.clone();
     in_flight.insert(
-        task_id,
+        spec.task_id.clone(),
         InFlight {
-            return_id: call.return_id,
+            returns: call.returns,
             method: call.method,
-            _deps: deps,
+            name: call.name,
+            retries_left: call.retries_left,
+            sequence,
+            sent,
         },
     );
     let _ = sender.send(spec);
@@ -521,47 +597,43 @@ fn complete(
 ) {
     if let Some(task_reply::Result::Progress(progress)) = &reply.result {
         if let Some(call) = in_flight.get(&reply.task_id) {
-            core.objects
-                .set_progress(call.return_id, crate::progress::from_proto(progress));
+            core.objects.set_progress(
+                call.returns.primary(),
+                crate::progress::from_proto(progress),
+            );
         }
         return;
     }
     let Some(call) = in_flight.remove(&reply.task_id) else {
         return;
     };
-    if core.fail_if_cancelled(call.return_id, || format!("{class}::{}", call.method)) {
-        if let Some(task_reply::Result::Stored(_)) = reply.result {
-            drop(core.delete_copies(call.return_id));
-        }
+    if core.fail_if_cancelled(call.returns, || call.label(class)) {
+        core.discard_results(call.returns, &reply);
         return;
     }
-    let state = match reply.result {
-        Some(task_reply::Result::Value(bytes)) => ObjectState::Inline(bytes),
-        Some(task_reply::Result::Stored(stored)) => ObjectState::Stored {
-            address: stored.node_address,
-        },
+    let error = match reply.result {
+        Some(task_reply::Result::Value(_) | task_reply::Result::Stored(_)) => {
+            core.set_results(call.returns, reply);
+            return;
+        }
         // An argument was lost with its node: say so (the caller may rebuild it).
         Some(task_reply::Result::Failure(failure)) if !failure.lost_object.is_empty() => {
             match ObjectId::from_slice(&failure.lost_object) {
-                Ok(object) => ObjectState::Failed(Error::ObjectLost {
+                Ok(object) => Error::ObjectLost {
                     object,
                     cause: failure.message,
-                }),
-                Err(e) => ObjectState::Failed(Error::Cluster(format!("bad lost object id: {e}"))),
+                },
+                Err(e) => Error::Cluster(format!("bad lost object id: {e}")),
             }
         }
-        Some(task_reply::Result::Failure(failure)) => ObjectState::Failed(Error::TaskFailed {
-            function: format!("{class}::{}", call.method),
+        Some(task_reply::Result::Failure(failure)) => Error::TaskFailed {
+            function: call.label(class),
             message: failure.message,
             panicked: failure.panicked,
             node: failure.node_address,
             pid: failure.pid,
-        }),
+        },
         Some(task_reply::Result::Progress(_)) | None => return,
     };
-    let stored = matches!(state, ObjectState::Stored { .. });
-    if !core.objects.set(call.return_id, state) && stored {
-        // Nobody wants the result any more.
-        drop(core.delete_copies(call.return_id));
-    }
+    core.fail_returns(call.returns, error);
 }

@@ -16,7 +16,7 @@ use futures::stream::FuturesUnordered;
 use photon_proto::v1::{
     DeleteObjectRequest, GetActorRequest, GetClusterStatusRequest, GetLineageRequest,
     GetObjectLocationsRequest, JobMemoryRequest, KillActorRequest, NodeState, TaskArg as ProtoArg,
-    TaskSpec, task_arg,
+    TaskReply, TaskSpec, return_object, task_arg, task_reply,
 };
 use photon_proto::{JobId, NodeId, ObjectId, Quantity, TaskId};
 use photon_raylet::packages::PROGRAM_PACKAGE_ENV;
@@ -36,7 +36,8 @@ use crate::object_io::{self, INLINE_MAX, Mapping, ObjectBytes, ReadError};
 use crate::object_ref::{ArgKind, ObjectRef, RefHandle, TaskArg};
 use crate::objects::{ObjectState, ObjectTable};
 use crate::options::{ActorOptions, TaskOptions};
-use crate::submitter::{PendingTask, Submitter};
+use crate::returns::{CallReturns, Returns};
+use crate::submitter::{PendingTask, Submitter, task_label};
 
 /// How often `get` rebuilds a lost object before giving up.
 const MAX_REBUILDS: usize = 3;
@@ -274,33 +275,106 @@ impl Core {
     /// to be sent or retried.
     pub(crate) fn fail_if_cancelled(
         &self,
-        id: ObjectId,
+        returns: Returns,
         function: impl FnOnce() -> String,
     ) -> bool {
-        let Some(forced) = self.take_cancel(id) else {
+        let Some(forced) = self.take_cancel(returns.primary()) else {
             return false;
         };
-        self.set_cancelled(id, &function(), forced);
+        self.set_cancelled(returns, &function(), forced);
         true
     }
 
-    /// Fails `id` with `TaskCancelled` (its call was cancelled), unless it
-    /// failed so already (a task cancelled while waiting for arguments).
-    pub(crate) fn set_cancelled(&self, id: ObjectId, function: &str, forced: bool) {
-        if !self.objects.is_pending(id) {
-            return;
-        }
+    /// Fails each of `returns` with `TaskCancelled` (its call was
+    /// cancelled), unless it failed so already (a task cancelled while
+    /// waiting for arguments).
+    pub(crate) fn set_cancelled(&self, returns: Returns, function: &str, forced: bool) {
         let how = if forced {
             " (its worker was killed)".to_string()
         } else {
             String::new()
         };
-        let error = Error::TaskCancelled {
-            function: function.to_string(),
-            object: id,
-            how,
+        for id in returns.ids().filter(|id| self.objects.is_pending(*id)) {
+            let error = Error::TaskCancelled {
+                function: function.to_string(),
+                object: id,
+                how: how.clone(),
+            };
+            self.objects.set(id, ObjectState::Failed(error));
+        }
+    }
+
+    /// Fails every return of a call with `error`.
+    pub(crate) fn fail_returns(&self, returns: Returns, error: Error) {
+        for id in returns.ids() {
+            self.objects.set(id, ObjectState::Failed(error.clone()));
+        }
+    }
+
+    /// Fills a call's returns from its successful reply (return 0 in
+    /// `result`, the others in `more_returns`). A stored value nobody
+    /// references any more is deleted.
+    pub(crate) fn set_results(self: &Arc<Self>, returns: Returns, reply: TaskReply) {
+        let first = match reply.result {
+            Some(task_reply::Result::Value(bytes)) => return_object::Result::Value(bytes),
+            Some(task_reply::Result::Stored(stored)) => return_object::Result::Stored(stored),
+            _ => return,
         };
-        self.objects.set(id, ObjectState::Failed(error));
+        let results: Vec<_> = std::iter::once(Some(first))
+            .chain(reply.more_returns.into_iter().map(|r| r.result))
+            .collect();
+        if results.len() != returns.count() as usize || results.iter().any(Option::is_none) {
+            self.discard(returns.ids().zip(results.iter()));
+            let error = Error::Cluster(format!(
+                "a worker replied with {} of the {} returns of task {}; do the driver and the \
+                 workers run the same build?",
+                results.iter().flatten().count(),
+                returns.count(),
+                returns.primary().task_id()
+            ));
+            self.fail_returns(returns, error);
+            return;
+        }
+        for (id, result) in returns.ids().zip(results.into_iter().flatten()) {
+            let (state, stored) = match result {
+                return_object::Result::Value(bytes) => (ObjectState::Inline(bytes), false),
+                return_object::Result::Stored(stored) => (
+                    ObjectState::Stored {
+                        address: stored.node_address,
+                    },
+                    true,
+                ),
+            };
+            if !self.objects.set(id, state) && stored {
+                drop(self.delete_copies(id));
+            }
+        }
+    }
+
+    /// Deletes what a reply stored for a call whose results nobody takes
+    /// (it was cancelled).
+    pub(crate) fn discard_results(self: &Arc<Self>, returns: Returns, reply: &TaskReply) {
+        let first = match &reply.result {
+            Some(task_reply::Result::Stored(stored)) => {
+                Some(return_object::Result::Stored(stored.clone()))
+            }
+            _ => None,
+        };
+        let results: Vec<_> = std::iter::once(first)
+            .chain(reply.more_returns.iter().map(|r| r.result.clone()))
+            .collect();
+        self.discard(returns.ids().zip(results.iter()));
+    }
+
+    fn discard<'a>(
+        self: &Arc<Self>,
+        results: impl Iterator<Item = (ObjectId, &'a Option<return_object::Result>)>,
+    ) {
+        for (id, result) in results {
+            if let Some(return_object::Result::Stored(_)) = result {
+                drop(self.delete_copies(id));
+            }
+        }
     }
 
     /// Marks a worker's task as waiting on objects while the guard lives
@@ -417,8 +491,10 @@ impl Core {
         let max_retries = spec.max_retries;
         let retry_exceptions = spec.retry_exceptions;
         let resources = spec.resources.clone();
+        // The task makes all its returns again; the others' entries (if still
+        // referenced) take the new copies.
         self.submitter.submit(PendingTask {
-            return_id: id,
+            returns: Returns::new(id.task_id(), spec.num_returns),
             retries_left: max_retries,
             retry_exceptions,
             resources,
@@ -431,31 +507,33 @@ impl Core {
         }
     }
 
-    /// Resolves arguments, records lineage and queues a task.
+    /// Resolves arguments, records lineage and queues a task making `count`
+    /// objects; returns a reference to each.
     pub(crate) fn submit(
         self: &Arc<Self>,
         function: &str,
         options: &TaskOptions,
         args: Vec<Result<TaskArg>>,
-    ) -> ObjectRef<()> {
+        count: u32,
+    ) -> Vec<ObjectRef<()>> {
         let task_id = self.next_task_id();
-        let return_id = ObjectId::for_return(task_id, 0);
-        let handle = self.new_ref(return_id, ObjectState::Pending);
-        let fail = |err: Error| {
-            self.objects.set(return_id, ObjectState::Failed(err));
-        };
+        let returns = Returns::new(task_id, count);
+        let refs: Vec<ObjectRef<()>> = returns
+            .ids()
+            .map(|id| ObjectRef::new(self.new_ref(id, ObjectState::Pending)))
+            .collect();
         let resources = match options.resources.to_set() {
             Ok(set) => set.to_proto(),
             Err(err) => {
-                fail(err);
-                return ObjectRef::new(handle);
+                self.fail_returns(returns, err);
+                return refs;
             }
         };
         let args = match args.into_iter().collect::<Result<Vec<_>>>() {
             Ok(args) => args,
             Err(err) => {
-                fail(err);
-                return ObjectRef::new(handle);
+                self.fail_returns(returns, err);
+                return refs;
             }
         };
         let spec = TaskSpec {
@@ -465,10 +543,12 @@ impl Core {
             program: self.program.clone(),
             max_retries: options.max_retries,
             retry_exceptions: options.retry_exceptions,
+            num_returns: returns.count(),
+            name: options.name.clone().unwrap_or_default(),
             ..Default::default()
         };
         let task = PendingTask {
-            return_id,
+            returns,
             retries_left: options.max_retries,
             retry_exceptions: options.retry_exceptions,
             resources,
@@ -476,7 +556,7 @@ impl Core {
             deps: Vec::new(),
         };
         self.resolve_and_submit(task, args, true);
-        ObjectRef::new(handle)
+        refs
     }
 
     /// Fills in argument values (waiting for pending ones) and hands the task
@@ -498,19 +578,23 @@ impl Core {
             match self.resolve_args(&mut task, args) {
                 Ok(()) => {
                     if lineage {
-                        self.lineage.record(task.return_id, &task.spec);
+                        for id in task.returns.ids() {
+                            self.lineage.record(id, &task.spec);
+                        }
                     }
-                    if self.objects.peek(task.return_id).is_none() {
-                        // Its ref was dropped while arguments were pending:
-                        // nothing wants the result (recorded first, so no race).
-                        self.lineage.object_freed(task.return_id);
+                    if task.returns.ids().all(|id| self.objects.peek(id).is_none()) {
+                        // Its refs were dropped while arguments were pending:
+                        // nothing wants the results (recorded first, so no race).
+                        for id in task.returns.ids() {
+                            self.lineage.object_freed(id);
+                        }
                         return;
                     }
                     self.submitter.submit(task);
                 }
                 Err(err) => {
-                    if !self.fail_if_cancelled(task.return_id, || task.spec.function.clone()) {
-                        self.objects.set(task.return_id, ObjectState::Failed(err));
+                    if !self.fail_if_cancelled(task.returns, || task_label(&task.spec)) {
+                        self.fail_returns(task.returns, err);
                     }
                 }
             }
@@ -1007,8 +1091,20 @@ impl Context {
         options: TaskOptions,
         args: Vec<Result<TaskArg>>,
     ) -> ObjectRef<T> {
-        let untyped = self.core.submit(function, &options, args);
-        ObjectRef::new(untyped.handle)
+        self.submit_task_returning(function, options, args)
+    }
+
+    /// Submits a task making as many objects as `R` holds refs: one
+    /// `ObjectRef`, or a tuple of them for a function declared with
+    /// `num_returns` (what the generated `remote` calls).
+    pub fn submit_task_returning<R: CallReturns>(
+        &self,
+        function: &'static str,
+        options: TaskOptions,
+        args: Vec<Result<TaskArg>>,
+    ) -> R {
+        let refs = self.core.submit(function, &options, args, R::COUNT);
+        R::from_refs(&mut refs.into_iter())
     }
 
     /// Stores a value in the cluster: inline in this driver when small,
@@ -1153,12 +1249,17 @@ impl Context {
     ///   interrupted as a task is. `force` is refused for actor calls:
     ///   it would kill the actor (use [`Context::kill`]).
     /// - A finished call is left as it is: cancelling it does nothing.
+    /// - Cancelling one return of a call with several cancels the call, and
+    ///   all its returns fail.
     pub fn cancel<T>(&self, object: &ObjectRef<T>, force: bool) -> Result<()> {
         let id = object.id();
         if !self.core.objects.is_pending(id) {
             return Ok(());
         }
-        if self.core.objects.is_actor_call(id) {
+        let actor_call = self.core.objects.is_actor_call(id);
+        // A call is known by its first return: cancelling any of its returns cancels it.
+        let id = Returns::primary_of(id);
+        if actor_call {
             if force {
                 return Err(Error::Config(format!(
                     "cannot force-cancel the actor call making {id}: that would kill its actor; cancel it without force, or kill the actor"

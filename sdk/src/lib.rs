@@ -55,6 +55,7 @@ mod options;
 pub mod packages;
 mod progress;
 mod registry;
+mod returns;
 mod submitter;
 pub mod testing;
 mod worker;
@@ -68,10 +69,11 @@ pub use context::{Context, JOB_MEMORY_TIMEOUT, JobMemory, NodeView, PendingDeman
 pub use error::{Error, KillReason, Result};
 pub use object_io::{INLINE_MAX, ObjectBytes};
 pub use object_ref::{IntoArg, ObjectRef, TaskArg};
-pub use options::{ActorOptions, TaskOptions};
-pub use photon_macros::{actor, main, remote};
+pub use options::{ActorOptions, MethodOptions, TaskOptions};
+pub use photon_macros::{actor, main, method, remote};
 pub use photon_proto::{ActorId, ObjectId};
 pub use progress::{CallProgress, TaskProgress};
+pub use returns::{CallReturns, MAX_RETURNS};
 pub use worker::{where_this_runs, worker_entry};
 
 /// Arrow, as the SDK uses it (record batches travel as Arrow IPC).
@@ -116,6 +118,7 @@ pub mod __private {
         ActorClass, ActorInstance, Args, BoxFuture, RemoteFunction, check_arity, decode,
         decode_batch, encode, encode_batch,
     };
+    pub use crate::returns::encode_returns;
     pub use crate::run_blocking;
 }
 

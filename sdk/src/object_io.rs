@@ -101,6 +101,17 @@ pub(crate) async fn write(raylet: &RayletClient, id: ObjectId, data: &[u8]) -> R
     .await
 }
 
+/// Deletes `id` from the local store, best effort (it is freed anyway when
+/// its owner's process ends).
+pub(crate) async fn delete(raylet: &RayletClient, id: ObjectId) {
+    let _ = raylet
+        .clone()
+        .delete_object(photon_proto::v1::DeleteObjectRequest {
+            object_id: id.to_vec(),
+        })
+        .await;
+}
+
 /// Creates `id` (`size` bytes) in the local store, lets `fill` write it in
 /// place through shared memory (no intermediate copy), and seals it.
 pub(crate) async fn write_with(
@@ -142,11 +153,7 @@ pub(crate) async fn write_with(
     if let Err(err) = filled {
         // Free the unsealed object now (the raylet would otherwise drop it
         // when this process ends, or when the id is created again).
-        let _ = raylet
-            .delete_object(photon_proto::v1::DeleteObjectRequest {
-                object_id: id.to_vec(),
-            })
-            .await;
+        delete(&raylet, id).await;
         return Err(err);
     }
     raylet

@@ -40,6 +40,7 @@ pub struct TaskOptions {
     pub(crate) resources: Resources,
     pub(crate) max_retries: u32,
     pub(crate) retry_exceptions: bool,
+    pub(crate) name: Option<String>,
 }
 
 impl Default for TaskOptions {
@@ -57,7 +58,14 @@ impl TaskOptions {
             resources,
             max_retries: 3,
             retry_exceptions: false,
+            name: None,
         }
+    }
+
+    /// A name for this call, shown (with the function's) in its errors.
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = Some(name.into());
+        self
     }
 
     /// CPUs the task holds while it runs (0 is allowed).
@@ -87,6 +95,37 @@ impl TaskOptions {
     /// Also retry when the function returns an error or panics.
     pub fn retry_exceptions(mut self, retry: bool) -> Self {
         self.retry_exceptions = retry;
+        self
+    }
+}
+
+/// Options of one actor method call. Resources are the actor's, not the
+/// call's; how many values a method returns is part of its type
+/// (`num_returns` on the method).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct MethodOptions {
+    pub(crate) name: Option<String>,
+    pub(crate) max_retries: u32,
+}
+
+impl MethodOptions {
+    /// No name, no retries (a call running when its actor's worker dies
+    /// fails with `ActorDied`).
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// A name for this call, shown (with the method's) in its errors.
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = Some(name.into());
+        self
+    }
+
+    /// How often the call is sent again when the actor's worker dies while
+    /// it runs and the actor restarts (Ray's `max_task_retries`): for
+    /// methods that are safe to run twice.
+    pub fn max_retries(mut self, retries: u32) -> Self {
+        self.max_retries = retries;
         self
     }
 }

@@ -24,7 +24,7 @@ use crate::clients;
 use crate::context::Core;
 use crate::error::{Error, KillReason};
 use crate::object_ref::RefHandle;
-use crate::objects::ObjectState;
+use crate::returns::Returns;
 
 /// A leased worker with nothing to do is returned after this long.
 const LEASE_IDLE: Duration = Duration::from_millis(500);
@@ -37,13 +37,23 @@ const PIPELINE_BELOW: Duration = Duration::from_millis(2);
 
 /// A task waiting to run (or running).
 pub(crate) struct PendingTask {
-    pub(crate) return_id: ObjectId,
+    pub(crate) returns: Returns,
     pub(crate) retries_left: u32,
     pub(crate) retry_exceptions: bool,
     pub(crate) resources: HashMap<String, i64>,
     pub(crate) spec: TaskSpec,
     /// Argument references held until the task finishes.
     pub(crate) deps: Vec<Arc<RefHandle>>,
+}
+
+/// How errors and logs name a task: its given name and its function, or
+/// the function alone.
+pub(crate) fn task_label(spec: &TaskSpec) -> String {
+    if spec.name.is_empty() {
+        spec.function.clone()
+    } else {
+        format!("{} ({})", spec.name, spec.function)
+    }
 }
 
 type Shape = BTreeMap<String, i64>;
@@ -113,7 +123,7 @@ enum Event {
         tasks: Vec<PendingTask>,
     },
     Cancel {
-        return_id: ObjectId,
+        primary: ObjectId,
         force: bool,
     },
     Tick,
@@ -197,9 +207,9 @@ impl Submitter {
         let _ = self.events.send(Event::Submit(Box::new(task)));
     }
 
-    /// Cancels the task making `return_id` (see `Context::cancel`).
-    pub(crate) fn cancel(&self, return_id: ObjectId, force: bool) {
-        let _ = self.events.send(Event::Cancel { return_id, force });
+    /// Cancels the task whose first return is `primary` (see `Context::cancel`).
+    pub(crate) fn cancel(&self, primary: ObjectId, force: bool) {
+        let _ = self.events.send(Event::Cancel { primary, force });
     }
 
     /// Returns every lease and stops.
@@ -235,7 +245,7 @@ impl Loop {
             match event {
                 Event::Submit(task) => {
                     let task = *task;
-                    if core.fail_if_cancelled(task.return_id, || task.spec.function.clone()) {
+                    if core.fail_if_cancelled(task.returns, || task_label(&task.spec)) {
                         continue;
                     }
                     let shape: Shape = task.resources.clone().into_iter().collect();
@@ -274,7 +284,7 @@ impl Loop {
                         self.retry_or_fail(&core, task, &cause);
                     }
                 }
-                Event::Cancel { return_id, force } => self.cancel(&core, return_id, force),
+                Event::Cancel { primary, force } => self.cancel(&core, primary, force),
                 Event::Tick => {
                     self.return_idle(&core);
                     // Shapes whose lease requests failed try again (a backoff of one tick).
@@ -378,8 +388,7 @@ impl Loop {
         let queue = std::mem::take(&mut state.queue);
         for mut task in queue {
             if unschedulable || task.retries_left == 0 {
-                core.objects
-                    .set(task.return_id, ObjectState::Failed(error.clone()));
+                core.fail_returns(task.returns, error.clone());
             } else {
                 task.retries_left -= 1;
                 state.queue.push_back(task);
@@ -460,22 +469,22 @@ impl Loop {
         };
         if let Some(task_reply::Result::Progress(progress)) = &reply.result {
             if let Some((task, _)) = lease.in_flight.get(&reply.task_id) {
-                core.objects
-                    .set_progress(task.return_id, crate::progress::from_proto(progress));
+                core.objects.set_progress(
+                    task.returns.primary(),
+                    crate::progress::from_proto(progress),
+                );
             }
             return;
         }
         let Some((task, sent)) = lease.in_flight.remove(&reply.task_id) else {
             return;
         };
-        if core.fail_if_cancelled(task.return_id, || task.spec.function.clone()) {
+        if core.fail_if_cancelled(task.returns, || task_label(&task.spec)) {
             if lease.in_flight.is_empty() {
                 lease.idle_since = Instant::now();
             }
             let shape = lease.shape.clone();
-            if let Some(task_reply::Result::Stored(_)) = reply.result {
-                drop(core.delete_copies(task.return_id));
-            }
+            core.discard_results(task.returns, &reply);
             self.dispatch(core, &shape);
             return;
         }
@@ -492,19 +501,10 @@ impl Loop {
             .entry(shape.clone())
             .or_default()
             .observe(service);
-        let function = task.spec.function.clone();
+        let function = task_label(&task.spec);
         match reply.result {
-            Some(task_reply::Result::Value(bytes)) => {
-                core.objects.set(task.return_id, ObjectState::Inline(bytes));
-            }
-            Some(task_reply::Result::Stored(stored)) => {
-                let state = ObjectState::Stored {
-                    address: stored.node_address,
-                };
-                if !core.objects.set(task.return_id, state) {
-                    // Nobody wants it any more.
-                    drop(core.delete_copies(task.return_id));
-                }
+            Some(task_reply::Result::Value(_) | task_reply::Result::Stored(_)) => {
+                core.set_results(task.returns, reply);
             }
             Some(task_reply::Result::Failure(failure)) => {
                 if !failure.lost_object.is_empty()
@@ -520,7 +520,7 @@ impl Loop {
                                 failure.message
                             ),
                         };
-                        core.objects.set(task.return_id, ObjectState::Failed(error));
+                        core.fail_returns(task.returns, error);
                         self.dispatch(core, &shape);
                         return;
                     }
@@ -533,9 +533,7 @@ impl Loop {
                             Ok(()) => {
                                 let _ = events.send(Event::Submit(Box::new(task)));
                             }
-                            Err(err) => {
-                                core.objects.set(task.return_id, ObjectState::Failed(err));
-                            }
+                            Err(err) => core.fail_returns(task.returns, err),
                         }
                     });
                 } else {
@@ -556,7 +554,7 @@ impl Loop {
                             node: failure.node_address,
                             pid: failure.pid,
                         };
-                        core.objects.set(task.return_id, ObjectState::Failed(error));
+                        core.fail_returns(task.returns, error);
                     }
                 }
             }
@@ -587,7 +585,7 @@ impl Loop {
     }
 
     fn retry_or_fail(&mut self, core: &Arc<Core>, mut task: PendingTask, cause: &DeathCause) {
-        if core.fail_if_cancelled(task.return_id, || task.spec.function.clone()) {
+        if core.fail_if_cancelled(task.returns, || task_label(&task.spec)) {
             return;
         }
         if task.retries_left > 0 {
@@ -602,7 +600,7 @@ impl Loop {
             self.dispatch(core, &shape);
             return;
         }
-        let function = task.spec.function.clone();
+        let function = task_label(&task.spec);
         let error = match cause {
             DeathCause::Worker(reason) => Error::WorkerKilled {
                 function,
@@ -614,19 +612,23 @@ impl Loop {
                 reason: why.clone(),
             },
         };
-        core.objects.set(task.return_id, ObjectState::Failed(error));
+        core.fail_returns(task.returns, error);
     }
 
-    /// Cancels the task making `return_id`: a queued one fails now; one on
+    /// Cancels the task whose first return is `primary`: a queued one fails now; one on
     /// a worker is interrupted there (or its worker killed, with `force`)
     /// and fails when its reply or its worker's death comes in. One still
     /// resolving its arguments fails when it is submitted.
-    fn cancel(&mut self, core: &Arc<Core>, return_id: ObjectId, force: bool) {
+    fn cancel(&mut self, core: &Arc<Core>, primary: ObjectId, force: bool) {
         for state in self.shapes.values_mut() {
-            if let Some(position) = state.queue.iter().position(|t| t.return_id == return_id) {
+            if let Some(position) = state
+                .queue
+                .iter()
+                .position(|t| t.returns.primary() == primary)
+            {
                 let task = state.queue.remove(position).expect("found above");
-                core.take_cancel(return_id);
-                core.set_cancelled(return_id, &task.spec.function, false);
+                core.take_cancel(primary);
+                core.set_cancelled(task.returns, &task_label(&task.spec), false);
                 return;
             }
         }
@@ -634,7 +636,7 @@ impl Loop {
             lease
                 .in_flight
                 .values()
-                .find(|(task, _)| task.return_id == return_id)
+                .find(|(task, _)| task.returns.primary() == primary)
                 .map(|(task, _)| (lease, task.spec.task_id.clone()))
         });
         if let Some((lease, task_id)) = running {
@@ -655,12 +657,14 @@ impl Loop {
             });
             return;
         }
-        if core.objects.is_pending(return_id) {
+        // Its return count is unknown here: any return it could have.
+        let returns = Returns::any_of(primary);
+        if returns.ids().any(|id| core.objects.is_pending(id)) {
             // Resolving its arguments, or being rebuilt: it fails now, and
             // the cancel stays recorded so it is dropped when submitted.
-            core.set_cancelled(return_id, "(waiting for its arguments)", false);
+            core.set_cancelled(returns, "(waiting for its arguments)", false);
         } else {
-            core.take_cancel(return_id); // it finished meanwhile
+            core.take_cancel(primary); // it finished meanwhile
         }
     }
 

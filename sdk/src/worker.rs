@@ -8,12 +8,14 @@ use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::Arc;
 
+use bytes::Bytes;
 use futures::FutureExt;
 use photon_proto::auth::RequireToken;
 use photon_proto::v1::worker_server::{Worker, WorkerServer};
 use photon_proto::v1::{
     ActorReadyRequest, ActorSpec, CancelTaskReply, CancelTaskRequest, RegisterWorkerRequest,
-    StoredObject, TaskArg as ProtoArg, TaskFailure, TaskReply, TaskSpec, task_arg, task_reply,
+    ReturnObject, StoredObject, TaskArg as ProtoArg, TaskFailure, TaskReply, TaskSpec,
+    return_object, task_arg, task_reply,
 };
 use photon_proto::{ActorId, NodeId, ObjectId, WorkerId};
 use photon_raylet::worker_pool::env;
@@ -295,14 +297,74 @@ impl Executor {
             }
         };
         self.calls.finished(&spec.task_id);
-        let result = match outcome {
-            Ok(bytes) => self.store_result(&spec, bytes).await,
-            Err(failure) => task_reply::Result::Failure(failure),
+        let (result, more_returns) = match outcome {
+            Ok(bytes) => self.store_results(&spec, bytes).await,
+            Err(failure) => (task_reply::Result::Failure(failure), Vec::new()),
         };
         TaskReply {
             task_id: spec.task_id,
             result: Some(result),
+            more_returns,
         }
+    }
+
+    /// Stores each return of a call: the reply's result (return 0) and the
+    /// others, for a call with `num_returns` > 1 (whose value is framed).
+    async fn store_results(
+        &self,
+        spec: &TaskSpec,
+        bytes: Vec<u8>,
+    ) -> (task_reply::Result, Vec<ReturnObject>) {
+        let task = match photon_proto::TaskId::from_slice(&spec.task_id) {
+            Ok(task) => task,
+            Err(e) => {
+                let failure = self.failure(format!("bad task id: {e}"));
+                return (task_reply::Result::Failure(failure), Vec::new());
+            }
+        };
+        if spec.num_returns <= 1 {
+            let id = ObjectId::for_return(task, 0);
+            return match self.store_result(id, Bytes::from(bytes)).await {
+                Ok(result) => (as_reply(result), Vec::new()),
+                Err(failure) => (task_reply::Result::Failure(failure), Vec::new()),
+            };
+        }
+        let parts = match crate::returns::split_returns(Bytes::from(bytes), spec.num_returns) {
+            Ok(parts) => parts,
+            Err(message) => {
+                return (
+                    task_reply::Result::Failure(self.failure(message)),
+                    Vec::new(),
+                );
+            }
+        };
+        let mut results = Vec::with_capacity(parts.len());
+        for (index, part) in (0u32..).zip(parts) {
+            match self
+                .store_result(ObjectId::for_return(task, index), part)
+                .await
+            {
+                Ok(result) => results.push(result),
+                Err(failure) => {
+                    // The owner hears only of the failure: free what was stored.
+                    for (index, result) in (0u32..).zip(&results) {
+                        if let return_object::Result::Stored(_) = result {
+                            object_io::delete(&self.raylet, ObjectId::for_return(task, index))
+                                .await;
+                        }
+                    }
+                    return (task_reply::Result::Failure(failure), Vec::new());
+                }
+            }
+        }
+        let mut results = results.into_iter();
+        let first = results.next().expect("num_returns > 1");
+        let more = results
+            .map(|result| ReturnObject {
+                result: Some(result),
+            })
+            .collect();
+        (as_reply(first), more)
     }
 
     async fn run(&self, spec: &TaskSpec) -> std::result::Result<Vec<u8>, TaskFailure> {
@@ -337,29 +399,35 @@ impl Executor {
         }
     }
 
-    /// Small results inline; large ones into this node's store under the task's return id.
-    async fn store_result(&self, spec: &TaskSpec, bytes: Vec<u8>) -> task_reply::Result {
+    /// A small return inline; a large one into this node's store as `id`.
+    async fn store_result(
+        &self,
+        id: ObjectId,
+        bytes: Bytes,
+    ) -> std::result::Result<return_object::Result, TaskFailure> {
         if bytes.len() <= INLINE_MAX {
-            return task_reply::Result::Value(bytes.into());
+            return Ok(return_object::Result::Value(bytes));
         }
-        let id = match photon_proto::TaskId::from_slice(&spec.task_id) {
-            Ok(task) => ObjectId::for_return(task, 0),
-            Err(e) => {
-                return task_reply::Result::Failure(self.failure(format!("bad task id: {e}")));
-            }
-        };
         match object_io::write(&self.raylet, id, &bytes).await {
-            Ok(()) => task_reply::Result::Stored(StoredObject {
+            Ok(()) => Ok(return_object::Result::Stored(StoredObject {
                 node_id: self.node_id.to_vec(),
                 node_address: self.raylet_address.clone(),
                 size: bytes.len() as u64,
-            }),
+            })),
             Err(err) => {
-                let mut f = self.failure(format!("cannot store the result: {err}"));
+                let mut f = self.failure(format!("cannot store result {id}: {err}"));
                 f.system = true;
-                task_reply::Result::Failure(f)
+                Err(f)
             }
         }
+    }
+}
+
+/// A stored or inline return as the reply's result.
+fn as_reply(result: return_object::Result) -> task_reply::Result {
+    match result {
+        return_object::Result::Value(bytes) => task_reply::Result::Value(bytes),
+        return_object::Result::Stored(stored) => task_reply::Result::Stored(stored),
     }
 }
 

@@ -9,7 +9,7 @@ use syn::{
     Visibility,
 };
 
-use crate::options::{OptionsKind, parse_options};
+use crate::options::{Options, OptionsKind, parse_options};
 use crate::signature::{self, Arg, Output, Role};
 
 /// A `pub` associated fn returning `Self` (or `Result<Self, E>`).
@@ -25,6 +25,44 @@ struct Method<'a> {
     args: Vec<Arg>,
     output: Output,
     mutable: bool,
+    /// From its `#[photon::method(...)]` attribute, if any.
+    options: Options,
+    /// The value type of each return (one unless `num_returns` > 1).
+    return_types: Vec<Type>,
+}
+
+/// Whether `attr` is `#[photon::method(...)]` (or `#[method(...)]`), which this macro consumes.
+fn is_method_attr(attr: &Attribute) -> bool {
+    let path = attr.path();
+    path.is_ident("method")
+        || (path.segments.len() == 2
+            && path.segments[0].ident == "photon"
+            && path.segments[1].ident == "method")
+}
+
+/// The method's options from its `#[photon::method(...)]` attribute (at most one).
+fn method_options(func: &ImplItemFn) -> syn::Result<Options> {
+    let mut attrs = func.attrs.iter().filter(|a| is_method_attr(a));
+    let Some(attr) = attrs.next() else {
+        return parse_options(OptionsKind::Method, TokenStream2::new());
+    };
+    if let Some(second) = attrs.next() {
+        return Err(syn::Error::new_spanned(
+            second,
+            "give a method one #[photon::method(...)] attribute",
+        ));
+    }
+    let args = match &attr.meta {
+        syn::Meta::Path(_) => TokenStream2::new(),
+        syn::Meta::List(list) => list.tokens.clone(),
+        syn::Meta::NameValue(_) => {
+            return Err(syn::Error::new_spanned(
+                attr,
+                "write #[photon::method(num_returns = 2, max_retries = 1)]",
+            ));
+        }
+    };
+    parse_options(OptionsKind::Method, args)
 }
 
 /// Expands `#[photon::actor(attr)] impl T { ... }`: the impl unchanged, a `THandle` with the
@@ -40,7 +78,7 @@ pub(crate) fn expand_actor(attr: TokenStream2, item: TokenStream2) -> syn::Resul
             ));
         }
     };
-    let options = parse_options(OptionsKind::Actor, attr)?;
+    let options = parse_options(OptionsKind::Actor, attr)?.builder;
     let class = class_ident(&block)?;
     let self_ty = &*block.self_ty;
 
@@ -48,12 +86,26 @@ pub(crate) fn expand_actor(attr: TokenStream2, item: TokenStream2) -> syn::Resul
     let mut methods = Vec::new();
     for item in &block.items {
         let ImplItem::Fn(func) = item else { continue };
+        let marked = func.attrs.iter().find(|a| is_method_attr(a));
         // Only what is visible outside the impl is offered to remote callers.
         if matches!(func.vis, Visibility::Inherited) {
+            if let Some(attr) = marked {
+                return Err(syn::Error::new_spanned(
+                    attr,
+                    "#[photon::method] goes on `pub` methods, which callers reach remotely",
+                ));
+            }
             continue;
         }
         match func.sig.receiver() {
             None => {
+                if let Some(attr) = marked {
+                    return Err(syn::Error::new_spanned(
+                        attr,
+                        "#[photon::method] goes on methods taking `&self` or `&mut self`, not \
+                         on constructors or associated functions",
+                    ));
+                }
                 if let Some(fallible) = constructor_kind(&func.sig, self_ty, &class)? {
                     signature::check_plain(&func.sig, Role::ActorConstructor)
                         .map_err(|e| local_hint(e, &class))?;
@@ -81,11 +133,15 @@ pub(crate) fn expand_actor(attr: TokenStream2, item: TokenStream2) -> syn::Resul
                 if let Output::Value(ty) | Output::Result(ty) = &mut output {
                     signature::replace_self(ty, self_ty);
                 }
+                let options = method_options(func)?;
+                let return_types = signature::return_types(&output, options.num_returns, "method")?;
                 methods.push(Method {
                     func,
                     args,
                     output,
                     mutable,
+                    options,
+                    return_types,
                 });
             }
         }
@@ -126,6 +182,14 @@ pub(crate) fn expand_actor(attr: TokenStream2, item: TokenStream2) -> syn::Resul
             >,
         >
     };
+
+    // `#[photon::method]` is this macro's to read; the compiler must not see it.
+    let mut block = block.clone();
+    for item in &mut block.items {
+        if let ImplItem::Fn(func) = item {
+            func.attrs.retain(|a| !is_method_attr(a));
+        }
+    }
 
     Ok(quote! {
         #block
@@ -333,6 +397,16 @@ fn check_name_clashes(
     for method in methods {
         let ident = &method.func.sig.ident;
         claim(ident.to_string(), ident.span(), format!("method `{ident}`"))?;
+        claim(
+            format!("{ident}_with"),
+            ident.span(),
+            format!("the options variant of method `{ident}`"),
+        )?;
+        claim(
+            format!("{ident}_options"),
+            ident.span(),
+            format!("the default options of method `{ident}`"),
+        )?;
     }
     Ok(())
 }
@@ -399,22 +473,48 @@ fn handle_items(
     });
     let calls = methods.iter().map(|method| {
         let Method {
-            func, args, output, ..
+            func,
+            args,
+            options,
+            return_types,
+            ..
         } = method;
         let ident = &func.sig.ident;
         let name = ident.to_string();
+        let with = format_ident!("{}_with", ident);
+        let defaults = format_ident!("{}_options", ident);
         let vis = &func.vis;
         let attrs = carried_attrs(func);
-        let value = output.value_type();
+        let cfgs = cfg_attrs(func);
+        let returns = signature::caller_returns(return_types);
+        let builder = &options.builder;
+        let opts = signature::fresh_ident("options", args);
         let (params, into_args) = signature::caller_params(args);
+        let names = args.iter().map(|a| &a.ident);
         let doc =
             format!("Calls `{name}` on the actor; the result arrives through the `ObjectRef`.");
+        let with_doc =
+            format!("Calls `{name}` with `{opts}` instead of its defaults (`{defaults}()`).");
+        let defaults_doc =
+            format!("The default options of `{name}` (its `#[photon::method(...)]` attribute).");
         quote! {
             #(#attrs)*
             ///
             #[doc = #doc]
-            #vis fn #ident(&self, #(#params),*) -> ::photon::ObjectRef<#value> {
-                self.inner.call(#name, ::std::vec![#(#into_args),*])
+            #vis fn #ident(&self, #(#params),*) -> #returns {
+                self.#with(Self::#defaults(), #(#names),*)
+            }
+
+            #(#cfgs)*
+            #[doc = #with_doc]
+            #vis fn #with(&self, #opts: ::photon::MethodOptions, #(#params),*) -> #returns {
+                self.inner.call_with(#name, #opts, ::std::vec![#(#into_args),*])
+            }
+
+            #(#cfgs)*
+            #[doc = #defaults_doc]
+            #vis fn #defaults() -> ::photon::MethodOptions {
+                #builder
             }
         }
     });
@@ -450,6 +550,8 @@ fn method_arm(method: &Method, self_ty: &Type, class: &Ident) -> TokenStream2 {
         args,
         output,
         mutable,
+        return_types,
+        ..
     } = method;
     let ident = &func.sig.ident;
     let name = ident.to_string();
@@ -472,7 +574,7 @@ fn method_arm(method: &Method, self_ty: &Type, class: &Ident) -> TokenStream2 {
         &func.sig,
         quote!(<#self_ty>::#ident(#receiver, #(#locals),*)),
     );
-    let result = signature::encode_output(output, call);
+    let result = signature::encode_outputs(output, return_types, call);
     quote! {
         #(#cfgs)*
         #name => ::std::boxed::Box::pin(async move {
@@ -595,8 +697,12 @@ mod tests {
         );
         // Methods: `Self` in a return type means the actor type, not the handle.
         let incr = "pubfnincr(&self,by:impl::photon::IntoArg<u64>)->::photon::ObjectRef<u64>\
-                    {self.inner.call(\"incr\",";
+                    {self.incr_with(Self::incr_options(),by)}";
         assert!(out.contains(incr), "{out}");
+        let incr_with = "pubfnincr_with(&self,options:::photon::MethodOptions,\
+                         by:impl::photon::IntoArg<u64>)->::photon::ObjectRef<u64>\
+                         {self.inner.call_with(\"incr\",options,";
+        assert!(out.contains(incr_with), "{out}");
         assert!(
             out.contains("pubfnget(&self,)->::photon::ObjectRef<u64>"),
             "{out}"
@@ -644,6 +750,66 @@ mod tests {
             "{out}"
         );
         assert!(out.contains("inventory::submit!"), "{out}");
+    }
+
+    #[test]
+    fn method_attributes_are_checked_and_removed() {
+        let out = expand(
+            quote!(),
+            quote! {
+                impl Pair {
+                    pub fn new() -> Self { Pair }
+                    #[photon::method(num_returns = 2, max_retries = 3)]
+                    pub fn both(&self) -> Result<(u8, String), String> { todo!() }
+                }
+            },
+        );
+        assert!(
+            !out.contains("#[photon::method(num_returns"),
+            "the attribute is consumed: {out}"
+        );
+        assert!(
+            out.contains(
+                "pubfnboth(&self,)->(::photon::ObjectRef<u8>,::photon::ObjectRef<String>,)"
+            ),
+            "{out}"
+        );
+        assert!(
+            out.contains("pubfnboth_options()->::photon::MethodOptions{::photon::MethodOptions::new().max_retries(3)}"),
+            "{out}"
+        );
+        assert!(
+            out.contains("::photon::__private::encode_returns("),
+            "{out}"
+        );
+
+        let with_ctor =
+            |extra: TokenStream2| quote!(impl Pair { pub fn new() -> Self { Pair } #extra });
+        let not_a_tuple = error(with_ctor(quote!(
+            #[photon::method(num_returns = 2)]
+            pub fn one(&self) -> u8 {
+                1
+            }
+        )));
+        assert!(
+            not_a_tuple.contains("must return a 2-tuple"),
+            "{not_a_tuple}"
+        );
+        let private = error(with_ctor(quote!(
+            #[method(max_retries = 1)]
+            fn hidden(&self) {}
+        )));
+        assert!(private.contains("goes on `pub` methods"), "{private}");
+        let on_ctor = error(quote!(impl Pair {
+            #[photon::method]
+            pub fn new() -> Self { Pair }
+        }));
+        assert!(on_ctor.contains("not on constructors"), "{on_ctor}");
+        let clash = error(with_ctor(quote!(
+            pub fn go(&self) {}
+            pub fn go_with(&self) {}
+        )));
+        assert!(clash.contains("`go_with` would clash"), "{clash}");
     }
 
     #[test]

@@ -28,7 +28,19 @@
 //!
 //! Options, all optional: `num_cpus = <number>`, `num_gpus = <number>`,
 //! `resources(<name> = <number>, ...)` (a name is an identifier or a string literal),
-//! `max_retries = <integer>`, `retry_exceptions = <bool>`. Values must be literals.
+//! `max_retries = <integer>`, `retry_exceptions = <bool>`, `num_returns = <1 to 8>`. Values
+//! must be literals. Per call, `TaskOptions` also takes a `name` (shown in the call's errors).
+//!
+//! With `num_returns = n` (n > 1) the function returns an n-tuple (or a `Result` of one) and
+//! `remote` returns a tuple of n `ObjectRef`s: each value is its own object, fetched, passed on,
+//! freed and rebuilt from lineage on its own (Ray's `num_returns`).
+//!
+//! ```ignore
+//! #[photon::remote(num_returns = 2)]
+//! pub fn split(rows: Vec<u64>) -> (Vec<u64>, Vec<u64>) { ... }
+//!
+//! let (even, odd) = split::remote(&ctx, rows);     // (ObjectRef<Vec<u64>>, ObjectRef<Vec<u64>>)
+//! ```
 //!
 //! # `#[photon::actor]`: stateful workers
 //!
@@ -72,6 +84,13 @@
 //! Options: `num_cpus`, `num_gpus`, `resources(...)` as above, `max_restarts = <integer>`,
 //! `max_concurrency = <integer, at least 1>`.
 //!
+//! A method may carry `#[photon::method(num_returns = <1 to 8>, max_retries = <integer>)]`:
+//! `num_returns` as for remote functions (the handle method returns a tuple of refs), and
+//! `max_retries`, how often a call is sent again when the actor's worker dies while it runs and
+//! the actor restarts (Ray's `max_task_retries`; default 0: it fails with `ActorDied`). Each
+//! method `m` also gets `m_with(options, args...)` (a `MethodOptions`, e.g. with a `name` for
+//! its errors) and `m_options()` (its defaults).
+//!
 //! # `#[photon::main]`: the worker entry point
 //!
 //! ```ignore
@@ -106,6 +125,19 @@ pub fn remote(attr: TokenStream, item: TokenStream) -> TokenStream {
 #[proc_macro_attribute]
 pub fn actor(attr: TokenStream, item: TokenStream) -> TokenStream {
     finish(actor::expand_actor, attr, item)
+}
+
+/// Options of one actor method, read by `#[photon::actor]` (which removes it); see the
+/// [crate docs](crate). Anywhere else it is an error.
+#[proc_macro_attribute]
+pub fn method(_attr: TokenStream, item: TokenStream) -> TokenStream {
+    let item = TokenStream2::from(item);
+    let error = syn::Error::new(
+        proc_macro2::Span::call_site(),
+        "#[photon::method] goes on a `pub` method inside an impl block marked #[photon::actor]",
+    )
+    .to_compile_error();
+    quote::quote!(#error #item).into()
 }
 
 /// Makes `fn main` start with `::photon::worker_entry()`; see the [crate docs](crate).

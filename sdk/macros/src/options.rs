@@ -1,5 +1,6 @@
-//! Attribute arguments shared by `#[remote]` and `#[actor]`: parsed once here, turned into a
-//! builder chain on `::photon::TaskOptions` / `::photon::ActorOptions`.
+//! Attribute arguments of `#[remote]`, `#[actor]` and `#[method]`: parsed once here, turned
+//! into a builder chain on `::photon::TaskOptions` / `ActorOptions` / `MethodOptions`, and
+//! `num_returns`, which is part of the generated functions' types rather than an option.
 
 use std::collections::HashSet;
 
@@ -14,7 +15,20 @@ use syn::{Expr, Ident, Lit, LitStr, Token, UnOp};
 pub(crate) enum OptionsKind {
     Task,
     Actor,
+    /// `#[photon::method(...)]` on a method inside an actor's impl block.
+    Method,
 }
+
+/// Parsed attribute arguments.
+pub(crate) struct Options {
+    /// The expression building the default options.
+    pub(crate) builder: TokenStream2,
+    /// How many objects a call returns (`num_returns`, default 1).
+    pub(crate) num_returns: u32,
+}
+
+/// The most returns a call may declare (as many as `photon::CallReturns` has tuples for).
+const MAX_RETURNS: u32 = 8;
 
 /// The value type a key's builder method takes.
 #[derive(Clone, Copy)]
@@ -26,6 +40,8 @@ enum ValueKind {
     /// `u32`, at least one.
     PositiveCount,
     Bool,
+    /// `num_returns`: 1 to `MAX_RETURNS`, kept out of the builder.
+    Returns,
 }
 
 impl OptionsKind {
@@ -36,12 +52,17 @@ impl OptionsKind {
                 ("num_gpus", ValueKind::Amount),
                 ("max_retries", ValueKind::Count),
                 ("retry_exceptions", ValueKind::Bool),
+                ("num_returns", ValueKind::Returns),
             ],
             OptionsKind::Actor => &[
                 ("num_cpus", ValueKind::Amount),
                 ("num_gpus", ValueKind::Amount),
                 ("max_restarts", ValueKind::Count),
                 ("max_concurrency", ValueKind::PositiveCount),
+            ],
+            OptionsKind::Method => &[
+                ("max_retries", ValueKind::Count),
+                ("num_returns", ValueKind::Returns),
             ],
         }
     }
@@ -50,6 +71,7 @@ impl OptionsKind {
         match self {
             OptionsKind::Task => "#[photon::remote]",
             OptionsKind::Actor => "#[photon::actor]",
+            OptionsKind::Method => "#[photon::method]",
         }
     }
 
@@ -57,6 +79,7 @@ impl OptionsKind {
         match self {
             OptionsKind::Task => quote!(::photon::TaskOptions),
             OptionsKind::Actor => quote!(::photon::ActorOptions),
+            OptionsKind::Method => quote!(::photon::MethodOptions),
         }
     }
 }
@@ -117,12 +140,13 @@ impl Parse for RawResource {
     }
 }
 
-/// Parses the attribute arguments and returns the expression building the default options,
-/// e.g. `::photon::TaskOptions::new().num_cpus(1.0).resource("tpu", 1.0)`.
-pub(crate) fn parse_options(kind: OptionsKind, attr: TokenStream2) -> syn::Result<TokenStream2> {
+/// Parses the attribute arguments: the expression building the default options (e.g.
+/// `::photon::TaskOptions::new().num_cpus(1.0).resource("tpu", 1.0)`) and `num_returns`.
+pub(crate) fn parse_options(kind: OptionsKind, attr: TokenStream2) -> syn::Result<Options> {
     let args = Punctuated::<RawArg, Token![,]>::parse_terminated.parse2(attr)?;
     let builder = kind.builder();
     let mut chain = quote!(#builder::new());
+    let mut num_returns = 1;
     let mut seen = HashSet::new();
     for arg in args {
         let key = match &arg {
@@ -174,12 +198,36 @@ pub(crate) fn parse_options(kind: OptionsKind, attr: TokenStream2) -> syn::Resul
                     ValueKind::Count => count(&value, &what, 0)?,
                     ValueKind::PositiveCount => count(&value, &what, 1)?,
                     ValueKind::Bool => boolean(&value, &what)?,
+                    ValueKind::Returns => {
+                        num_returns = returns(&value, &what)?;
+                        continue;
+                    }
                 };
                 chain = quote!(#chain.#key(#value));
             }
         }
     }
-    Ok(chain)
+    Ok(Options {
+        builder: chain,
+        num_returns,
+    })
+}
+
+fn returns(expr: &Expr, what: &str) -> syn::Result<u32> {
+    let Lit::Int(int) = literal(expr, what, "an integer literal")? else {
+        return Err(syn::Error::new_spanned(
+            expr,
+            format!("{what} must be an integer"),
+        ));
+    };
+    let value: u32 = int.base10_parse()?;
+    if !(1..=MAX_RETURNS).contains(&value) {
+        return Err(syn::Error::new_spanned(
+            expr,
+            format!("{what} must be 1 to {MAX_RETURNS}"),
+        ));
+    }
+    Ok(value)
 }
 
 /// Strips the invisible groups macro_rules wraps around `$e:expr` fragments.
@@ -264,11 +312,49 @@ mod tests {
     use super::*;
 
     fn task(attr: TokenStream2) -> syn::Result<String> {
-        parse_options(OptionsKind::Task, attr).map(|t| t.to_string().replace(' ', ""))
+        parse_options(OptionsKind::Task, attr).map(|t| t.builder.to_string().replace(' ', ""))
     }
 
     fn actor(attr: TokenStream2) -> syn::Result<String> {
-        parse_options(OptionsKind::Actor, attr).map(|t| t.to_string().replace(' ', ""))
+        parse_options(OptionsKind::Actor, attr).map(|t| t.builder.to_string().replace(' ', ""))
+    }
+
+    #[test]
+    fn num_returns_is_kept_out_of_the_builder_and_bounded() {
+        let parsed = parse_options(OptionsKind::Task, quote!(num_returns = 3, max_retries = 1))
+            .expect("parses");
+        assert_eq!(parsed.num_returns, 3);
+        assert_eq!(
+            parsed.builder.to_string().replace(' ', ""),
+            "::photon::TaskOptions::new().max_retries(1)"
+        );
+        let method = parse_options(
+            OptionsKind::Method,
+            quote!(num_returns = 2, max_retries = 4),
+        )
+        .expect("parses");
+        assert_eq!(method.num_returns, 2);
+        assert_eq!(
+            method.builder.to_string().replace(' ', ""),
+            "::photon::MethodOptions::new().max_retries(4)"
+        );
+        assert_eq!(
+            parse_options(OptionsKind::Task, quote!())
+                .unwrap()
+                .num_returns,
+            1
+        );
+        assert!(err(task(quote!(num_returns = 0))).contains("must be 1 to 8"));
+        assert!(err(task(quote!(num_returns = 9))).contains("must be 1 to 8"));
+        assert!(err(actor(quote!(num_returns = 2))).contains("unknown #[photon::actor] option"));
+        let msg = parse_options(OptionsKind::Method, quote!(num_cpus = 1))
+            .err()
+            .expect("methods take no resources")
+            .to_string();
+        assert!(
+            msg.contains("unknown #[photon::method] option `num_cpus`"),
+            "{msg}"
+        );
     }
 
     fn err(result: syn::Result<String>) -> String {

@@ -290,14 +290,79 @@ pub(crate) fn is_record_batch(ty: &Type) -> bool {
 }
 
 /// The expression turning the result of `call` into `Result<Vec<u8>, String>`.
-pub(crate) fn encode_output(output: &Output, call: TokenStream2) -> TokenStream2 {
-    let encode = |ty: &Type| {
-        if is_record_batch(ty) {
-            quote!(::photon::__private::encode_batch)
-        } else {
-            quote!(::photon::__private::encode)
+/// The serializer of one value of type `ty`.
+fn encoder(ty: &Type) -> TokenStream2 {
+    if is_record_batch(ty) {
+        quote!(::photon::__private::encode_batch)
+    } else {
+        quote!(::photon::__private::encode)
+    }
+}
+
+/// The value types of a call's returns: the output's value alone, or, with `num_returns` =
+/// n > 1, the n elements of the tuple it must be.
+pub(crate) fn return_types(
+    output: &Output,
+    num_returns: u32,
+    noun: &str,
+) -> syn::Result<Vec<Type>> {
+    let value: Type = syn::parse2(output.value_type())?;
+    if num_returns == 1 {
+        return Ok(vec![value]);
+    }
+    match peel(&value) {
+        Type::Tuple(tuple) if tuple.elems.len() == num_returns as usize => {
+            Ok(tuple.elems.iter().cloned().collect())
         }
+        _ => Err(syn::Error::new_spanned(
+            &value,
+            format!(
+                "a {noun} with num_returns = {num_returns} must return a {num_returns}-tuple (or a \
+                 `Result` of one), each element becoming its own object"
+            ),
+        )),
+    }
+}
+
+/// What the caller gets: `ObjectRef<T>`, or a tuple of refs for several returns.
+pub(crate) fn caller_returns(types: &[Type]) -> TokenStream2 {
+    match types {
+        [one] => quote!(::photon::ObjectRef<#one>),
+        many => quote!((#(::photon::ObjectRef<#many>,)*)),
+    }
+}
+
+/// Like [`encode_output`] for a call with several returns: each tuple element encoded on its
+/// own, framed together.
+pub(crate) fn encode_outputs(output: &Output, types: &[Type], call: TokenStream2) -> TokenStream2 {
+    if types.len() == 1 {
+        return encode_output(output, call);
+    }
+    let values: Vec<Ident> = (0..types.len())
+        .map(|i| format_ident!("__photon_return_{i}"))
+        .collect();
+    let encoders = types.iter().map(encoder);
+    let framed = quote! {
+        ::photon::__private::encode_returns(::std::vec![#(#encoders(&#values)),*])
     };
+    match output {
+        Output::Result(_) => quote! {
+            match #call {
+                ::std::result::Result::Ok((#(#values,)*)) => #framed,
+                ::std::result::Result::Err(error) => {
+                    ::std::result::Result::Err(::std::format!("{error:#}"))
+                }
+            }
+        },
+        _ => quote! {{
+            let (#(#values,)*) = #call;
+            #framed
+        }},
+    }
+}
+
+pub(crate) fn encode_output(output: &Output, call: TokenStream2) -> TokenStream2 {
+    let encode = encoder;
     match output {
         Output::Unit => quote! {{
             #call;

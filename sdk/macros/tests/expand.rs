@@ -44,6 +44,15 @@ pub mod app {
     #[photon::remote]
     fn ping() {}
 
+    /// Quotient and remainder: two returns.
+    #[photon::remote(num_returns = 2)]
+    pub fn div_rem(a: u64, b: u64) -> Result<(u64, u64), String> {
+        if b == 0 {
+            return Err("division by zero".into());
+        }
+        Ok((a / b, a % b))
+    }
+
     /// Argument names that the generated callers use themselves.
     #[photon::remote]
     pub(crate) fn clash(ctx: String, options: u8, args: u8) -> String {
@@ -114,6 +123,12 @@ pub mod app {
             } else {
                 Ok(())
             }
+        }
+
+        /// The value and its log: two returns; sent again once after a restart.
+        #[photon::method(num_returns = 2, max_retries = 1)]
+        pub fn parts(&self) -> (u64, Vec<String>) {
+            (self.value, self.log.clone())
         }
 
         /// Back to zero.
@@ -315,4 +330,36 @@ fn unknown_methods_and_bad_arguments_fail_the_call() {
         missing.get(),
         Err("actor class expand::app::Idle has no method `anything`".into())
     );
+}
+
+#[test]
+fn several_returns_come_back_as_separate_refs() {
+    let ctx = Context::default();
+    let (quotient, remainder) = app::div_rem::remote(&ctx, 17u64, 5u64);
+    assert_eq!((quotient.get(), remainder.get()), (Ok(3), Ok(2)));
+    let (quotient, remainder) = app::div_rem::remote(&ctx, 1u64, 0u64);
+    assert_eq!(quotient.get(), Err("division by zero".to_string()));
+    assert_eq!(remainder.get(), Err("division by zero".to_string()));
+
+    let counter = app::CounterHandle::new(&ctx, 4u64).unwrap();
+    counter.incr(1u64).get().unwrap();
+    let (value, log) = counter.parts();
+    assert_eq!(value.get(), Ok(5));
+    assert_eq!(log.get().unwrap().len(), 1);
+    let named = MethodOptions::new().name("snap");
+    let (value, _) = counter.parts_with(named.clone());
+    assert_eq!(value.get(), Ok(5));
+    assert_eq!(
+        app::CounterHandle::parts_options(),
+        MethodOptions::new().max_retries(1)
+    );
+    let calls = counter.handle().calls.lock().unwrap().clone();
+    assert_eq!(
+        calls[1..],
+        [
+            ("parts", MethodOptions::new().max_retries(1)),
+            ("parts", named)
+        ]
+    );
+    assert_eq!(calls[0], ("incr", MethodOptions::new()));
 }

@@ -9,6 +9,7 @@ mod cluster;
 mod functions;
 mod nested;
 mod owners;
+mod returns;
 
 use std::time::Duration;
 
@@ -535,6 +536,22 @@ fn main() {
         Trial::test(
             "cluster::lost_put_objects_say_so",
             cluster::lost_put_objects_say_so,
+        ),
+        Trial::test(
+            "embedded::each_return_is_its_own_object",
+            returns::each_return_is_its_own_object,
+        ),
+        Trial::test(
+            "embedded::failures_names_and_cancels_reach_every_return",
+            returns::failures_names_and_cancels_reach_every_return,
+        ),
+        Trial::test(
+            "embedded::actor_methods_take_returns_and_retries",
+            returns::actor_methods_take_returns_and_retries,
+        ),
+        Trial::test(
+            "cluster::a_lost_return_is_rebuilt_from_lineage",
+            returns::a_lost_return_is_rebuilt_from_lineage,
         ),
     ];
     libtest_mimic::run(&args, tests).exit();

@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-pub use photon_macros::{actor, main, remote};
+pub use photon_macros::{actor, main, method, remote};
 
 /// The runtime's error type; here just a message.
 #[derive(Debug, Clone, PartialEq)]
@@ -101,6 +101,64 @@ impl ActorOptions {
     }
 }
 
+/// As the SDK's: options of one actor method call.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct MethodOptions {
+    pub name: Option<String>,
+    pub max_retries: u32,
+}
+
+impl MethodOptions {
+    pub fn new() -> Self {
+        Self::default()
+    }
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = Some(name.into());
+        self
+    }
+    pub fn max_retries(mut self, n: u32) -> Self {
+        self.max_retries = n;
+        self
+    }
+}
+
+/// As the SDK's: one `ObjectRef`, or a tuple of them built from a framed result.
+pub trait CallReturns: Sized {
+    fn from_result(bytes: std::result::Result<Vec<u8>, String>) -> Self;
+}
+
+impl<T> CallReturns for ObjectRef<T> {
+    fn from_result(bytes: std::result::Result<Vec<u8>, String>) -> Self {
+        ObjectRef {
+            bytes,
+            _value: PhantomData,
+        }
+    }
+}
+
+/// The framed values of a call with several returns, split (the SDK's framing).
+fn split(framed: &[u8]) -> Vec<Vec<u8>> {
+    let mut parts = Vec::new();
+    let mut rest = framed;
+    while !rest.is_empty() {
+        let len = u64::from_le_bytes(rest[..8].try_into().unwrap()) as usize;
+        parts.push(rest[8..8 + len].to_vec());
+        rest = &rest[8 + len..];
+    }
+    parts
+}
+
+impl<A, B> CallReturns for (ObjectRef<A>, ObjectRef<B>) {
+    fn from_result(bytes: std::result::Result<Vec<u8>, String>) -> Self {
+        let parts = bytes.map(|b| split(&b));
+        let part = |i: usize| parts.clone().map(|p| p[i].clone());
+        (
+            CallReturns::from_result(part(0)),
+            CallReturns::from_result(part(1)),
+        )
+    }
+}
+
 /// A finished result, or the error that ended the call.
 pub struct ObjectRef<T> {
     bytes: std::result::Result<Vec<u8>, String>,
@@ -108,12 +166,6 @@ pub struct ObjectRef<T> {
 }
 
 impl<T: DeserializeOwned> ObjectRef<T> {
-    fn new(bytes: std::result::Result<Vec<u8>, String>) -> Self {
-        ObjectRef {
-            bytes,
-            _value: PhantomData,
-        }
-    }
     pub fn get(&self) -> std::result::Result<T, String> {
         let bytes = self.bytes.as_ref().map_err(Clone::clone)?;
         serde_json::from_slice(bytes).map_err(|e| e.to_string())
@@ -182,8 +234,17 @@ impl Context {
         options: TaskOptions,
         args: Vec<Result<TaskArg>>,
     ) -> ObjectRef<T> {
+        self.submit_task_returning(function, options, args)
+    }
+
+    pub fn submit_task_returning<R: CallReturns>(
+        &self,
+        function: &'static str,
+        options: TaskOptions,
+        args: Vec<Result<TaskArg>>,
+    ) -> R {
         self.tasks.lock().unwrap().push((function, options));
-        ObjectRef::new(collect(args).and_then(|args| self.invoke(function, args)))
+        R::from_result(collect(args).and_then(|args| self.invoke(function, args)))
     }
 
     /// Runs a registered function the way a worker would.
@@ -223,6 +284,7 @@ impl Context {
             class,
             instance,
             runtime: self.runtime.handle().clone(),
+            calls: Arc::default(),
         };
         if let Some(name) = options.name {
             self.named.lock().unwrap().insert(name, handle.clone());
@@ -249,6 +311,8 @@ pub struct ActorHandle {
     class: &'static str,
     instance: Arc<dyn __private::ActorInstance>,
     runtime: tokio::runtime::Handle,
+    /// Each call's method and options.
+    pub calls: Arc<Mutex<Vec<(&'static str, MethodOptions)>>>,
 }
 
 impl std::fmt::Debug for ActorHandle {
@@ -258,16 +322,22 @@ impl std::fmt::Debug for ActorHandle {
 }
 
 impl ActorHandle {
-    pub fn call<T: DeserializeOwned>(
+    pub fn call<T>(&self, method: &'static str, args: Vec<Result<TaskArg>>) -> ObjectRef<T> {
+        self.call_with(method, MethodOptions::new(), args)
+    }
+
+    pub fn call_with<R: CallReturns>(
         &self,
         method: &'static str,
+        options: MethodOptions,
         args: Vec<Result<TaskArg>>,
-    ) -> ObjectRef<T> {
+    ) -> R {
+        self.calls.lock().unwrap().push((method, options));
         let result = collect(args).and_then(|args| {
             self.runtime
                 .block_on(self.instance.clone().call(method, args))
         });
-        ObjectRef::new(result)
+        R::from_result(result)
     }
 }
 
@@ -314,6 +384,16 @@ pub mod __private {
 
     pub fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, String> {
         serde_json::to_vec(value).map_err(|e| e.to_string())
+    }
+
+    pub fn encode_returns(parts: Vec<Result<Vec<u8>, String>>) -> Result<Vec<u8>, String> {
+        let mut framed = Vec::new();
+        for part in parts {
+            let part = part?;
+            framed.extend_from_slice(&(part.len() as u64).to_le_bytes());
+            framed.extend_from_slice(&part);
+        }
+        Ok(framed)
     }
 
     pub fn check_arity(args: &Args, expected: usize, what: &str) -> Result<(), String> {
