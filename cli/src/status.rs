@@ -3,10 +3,13 @@
 use std::collections::BTreeMap;
 
 use clap::Args;
+use photon_proto::placement::strategy_name;
 use photon_proto::v1::{
-    ActorRecord, ActorState, GetClusterStatusRequest, ListActorsRequest, NodeRecord, NodeState,
+    ActorRecord, ActorState, GetClusterStatusRequest, ListActorsRequest,
+    ListPlacementGroupsRequest, NodeRecord, NodeState, PlacementGroupRecord, PlacementGroupState,
+    PlacementStrategy,
 };
-use photon_proto::{ActorId, NodeId, ResourceSet};
+use photon_proto::{ActorId, NodeId, PlacementGroupId, ResourceSet};
 use serde::Serialize;
 
 use crate::connect::{Head, HeadArgs};
@@ -97,6 +100,43 @@ fn actor_view(record: ActorRecord) -> ActorView {
 }
 
 #[derive(Debug, Serialize)]
+struct PlacementGroupView {
+    group_id: String,
+    name: String,
+    state: &'static str,
+    strategy: &'static str,
+    bundles: Vec<BTreeMap<String, f64>>,
+    /// The raylet address of each bundle's node (empty: not placed).
+    bundle_addresses: Vec<String>,
+    /// Why it is pending, or why it was removed.
+    reason: String,
+}
+
+fn group_view(record: PlacementGroupRecord) -> PlacementGroupView {
+    let spec = record.spec.unwrap_or_default();
+    let state = match PlacementGroupState::try_from(record.state)
+        .unwrap_or(PlacementGroupState::Unspecified)
+    {
+        PlacementGroupState::Pending => "pending",
+        PlacementGroupState::Created => "created",
+        PlacementGroupState::Removed => "removed",
+        PlacementGroupState::Unspecified => "unknown",
+    };
+    PlacementGroupView {
+        group_id: PlacementGroupId::from_slice(&spec.group_id)
+            .map_or_else(|_| "?".into(), |id| id.to_string()),
+        name: spec.name,
+        state,
+        strategy: strategy_name(
+            PlacementStrategy::try_from(spec.strategy).unwrap_or(PlacementStrategy::Pack),
+        ),
+        bundles: spec.bundles.iter().map(|b| amounts(&b.resources)).collect(),
+        bundle_addresses: record.bundle_addresses,
+        reason: record.reason,
+    }
+}
+
+#[derive(Debug, Serialize)]
 struct ClusterView {
     address: String,
     cluster_id: String,
@@ -108,6 +148,7 @@ struct ClusterView {
     lineage_records: u64,
     nodes: Vec<NodeView>,
     actors: Vec<ActorView>,
+    placement_groups: Vec<PlacementGroupView>,
 }
 
 fn amounts(map: &std::collections::HashMap<String, i64>) -> BTreeMap<String, f64> {
@@ -172,12 +213,20 @@ pub fn run(args: StatusArgs) -> anyhow::Result<()> {
             .list_actors(ListActorsRequest {})
             .await
             .map_err(answered)?;
+        let groups = client
+            .list_placement_groups(ListPlacementGroupsRequest {})
+            .await
+            .map_err(answered)?;
         Ok::<_, anyhow::Error>((
             head.address.clone(),
-            (cluster.into_inner(), actors.into_inner().actors),
+            (
+                cluster.into_inner(),
+                actors.into_inner().actors,
+                groups.into_inner().groups,
+            ),
         ))
     })?;
-    let (reply, actors) = reply;
+    let (reply, actors, groups) = reply;
     let view = ClusterView {
         address,
         cluster_id: reply.cluster_id,
@@ -187,6 +236,7 @@ pub fn run(args: StatusArgs) -> anyhow::Result<()> {
         lineage_records: reply.lineage_records,
         nodes: reply.nodes.into_iter().map(node_view).collect(),
         actors: actors.into_iter().map(actor_view).collect(),
+        placement_groups: groups.into_iter().map(group_view).collect(),
     };
     if args.json {
         println!("{}", serde_json::to_string_pretty(&view)?);
@@ -285,6 +335,41 @@ pub fn run(args: StatusArgs) -> anyhow::Result<()> {
                 "  {} {} ({}): {}",
                 actor.state, actor.name, actor.actor_id, actor.reason
             );
+        }
+    }
+    let groups: Vec<&PlacementGroupView> = view
+        .placement_groups
+        .iter()
+        .filter(|g| g.state != "removed")
+        .collect();
+    if !groups.is_empty() {
+        println!(
+            "
+placement groups:"
+        );
+        for group in groups {
+            let bundles: Vec<String> = group
+                .bundles
+                .iter()
+                .map(|b| {
+                    let parts: Vec<String> =
+                        b.iter().map(|(name, n)| format!("{name}: {n}")).collect();
+                    format!("{{{}}}", parts.join(", "))
+                })
+                .collect();
+            println!(
+                "  {} {} ({}) {} {}",
+                group.state,
+                group.name,
+                group.group_id,
+                group.strategy,
+                bundles.join(" ")
+            );
+            if group.state == "pending" {
+                println!("    {}", group.reason);
+            } else {
+                println!("    on {}", group.bundle_addresses.join(", "));
+            }
         }
     }
     Ok(())

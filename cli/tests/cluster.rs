@@ -654,6 +654,48 @@ mod actors {
     }
 
     #[test]
+    fn status_shows_placement_groups_and_why_one_waits() {
+        use photon_proto::PlacementGroupId;
+        use photon_proto::v1::{Bundle, PlacementGroupSpec, PlacementStrategy};
+        let mut cluster = Cluster::start();
+        cluster.add_raylet(&["--num-gpus", "1"]);
+        cluster.add_raylet(&["--num-gpus", "1"]);
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        let mut head = head(&cluster, &runtime);
+        let gpu = Bundle {
+            resources: [("GPU".to_string(), 10_000)].into(),
+        };
+        let group = |name: &str, bundles: usize| PlacementGroupSpec {
+            group_id: PlacementGroupId::random().to_vec(),
+            name: name.into(),
+            bundles: vec![gpu.clone(); bundles],
+            strategy: PlacementStrategy::StrictPack as i32,
+            job_id: JobId::from_u32(9).to_vec(),
+        };
+        runtime
+            .block_on(head.create_placement_group(group("pair", 2)))
+            .unwrap();
+        runtime
+            .block_on(head.create_placement_group(group("single", 1)))
+            .unwrap();
+        let status = cluster.status();
+        let groups = status["placement_groups"].as_array().unwrap();
+        assert_eq!(groups.len(), 2, "{status}");
+        assert_eq!(groups[0]["name"], "pair");
+        assert_eq!(groups[0]["state"], "pending");
+        assert_eq!(groups[1]["state"], "created");
+        let text = cluster.status_text();
+        assert!(
+            text.contains("placement groups:")
+                && text.contains("pending pair")
+                && text.contains("STRICT_PACK")
+                && text.contains("infeasible: STRICT_PACK needs GPU: 2 on one node")
+                && text.contains("created single"),
+            "{text}"
+        );
+    }
+
+    #[test]
     fn quarter_gpu_actors_pack_four_per_gpu_with_their_devices() {
         let mut cluster = Cluster::start();
         for _ in 0..3 {

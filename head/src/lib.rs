@@ -31,6 +31,7 @@ mod owners;
 mod packages;
 mod persist;
 mod placement;
+mod placement_groups;
 mod retention;
 mod service;
 mod supervisor;
@@ -133,7 +134,7 @@ pub async fn run(
     let (
         persistence,
         (records, actor_records, lineage_records, job_records),
-        (cluster_id, attached_drivers),
+        (cluster_id, attached_drivers, group_records),
     ) = tokio::task::spawn_blocking(move || {
         let persistence = Persistence::open(&data_dir)?;
         let records = persistence.load_nodes()?;
@@ -142,10 +143,11 @@ pub async fn run(
         let job_records = persistence.load_jobs()?;
         let attached_drivers = persistence.load_drivers()?;
         let cluster_id = persistence.cluster_id()?;
+        let group_records = persistence.load_placement_groups()?;
         Ok::<_, Error>((
             persistence,
             (records, actor_records, lineage_records, job_records),
-            (cluster_id, attached_drivers),
+            (cluster_id, attached_drivers, group_records),
         ))
     })
     .await
@@ -178,6 +180,7 @@ pub async fn run(
         tasks: TaskTracker::new(),
         cancel: CancellationToken::new(),
         actors: ActorTable::default(),
+        placement_groups: Default::default(),
         lineage: LineageTable::default(),
         placement: tokio::sync::Mutex::new(()),
         raylets: Default::default(),
@@ -195,6 +198,7 @@ pub async fn run(
     });
     state.jobs.restore(job_records.clone());
     state.actors.restore(actor_records);
+    state.placement_groups.restore(group_records);
     state.lineage.restore(lineage_records);
     *state.unconfirmed_actors.lock().expect("fresh lock") = state.actors.alive_ids();
     info!(%address, restored_nodes = restored, cluster = %state.cluster_id, "head started");

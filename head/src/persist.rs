@@ -9,8 +9,8 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use photon_proto::v1::{ActorRecord, JobRecord, LineageRecord, NodeRecord};
-use photon_proto::{ActorId, JobId, NodeId, ObjectId};
+use photon_proto::v1::{ActorRecord, JobRecord, LineageRecord, NodeRecord, PlacementGroupRecord};
+use photon_proto::{ActorId, JobId, NodeId, ObjectId, PlacementGroupId};
 use prost::Message;
 use redb::{Database, ReadableTable, TableDefinition};
 
@@ -28,6 +28,7 @@ const JOBS: Records = TableDefinition::new("jobs");
 /// Jobs with a driver attached: a restarted head ends those whose driver
 /// does not come back.
 const DRIVERS: Records = TableDefinition::new("drivers");
+const PLACEMENT_GROUPS: Records = TableDefinition::new("placement_groups");
 
 /// Handle to the head's database. Cheap to clone.
 #[derive(Clone)]
@@ -59,6 +60,7 @@ impl Persistence {
             txn.open_table(LINEAGE)?;
             txn.open_table(JOBS)?;
             txn.open_table(DRIVERS)?;
+            txn.open_table(PLACEMENT_GROUPS)?;
             Ok(())
         })?;
         Ok(persistence)
@@ -147,6 +149,20 @@ impl Persistence {
     /// Every actor record.
     pub fn load_actors(&self) -> Result<Vec<ActorRecord>> {
         self.load_records(ACTORS, "actor")
+    }
+
+    /// Writes one placement group record.
+    pub fn save_placement_group(
+        &self,
+        id: PlacementGroupId,
+        record: &PlacementGroupRecord,
+    ) -> Result<()> {
+        self.save_record(PLACEMENT_GROUPS, id.as_bytes(), record)
+    }
+
+    /// Every placement group record.
+    pub fn load_placement_groups(&self) -> Result<Vec<PlacementGroupRecord>> {
+        self.load_records(PLACEMENT_GROUPS, "placement group")
     }
 
     /// Writes one job record.

@@ -44,6 +44,8 @@ impl HeadState {
     /// Tries to place every waiting actor, one pass at a time.
     pub(crate) async fn place_waiting(&self) {
         let _pass = self.placement.lock().await;
+        // Groups first: actors may wait for theirs.
+        self.place_waiting_groups().await;
         let mut waiting = self.actors.waiting();
         waiting.sort_by_key(|(_, record)| {
             record
@@ -60,8 +62,14 @@ impl HeadState {
     async fn place(&self, id: ActorId, record: ActorRecord) {
         let spec = record.spec.clone().unwrap_or_default();
         let request = ResourceSet::from_proto(&spec.resources);
-        let nodes = self.nodes.snapshot();
-        let target = choose_node(&request, &nodes).map(|n| n.info.clone().unwrap_or_default());
+        let target = match &spec.placement {
+            // Its bundle's resources are reserved already, on the bundle's node.
+            Some(bundle) => self.bundle_node(bundle),
+            None => {
+                let nodes = self.nodes.snapshot();
+                choose_node(&request, &nodes).map(|n| n.info.clone().unwrap_or_default())
+            }
+        };
         let node = match target {
             Ok(node) => node,
             Err(reason) => {
@@ -76,7 +84,9 @@ impl HeadState {
             }
         };
         let node_id = NodeId::from_slice(&node.node_id).expect("registered nodes have valid ids");
-        self.nodes.reserve(node_id, &request);
+        if spec.placement.is_none() {
+            self.nodes.reserve(node_id, &request);
+        }
         let started = match self.raylet(&node.address) {
             Ok(mut raylet) => raylet
                 .start_actor(spec)

@@ -16,6 +16,10 @@ use photon_proto::v1::{
     KvPutRequest, KvPutResponse, NodeState, ObjectLocation, ObjectLocationUpdate,
     ObjectLocationUpdateReply, RegisterNodeRequest, RegisterNodeResponse,
 };
+use photon_proto::v1::{
+    GetPlacementGroupRequest, ListPlacementGroupsReply, ListPlacementGroupsRequest,
+    PlacementGroupRecord, PlacementGroupSpec, PlacementGroupState, RemovePlacementGroupRequest,
+};
 use photon_proto::{
     ActorId, JobId, NodeId, ObjectId, PROTOCOL_VERSION, ResourceSet, WorkerId,
     check_protocol_version,
@@ -47,6 +51,7 @@ pub struct HeadState {
     pub(crate) tasks: TaskTracker,
     pub(crate) cancel: CancellationToken,
     pub(crate) actors: ActorTable,
+    pub(crate) placement_groups: crate::placement_groups::PlacementGroupTable,
     pub(crate) lineage: crate::lineage::LineageTable,
     /// One placement pass at a time.
     pub(crate) placement: tokio::sync::Mutex<()>,
@@ -84,6 +89,7 @@ impl HeadState {
             let dropped = self.objects.drop_node(id);
             debug!(node = %id, dropped, "dropped the dead node's object locations");
             self.persist_node(id, record).await;
+            self.groups_lost_with_node(id, &reason).await;
             self.node_lost(id, &reason).await;
             self.owners_lost(id, &reason).await;
         }
@@ -137,6 +143,43 @@ impl HeadState {
 #[derive(Clone)]
 pub struct HeadService {
     pub(crate) state: Arc<HeadState>,
+}
+
+impl HeadService {
+    /// Whether a task or actor asking for `request` in `bundle` can ever run
+    /// there: the group exists, is not removed, has that bundle, and the
+    /// bundle holds the request.
+    fn check_bundle_request(
+        &self,
+        bundle: &photon_proto::v1::BundleRef,
+        request: &ResourceSet,
+    ) -> Result<(), String> {
+        let id = photon_proto::PlacementGroupId::from_slice(&bundle.group_id)
+            .map_err(|e| e.to_string())?;
+        let record = self
+            .state
+            .placement_groups
+            .get(id)
+            .ok_or_else(|| format!("placement group {id} does not exist"))?;
+        if record.state == PlacementGroupState::Removed as i32 {
+            return Err(format!("placement group {id} was removed"));
+        }
+        let bundles = record.spec.map(|s| s.bundles).unwrap_or_default();
+        let index = bundle.bundle_index as usize;
+        let Some(held) = bundles.get(index) else {
+            return Err(format!(
+                "placement group {id} has {} bundle(s); there is no bundle {index}",
+                bundles.len()
+            ));
+        };
+        let held = ResourceSet::from_proto(&held.resources);
+        if let Some((name, wanted, has)) = held.shortfall(request) {
+            return Err(format!(
+                "it needs {name} {wanted}, but bundle {index} of placement group {id} holds {has}"
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// How long the head tries to dial a newly registered node.
@@ -502,6 +545,10 @@ impl Head for HeadService {
                 "actor {id} requests {gpus} GPUs: requests above 1 GPU must be whole numbers"
             )));
         }
+        if let Some(bundle) = &spec.placement {
+            self.check_bundle_request(bundle, &request)
+                .map_err(|e| Status::invalid_argument(format!("actor {id}: {e}")))?;
+        }
         if !spec.name.is_empty()
             && let Some(existing) = self.state.actors.find_by_name(&spec.name)
             && existing.state != ActorState::Dead as i32
@@ -627,6 +674,71 @@ impl Head for HeadService {
         blocking(move || persistence.update_lineage(&update.add, &remove)).await?;
         Ok(Response::new(LineageUpdateReply {
             records: records as u64,
+        }))
+    }
+
+    async fn create_placement_group(
+        &self,
+        request: Request<PlacementGroupSpec>,
+    ) -> Result<Response<PlacementGroupRecord>, Status> {
+        let spec = request.into_inner();
+        let id = crate::placement_groups::validate(&spec).map_err(Status::invalid_argument)?;
+        let record = PlacementGroupRecord {
+            state: PlacementGroupState::Pending as i32,
+            reason: "waiting for placement".into(),
+            bundle_nodes: vec![Vec::new(); spec.bundles.len()],
+            bundle_addresses: vec![String::new(); spec.bundles.len()],
+            spec: Some(spec),
+        };
+        if !self.state.placement_groups.insert(id, record.clone()) {
+            return Err(Status::already_exists(format!(
+                "placement group {id} already exists"
+            )));
+        }
+        self.state.save_group(id, record).await;
+        self.state.place_waiting().await;
+        Ok(Response::new(
+            self.state.placement_groups.get(id).expect("just inserted"),
+        ))
+    }
+
+    async fn get_placement_group(
+        &self,
+        request: Request<GetPlacementGroupRequest>,
+    ) -> Result<Response<PlacementGroupRecord>, Status> {
+        let id = photon_proto::PlacementGroupId::from_slice(&request.into_inner().group_id)?;
+        self.state
+            .placement_groups
+            .get(id)
+            .map(Response::new)
+            .ok_or_else(|| {
+                Status::not_found(format!("placement group {id} is not known to the head"))
+            })
+    }
+
+    async fn remove_placement_group(
+        &self,
+        request: Request<RemovePlacementGroupRequest>,
+    ) -> Result<Response<PlacementGroupRecord>, Status> {
+        let id = photon_proto::PlacementGroupId::from_slice(&request.into_inner().group_id)?;
+        let removed = self
+            .state
+            .remove_group(id, "removed by request")
+            .await
+            .ok_or_else(|| {
+                Status::not_found(format!("placement group {id} is not known to the head"))
+            })?;
+        // Its resources are free again: waiting groups and actors may fit now.
+        self.state.place_waiting().await;
+        Ok(Response::new(removed))
+    }
+
+    async fn list_placement_groups(
+        &self,
+        _: Request<ListPlacementGroupsRequest>,
+    ) -> Result<Response<ListPlacementGroupsReply>, Status> {
+        Ok(Response::new(ListPlacementGroupsReply {
+            groups: self.state.placement_groups.all(),
         }))
     }
 

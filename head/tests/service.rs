@@ -130,3 +130,81 @@ async fn kv_survives_a_head_restart_and_needs_the_token() {
         .into_inner();
     assert_eq!(got.value.as_deref(), Some(&b"one"[..]));
 }
+
+#[tokio::test]
+async fn placement_groups_are_checked_and_survive_a_head_restart() {
+    use photon_proto::v1::{
+        Bundle, GetPlacementGroupRequest, ListPlacementGroupsRequest, PlacementGroupSpec,
+        PlacementGroupState, PlacementStrategy, RemovePlacementGroupRequest,
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let (address, stop) = start_head(dir.path()).await;
+    let mut head = client(&address, "secret").await;
+    let id = photon_proto::PlacementGroupId::random();
+    let gpu = |n: i64| Bundle {
+        resources: [("GPU".to_string(), n * 10_000)].into(),
+    };
+    let spec = PlacementGroupSpec {
+        group_id: id.to_vec(),
+        name: "llm".into(),
+        bundles: vec![gpu(1), gpu(1)],
+        strategy: PlacementStrategy::StrictPack as i32,
+        job_id: vec![0, 0, 0, 1],
+    };
+    let empty = head
+        .create_placement_group(PlacementGroupSpec {
+            group_id: photon_proto::PlacementGroupId::random().to_vec(),
+            bundles: vec![Bundle::default()],
+            ..spec.clone()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(empty.code(), Code::InvalidArgument);
+    assert!(empty.message().contains("bundle 0"), "{}", empty.message());
+
+    let created = head
+        .create_placement_group(spec.clone())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(created.state, PlacementGroupState::Pending as i32);
+    assert_eq!(created.reason, "no live nodes in the cluster");
+    stop.send(()).unwrap();
+    drop(head);
+
+    let mut restarted = None;
+    for _ in 0..100 {
+        if photon_head::Persistence::open(dir.path()).is_ok() {
+            restarted = Some(start_head(dir.path()).await);
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let (address, _stop) = restarted.expect("the head's database is released");
+    let mut head = client(&address, "secret").await;
+    let again = head
+        .get_placement_group(GetPlacementGroupRequest {
+            group_id: id.to_vec(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(again.spec, Some(spec));
+    assert_eq!(again.state, PlacementGroupState::Pending as i32);
+    let removed = head
+        .remove_placement_group(RemovePlacementGroupRequest {
+            group_id: id.to_vec(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(removed.state, PlacementGroupState::Removed as i32);
+    let listed = head
+        .list_placement_groups(ListPlacementGroupsRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .groups;
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].state, PlacementGroupState::Removed as i32);
+}

@@ -141,6 +141,11 @@ byte_id!(
     WorkerId,
     16
 );
+byte_id!(
+    /// A placement group: bundles of resources reserved together. Random.
+    PlacementGroupId,
+    16
+);
 
 /// Top bit of an object index: set for objects made by `put`.
 const PUT_INDEX_BIT: u32 = 1 << 31;
@@ -304,6 +309,13 @@ fn random_16() -> [u8; 16] {
 
 impl NodeId {
     /// A fresh random node ID.
+    pub fn random() -> Self {
+        Self(random_16())
+    }
+}
+
+impl PlacementGroupId {
+    /// A fresh random placement group ID.
     pub fn random() -> Self {
         Self(random_16())
     }

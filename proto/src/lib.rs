@@ -26,7 +26,7 @@ pub mod tls;
 mod version;
 mod version_service;
 
-pub use ids::{ActorId, InvalidId, JobId, NodeId, ObjectId, TaskId, WorkerId};
+pub use ids::{ActorId, InvalidId, JobId, NodeId, ObjectId, PlacementGroupId, TaskId, WorkerId};
 pub use process::process_started;
 pub use resources::{InvalidQuantity, Quantity, ResourceSet, UNITS_PER_WHOLE, names};
 pub use version::{PROTOCOL_VERSION, VersionMismatch, check_protocol_version};

@@ -6,7 +6,7 @@
 //! another); others follow a hybrid policy — pack onto nodes (in registration
 //! order) until they are half used, then spread to the least used.
 
-use crate::v1::{NodeRecord, NodeState};
+use crate::v1::{NodeRecord, NodeState, PlacementStrategy};
 use crate::{Quantity, ResourceSet, names};
 
 /// Past this share of its CPUs in use, a node is no longer packed onto.
@@ -89,9 +89,202 @@ pub fn choose_node<'a>(
     Ok(chosen.expect("fits is not empty"))
 }
 
+/// Places a placement group's bundles by `strategy` on the live `nodes`
+/// (sorted by registration): the index of each bundle's node, or why the
+/// group cannot be placed now ("infeasible: …" when no cluster of these nodes
+/// could ever hold it, "waiting for resources: …" when it waits for room).
+/// Within what the strategy allows, bundles go where `choose_node` would put
+/// them: GPU bundles best fit, others packed before spread.
+pub fn place_bundles(
+    bundles: &[ResourceSet],
+    strategy: PlacementStrategy,
+    nodes: &[NodeRecord],
+) -> Result<Vec<usize>, String> {
+    let alive: Vec<usize> = (0..nodes.len())
+        .filter(|&i| nodes[i].state == NodeState::Alive as i32)
+        .collect();
+    if alive.is_empty() {
+        return Err("no live nodes in the cluster".into());
+    }
+    let total_of = |i: usize| {
+        nodes[i]
+            .info
+            .as_ref()
+            .map(|info| ResourceSet::from_proto(&info.total))
+            .unwrap_or_default()
+    };
+    let name = strategy_name(strategy);
+    for (index, bundle) in bundles.iter().enumerate() {
+        if !alive.iter().any(|&i| total_of(i).contains(bundle)) {
+            return Err(format!(
+                "infeasible: bundle {index} ({bundle}) fits no live node's total resources; add a node with it"
+            ));
+        }
+    }
+    let mut sum = ResourceSet::new();
+    bundles.iter().for_each(|b| sum.add(b));
+    match strategy {
+        PlacementStrategy::StrictPack if !alive.iter().any(|&i| total_of(i).contains(&sum)) => {
+            return Err(format!(
+                "infeasible: {name} needs {sum} on one node, and no live node has that in total"
+            ));
+        }
+        PlacementStrategy::StrictSpread if alive.len() < bundles.len() => {
+            return Err(format!(
+                "infeasible: {name} needs {} nodes, one per bundle, and {} are live",
+                bundles.len(),
+                alive.len()
+            ));
+        }
+        _ => {}
+    }
+    // Free resources as placing proceeds: each bundle takes from its node.
+    let mut free: Vec<ResourceSet> = nodes
+        .iter()
+        .map(|n| ResourceSet::from_proto(&n.available))
+        .collect();
+    let one_node = || {
+        alive
+            .iter()
+            .copied()
+            .filter(|&i| free[i].contains(&sum))
+            .min_by_key(|&i| (free[i].get(names::GPU), free[i].get(names::CPU)))
+    };
+    if matches!(
+        strategy,
+        PlacementStrategy::Pack | PlacementStrategy::StrictPack
+    ) && let Some(node) = one_node()
+    {
+        return Ok(vec![node; bundles.len()]);
+    }
+    if strategy == PlacementStrategy::StrictPack {
+        return Err(format!(
+            "waiting for resources: {name} needs {sum} free on one node, and none has it now"
+        ));
+    }
+    let mut placed: Vec<usize> = Vec::with_capacity(bundles.len());
+    for (index, bundle) in bundles.iter().enumerate() {
+        let fits: Vec<usize> = alive
+            .iter()
+            .copied()
+            .filter(|&i| free[i].contains(bundle))
+            .collect();
+        let unused: Vec<usize> = fits
+            .iter()
+            .copied()
+            .filter(|i| !placed.contains(i))
+            .collect();
+        let best_fit = |candidates: &[usize]| {
+            candidates
+                .iter()
+                .copied()
+                .min_by_key(|&i| (free[i].get(names::GPU), free[i].get(names::CPU)))
+        };
+        let chosen = match strategy {
+            // Nodes this group already uses first, then the fullest that fits.
+            PlacementStrategy::Pack => fits
+                .iter()
+                .copied()
+                .find(|i| placed.contains(i))
+                .or_else(|| best_fit(&fits)),
+            PlacementStrategy::Spread => best_fit(&unused).or_else(|| best_fit(&fits)),
+            PlacementStrategy::StrictSpread => best_fit(&unused),
+            PlacementStrategy::StrictPack => unreachable!("placed on one node above"),
+        };
+        let Some(node) = chosen else {
+            let how = if strategy == PlacementStrategy::StrictSpread {
+                " on a node of its own"
+            } else {
+                ""
+            };
+            return Err(format!(
+                "waiting for resources: bundle {index} ({bundle}) is not free{how} on any node now ({name})"
+            ));
+        };
+        free[node].subtract(bundle);
+        placed.push(node);
+    }
+    Ok(placed)
+}
+
+/// The strategy as users write it.
+pub fn strategy_name(strategy: PlacementStrategy) -> &'static str {
+    match strategy {
+        PlacementStrategy::Pack => "PACK",
+        PlacementStrategy::Spread => "SPREAD",
+        PlacementStrategy::StrictPack => "STRICT_PACK",
+        PlacementStrategy::StrictSpread => "STRICT_SPREAD",
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn cpu_gpu(cpus: i64, gpus: i64) -> ResourceSet {
+        ResourceSet::new()
+            .with("CPU", Quantity::whole(cpus))
+            .with("GPU", Quantity::whole(gpus))
+    }
+
+    fn gpu_node(gpus: i64, free_gpus: i64) -> NodeRecord {
+        node(4, gpus, free_gpus * 10_000, None)
+    }
+
+    #[test]
+    fn strict_pack_takes_one_node_or_waits_with_the_reason() {
+        let one_gpu = [cpu_gpu(1, 1), cpu_gpu(1, 1)];
+        let nodes = [gpu_node(1, 1), gpu_node(2, 2)];
+        assert_eq!(
+            place_bundles(&one_gpu, PlacementStrategy::StrictPack, &nodes).unwrap(),
+            [1, 1]
+        );
+        let split = [gpu_node(1, 1), gpu_node(1, 1)];
+        let infeasible =
+            place_bundles(&one_gpu, PlacementStrategy::StrictPack, &split).unwrap_err();
+        assert!(
+            infeasible.starts_with("infeasible: STRICT_PACK needs")
+                && infeasible.contains("GPU: 2"),
+            "{infeasible}"
+        );
+        let busy = [gpu_node(1, 1), gpu_node(2, 1)];
+        let waiting = place_bundles(&one_gpu, PlacementStrategy::StrictPack, &busy).unwrap_err();
+        assert!(
+            waiting.starts_with("waiting for resources: STRICT_PACK"),
+            "{waiting}"
+        );
+        // PACK falls back to several nodes.
+        assert_eq!(
+            place_bundles(&one_gpu, PlacementStrategy::Pack, &split).unwrap(),
+            [0, 1]
+        );
+    }
+
+    #[test]
+    fn strict_spread_needs_a_node_per_bundle() {
+        let bundles = [cpu_gpu(1, 0), cpu_gpu(1, 0), cpu_gpu(1, 0)];
+        let nodes = [gpu_node(0, 0), gpu_node(0, 0), gpu_node(0, 0)];
+        let mut placed = place_bundles(&bundles, PlacementStrategy::StrictSpread, &nodes).unwrap();
+        placed.sort_unstable();
+        assert_eq!(placed, [0, 1, 2]);
+        let short =
+            place_bundles(&bundles, PlacementStrategy::StrictSpread, &nodes[..2]).unwrap_err();
+        assert!(
+            short.contains("needs 3 nodes, one per bundle, and 2 are live"),
+            "{short}"
+        );
+        // SPREAD reuses nodes when it must.
+        let placed = place_bundles(&bundles, PlacementStrategy::Spread, &nodes[..2]).unwrap();
+        assert_eq!(placed.len(), 3);
+        assert_ne!(placed[0], placed[1]);
+    }
+
+    #[test]
+    fn a_bundle_no_node_could_hold_is_infeasible() {
+        let nodes = [gpu_node(1, 1)];
+        let err = place_bundles(&[cpu_gpu(1, 2)], PlacementStrategy::Pack, &nodes).unwrap_err();
+        assert!(err.starts_with("infeasible: bundle 0"), "{err}");
+    }
     use crate::NodeId;
     use crate::v1::NodeInfo;
 

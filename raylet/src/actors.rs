@@ -8,8 +8,9 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
+use photon_proto::v1::BundleRef;
 use photon_proto::v1::{ActorExit, ActorSpec, RunningActor, StartActorReply};
-use photon_proto::{ActorId, NodeId, Quantity, ResourceSet, WorkerId, names};
+use photon_proto::{ActorId, NodeId, PlacementGroupId, Quantity, ResourceSet, WorkerId, names};
 use tokio::sync::Notify;
 use tokio::sync::broadcast::error::RecvError;
 use tonic::Status;
@@ -19,10 +20,22 @@ use crate::gpu::{GpuGrant, GpuPool};
 use crate::head_link::HeadLink;
 use crate::worker_pool::{Worker, WorkerPool, WorkerSpec};
 
+/// The key of a bundle named in a request.
+pub fn bundle_key(bundle: &BundleRef) -> Result<BundleKey, Status> {
+    Ok((
+        PlacementGroupId::from_slice(&bundle.group_id)?,
+        bundle.bundle_index,
+    ))
+}
+
 /// Environment variable naming the actor a worker runs.
 pub const ACTOR_ID_ENV: &str = "PHOTON_ACTOR_ID";
 
-/// Resources taken from the node for an actor or a task lease.
+/// A placement group's bundle: the group and the bundle's index.
+pub type BundleKey = (PlacementGroupId, u32);
+
+/// Resources taken from the node (or from a placement group bundle on it)
+/// for an actor, a task lease or a bundle.
 #[derive(Debug)]
 pub struct Reservation {
     /// Everything but GPUs.
@@ -31,6 +44,74 @@ pub struct Reservation {
     grant: Option<GpuGrant>,
     /// `CUDA_VISIBLE_DEVICES` for the grant (empty without GPUs).
     pub devices: String,
+    /// The bundle it was taken from (`None`: the node's free resources).
+    pub bundle: Option<BundleKey>,
+}
+
+/// Free resources to reserve from: the node's, or a bundle's.
+#[derive(Debug)]
+struct Pool {
+    /// Free resources other than GPUs (GPUs are tracked per instance).
+    available: ResourceSet,
+    gpus: GpuPool,
+}
+
+impl Pool {
+    /// Takes `request` (GPU instances best fit); `whose` names the pool in errors.
+    fn reserve(&mut self, request: &ResourceSet, whose: &str) -> Result<Reservation, Status> {
+        let mut others = request.clone();
+        others.set(names::GPU, Quantity::ZERO);
+        if let Some((name, wanted, free)) = self.available.shortfall(&others) {
+            return Err(Status::resource_exhausted(format!(
+                "needs {name} {wanted}, {whose} has {free} free"
+            )));
+        }
+        let gpu_request = request.get(names::GPU);
+        let grant = if gpu_request > Quantity::ZERO {
+            Some(
+                self.gpus
+                    .allocate(gpu_request)
+                    .map_err(|e| Status::resource_exhausted(e.to_string()))?,
+            )
+        } else {
+            None
+        };
+        let devices = grant
+            .as_ref()
+            .map(|g| self.gpus.visible_devices(g))
+            .unwrap_or_default();
+        self.available.subtract(&others);
+        Ok(Reservation {
+            others,
+            grant,
+            devices,
+            bundle: None,
+        })
+    }
+
+    fn unreserve(&mut self, reservation: &Reservation) {
+        self.available.add(&reservation.others);
+        if let Some(grant) = &reservation.grant {
+            self.gpus.release(grant);
+        }
+    }
+
+    /// Everything free, GPUs included.
+    fn free(&self) -> ResourceSet {
+        let mut free = self.available.clone();
+        free.set(names::GPU, self.gpus.free_total());
+        free
+    }
+}
+
+/// A bundle reserved on this node.
+struct Bundle {
+    /// What it took from the node.
+    reservation: Reservation,
+    /// What is left of it for tasks and actors in it.
+    pool: Pool,
+    /// All it holds (to tell "not now" from "never").
+    total: ResourceSet,
 }
 
 struct Running {
@@ -50,9 +131,10 @@ impl Running {
 }
 
 struct Ledger {
-    /// Free resources other than GPUs (GPUs are tracked per instance).
-    available: ResourceSet,
-    gpus: GpuPool,
+    /// The node's free resources.
+    node: Pool,
+    /// Placement group bundles reserved here.
+    bundles: HashMap<BundleKey, Bundle>,
     actors: HashMap<ActorId, Running>,
     /// Constructor failures reported by actor workers, until their exit is reported.
     constructor_errors: HashMap<WorkerId, String>,
@@ -76,8 +158,11 @@ impl ActorHost {
             total: total.clone(),
             freed: Notify::new(),
             ledger: Mutex::new(Ledger {
-                available,
-                gpus: GpuPool::new(gpu_ids),
+                node: Pool {
+                    available,
+                    gpus: GpuPool::new(gpu_ids),
+                },
+                bundles: HashMap::new(),
                 actors: HashMap::new(),
                 constructor_errors: HashMap::new(),
             }),
@@ -99,9 +184,7 @@ impl ActorHost {
 
     /// What is free now, GPUs included, for heartbeats.
     pub fn available(&self) -> ResourceSet {
-        let ledger = self.lock();
-        let mut available = ledger.available.clone();
-        available.set(names::GPU, ledger.gpus.free_total());
+        let mut available = self.lock().node.free();
         // Oversubscribed by a resumed worker: nothing is free.
         let cpus = available.get(names::CPU).max(Quantity::ZERO);
         available.set(names::CPU, cpus);
@@ -128,41 +211,40 @@ impl ActorHost {
     }
 
     /// Takes `request` from the node's free resources (GPU instances best
-    /// fit), or says what is short (RESOURCE_EXHAUSTED).
-    pub fn reserve(&self, request: &ResourceSet) -> Result<Reservation, Status> {
-        let mut ledger = self.lock();
-        Self::reserve_locked(&mut ledger, request)
+    /// fit), or from `bundle`'s when given, or says what is short
+    /// (RESOURCE_EXHAUSTED; NOT_FOUND for a bundle not reserved here;
+    /// OUT_OF_RANGE for a request the bundle could never hold).
+    pub fn reserve(
+        &self,
+        request: &ResourceSet,
+        bundle: Option<BundleKey>,
+    ) -> Result<Reservation, Status> {
+        Self::reserve_locked(&mut self.lock(), request, bundle)
     }
 
-    fn reserve_locked(ledger: &mut Ledger, request: &ResourceSet) -> Result<Reservation, Status> {
-        let mut others = request.clone();
-        others.set(names::GPU, Quantity::ZERO);
-        if let Some((name, wanted, free)) = ledger.available.shortfall(&others) {
-            return Err(Status::resource_exhausted(format!(
-                "needs {name} {wanted}, this node has {free} free"
+    fn reserve_locked(
+        ledger: &mut Ledger,
+        request: &ResourceSet,
+        bundle: Option<BundleKey>,
+    ) -> Result<Reservation, Status> {
+        let Some(key) = bundle else {
+            return ledger.node.reserve(request, "this node");
+        };
+        let (group, index) = key;
+        let Some(reserved) = ledger.bundles.get_mut(&key) else {
+            return Err(Status::not_found(format!(
+                "placement group {group} has no bundle {index} on this node (it was removed, or placed elsewhere)"
+            )));
+        };
+        if let Some((name, wanted, held)) = reserved.total.shortfall(request) {
+            return Err(Status::out_of_range(format!(
+                "needs {name} {wanted}, but bundle {index} of placement group {group} holds {held}"
             )));
         }
-        let gpu_request = request.get(names::GPU);
-        let grant = if gpu_request > Quantity::ZERO {
-            Some(
-                ledger
-                    .gpus
-                    .allocate(gpu_request)
-                    .map_err(|e| Status::resource_exhausted(e.to_string()))?,
-            )
-        } else {
-            None
-        };
-        let devices = grant
-            .as_ref()
-            .map(|g| ledger.gpus.visible_devices(g))
-            .unwrap_or_default();
-        ledger.available.subtract(&others);
-        Ok(Reservation {
-            others,
-            grant,
-            devices,
-        })
+        let whose = format!("bundle {index} of placement group {group}");
+        let mut reservation = reserved.pool.reserve(request, &whose)?;
+        reservation.bundle = Some(key);
+        Ok(reservation)
     }
 
     /// Gives a reservation's resources back and wakes whoever waits for them.
@@ -172,10 +254,70 @@ impl ActorHost {
     }
 
     fn unreserve_locked(ledger: &mut Ledger, reservation: &Reservation) {
-        ledger.available.add(&reservation.others);
-        if let Some(grant) = &reservation.grant {
-            ledger.gpus.release(grant);
+        match reservation.bundle {
+            None => ledger.node.unreserve(reservation),
+            // A released bundle gave everything back already.
+            Some(key) => {
+                if let Some(bundle) = ledger.bundles.get_mut(&key) {
+                    bundle.pool.unreserve(reservation);
+                }
+            }
         }
+    }
+
+    /// Reserves a placement group bundle from the node's free resources.
+    /// Reserving one already held is a no-op (the head retried).
+    pub fn reserve_bundle(&self, key: BundleKey, request: &ResourceSet) -> Result<(), Status> {
+        let mut ledger = self.lock();
+        if ledger.bundles.contains_key(&key) {
+            return Ok(());
+        }
+        let reservation = ledger.node.reserve(request, "this node")?;
+        let mut others = reservation.others.clone();
+        others.set(names::GPU, Quantity::ZERO);
+        let gpus = match &reservation.grant {
+            Some(grant) => ledger.node.gpus.sub_pool(grant),
+            None => GpuPool::new(Vec::new()),
+        };
+        ledger.bundles.insert(
+            key,
+            Bundle {
+                reservation,
+                pool: Pool {
+                    available: others,
+                    gpus,
+                },
+                total: request.clone(),
+            },
+        );
+        info!(group = %key.0, bundle = key.1, resources = %request, "bundle reserved");
+        Ok(())
+    }
+
+    /// Gives a bundle back to the node; returns the workers of the actors
+    /// that ran in it, for the caller to end (their exits are reported as usual).
+    pub fn release_bundle(&self, key: BundleKey) -> Vec<WorkerId> {
+        let workers = {
+            let mut ledger = self.lock();
+            let Some(bundle) = ledger.bundles.remove(&key) else {
+                return Vec::new();
+            };
+            ledger.node.unreserve(&bundle.reservation);
+            ledger
+                .actors
+                .values()
+                .filter(|running| running.reservation.bundle == Some(key))
+                .map(|running| running.worker.id)
+                .collect::<Vec<_>>()
+        };
+        self.freed.notify_waiters();
+        info!(group = %key.0, bundle = key.1, actors = workers.len(), "bundle released");
+        workers
+    }
+
+    /// The bundles reserved here.
+    pub fn bundles(&self) -> Vec<BundleKey> {
+        self.lock().bundles.keys().copied().collect()
     }
 
     /// A leased worker blocked on objects lends the CPUs of `reservation`
@@ -195,9 +337,16 @@ impl ActorHost {
     fn shift_cpus(&self, reservation: &Reservation, lend: bool) {
         let cpus = reservation.others.get(names::CPU);
         let mut ledger = self.lock();
-        let free = ledger.available.get(names::CPU);
+        let pool = match reservation.bundle {
+            None => &mut ledger.node,
+            Some(key) => match ledger.bundles.get_mut(&key) {
+                Some(bundle) => &mut bundle.pool,
+                None => return,
+            },
+        };
+        let free = pool.available.get(names::CPU);
         let free = if lend { free + cpus } else { free - cpus };
-        ledger.available.set(names::CPU, free);
+        pool.available.set(names::CPU, free);
     }
 
     /// Notified whenever resources come back.
@@ -245,7 +394,8 @@ impl ActorHost {
             // The head retried a start whose reply it lost: same answer.
             return Ok(running.reply());
         }
-        let reservation = Self::reserve_locked(&mut ledger, &request)?;
+        let bundle = spec.placement.as_ref().map(bundle_key).transpose()?;
+        let reservation = Self::reserve_locked(&mut ledger, &request, bundle)?;
         let mut env: std::collections::BTreeMap<String, String> =
             spec.env.clone().into_iter().collect();
         env.insert(ACTOR_ID_ENV.into(), id.to_string());

@@ -163,6 +163,19 @@ impl GpuPool {
         }
     }
 
+    /// The instances of `grant`, as a pool of their granted amounts (a
+    /// placement group bundle's GPUs, which its tasks and actors share).
+    pub fn sub_pool(&self, grant: &GpuGrant) -> GpuPool {
+        GpuPool {
+            ids: grant
+                .parts
+                .iter()
+                .map(|&(index, _)| self.ids[index].clone())
+                .collect(),
+            free: grant.parts.iter().map(|&(_, amount)| amount).collect(),
+        }
+    }
+
     /// The `CUDA_VISIBLE_DEVICES` value for a worker holding `grant`.
     pub fn visible_devices(&self, grant: &GpuGrant) -> String {
         grant
@@ -229,6 +242,20 @@ mod tests {
             pool.allocate(q(1.5)).unwrap_err(),
             GpuRequestError::NotWhole(q(1.5))
         );
+    }
+
+    #[test]
+    fn a_sub_pool_shares_out_only_the_granted_instances() {
+        let mut pool = gpus(4);
+        let _first = pool.allocate(q(1.0)).unwrap();
+        let bundle = pool.allocate(q(2.0)).unwrap();
+        let mut inside = pool.sub_pool(&bundle);
+        assert_eq!(inside.free_total(), q(2.0));
+        let a = inside.allocate(q(1.0)).unwrap();
+        let b = inside.allocate(q(0.5)).unwrap();
+        assert_eq!(inside.visible_devices(&a), "1");
+        assert_eq!(inside.visible_devices(&b), "2");
+        assert!(inside.allocate(q(1.0)).is_err(), "only half a GPU is left");
     }
 
     #[test]

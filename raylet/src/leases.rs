@@ -17,7 +17,7 @@ use tokio::sync::broadcast::error::RecvError;
 use tonic::Status;
 use tracing::{debug, warn};
 
-use crate::actors::{ActorHost, Reservation};
+use crate::actors::{ActorHost, BundleKey, Reservation, bundle_key};
 use crate::head_link::HeadLink;
 use crate::worker_directory::WorkerDirectory;
 use crate::worker_pool::{Worker, WorkerPool, WorkerSpec};
@@ -129,7 +129,9 @@ impl LeaseManager {
     pub async fn request(&self, request: WorkerLeaseRequest) -> Result<WorkerLeaseReply, Status> {
         let resources = ResourceSet::from_proto(&request.resources);
         debug!(?resources, program = %request.program, "lease requested");
-        if !self.host.total().contains(&resources) {
+        // A task in a placement group runs in its bundle here, or nowhere.
+        let bundle = request.placement.as_ref().map(bundle_key).transpose()?;
+        if bundle.is_none() && !self.host.total().contains(&resources) {
             return self.elsewhere(&resources, request.no_spillback).await;
         }
         let mut pending = PendingLease {
@@ -145,14 +147,28 @@ impl LeaseManager {
             let freed = self.host.freed().notified();
             tokio::pin!(freed);
             freed.as_mut().enable();
-            match self.host.reserve(&resources) {
+            match self.host.reserve(&resources, bundle) {
                 Ok(reservation) => pending.reservation = Some(reservation),
+                Err(status)
+                    if matches!(
+                        status.code(),
+                        tonic::Code::NotFound | tonic::Code::OutOfRange
+                    ) =>
+                {
+                    return Ok(WorkerLeaseReply {
+                        infeasible: status.message().to_string(),
+                        ..Default::default()
+                    });
+                }
                 Err(_) => {
-                    if waiting.is_none() {
+                    if waiting.is_none() && bundle.is_none() {
                         waiting = Some(self.host.demand().wait(&resources));
                         self.prestart_for(&request, &resources);
                     }
-                    if !request.no_spillback && last_spill_check.elapsed() >= SPILLBACK_CHECK {
+                    if !request.no_spillback
+                        && bundle.is_none()
+                        && last_spill_check.elapsed() >= SPILLBACK_CHECK
+                    {
                         last_spill_check = Instant::now();
                         if let Some(address) = self.node_with_room(&resources).await {
                             return Ok(WorkerLeaseReply {
@@ -249,6 +265,21 @@ impl LeaseManager {
             .lock()
             .iter()
             .filter(|(_, lease)| lease.owner == (job.clone(), owner_tag))
+            .map(|(worker, _)| *worker)
+            .collect();
+        for worker in &workers {
+            self.pool.kill(*worker);
+        }
+        workers.len() as u32
+    }
+
+    /// Kills the workers leased from a bundle being released; their leases
+    /// end as the pool reports their exits. Returns how many.
+    pub fn kill_in_bundle(&self, key: BundleKey) -> u32 {
+        let workers: Vec<WorkerId> = self
+            .lock()
+            .iter()
+            .filter(|(_, lease)| lease.reservation.bundle == Some(key))
             .map(|(worker, _)| *worker)
             .collect();
         for worker in &workers {

@@ -11,7 +11,8 @@ use photon_proto::v1::{
     FetchObjectRequest, FreeJobObjectsReply, FreeJobObjectsRequest, GetObjectRequest,
     JobMemoryReply, JobMemoryRequest, KillJobWorkersReply, KillJobWorkersRequest, ObjectChunk,
     ObjectDescriptor, ProcessMemory, PullObjectRequest, PushObjectReply, RegisterWorkerReply,
-    RegisterWorkerRequest, ReleaseObjectReply, ReleaseObjectRequest, ReturnWorkerLeaseReply,
+    RegisterWorkerRequest, ReleaseBundleReply, ReleaseBundleRequest, ReleaseObjectReply,
+    ReleaseObjectRequest, ReserveBundleReply, ReserveBundleRequest, ReturnWorkerLeaseReply,
     ReturnWorkerLeaseRequest, SealObjectReply, SealObjectRequest, StartActorReply, StopActorReply,
     StopActorRequest, WatchOwnerReply, WatchOwnerRequest, WorkerBlockedReply, WorkerBlockedRequest,
     WorkerExitReply, WorkerExitRequest, WorkerLeaseReply, WorkerLeaseRequest,
@@ -110,6 +111,41 @@ impl Raylet for RayletService {
             owner_tag => self.leases.kill_owned_by(job, owner_tag),
         };
         Ok(Response::new(KillJobWorkersReply { killed }))
+    }
+
+    async fn reserve_bundle(
+        &self,
+        request: Request<ReserveBundleRequest>,
+    ) -> Result<Response<ReserveBundleReply>, Status> {
+        let request = request.into_inner();
+        let bundle = request
+            .bundle
+            .as_ref()
+            .ok_or_else(|| Status::invalid_argument("ReserveBundle names no bundle"))?;
+        let key = crate::actors::bundle_key(bundle)?;
+        let resources = photon_proto::ResourceSet::from_proto(&request.resources);
+        self.actors.reserve_bundle(key, &resources)?;
+        Ok(Response::new(ReserveBundleReply {}))
+    }
+
+    async fn release_bundle(
+        &self,
+        request: Request<ReleaseBundleRequest>,
+    ) -> Result<Response<ReleaseBundleReply>, Status> {
+        let request = request.into_inner();
+        let bundle = request
+            .bundle
+            .as_ref()
+            .ok_or_else(|| Status::invalid_argument("ReleaseBundle names no bundle"))?;
+        let key = crate::actors::bundle_key(bundle)?;
+        let actors = self.actors.release_bundle(key);
+        for worker in &actors {
+            self.pool.kill(*worker);
+        }
+        let leased = self.leases.kill_in_bundle(key);
+        Ok(Response::new(ReleaseBundleReply {
+            workers_ended: actors.len() as u32 + leased,
+        }))
     }
 
     async fn watch_owner(

@@ -9,8 +9,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use photon_proto::v1::{
-    ActorRecord, ActorSpec, ActorState, ConnectActorRequest, GetActorRequest, TaskArg as ProtoArg,
-    TaskSpec, task_arg, task_reply,
+    ActorRecord, ActorSpec, ActorState, BundleRef, ConnectActorRequest, GetActorRequest,
+    TaskArg as ProtoArg, TaskSpec, task_arg, task_reply,
 };
 use photon_proto::{ActorId, ObjectId, WorkerId};
 use tokio::sync::mpsc;
@@ -51,13 +51,7 @@ struct Call {
 /// A call as sent to the worker, with the argument references it holds.
 struct Sent {
     spec: TaskSpec,
-    _deps: Vec<Arc<RefHandle>>,
-}
-
-impl Call {
-    fn label(&self, class: &str) -> String {
-        method_label(class, self.method, &self.name)
-    }
+    deps: Vec<Arc<RefHandle>>,
 }
 
 struct InFlight {
@@ -67,7 +61,10 @@ struct InFlight {
     retries_left: u32,
     /// Order of sending, so calls sent again after a restart keep it.
     sequence: u64,
-    sent: Sent,
+    /// The call as sent, kept while it has retries left.
+    spec: Option<TaskSpec>,
+    /// Argument references held until it finishes.
+    deps: Vec<Arc<RefHandle>>,
 }
 
 impl InFlight {
@@ -227,6 +224,10 @@ impl ActorHandle {
             max_concurrency: options.max_concurrency,
             detached: options.detached,
             env: core.worker_env.clone(),
+            placement: options.bundle.map(|(group, index)| BundleRef {
+                group_id: group.to_vec(),
+                bundle_index: index,
+            }),
             ..Default::default()
         };
         core.head
@@ -484,25 +485,27 @@ async fn drive(
             if owner.fail_if_cancelled(call.returns, || call.label(class)) {
                 continue;
             }
-            if call.retries_left > 0 {
-                backlog.push(Call {
+            let label = call.label(class);
+            match call.spec {
+                Some(spec) => backlog.push(Call {
                     returns: call.returns,
                     method: call.method,
                     name: call.name,
                     retries_left: call.retries_left - 1,
                     args: Vec::new(),
-                    resolved: Some(Box::new(call.sent)),
-                });
-                continue;
+                    resolved: Some(Box::new(Sent {
+                        spec,
+                        deps: call.deps,
+                    })),
+                }),
+                None => owner.fail_returns(
+                    call.returns,
+                    Error::ActorDied {
+                        actor,
+                        reason: format!("its worker died while running {label}: {reason}"),
+                    },
+                ),
             }
-            let label = call.label(class);
-            owner.fail_returns(
-                call.returns,
-                Error::ActorDied {
-                    actor,
-                    reason: format!("its worker died while running {label}: {reason}"),
-                },
-            );
         }
         backlog.extend(pending);
     }
@@ -542,7 +545,6 @@ async fn send(
     sender: &mpsc::UnboundedSender<TaskSpec>,
     in_flight: &mut HashMap<Vec<u8>, InFlight>,
 ) {
-    let label = call.label(class);
     let sent = match call.resolved {
         Some(sent) => *sent,
         None => {
@@ -565,16 +567,24 @@ async fn send(
                 name: call.name.clone(),
                 ..Default::default()
             };
-            Sent { spec, _deps: deps }
+            Sent { spec, deps }
         }
     };
     // A cancel recorded before this is seen here; one recorded after is
     // handled by this same connection once the call is in flight (it tells
     // the worker).
-    if core.fail_if_cancelled(call.returns, || label) {
+    if core.fail_if_cancelled(call.returns, || {
+        method_label(class, call.method, &call.name)
+    }) {
         return;
     }
-    let spec = sent.spec.clone();
+    let Sent { spec, deps } = sent;
+    // Kept only for a call that may be sent again.
+    let (spec, kept) = if call.retries_left > 0 {
+        (spec.clone(), Some(spec))
+    } else {
+        (spec, None)
+    };
     in_flight.insert(
         spec.task_id.clone(),
         InFlight {
@@ -583,7 +593,8 @@ async fn send(
             name: call.name,
             retries_left: call.retries_left,
             sequence,
-            sent,
+            spec: kept,
+            deps,
         },
     );
     let _ = sender.send(spec);
@@ -597,10 +608,7 @@ fn complete(
 ) {
     if let Some(task_reply::Result::Progress(progress)) = &reply.result {
         if let Some(call) = in_flight.get(&reply.task_id) {
-            core.objects.set_progress(
-                call.returns.primary(),
-                crate::progress::from_proto(progress),
-            );
+            core.set_progress(call.returns, progress);
         }
         return;
     }
@@ -633,7 +641,11 @@ fn complete(
             node: failure.node_address,
             pid: failure.pid,
         },
-        Some(task_reply::Result::Progress(_)) | None => return,
+        Some(task_reply::Result::Progress(_)) => return,
+        None => Error::Cluster(format!(
+            "the worker replied to {} without a result",
+            call.label(class)
+        )),
     };
     core.fail_returns(call.returns, error);
 }

@@ -36,6 +36,7 @@ use crate::object_io::{self, INLINE_MAX, Mapping, ObjectBytes, ReadError};
 use crate::object_ref::{ArgKind, ObjectRef, RefHandle, TaskArg};
 use crate::objects::{ObjectState, ObjectTable};
 use crate::options::{ActorOptions, TaskOptions};
+use crate::placement_group::{Bundle, PlacementGroup, PlacementStrategy};
 use crate::returns::{CallReturns, Returns};
 use crate::submitter::{PendingTask, Submitter, task_label};
 
@@ -114,7 +115,8 @@ pub(crate) struct Core {
     task_counter: AtomicU64,
     put_counter: AtomicU32,
     raylets: Mutex<HashMap<String, RayletClient>>,
-    rebuilding: Mutex<HashSet<ObjectId>>,
+    /// Reruns in progress, by their task's first return: the returns waiting on each.
+    rebuilding: Mutex<HashMap<ObjectId, HashSet<ObjectId>>>,
     /// A worker's: tells its raylet while a task waits on objects.
     blocked: Option<Arc<crate::blocked::BlockedReporter>>,
     /// Results whose task (or actor call) the program cancelled, and
@@ -137,6 +139,11 @@ impl Core {
     /// The tag of this owner (0: a driver).
     pub(crate) fn owner_tag(&self) -> u32 {
         self.root_task.owner_tag()
+    }
+
+    /// The job this owner works for.
+    pub(crate) fn job_id(&self) -> JobId {
+        self.root_task.job_id()
     }
 
     /// A new counted reference to `id`.
@@ -178,7 +185,7 @@ impl Core {
         let Some(freed) = self.objects.release(id) else {
             return;
         };
-        self.take_cancel(id);
+        self.forget_cancel_of(id);
         self.lineage.object_freed(id);
         if let ObjectState::Stored { .. } = freed.state {
             drop(self.delete_copies(id));
@@ -259,6 +266,22 @@ impl Core {
         self.cancel_count.store(cancels.len(), Ordering::Release);
     }
 
+    /// A cancel of the call that made `id` is forgotten once none of the
+    /// call's returns is referenced any more (cancels are kept by the call's
+    /// first return, which may go before the others).
+    fn forget_cancel_of(&self, id: ObjectId) {
+        if self.cancel_count.load(Ordering::Acquire) == 0 || id.is_put() {
+            return;
+        }
+        let primary = Returns::primary_of(id);
+        if Returns::any_of(primary)
+            .ids()
+            .all(|id| self.objects.peek(id).is_none())
+        {
+            self.take_cancel(primary);
+        }
+    }
+
     /// Whether the call making `id` was cancelled (and by force), forgetting it.
     pub(crate) fn take_cancel(&self, id: ObjectId) -> Option<bool> {
         if self.cancel_count.load(Ordering::Acquire) == 0 {
@@ -304,9 +327,19 @@ impl Core {
         }
     }
 
-    /// Fails every return of a call with `error`.
-    pub(crate) fn fail_returns(&self, returns: Returns, error: Error) {
+    /// Records what a running call reported, on each of its returns.
+    pub(crate) fn set_progress(&self, returns: Returns, progress: &photon_proto::v1::TaskProgress) {
+        let progress = crate::progress::from_proto(progress);
         for id in returns.ids() {
+            self.objects.set_progress(id, progress);
+        }
+    }
+
+    /// Fails every return of a call that still waits for its value with
+    /// `error`. A return that has one is left alone: a rebuild of one return
+    /// reruns the call, and its failure must not spoil the others.
+    pub(crate) fn fail_returns(&self, returns: Returns, error: Error) {
+        for id in returns.ids().filter(|id| self.objects.is_pending(*id)) {
             self.objects.set(id, ObjectState::Failed(error.clone()));
         }
     }
@@ -315,6 +348,24 @@ impl Core {
     /// `result`, the others in `more_returns`). A stored value nobody
     /// references any more is deleted.
     pub(crate) fn set_results(self: &Arc<Self>, returns: Returns, reply: TaskReply) {
+        if returns.count() == 1 && reply.more_returns.is_empty() {
+            // The common case, without the general path's allocation.
+            let id = returns.primary();
+            let (state, stored) = match reply.result {
+                Some(task_reply::Result::Value(bytes)) => (ObjectState::Inline(bytes), false),
+                Some(task_reply::Result::Stored(stored)) => (
+                    ObjectState::Stored {
+                        address: stored.node_address,
+                    },
+                    true,
+                ),
+                _ => return,
+            };
+            if !self.objects.set(id, state) && stored {
+                drop(self.delete_copies(id));
+            }
+            return;
+        }
         let first = match reply.result {
             Some(task_reply::Result::Value(bytes)) => return_object::Result::Value(bytes),
             Some(task_reply::Result::Stored(stored)) => return_object::Result::Stored(stored),
@@ -352,7 +403,8 @@ impl Core {
     }
 
     /// Deletes what a reply stored for a call whose results nobody takes
-    /// (it was cancelled).
+    /// (it was cancelled); a return that has a value (a rebuild's sibling)
+    /// keeps its copies.
     pub(crate) fn discard_results(self: &Arc<Self>, returns: Returns, reply: &TaskReply) {
         let first = match &reply.result {
             Some(task_reply::Result::Stored(stored)) => {
@@ -371,7 +423,8 @@ impl Core {
         results: impl Iterator<Item = (ObjectId, &'a Option<return_object::Result>)>,
     ) {
         for (id, result) in results {
-            if let Some(return_object::Result::Stored(_)) = result {
+            let unused = matches!(self.objects.peek(id), None | Some(ObjectState::Pending));
+            if unused && let Some(return_object::Result::Stored(_)) = result {
                 drop(self.delete_copies(id));
             }
         }
@@ -422,14 +475,17 @@ impl Core {
             }
             // Keep the entry alive while rebuilding (the driver may not reference it).
             let _guard = self.new_ref(id, ObjectState::Pending);
+            // One rerun per task: the returns of a call are rebuilt together.
+            let task = Returns::primary_of(id);
             let leader = {
                 let mut rebuilding = self.rebuilding.lock().unwrap_or_else(|p| p.into_inner());
-                let leader = rebuilding.insert(id);
-                if leader {
+                let leader = !rebuilding.contains_key(&task);
+                if leader || !rebuilding[&task].contains(&id) {
                     // Pending before anyone else can look, so followers wait
                     // for this rebuild's outcome, not the stale location.
                     self.objects.set(id, ObjectState::Pending);
                 }
+                rebuilding.entry(task).or_default().insert(id);
                 leader
             };
             if !leader {
@@ -437,10 +493,31 @@ impl Core {
                 return Ok(());
             }
             let outcome = self.rebuild_once(id, why).await;
-            self.rebuilding
+            let waiting = self
+                .rebuilding
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
-                .remove(&id);
+                .remove(&task)
+                .unwrap_or_default();
+            // Siblings that joined this rerun after its reply came in wait
+            // still: a failed rerun fails them, a good one is run again for them.
+            for sibling in waiting.into_iter().filter(|s| *s != id) {
+                if !self.objects.is_pending(sibling) {
+                    continue;
+                }
+                match &outcome {
+                    Err(err) => {
+                        self.objects.set(sibling, ObjectState::Failed(err.clone()));
+                    }
+                    Ok(()) => {
+                        let core = self.clone();
+                        let why = format!("it joined the rebuild of {id} too late");
+                        self.runtime.spawn(async move {
+                            let _ = core.rebuild(sibling, why).await;
+                        });
+                    }
+                }
+            }
             if let Err(err) = &outcome {
                 // Nobody may wait on it forever.
                 self.objects.set(id, ObjectState::Failed(err.clone()));
@@ -494,6 +571,8 @@ impl Core {
         // The task makes all its returns again; the others' entries (if still
         // referenced) take the new copies.
         self.submitter.submit(PendingTask {
+            // A rebuild runs wherever it fits: the group may be gone.
+            bundle: None,
             returns: Returns::new(id.task_id(), spec.num_returns),
             retries_left: max_retries,
             retry_exceptions,
@@ -548,6 +627,7 @@ impl Core {
             ..Default::default()
         };
         let task = PendingTask {
+            bundle: options.bundle,
             returns,
             retries_left: options.max_retries,
             retry_exceptions: options.retry_exceptions,
@@ -582,12 +662,18 @@ impl Core {
                             self.lineage.record(id, &task.spec);
                         }
                     }
-                    if task.returns.ids().all(|id| self.objects.peek(id).is_none()) {
-                        // Its refs were dropped while arguments were pending:
-                        // nothing wants the results (recorded first, so no race).
-                        for id in task.returns.ids() {
-                            self.lineage.object_freed(id);
-                        }
+                    // Refs dropped while arguments were pending: their
+                    // records go (recorded first, so no race); with none
+                    // left, nothing wants the results.
+                    let dropped: Vec<ObjectId> = task
+                        .returns
+                        .ids()
+                        .filter(|id| self.objects.peek(*id).is_none())
+                        .collect();
+                    for id in &dropped {
+                        self.lineage.object_freed(*id);
+                    }
+                    if dropped.len() == task.returns.count() as usize {
                         return;
                     }
                     self.submitter.submit(task);
@@ -1274,6 +1360,27 @@ impl Context {
         self.core.request_cancel(id, force);
         self.core.submitter.cancel(id, force);
         Ok(())
+    }
+
+    /// Reserves `bundles` of resources together, on nodes chosen by
+    /// `strategy` (Ray's `placement_group`): all of them or none. Returns at
+    /// once; [`PlacementGroup::ready`] waits until they are reserved, and
+    /// `photon status` shows a pending group's reason. Tasks and actors run
+    /// in a bundle with `TaskOptions::placement_group` /
+    /// `ActorOptions::placement_group`. The group lasts until
+    /// [`PlacementGroup::remove`] or the end of this job.
+    pub fn placement_group(
+        &self,
+        name: &str,
+        bundles: Vec<Bundle>,
+        strategy: PlacementStrategy,
+    ) -> Result<PlacementGroup> {
+        self.block_on(PlacementGroup::create(
+            self.core.clone(),
+            name,
+            bundles,
+            strategy,
+        ))
     }
 
     /// Creates an actor (what the generated `Handle::new` calls).

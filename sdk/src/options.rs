@@ -4,16 +4,17 @@
 
 use std::collections::BTreeMap;
 
-use photon_proto::{Quantity, ResourceSet, names};
+use photon_proto::{PlacementGroupId, Quantity, ResourceSet, names};
 
 use crate::error::{Error, Result};
+use crate::placement_group::PlacementGroup;
 
 /// Resource requests as the user wrote them, checked when used.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub(crate) struct Resources(BTreeMap<String, f64>);
 
 impl Resources {
-    fn set(&mut self, name: &str, amount: f64) {
+    pub(crate) fn set(&mut self, name: &str, amount: f64) {
         self.0.insert(name.to_string(), amount);
     }
 
@@ -41,7 +42,11 @@ pub struct TaskOptions {
     pub(crate) max_retries: u32,
     pub(crate) retry_exceptions: bool,
     pub(crate) name: Option<String>,
+    pub(crate) bundle: Option<BundleChoice>,
 }
+
+/// A placement group bundle to run in: the group and the bundle's index.
+pub(crate) type BundleChoice = (PlacementGroupId, u32);
 
 impl Default for TaskOptions {
     fn default() -> Self {
@@ -59,7 +64,16 @@ impl TaskOptions {
             max_retries: 3,
             retry_exceptions: false,
             name: None,
+            bundle: None,
         }
+    }
+
+    /// Runs the task in bundle `bundle` of `group`, from the resources the
+    /// bundle reserved on its node (the task's own resource request must fit
+    /// in the bundle).
+    pub fn placement_group(mut self, group: &PlacementGroup, bundle: u32) -> Self {
+        self.bundle = Some((group.id(), bundle));
+        self
     }
 
     /// A name for this call, shown (with the function's) in its errors.
@@ -138,6 +152,7 @@ pub struct ActorOptions {
     pub(crate) max_concurrency: u32,
     pub(crate) name: Option<String>,
     pub(crate) detached: bool,
+    pub(crate) bundle: Option<BundleChoice>,
 }
 
 impl Default for ActorOptions {
@@ -157,7 +172,15 @@ impl ActorOptions {
             max_concurrency: 1,
             name: None,
             detached: false,
+            bundle: None,
         }
+    }
+
+    /// Runs the actor in bundle `bundle` of `group`, on the bundle's node and
+    /// from its reserved resources (the actor's request must fit in it).
+    pub fn placement_group(mut self, group: &PlacementGroup, bundle: u32) -> Self {
+        self.bundle = Some((group.id(), bundle));
+        self
     }
 
     /// CPUs the actor holds for its life.

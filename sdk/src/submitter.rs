@@ -10,8 +10,8 @@ use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use photon_proto::v1::{
-    ReturnWorkerLeaseRequest, TaskReply, TaskSpec, WorkerExitRequest, WorkerLeaseRequest,
-    task_reply,
+    BundleRef, ReturnWorkerLeaseRequest, TaskReply, TaskSpec, WorkerExitRequest,
+    WorkerLeaseRequest, task_reply,
 };
 use photon_proto::{ObjectId, WorkerId};
 use tokio::sync::{mpsc, oneshot};
@@ -24,6 +24,8 @@ use crate::clients;
 use crate::context::Core;
 use crate::error::{Error, KillReason};
 use crate::object_ref::RefHandle;
+use crate::options::BundleChoice;
+use crate::placement_group::bundle_raylet;
 use crate::returns::Returns;
 
 /// A leased worker with nothing to do is returned after this long.
@@ -41,6 +43,8 @@ pub(crate) struct PendingTask {
     pub(crate) retries_left: u32,
     pub(crate) retry_exceptions: bool,
     pub(crate) resources: HashMap<String, i64>,
+    /// The placement group bundle it runs in, if any.
+    pub(crate) bundle: Option<BundleChoice>,
     pub(crate) spec: TaskSpec,
     /// Argument references held until the task finishes.
     pub(crate) deps: Vec<Arc<RefHandle>>,
@@ -56,7 +60,21 @@ pub(crate) fn task_label(spec: &TaskSpec) -> String {
     }
 }
 
-type Shape = BTreeMap<String, i64>;
+/// Tasks that can share a lease: the same resources, in the same bundle (if any).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct Shape {
+    resources: BTreeMap<String, i64>,
+    bundle: Option<BundleChoice>,
+}
+
+impl Shape {
+    fn of(task: &PendingTask) -> Self {
+        Self {
+            resources: task.resources.clone().into_iter().collect(),
+            bundle: task.bundle,
+        }
+    }
+}
 
 struct Lease {
     worker: WorkerId,
@@ -248,7 +266,7 @@ impl Loop {
                     if core.fail_if_cancelled(task.returns, || task_label(&task.spec)) {
                         continue;
                     }
-                    let shape: Shape = task.resources.clone().into_iter().collect();
+                    let shape = Shape::of(&task);
                     self.shapes
                         .entry(shape.clone())
                         .or_default()
@@ -339,8 +357,8 @@ impl Loop {
         let wanted = state.queue.len().div_ceil(depth);
         while state.requests < wanted.min(MAX_PENDING_LEASES) {
             state.requests += 1;
-            let request = WorkerLeaseRequest {
-                resources: shape.clone().into_iter().collect(),
+            let mut request = WorkerLeaseRequest {
+                resources: shape.resources.clone().into_iter().collect(),
                 program: core.program.clone(),
                 env: core.worker_env.clone(),
                 owner_tag: core.owner_tag(),
@@ -349,10 +367,32 @@ impl Loop {
             let events = self.events.clone();
             let shape = shape.clone();
             let core = core.clone();
-            let raylet = self.local_raylet.clone();
-            debug!(?shape, queued = state.queue.len(), requests = state.requests, %raylet, "asking for a worker lease");
+            let local = self.local_raylet.clone();
+            debug!(
+                ?shape,
+                queued = state.queue.len(),
+                requests = state.requests,
+                "asking for a worker lease"
+            );
             tokio::spawn(async move {
-                let event = match request_lease(&core, raylet, request).await {
+                // A task in a bundle asks the bundle's node (once the group
+                // is created), and nowhere else.
+                let raylet = match shape.bundle {
+                    None => Ok(local),
+                    Some((group, index)) => {
+                        request.placement = Some(BundleRef {
+                            group_id: group.to_vec(),
+                            bundle_index: index,
+                        });
+                        request.no_spillback = true;
+                        bundle_raylet(&core, group, index).await
+                    }
+                };
+                let granted = match raylet {
+                    Ok(raylet) => request_lease(&core, raylet, request).await,
+                    Err(error) => Err(error),
+                };
+                let event = match granted {
                     Ok((raylet, worker, address)) => Event::Granted {
                         shape,
                         raylet,
@@ -469,10 +509,7 @@ impl Loop {
         };
         if let Some(task_reply::Result::Progress(progress)) = &reply.result {
             if let Some((task, _)) = lease.in_flight.get(&reply.task_id) {
-                core.objects.set_progress(
-                    task.returns.primary(),
-                    crate::progress::from_proto(progress),
-                );
+                core.set_progress(task.returns, progress);
             }
             return;
         }
@@ -558,8 +595,12 @@ impl Loop {
                     }
                 }
             }
-            // Progress was handled above; a reply without a result says nothing.
-            Some(task_reply::Result::Progress(_)) | None => {}
+            // Progress was handled above.
+            Some(task_reply::Result::Progress(_)) => {}
+            None => core.fail_returns(
+                task.returns,
+                Error::Cluster(format!("the worker replied to {function} without a result")),
+            ),
         }
         self.dispatch(core, &shape);
     }
@@ -591,7 +632,7 @@ impl Loop {
         if task.retries_left > 0 {
             task.retries_left -= 1;
             debug!(task = %task.spec.function, "retrying after worker death");
-            let shape: Shape = task.resources.clone().into_iter().collect();
+            let shape = Shape::of(&task);
             self.shapes
                 .entry(shape.clone())
                 .or_default()

@@ -28,7 +28,11 @@ pub fn raylet_entry() {
         config.store.capacity = spec["store"].as_u64().unwrap_or(256 << 20);
         config.store.spill_url = spec["spill"].as_str().map(String::from);
         config.resources.num_cpus = Some(2.0);
-        config.resources.custom = serde_json::from_value(spec["resources"].clone()).unwrap();
+        let mut custom: std::collections::BTreeMap<String, f64> =
+            serde_json::from_value(spec["resources"].clone()).unwrap();
+        // "GPU" is the built-in resource: that many GPU instances, as with --num-gpus.
+        config.resources.num_gpus = custom.remove("GPU").map(|n| n as u32);
+        config.resources.custom = custom;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let started = |info: &photon_raylet::RayletInfo| {
             println!("ADDRESS {} {}", info.address, info.node_id);
@@ -131,7 +135,7 @@ impl LoopbackCluster {
     }
 
     /// Starts a raylet (2 CPUs, a 256 MiB store) with custom `resources`
-    /// such as `{"stage_b": 1}`.
+    /// such as `{"stage_b": 1}` (`"GPU": n` gives it n GPU instances).
     pub fn raylet(&self, resources: serde_json::Value) -> Raylet {
         self.raylet_with_store(resources, 256 << 20)
     }

@@ -31,13 +31,13 @@ struct Method<'a> {
     return_types: Vec<Type>,
 }
 
-/// Whether `attr` is `#[photon::method(...)]` (or `#[method(...)]`), which this macro consumes.
+/// Whether `attr` is `#[photon::method(...)]`, which this macro consumes (spelled in full, so
+/// that another crate's `#[method]` is left alone).
 fn is_method_attr(attr: &Attribute) -> bool {
     let path = attr.path();
-    path.is_ident("method")
-        || (path.segments.len() == 2
-            && path.segments[0].ident == "photon"
-            && path.segments[1].ident == "method")
+    path.segments.len() == 2
+        && path.segments[0].ident == "photon"
+        && path.segments[1].ident == "method"
 }
 
 /// The method's options from its `#[photon::method(...)]` attribute (at most one).
@@ -796,7 +796,7 @@ mod tests {
             "{not_a_tuple}"
         );
         let private = error(with_ctor(quote!(
-            #[method(max_retries = 1)]
+            #[photon::method(max_retries = 1)]
             fn hidden(&self) {}
         )));
         assert!(private.contains("goes on `pub` methods"), "{private}");

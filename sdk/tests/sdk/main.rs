@@ -9,6 +9,7 @@ mod cluster;
 mod functions;
 mod nested;
 mod owners;
+mod placement;
 mod returns;
 
 use std::time::Duration;
@@ -552,6 +553,18 @@ fn main() {
         Trial::test(
             "cluster::a_lost_return_is_rebuilt_from_lineage",
             returns::a_lost_return_is_rebuilt_from_lineage,
+        ),
+        Trial::test(
+            "cluster::strict_pack_reserves_gpus_on_one_node_or_says_why_it_waits",
+            placement::strict_pack_reserves_gpus_on_one_node_or_says_why_it_waits,
+        ),
+        Trial::test(
+            "cluster::strict_spread_puts_each_bundle_on_its_own_node",
+            placement::strict_spread_puts_each_bundle_on_its_own_node,
+        ),
+        Trial::test(
+            "cluster::removing_a_group_ends_what_runs_in_it_and_frees_its_resources",
+            placement::removing_a_group_ends_what_runs_in_it_and_frees_its_resources,
         ),
     ];
     libtest_mimic::run(&args, tests).exit();
