@@ -139,7 +139,7 @@ pub fn strict_pack_reserves_gpus_on_one_node_or_says_why_it_waits() -> Result<()
 
 pub fn strict_spread_puts_each_bundle_on_its_own_node() -> Result<(), Failed> {
     let cluster = LoopbackCluster::start();
-    let raylets: Vec<_> = (0..3)
+    let mut raylets: Vec<_> = (0..3)
         .map(|_| cluster.raylet(serde_json::json!({})))
         .collect();
     let ctx = cluster.driver(&raylets[0]);
@@ -173,6 +173,36 @@ pub fn strict_spread_puts_each_bundle_on_its_own_node() -> Result<(), Failed> {
         why.contains("needs 4 nodes, one per bundle, and 3 are live"),
         format!("four bundles on three nodes: {why}"),
     )?;
+    four.remove()?;
+
+    // A node dies: its bundle is placed again on a node the group does not
+    // use yet; the other two stay where they are.
+    let lost = addresses
+        .iter()
+        .position(|a| *a == raylets[2].address)
+        .ok_or("a bundle on the third node")?;
+    raylets[2].kill9();
+    let fresh = cluster.raylet(serde_json::json!({}));
+    let moved = wait_until(
+        Duration::from_secs(30),
+        || matches!(group.state(), Ok(PlacementGroupState::Created(now)) if now[lost] == fresh.address),
+    );
+    check(
+        moved,
+        format!(
+            "bundle {lost} moved to {}: {:?}",
+            fresh.address,
+            group.state()?
+        ),
+    )?;
+    if let PlacementGroupState::Created(now) = group.state()? {
+        for (bundle, address) in now.iter().enumerate().filter(|(b, _)| *b != lost) {
+            check(
+                *address == addresses[bundle],
+                format!("bundle {bundle} stayed on {}: {address}", addresses[bundle]),
+            )?;
+        }
+    }
     Ok(())
 }
 
