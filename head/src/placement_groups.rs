@@ -150,9 +150,7 @@ impl HeadState {
         let bundles = bundles_of(&record);
         let strategy = strategy_of(&record);
         let mut nodes_of: Vec<Vec<u8>> = record.bundle_nodes.clone();
-        let mut addresses: Vec<String> = record.bundle_addresses.clone();
         nodes_of.resize(bundles.len(), Vec::new());
-        addresses.resize(bundles.len(), String::new());
         let missing: Vec<usize> = (0..bundles.len())
             .filter(|&i| nodes_of[i].is_empty())
             .collect();
@@ -173,7 +171,8 @@ impl HeadState {
                 }
             })
             .collect();
-        let wanted: Vec<ResourceSet> = missing.iter().map(|&i| bundles[i].clone()).collect();
+        let wanted: Vec<(usize, ResourceSet)> =
+            missing.iter().map(|&i| (i, bundles[i].clone())).collect();
         let chosen = match place_bundles(&wanted, strategy, &nodes) {
             Ok(chosen) => chosen,
             Err(reason) => {
@@ -192,18 +191,27 @@ impl HeadState {
                 Ok(mut raylet) => raylet
                     .reserve_bundle(request)
                     .await
-                    .map_err(|s| s.message().to_string()),
-                Err(err) => Err(err),
+                    .map_err(|s| (s.code(), s.message().to_string())),
+                Err(err) => Err((tonic::Code::InvalidArgument, err)),
             };
-            if let Err(message) = outcome {
-                // The head's view was stale: give back what this pass took.
+            if let Err((code, message)) = outcome {
+                // Give back what this pass took.
                 for (bundle, info) in &reserved {
                     self.release_bundle(id, *bundle, &info.address).await;
                 }
-                let reason = format!(
-                    "waiting for resources: node {} has no room now for bundle {bundle} ({message})",
-                    info.address
-                );
+                let reason = if code == tonic::Code::ResourceExhausted {
+                    format!(
+                        "waiting for resources: node {} has no room now for bundle {bundle} ({message})",
+                        info.address
+                    )
+                } else {
+                    // It may have reserved the bundle before its reply was lost.
+                    self.release_bundle(id, bundle, &info.address).await;
+                    format!(
+                        "node {} could not reserve bundle {bundle}: {message}",
+                        info.address
+                    )
+                };
                 self.group_waits(id, &record, reason).await;
                 return;
             }
@@ -212,20 +220,36 @@ impl HeadState {
             }
             reserved.push((bundle, info));
         }
-        for (bundle, info) in reserved {
-            nodes_of[bundle] = info.node_id.clone();
-            addresses[bundle] = info.address.clone();
-        }
+        // Only what this pass reserved is written, and only on nodes still
+        // alive: a node that died meanwhile had its bundles cleared.
+        let alive: Vec<Vec<u8>> = self
+            .nodes
+            .snapshot()
+            .into_iter()
+            .filter(|n| n.state == NodeState::Alive as i32)
+            .filter_map(|n| n.info.map(|i| i.node_id))
+            .collect();
         let updated = self.placement_groups.update(id, |r| {
-            if r.state == PlacementGroupState::Pending as i32 {
+            if r.state != PlacementGroupState::Pending as i32 {
+                return;
+            }
+            r.bundle_nodes.resize(bundles.len(), Vec::new());
+            r.bundle_addresses.resize(bundles.len(), String::new());
+            for (bundle, info) in &reserved {
+                if alive.contains(&info.node_id) {
+                    r.bundle_nodes[*bundle] = info.node_id.clone();
+                    r.bundle_addresses[*bundle] = info.address.clone();
+                }
+            }
+            if r.bundle_nodes.iter().all(|n| !n.is_empty()) {
                 r.state = PlacementGroupState::Created as i32;
-                r.bundle_nodes = nodes_of;
-                r.bundle_addresses = addresses;
                 r.reason.clear();
             }
         });
         if let Some(updated) = updated {
-            info!(group = %id, strategy = strategy_name(strategy), nodes = ?updated.bundle_addresses, "placement group created");
+            if updated.state == PlacementGroupState::Created as i32 {
+                info!(group = %id, strategy = strategy_name(strategy), nodes = ?updated.bundle_addresses, "placement group created");
+            }
             self.save_group(id, updated).await;
         }
     }
@@ -318,57 +342,84 @@ impl HeadState {
     }
 
     /// A node died: the bundles it held are placed again (the group is
-    /// PENDING until they are); the others stay where they are.
+    /// PENDING until they are); the others stay where they are, and what
+    /// runs in them goes on.
     pub(crate) async fn groups_lost_with_node(&self, node: NodeId, reason: &str) {
         let node = node.to_vec();
-        for (id, record) in self
-            .placement_groups
-            .with_state(PlacementGroupState::Created)
-        {
-            let lost: Vec<usize> = (0..record.bundle_nodes.len())
-                .filter(|&i| record.bundle_nodes[i] == node)
-                .collect();
-            if lost.is_empty() {
+        for record in self.placement_groups.all() {
+            let Some(id) = id_of(&record) else { continue };
+            if !record.bundle_nodes.contains(&node) {
                 continue;
             }
-            let why =
-                format!("waiting to place bundle(s) {lost:?} again: their node died ({reason})");
             let updated = self.placement_groups.update(id, |r| {
-                r.state = PlacementGroupState::Pending as i32;
+                // Removed meanwhile: it stays removed.
+                if r.state == PlacementGroupState::Removed as i32 {
+                    return;
+                }
+                let lost: Vec<usize> = (0..r.bundle_nodes.len())
+                    .filter(|&i| r.bundle_nodes[i] == node)
+                    .collect();
                 for &i in &lost {
                     r.bundle_nodes[i].clear();
                     r.bundle_addresses[i].clear();
                 }
-                r.reason = why;
+                r.state = PlacementGroupState::Pending as i32;
+                r.reason = format!(
+                    "waiting to place bundle(s) {lost:?} again: their node died ({reason})"
+                );
             });
             if let Some(updated) = updated {
-                warn!(group = %id, ?lost, "placement group lost bundles with a node");
+                warn!(group = %id, reason = %updated.reason, "placement group lost bundles with a node");
                 self.save_group(id, updated).await;
             }
         }
     }
 
-    /// Where an actor in bundle `placement` goes: its bundle's node, or why
-    /// it waits.
+    /// A raylet (re-)registered listing the bundles it holds: those the head
+    /// does not record on that node (a reservation whose reply was lost, a
+    /// group removed while the node was away) are released.
+    pub(crate) async fn reconcile_bundles(
+        &self,
+        node: NodeId,
+        address: &str,
+        held: Vec<BundleRef>,
+    ) {
+        let node = node.to_vec();
+        for bundle in held {
+            let Ok(id) = PlacementGroupId::from_slice(&bundle.group_id) else {
+                continue;
+            };
+            let index = bundle.bundle_index as usize;
+            let ours = self.placement_groups.get(id).is_some_and(|r| {
+                r.state != PlacementGroupState::Removed as i32
+                    && r.bundle_nodes.get(index) == Some(&node)
+            });
+            if !ours {
+                info!(group = %id, bundle = index, node = address, "releasing a bundle the head does not place there");
+                self.release_bundle(id, index, address).await;
+            }
+        }
+    }
+
+    /// Where an actor in bundle `placement` goes: its bundle's node (once
+    /// that bundle is placed, even while others of a pending group are
+    /// not), or why it waits.
     pub(crate) fn bundle_node(&self, placement: &BundleRef) -> Result<NodeInfo, String> {
         let id = PlacementGroupId::from_slice(&placement.group_id).map_err(|e| e.to_string())?;
         let Some(record) = self.placement_groups.get(id) else {
             return Err(format!("infeasible: placement group {id} does not exist"));
         };
         let index = placement.bundle_index as usize;
-        match PlacementGroupState::try_from(record.state) {
-            Ok(PlacementGroupState::Created) => {}
-            Ok(PlacementGroupState::Removed) => {
-                return Err(format!("infeasible: placement group {id} was removed"));
-            }
-            _ => {
-                return Err(format!(
-                    "waiting for placement group {id}: {}",
-                    record.reason
-                ));
-            }
+        if record.state == PlacementGroupState::Removed as i32 {
+            return Err(format!("infeasible: placement group {id} was removed"));
         }
         let node = record.bundle_nodes.get(index).cloned().unwrap_or_default();
+        if node.is_empty() {
+            return Err(format!(
+                "waiting for placement group {id}: {}",
+                record.reason
+            ));
+        }
         self.nodes
             .snapshot()
             .into_iter()

@@ -268,6 +268,9 @@ impl Head for HeadService {
         self.state
             .reconcile_actors(id, &address, request.actors)
             .await;
+        self.state
+            .reconcile_bundles(id, &address, request.bundles)
+            .await;
         Ok(Response::new(RegisterNodeResponse {
             cluster_id: self.state.cluster_id.clone(),
             heartbeat_interval_ms: self.state.heartbeat_interval.as_millis() as u64,

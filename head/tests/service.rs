@@ -50,6 +50,7 @@ async fn protocol_mismatch_is_refused_naming_both_versions() {
             node: Some(node()),
             objects: Vec::new(),
             actors: Vec::new(),
+            bundles: Vec::new(),
         })
         .await
         .unwrap_err();
@@ -71,6 +72,7 @@ async fn protocol_mismatch_is_refused_naming_both_versions() {
             node: Some(node()),
             objects: Vec::new(),
             actors: Vec::new(),
+            bundles: Vec::new(),
         })
         .await
         .unwrap();

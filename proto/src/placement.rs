@@ -89,14 +89,15 @@ pub fn choose_node<'a>(
     Ok(chosen.expect("fits is not empty"))
 }
 
-/// Places a placement group's bundles by `strategy` on the live `nodes`
-/// (sorted by registration): the index of each bundle's node, or why the
+/// Places a placement group's bundles (each with its index in the group,
+/// for messages) by `strategy` on the live `nodes` (sorted by
+/// registration): the index of each bundle's node, or why the
 /// group cannot be placed now ("infeasible: …" when no cluster of these nodes
 /// could ever hold it, "waiting for resources: …" when it waits for room).
 /// Within what the strategy allows, bundles go where `choose_node` would put
 /// them: GPU bundles best fit, others packed before spread.
 pub fn place_bundles(
-    bundles: &[ResourceSet],
+    bundles: &[(usize, ResourceSet)],
     strategy: PlacementStrategy,
     nodes: &[NodeRecord],
 ) -> Result<Vec<usize>, String> {
@@ -114,7 +115,7 @@ pub fn place_bundles(
             .unwrap_or_default()
     };
     let name = strategy_name(strategy);
-    for (index, bundle) in bundles.iter().enumerate() {
+    for (index, bundle) in bundles {
         if !alive.iter().any(|&i| total_of(i).contains(bundle)) {
             return Err(format!(
                 "infeasible: bundle {index} ({bundle}) fits no live node's total resources; add a node with it"
@@ -122,7 +123,7 @@ pub fn place_bundles(
         }
     }
     let mut sum = ResourceSet::new();
-    bundles.iter().for_each(|b| sum.add(b));
+    bundles.iter().for_each(|(_, b)| sum.add(b));
     match strategy {
         PlacementStrategy::StrictPack if !alive.iter().any(|&i| total_of(i).contains(&sum)) => {
             return Err(format!(
@@ -163,7 +164,7 @@ pub fn place_bundles(
         ));
     }
     let mut placed: Vec<usize> = Vec::with_capacity(bundles.len());
-    for (index, bundle) in bundles.iter().enumerate() {
+    for (index, bundle) in bundles {
         let fits: Vec<usize> = alive
             .iter()
             .copied()
@@ -227,6 +228,10 @@ mod tests {
             .with("GPU", Quantity::whole(gpus))
     }
 
+    fn indexed(bundles: &[ResourceSet]) -> Vec<(usize, ResourceSet)> {
+        bundles.iter().cloned().enumerate().collect()
+    }
+
     fn gpu_node(gpus: i64, free_gpus: i64) -> NodeRecord {
         node(4, gpus, free_gpus * 10_000, None)
     }
@@ -236,26 +241,27 @@ mod tests {
         let one_gpu = [cpu_gpu(1, 1), cpu_gpu(1, 1)];
         let nodes = [gpu_node(1, 1), gpu_node(2, 2)];
         assert_eq!(
-            place_bundles(&one_gpu, PlacementStrategy::StrictPack, &nodes).unwrap(),
+            place_bundles(&indexed(&one_gpu), PlacementStrategy::StrictPack, &nodes).unwrap(),
             [1, 1]
         );
         let split = [gpu_node(1, 1), gpu_node(1, 1)];
         let infeasible =
-            place_bundles(&one_gpu, PlacementStrategy::StrictPack, &split).unwrap_err();
+            place_bundles(&indexed(&one_gpu), PlacementStrategy::StrictPack, &split).unwrap_err();
         assert!(
             infeasible.starts_with("infeasible: STRICT_PACK needs")
                 && infeasible.contains("GPU: 2"),
             "{infeasible}"
         );
         let busy = [gpu_node(1, 1), gpu_node(2, 1)];
-        let waiting = place_bundles(&one_gpu, PlacementStrategy::StrictPack, &busy).unwrap_err();
+        let waiting =
+            place_bundles(&indexed(&one_gpu), PlacementStrategy::StrictPack, &busy).unwrap_err();
         assert!(
             waiting.starts_with("waiting for resources: STRICT_PACK"),
             "{waiting}"
         );
         // PACK falls back to several nodes.
         assert_eq!(
-            place_bundles(&one_gpu, PlacementStrategy::Pack, &split).unwrap(),
+            place_bundles(&indexed(&one_gpu), PlacementStrategy::Pack, &split).unwrap(),
             [0, 1]
         );
     }
@@ -264,17 +270,23 @@ mod tests {
     fn strict_spread_needs_a_node_per_bundle() {
         let bundles = [cpu_gpu(1, 0), cpu_gpu(1, 0), cpu_gpu(1, 0)];
         let nodes = [gpu_node(0, 0), gpu_node(0, 0), gpu_node(0, 0)];
-        let mut placed = place_bundles(&bundles, PlacementStrategy::StrictSpread, &nodes).unwrap();
+        let mut placed =
+            place_bundles(&indexed(&bundles), PlacementStrategy::StrictSpread, &nodes).unwrap();
         placed.sort_unstable();
         assert_eq!(placed, [0, 1, 2]);
-        let short =
-            place_bundles(&bundles, PlacementStrategy::StrictSpread, &nodes[..2]).unwrap_err();
+        let short = place_bundles(
+            &indexed(&bundles),
+            PlacementStrategy::StrictSpread,
+            &nodes[..2],
+        )
+        .unwrap_err();
         assert!(
             short.contains("needs 3 nodes, one per bundle, and 2 are live"),
             "{short}"
         );
         // SPREAD reuses nodes when it must.
-        let placed = place_bundles(&bundles, PlacementStrategy::Spread, &nodes[..2]).unwrap();
+        let placed =
+            place_bundles(&indexed(&bundles), PlacementStrategy::Spread, &nodes[..2]).unwrap();
         assert_eq!(placed.len(), 3);
         assert_ne!(placed[0], placed[1]);
     }
@@ -282,7 +294,8 @@ mod tests {
     #[test]
     fn a_bundle_no_node_could_hold_is_infeasible() {
         let nodes = [gpu_node(1, 1)];
-        let err = place_bundles(&[cpu_gpu(1, 2)], PlacementStrategy::Pack, &nodes).unwrap_err();
+        let err =
+            place_bundles(&indexed(&[cpu_gpu(1, 2)]), PlacementStrategy::Pack, &nodes).unwrap_err();
         assert!(err.starts_with("infeasible: bundle 0"), "{err}");
     }
     use crate::NodeId;

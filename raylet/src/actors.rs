@@ -315,6 +315,11 @@ impl ActorHost {
         workers
     }
 
+    /// Whether the bundle is reserved here.
+    pub fn has_bundle(&self, key: BundleKey) -> bool {
+        self.lock().bundles.contains_key(&key)
+    }
+
     /// The bundles reserved here.
     pub fn bundles(&self) -> Vec<BundleKey> {
         self.lock().bundles.keys().copied().collect()

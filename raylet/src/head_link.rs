@@ -72,6 +72,14 @@ impl HeadLink {
                 node: Some(node.clone()),
                 objects: store.sealed_ids().iter().map(ObjectId::to_vec).collect(),
                 actors: actors.running(),
+                bundles: actors
+                    .bundles()
+                    .into_iter()
+                    .map(|(group, index)| photon_proto::v1::BundleRef {
+                        group_id: group.to_vec(),
+                        bundle_index: index,
+                    })
+                    .collect(),
             };
             match self.client.clone().register_node(request).await {
                 Ok(reply) => {

@@ -206,12 +206,28 @@ impl LeaseManager {
             pid,
             ..Default::default()
         };
+        // A bundle released while the worker started: no grant (checked
+        // under the lease lock, which the release's kill also takes).
+        let mut leases = self.lock();
+        if let Some((group, index)) = bundle
+            && !self.host.has_bundle((group, index))
+        {
+            drop(leases);
+            pending.worker = None;
+            self.pool.kill(worker_id);
+            return Ok(WorkerLeaseReply {
+                infeasible: format!(
+                    "placement group {group} has no bundle {index} on this node any more (it was removed)"
+                ),
+                ..Default::default()
+            });
+        }
         let reservation = pending.reservation.take().expect("reserved above");
         let worker = pending.worker.take().expect("leased above");
         self.granted
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         debug!(worker = %worker_id, pid, "lease granted");
-        self.lock().insert(
+        leases.insert(
             worker_id,
             Lease {
                 worker,

@@ -18,8 +18,10 @@ use crate::context::Core;
 use crate::error::{Error, Result};
 use crate::options::Resources;
 
-/// How often a caller asks the head while a group is pending.
+/// How often a caller asks the head while a group is pending: at first, and
+/// at most (the pause doubles in between).
 const POLL: Duration = Duration::from_millis(20);
+const MAX_POLL: Duration = Duration::from_secs(1);
 
 /// How a group's bundles spread over nodes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -234,31 +236,39 @@ async fn group_state(core: &Core, id: PlacementGroupId) -> Result<PlacementGroup
     )
 }
 
-/// The raylet of bundle `index`'s node, once the group is created (waiting
-/// while it is pending): where a task in that bundle asks for its lease.
+/// The raylet of bundle `index`'s node, once that bundle is placed
+/// (waiting, with a growing pause, while it is not): where a task in that
+/// bundle asks for its lease.
 pub(crate) async fn bundle_raylet(core: &Core, id: PlacementGroupId, index: u32) -> Result<String> {
+    let mut pause = POLL;
+    let mut said = false;
     loop {
-        match group_state(core, id).await? {
-            PlacementGroupState::Created(addresses) => {
-                return addresses
-                    .get(index as usize)
-                    .filter(|a| !a.is_empty())
-                    .cloned()
-                    .ok_or_else(|| Error::Unschedulable {
-                        what: "a task".into(),
-                        why: format!(
-                            "placement group {id} has {} bundle(s); there is no bundle {index}",
-                            addresses.len()
-                        ),
-                    });
+        let record = group_record(core, id).await?;
+        if record.state == v1::PlacementGroupState::Removed as i32 {
+            return Err(Error::Unschedulable {
+                what: "a task".into(),
+                why: format!("its placement group {id} was removed: {}", record.reason),
+            });
+        }
+        let bundles = record.spec.as_ref().map_or(0, |s| s.bundles.len());
+        if index as usize >= bundles {
+            return Err(Error::Unschedulable {
+                what: "a task".into(),
+                why: format!(
+                    "placement group {id} has {bundles} bundle(s); there is no bundle {index}"
+                ),
+            });
+        }
+        match record.bundle_addresses.get(index as usize) {
+            Some(address) if !address.is_empty() => return Ok(address.clone()),
+            _ => {
+                if !said {
+                    tracing::debug!(group = %id, bundle = index, reason = %record.reason, "waiting for a placement group bundle");
+                    said = true;
+                }
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(MAX_POLL);
             }
-            PlacementGroupState::Removed(why) => {
-                return Err(Error::Unschedulable {
-                    what: "a task".into(),
-                    why: format!("its placement group {id} was removed: {why}"),
-                });
-            }
-            PlacementGroupState::Pending(_) => tokio::time::sleep(POLL).await,
         }
     }
 }

@@ -13,7 +13,7 @@ use photon_proto::v1::{
     BundleRef, ReturnWorkerLeaseRequest, TaskReply, TaskSpec, WorkerExitRequest,
     WorkerLeaseRequest, task_reply,
 };
-use photon_proto::{ObjectId, WorkerId};
+use photon_proto::{ObjectId, PlacementGroupId, WorkerId};
 use tokio::sync::{mpsc, oneshot};
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::UnboundedReceiverStream;
@@ -375,22 +375,16 @@ impl Loop {
                 "asking for a worker lease"
             );
             tokio::spawn(async move {
-                // A task in a bundle asks the bundle's node (once the group
-                // is created), and nowhere else.
-                let raylet = match shape.bundle {
-                    None => Ok(local),
+                let granted = match shape.bundle {
+                    None => request_lease(&core, local, request).await,
                     Some((group, index)) => {
                         request.placement = Some(BundleRef {
                             group_id: group.to_vec(),
                             bundle_index: index,
                         });
                         request.no_spillback = true;
-                        bundle_raylet(&core, group, index).await
+                        bundle_lease(&core, group, index, request).await
                     }
-                };
-                let granted = match raylet {
-                    Ok(raylet) => request_lease(&core, raylet, request).await,
-                    Err(error) => Err(error),
                 };
                 let event = match granted {
                     Ok((raylet, worker, address)) => Event::Granted {
@@ -771,6 +765,38 @@ const UNREACHABLE_SPILLBACK_RETRIES: u32 = 10;
 const UNREACHABLE_SPILLBACK_PAUSE: Duration = Duration::from_millis(300);
 
 /// Asks the local raylet for a worker, following spillbacks.
+/// Tries to lease from a bundle's node before a failure costs tasks a retry:
+/// a node that died takes a moment to be declared dead, and its bundle to be
+/// placed again elsewhere.
+const BUNDLE_LEASE_ATTEMPTS: u32 = 20;
+const BUNDLE_LEASE_PAUSE: Duration = Duration::from_millis(250);
+
+/// A lease from the node of bundle `index` of `group` (found through the
+/// head, waiting while the bundle is not placed); a failure other than
+/// "unschedulable" asks the head again, so a bundle that moved is followed.
+async fn bundle_lease(
+    core: &Arc<Core>,
+    group: PlacementGroupId,
+    index: u32,
+    request: WorkerLeaseRequest,
+) -> Result<(String, WorkerId, String), Error> {
+    let mut attempt = 0;
+    loop {
+        let raylet = bundle_raylet(core, group, index).await?;
+        match request_lease(core, raylet, request.clone()).await {
+            Err(error)
+                if !matches!(error, Error::Unschedulable { .. })
+                    && attempt + 1 < BUNDLE_LEASE_ATTEMPTS =>
+            {
+                attempt += 1;
+                debug!(%group, bundle = index, %error, "a bundle's node refused a lease; asking again");
+                tokio::time::sleep(BUNDLE_LEASE_PAUSE).await;
+            }
+            outcome => return outcome,
+        }
+    }
+}
+
 async fn request_lease(
     core: &Arc<Core>,
     local: String,

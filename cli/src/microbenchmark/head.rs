@@ -54,6 +54,7 @@ async fn simulated_node(
             }),
             objects: Vec::new(),
             actors: Vec::new(),
+            bundles: Vec::new(),
         })
         .await?;
     let (sender, receiver) = mpsc::channel(4);

@@ -21,9 +21,11 @@ pub fn where_am_i() -> (String, String) {
     )
 }
 
-/// Sleeps for `seconds` (to be ended by a group's removal).
+/// Writes `marker` once running, then sleeps for `seconds` (to be ended by
+/// a group's removal).
 #[photon::remote]
-pub async fn linger(seconds: u64) -> u64 {
+pub async fn linger(seconds: u64, marker: String) -> u64 {
+    std::fs::write(&marker, b"running").expect("marker written");
     tokio::time::sleep(Duration::from_secs(seconds)).await;
     seconds
 }
@@ -223,8 +225,13 @@ pub fn removing_a_group_ends_what_runs_in_it_and_frees_its_resources() -> Result
         .num_cpus(1.0)
         .max_retries(0)
         .placement_group(&group, 0);
-    let running = linger::remote_with(&ctx, options, 600u64);
-    std::thread::sleep(Duration::from_millis(500));
+    let dir = tempfile::tempdir()?;
+    let marker = dir.path().join("running");
+    let running = linger::remote_with(&ctx, options, 600u64, marker.display().to_string());
+    check(
+        wait_until(Duration::from_secs(30), || marker.exists()),
+        "the task in the group started",
+    )?;
     group.remove()?;
     let call = ctx.get_timeout(&holder.devices(), Duration::from_secs(30));
     check(
@@ -250,7 +257,12 @@ pub fn removing_a_group_ends_what_runs_in_it_and_frees_its_resources() -> Result
         "removed",
     )?;
     // Nothing new runs in it.
-    let late = linger::remote_with(&ctx, TaskOptions::new().placement_group(&group, 0), 1u64);
+    let late = linger::remote_with(
+        &ctx,
+        TaskOptions::new().placement_group(&group, 0),
+        1u64,
+        dir.path().join("late").display().to_string(),
+    );
     let late = ctx.get_timeout(&late, Duration::from_secs(30));
     check(
         matches!(&late, Err(Error::Unschedulable { why, .. }) if why.contains("was removed")),
