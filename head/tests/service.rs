@@ -22,6 +22,17 @@ async fn start_head(dir: &std::path::Path) -> (String, tokio::sync::oneshot::Sen
     (address, stop)
 }
 
+/// Starts a head again on `dir` once the stopped one has released its database.
+async fn restart_head(dir: &std::path::Path) -> (String, tokio::sync::oneshot::Sender<()>) {
+    for _ in 0..100 {
+        if photon_head::Persistence::open(dir).is_ok() {
+            return start_head(dir).await;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    panic!("the head's database is never released");
+}
+
 async fn client(address: &str, token: &str) -> Client {
     let channel = Channel::from_shared(format!("http://{address}"))
         .unwrap()
@@ -111,16 +122,7 @@ async fn kv_survives_a_head_restart_and_needs_the_token() {
     stop.send(()).unwrap();
     drop(head);
 
-    // Wait for the database to be released by the stopped head.
-    let mut restarted = None;
-    for _ in 0..100 {
-        if photon_head::Persistence::open(dir.path()).is_ok() {
-            restarted = Some(start_head(dir.path()).await);
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
-    let (address, _stop) = restarted.expect("the head's database is released");
+    let (address, _stop) = restart_head(dir.path()).await;
     let mut head = client(&address, "secret").await;
     let got = head
         .kv_get(KvGetRequest {
@@ -174,15 +176,7 @@ async fn placement_groups_are_checked_and_survive_a_head_restart() {
     stop.send(()).unwrap();
     drop(head);
 
-    let mut restarted = None;
-    for _ in 0..100 {
-        if photon_head::Persistence::open(dir.path()).is_ok() {
-            restarted = Some(start_head(dir.path()).await);
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
-    let (address, _stop) = restarted.expect("the head's database is released");
+    let (address, _stop) = restart_head(dir.path()).await;
     let mut head = client(&address, "secret").await;
     let again = head
         .get_placement_group(GetPlacementGroupRequest {

@@ -235,7 +235,10 @@ fn wait_returns_the_ready_ones() -> Result<(), Failed> {
     // The fast ones first (a loaded machine may take seconds to start
     // their workers), then asking for all four times out with three.
     let (ready, _) = ctx.wait(&all, 3, Some(Duration::from_secs(30)));
-    check(ready.len() == 3, format!("{} ready within 30 s", ready.len()))?;
+    check(
+        ready.len() == 3,
+        format!("{} ready within 30 s", ready.len()),
+    )?;
     let (ready, pending) = ctx.wait(&all, 4, Some(Duration::from_millis(300)));
     check(
         ready.len() == 3 && pending.len() == 1,
