@@ -52,9 +52,9 @@ fn gpu_bundles(n: usize) -> Vec<Bundle> {
     (0..n).map(|_| Bundle::new().cpus(1.0).gpus(1.0)).collect()
 }
 
-fn created(ctx: &Context, group: &photon::PlacementGroup) -> Result<Vec<String>, Failed> {
+/// Waits for `group` to be created; the raylet address of each bundle.
+fn created(group: &photon::PlacementGroup) -> Result<Vec<String>, Failed> {
     group.ready(Duration::from_secs(30))?;
-    let _ = ctx;
     match group.state()? {
         PlacementGroupState::Created(addresses) => Ok(addresses),
         other => Err(format!("not created: {other:?}").into()),
@@ -88,7 +88,7 @@ pub fn strict_pack_reserves_gpus_on_one_node_or_says_why_it_waits() -> Result<()
     )?;
     // PACK spreads it over the two instead.
     let packed = ctx.placement_group("packed", gpu_bundles(2), PlacementStrategy::Pack)?;
-    let mut addresses = created(&ctx, &packed)?;
+    let mut addresses = created(&packed)?;
     addresses.sort();
     addresses.dedup();
     check(
@@ -99,7 +99,7 @@ pub fn strict_pack_reserves_gpus_on_one_node_or_says_why_it_waits() -> Result<()
 
     // A node with two GPUs takes the STRICT_PACK group whole.
     let two = cluster.raylet(serde_json::json!({"GPU": 2}));
-    let addresses = created(&ctx, &split)?;
+    let addresses = created(&split)?;
     check(
         addresses == [two.address.clone(), two.address.clone()],
         format!(
@@ -147,7 +147,7 @@ pub fn strict_spread_puts_each_bundle_on_its_own_node() -> Result<(), Failed> {
     let ctx = cluster.driver(&raylets[0]);
     let bundles = (0..3).map(|_| Bundle::new().cpus(1.0)).collect();
     let group = ctx.placement_group("spread", bundles, PlacementStrategy::StrictSpread)?;
-    let addresses = created(&ctx, &group)?;
+    let addresses = created(&group)?;
     let mut distinct = addresses.clone();
     distinct.sort();
     distinct.dedup();
@@ -217,7 +217,7 @@ pub fn removing_a_group_ends_what_runs_in_it_and_frees_its_resources() -> Result
         vec![Bundle::new().cpus(1.0).gpus(1.0)],
         PlacementStrategy::StrictPack,
     )?;
-    created(&ctx, &group)?;
+    created(&group)?;
     let holder =
         GpuHolderHandle::new_with(&ctx, GpuHolderHandle::options().placement_group(&group, 0))?;
     ctx.get_timeout(&holder.devices(), Duration::from_secs(30))?;
