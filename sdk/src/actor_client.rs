@@ -61,8 +61,9 @@ struct InFlight {
     retries_left: u32,
     /// Order of sending, so calls sent again after a restart keep it.
     sequence: u64,
-    /// The call as sent, kept while it has retries left.
-    spec: Option<TaskSpec>,
+    /// The call as sent, kept while it has retries left (boxed: the map of
+    /// calls in flight stays small for the common call without retries).
+    spec: Option<Box<TaskSpec>>,
     /// Argument references held until it finishes.
     deps: Vec<Arc<RefHandle>>,
 }
@@ -160,10 +161,13 @@ impl ActorHandle {
         args: Vec<Result<TaskArg>>,
     ) -> R {
         let returns = Returns::new(self.core.next_task_id(), R::COUNT);
-        let refs: Vec<ObjectRef<()>> = returns
-            .ids()
-            .map(|id| ObjectRef::new(self.core.new_call_ref(id)))
-            .collect();
+        let mut ids = returns.ids();
+        let refs = R::from_refs(&mut || {
+            ObjectRef::new(
+                self.core
+                    .new_call_ref(ids.next().expect("one id per return")),
+            )
+        });
         match args.into_iter().collect::<Result<Vec<_>>>() {
             Ok(args) => {
                 let call = Call {
@@ -189,7 +193,7 @@ impl ActorHandle {
             }
             Err(err) => self.core.fail_returns(returns, err),
         }
-        R::from_refs(&mut refs.into_iter())
+        refs
     }
 
     /// Registers the actor with the head, which places it.
@@ -494,7 +498,7 @@ async fn drive(
                     retries_left: call.retries_left - 1,
                     args: Vec::new(),
                     resolved: Some(Box::new(Sent {
-                        spec,
+                        spec: *spec,
                         deps: call.deps,
                     })),
                 }),
@@ -581,7 +585,7 @@ async fn send(
     let Sent { spec, deps } = sent;
     // Kept only for a call that may be sent again.
     let (spec, kept) = if call.retries_left > 0 {
-        (spec.clone(), Some(spec))
+        (spec.clone(), Some(Box::new(spec)))
     } else {
         (spec, None)
     };

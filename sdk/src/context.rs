@@ -586,21 +586,22 @@ impl Core {
         }
     }
 
-    /// Resolves arguments, records lineage and queues a task making `count`
-    /// objects; returns a reference to each.
-    pub(crate) fn submit(
+    /// Resolves arguments, records lineage and queues a task making
+    /// `R::COUNT` objects; returns a reference to each.
+    pub(crate) fn submit<R: CallReturns>(
         self: &Arc<Self>,
         function: &str,
         options: &TaskOptions,
         args: Vec<Result<TaskArg>>,
-        count: u32,
-    ) -> Vec<ObjectRef<()>> {
+    ) -> R {
         let task_id = self.next_task_id();
-        let returns = Returns::new(task_id, count);
-        let refs: Vec<ObjectRef<()>> = returns
-            .ids()
-            .map(|id| ObjectRef::new(self.new_ref(id, ObjectState::Pending)))
-            .collect();
+        let returns = Returns::new(task_id, R::COUNT);
+        let mut ids = returns.ids();
+        let refs = R::from_refs(&mut || {
+            ObjectRef::new(
+                self.new_ref(ids.next().expect("one id per return"), ObjectState::Pending),
+            )
+        });
         let resources = match options.resources.to_set() {
             Ok(set) => set.to_proto(),
             Err(err) => {
@@ -1189,8 +1190,7 @@ impl Context {
         options: TaskOptions,
         args: Vec<Result<TaskArg>>,
     ) -> R {
-        let refs = self.core.submit(function, &options, args, R::COUNT);
-        R::from_refs(&mut refs.into_iter())
+        self.core.submit(function, &options, args)
     }
 
     /// Stores a value in the cluster: inline in this driver when small,
