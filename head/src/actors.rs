@@ -10,7 +10,7 @@
 use std::collections::HashMap;
 use std::sync::Mutex;
 
-use photon_proto::v1::{ActorRecord, ActorState};
+use photon_proto::v1::{ActorRecord, ActorSpec, ActorState};
 use photon_proto::{ActorId, NodeId};
 
 /// Actors by id.
@@ -85,6 +85,16 @@ impl ActorTable {
     /// Every actor record.
     pub fn all(&self) -> Vec<ActorRecord> {
         self.lock().values().cloned().collect()
+    }
+
+    /// Actors not DEAD whose spec `matches`.
+    pub fn live_where(&self, matches: impl Fn(&ActorSpec) -> bool) -> Vec<ActorId> {
+        self.lock()
+            .iter()
+            .filter(|(_, r)| r.state != ActorState::Dead as i32)
+            .filter(|(_, r)| r.spec.as_ref().is_some_and(&matches))
+            .map(|(id, _)| *id)
+            .collect()
     }
 
     /// Actors waiting for a node (PENDING or RESTARTING).

@@ -13,10 +13,10 @@ use std::sync::Mutex;
 
 use photon_proto::placement::{place_bundles, strategy_name};
 use photon_proto::v1::{
-    ActorState, BundleRef, NodeInfo, NodeState, PlacementGroupRecord, PlacementGroupState,
-    PlacementStrategy, ReleaseBundleRequest, ReserveBundleRequest,
+    BundleRef, NodeInfo, NodeState, PlacementGroupRecord, PlacementGroupState, PlacementStrategy,
+    ReleaseBundleRequest, ReserveBundleRequest,
 };
-use photon_proto::{ActorId, JobId, NodeId, PlacementGroupId, ResourceSet};
+use photon_proto::{JobId, NodeId, PlacementGroupId, ResourceSet};
 use tracing::{info, warn};
 
 use crate::service::HeadState;
@@ -300,19 +300,11 @@ impl HeadState {
             r.reason = why.to_string();
         })?;
         self.save_group(id, updated.clone()).await;
-        let actors: Vec<ActorId> = self
-            .actors
-            .all()
-            .into_iter()
-            .filter(|a| a.state != ActorState::Dead as i32)
-            .filter_map(|a| a.spec)
-            .filter(|spec| {
-                spec.placement
-                    .as_ref()
-                    .is_some_and(|p| p.group_id == id.to_vec())
-            })
-            .filter_map(|spec| ActorId::from_slice(&spec.actor_id).ok())
-            .collect();
+        let actors = self.actors.live_where(|spec| {
+            spec.placement
+                .as_ref()
+                .is_some_and(|p| p.group_id == id.to_vec())
+        });
         let reason = format!("its placement group {id} was removed: {why}");
         for actor in actors {
             self.mark_actor_dead(actor, &reason).await;

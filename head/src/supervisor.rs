@@ -17,7 +17,7 @@ use std::time::{Duration, SystemTime};
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 use photon_proto::v1::{
-    ActorState, FreeJobObjectsRequest, JobRecord, JobState, KillJobWorkersRequest, NodeState,
+    FreeJobObjectsRequest, JobRecord, JobState, KillJobWorkersRequest, NodeState,
 };
 use photon_proto::{ActorId, JobId, process_started};
 use tokio::process::Command;
@@ -335,16 +335,12 @@ impl HeadState {
     /// `owner_tag` of `job` owned (0: the whole job): its non-detached
     /// actors, the workers leased to it, its objects and lineage.
     pub(crate) async fn end_owned_everywhere(&self, job: JobId, owner_tag: u32, why: &str) {
-        let actors: Vec<ActorId> = self
-            .actors
-            .all()
-            .into_iter()
-            .filter(|a| a.state != ActorState::Dead as i32)
-            .filter_map(|a| a.spec)
-            .filter(|spec| !spec.detached)
-            .filter_map(|spec| ActorId::from_slice(&spec.actor_id).ok())
-            .filter(|a| a.job_id() == job && (owner_tag == 0 || a.owner_tag() == owner_tag))
-            .collect();
+        let actors = self.actors.live_where(|spec| {
+            !spec.detached
+                && ActorId::from_slice(&spec.actor_id).is_ok_and(|a| {
+                    a.job_id() == job && (owner_tag == 0 || a.owner_tag() == owner_tag)
+                })
+        });
         // Dead first, so that killing their workers restarts nothing; the
         // raylets kill them with the job's other workers, forwarding their
         // last output on the way.
