@@ -170,6 +170,7 @@ impl Executor {
     /// (in completion order) and may stop the run early by returning false.
     pub(crate) fn run(&mut self, mut deliver: impl FnMut(Output) -> Result<bool>) -> Result<()> {
         let result = self.drive(&mut deliver);
+        self.sample_job_memory();
         for stage in &mut self.stages {
             if let Compute::Actors(pool) = &mut stage.compute {
                 pool.shutdown(&self.ctx);
@@ -479,6 +480,7 @@ impl Executor {
             if let Ok(used) = self.ctx.object_store_used() {
                 self.stats.peak_object_store_bytes = self.stats.peak_object_store_bytes.max(used);
             }
+            self.sample_job_memory();
         }
         let upstream_busy: Vec<bool> = (0..self.stages.len())
             .map(|stage| {
@@ -502,6 +504,15 @@ impl Executor {
         let rows_done = self.rows_finished + self.rows_in_flight();
         self.progress
             .tick(rows_done, &in_flight, self.charged, self.budget);
+    }
+
+    /// Keeps the largest resident memory of the job's processes seen so far.
+    fn sample_job_memory(&mut self) {
+        if let Ok(now) = self.ctx.job_memory()
+            && now.resident_bytes > self.stats.peak_job_memory.resident_bytes
+        {
+            self.stats.peak_job_memory = now;
+        }
     }
 
     /// Source rows that the last stage's running calls have done, as far as

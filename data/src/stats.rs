@@ -178,6 +178,10 @@ pub struct Stats {
     pub backpressure: Duration,
     /// Most bytes held in the cluster's object stores during the run (sampled).
     pub peak_object_store_bytes: u64,
+    /// Most resident memory of the job's processes across the cluster
+    /// (sampled with the store, and once more just before actor pools end,
+    /// so a run shorter than the sampling interval still counts its actors).
+    pub peak_job_memory: photon::JobMemory,
     /// Blocks rebuilt from their source after a copy or an actor was lost.
     pub reconstructions: u64,
     /// Blocks skipped because the user function failed (within `max_errored_blocks`).
@@ -259,10 +263,12 @@ impl fmt::Display for Stats {
         write!(
             f,
             "total {:.2}s; blocked by the memory budget {:.2}s; peak object store {:.1} MiB; \
-             {} reconstructions; {} skipped blocks",
+             peak job memory {:.1} MiB in {} processes; {} reconstructions; {} skipped blocks",
             self.wall.as_secs_f64(),
             self.backpressure.as_secs_f64(),
             self.peak_object_store_bytes as f64 / (1 << 20) as f64,
+            self.peak_job_memory.resident_bytes as f64 / (1 << 20) as f64,
+            self.peak_job_memory.processes,
             self.reconstructions,
             self.skipped_blocks
         )

@@ -344,15 +344,8 @@ fn run_on_cluster(args: &EmbedArgs, logs: &Path) -> Result<Summary> {
         files,
         ..photon::Config::default()
     })?;
-    let peak = cluster::JobMemoryPeak::sample(&ctx);
     let (min, max) = args.actors;
-    let summary = run_pipeline(&ctx, args, format!("{min}..{max}"), logs, started);
-    let peak = peak.stop();
-    drop(ctx);
-    let mut summary = summary?;
-    summary.peak_memory_bytes = peak.resident_bytes;
-    summary.peak_memory_processes = peak.processes;
-    Ok(summary)
+    run_pipeline(&ctx, args, format!("{min}..{max}"), logs, started)
 }
 
 /// The same pipeline in this process (photon-data's local runner): no head,
@@ -497,8 +490,9 @@ fn run_pipeline(
         threads: engine.threads,
         gpu_memory_per_actor_bytes: engine.gpu_memory_bytes,
         actors,
-        peak_memory_bytes: 0,
-        peak_memory_processes: 0,
+        // The in-process runner sets its own.
+        peak_memory_bytes: stats.peak_job_memory.resident_bytes,
+        peak_memory_processes: stats.peak_job_memory.processes,
         reconstructions: stats.reconstructions,
         duplicate_ids,
         manifest: manifest_of(&written.url),
