@@ -18,6 +18,7 @@
 //! It does not schedule work or touch objects' bytes: raylets do.
 
 mod actors;
+mod borrows;
 mod certificates;
 mod drivers;
 mod error;
@@ -195,6 +196,7 @@ pub async fn run(
         job_retention: config.job_retention,
         certificate_authority: config.certificate_authority.clone(),
         owners: Default::default(),
+        borrows: Default::default(),
     });
     state.jobs.restore(job_records.clone());
     state.actors.restore(actor_records);

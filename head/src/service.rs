@@ -80,6 +80,8 @@ pub struct HeadState {
     pub(crate) certificate_authority: Option<Arc<crate::CertificateAuthority>>,
     /// Workers that own work of their own.
     pub(crate) owners: crate::owners::Owners,
+    /// Objects lent inside values, and who borrowed them.
+    pub(crate) borrows: crate::borrows::Borrows,
 }
 
 impl HeadState {
@@ -517,7 +519,32 @@ impl Head for HeadService {
                 })
             })
             .collect();
-        Ok(Response::new(GetObjectLocationsReply { locations }))
+        let sharing = self.state.borrows.sharing(object);
+        Ok(Response::new(GetObjectLocationsReply {
+            locations,
+            borrowers: sharing.borrowers,
+            owner_released: sharing.owner_released,
+            owner_ended: sharing.owner_ended.unwrap_or_default(),
+        }))
+    }
+
+    async fn update_borrows(
+        &self,
+        request: Request<photon_proto::v1::UpdateBorrowsRequest>,
+    ) -> Result<Response<photon_proto::v1::UpdateBorrowsReply>, Status> {
+        let request = request.into_inner();
+        let job = JobId::from_slice(&request.job_id)?;
+        let free = self
+            .state
+            .borrows
+            .apply(job, request.owner_tag, &request.updates)?;
+        if !free.is_empty() {
+            let state = self.state.clone();
+            self.state
+                .tasks
+                .spawn(async move { state.free_everywhere(&free).await });
+        }
+        Ok(Response::new(photon_proto::v1::UpdateBorrowsReply {}))
     }
 
     async fn create_actor(

@@ -327,6 +327,7 @@ impl HeadState {
         // First: owners killed with the job report their end meanwhile,
         // which must not start a second cleanup each.
         self.owners.forget_job(job);
+        self.borrows.forget_job(job);
         self.remove_groups_of_job(job, why).await;
         self.end_owned_everywhere(job, 0, why).await;
     }

@@ -3,7 +3,7 @@
 /// Bumped whenever a `.proto` change is not backward-compatible. Registration
 /// (raylet → head, driver → head) refuses a peer whose version differs, naming
 /// both versions.
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// Error returned by [`check_protocol_version`].
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

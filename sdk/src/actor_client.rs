@@ -140,10 +140,32 @@ impl std::fmt::Debug for ActorHandle {
     }
 }
 
+/// That a handle decoded from a value is of the class its type says (for
+/// generated code).
+pub fn check_actor_class(handle: &ActorHandle, class: &str) -> std::result::Result<(), String> {
+    if handle.class == class {
+        Ok(())
+    } else {
+        let why = format!("actor {} is a {}, not a {class}", handle.id, handle.class);
+        Err(crate::ref_wire::refuse(why, |why| why))
+    }
+}
+
 impl ActorHandle {
     /// The actor's id.
     pub fn id(&self) -> ActorId {
         self.id
+    }
+
+    /// Its class, as registered.
+    pub(crate) fn class(&self) -> &'static str {
+        self.class
+    }
+
+    /// A handle on a known actor, calling from `core`'s process (one read
+    /// from a value).
+    pub(crate) fn attached(id: ActorId, class: &'static str, core: Arc<Core>) -> Self {
+        Self { id, class, core }
     }
 
     /// Calls `method` with default options.
@@ -214,6 +236,16 @@ impl ActorHandle {
         let mut constructor_args = Vec::with_capacity(args.len());
         let mut _deps = Vec::new();
         for arg in args {
+            if let ArgKind::Value(_, contained) = &arg.0
+                && let Some(inner) = contained.first()
+            {
+                return Err(Error::Config(format!(
+                    "{class}'s constructor was given object reference {} inside an argument: \
+                     a restarted actor would read it again after it may be freed; pass it to a \
+                     method instead",
+                    inner.id
+                )));
+            }
             constructor_args.push(resolve(&core, arg, &mut _deps).await?);
         }
         let spec = ActorSpec {
@@ -273,7 +305,13 @@ async fn resolve(
     deps: &mut Vec<Arc<RefHandle>>,
 ) -> Result<ProtoArg> {
     let kind = match arg.0 {
-        ArgKind::Value(bytes) => task_arg::Kind::Value(bytes),
+        ArgKind::Value(bytes, contained) => {
+            for inner in contained {
+                core.lend(&inner).await?;
+                deps.push(inner);
+            }
+            task_arg::Kind::Value(bytes)
+        }
         ArgKind::Ref(handle) => {
             let kind = match core.objects.wait_ready(handle.id).await {
                 Some(ObjectState::Inline(bytes)) => task_arg::Kind::Value(bytes),

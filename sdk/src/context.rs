@@ -14,7 +14,7 @@ use bytes::Bytes;
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use photon_proto::v1::{
-    DeleteObjectRequest, GetActorRequest, GetClusterStatusRequest, GetLineageRequest,
+    BorrowChange, DeleteObjectRequest, GetActorRequest, GetClusterStatusRequest, GetLineageRequest,
     GetObjectLocationsRequest, JobMemoryRequest, KillActorRequest, NodeState, TaskArg as ProtoArg,
     TaskReply, TaskSpec, return_object, task_arg, task_reply,
 };
@@ -26,6 +26,7 @@ use tokio::runtime::Runtime;
 use tonic::Code;
 
 use crate::actor_client::{ActorClients, ActorHandle};
+use crate::borrows::BorrowUpdates;
 use crate::clients::{self, Head, RayletClient};
 use crate::cluster::EmbeddedCluster;
 use crate::codec;
@@ -80,6 +81,20 @@ pub struct JobMemory {
     pub processes: usize,
 }
 
+/// Who holds an object ([`Context::object_holders`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ObjectHolders {
+    /// Raylet addresses of the live nodes with a copy.
+    pub nodes: Vec<String>,
+    /// Processes other than its owner holding a reference, by owner tag
+    /// (0: the driver).
+    pub borrowers: Vec<u32>,
+    /// Its owner dropped its last reference; borrowers keep it.
+    pub owner_released: bool,
+    /// How its owner ended, if it did.
+    pub owner_ended: Option<String>,
+}
+
 /// Lease requests of one resource shape waiting on a node.
 #[derive(Clone, Debug)]
 pub struct PendingDemand {
@@ -125,6 +140,10 @@ pub(crate) struct Core {
     /// How many `cancels` holds: every call's send and reply look, and
     /// almost always find none without taking the lock.
     cancel_count: AtomicUsize,
+    /// Changes to the head's count of references held outside their owner.
+    pub(crate) borrows: BorrowUpdates,
+    /// Held while an inline object being lent is written to the store.
+    promoting: tokio::sync::Mutex<()>,
 }
 
 impl Core {
@@ -185,11 +204,40 @@ impl Core {
         let Some(freed) = self.objects.release(id) else {
             return;
         };
+        if let ObjectState::Borrowed = freed.state {
+            self.borrows.note(self, id, BorrowChange::Return);
+            return;
+        }
         self.forget_cancel_of(id);
         self.lineage.object_freed(id);
-        if let ObjectState::Stored { .. } = freed.state {
+        if freed.lent {
+            // Borrowers may still hold it: the head frees it after the last.
+            self.borrows.note(self, id, BorrowChange::OwnerReleased);
+        } else if let ObjectState::Stored { .. } = freed.state {
             drop(self.delete_copies(id));
         }
+    }
+
+    /// A reference read from inside a value: this process's own object
+    /// again, or a borrowed one, which the head counts from now until this
+    /// process's last reference to it drops.
+    pub(crate) fn ref_from_value(self: &Arc<Self>, id: ObjectId) -> Arc<RefHandle> {
+        if id.job_id() == self.job_id() && id.owner_tag() == self.owner_tag() {
+            // Held by the call that passed it, so normally still here.
+            let gone = Error::ObjectLost {
+                object: id,
+                cause: "this process, its owner, freed it before reading the value holding it"
+                    .into(),
+            };
+            return self.counted_ref(id, ObjectState::Failed(gone), false);
+        }
+        if self.objects.add_borrowed(id) {
+            self.borrows.note(self, id, BorrowChange::Borrow);
+        }
+        Arc::new(RefHandle {
+            id,
+            core: Arc::downgrade(self),
+        })
     }
 
     /// Deletes every copy of a stored object (the primary and any fetched
@@ -240,6 +288,13 @@ impl Core {
                 ObjectState::Inline(bytes) => return Ok(ObjectBytes::Inline(bytes)),
                 ObjectState::Failed(err) => return Err(err),
                 ObjectState::Pending => continue,
+                ObjectState::Borrowed => {
+                    return match object_io::read(&self.raylet, id, how).await {
+                        Ok(bytes) => Ok(bytes),
+                        Err(ReadError::Other(err)) => Err(err),
+                        Err(ReadError::Lost(why)) => Err(self.borrowed_object_lost(id, why).await),
+                    };
+                }
                 ObjectState::Stored { address, .. } => {
                     match object_io::read(&self.raylet, id, how).await {
                         Ok(bytes) => return Ok(bytes),
@@ -257,6 +312,28 @@ impl Core {
             object: id,
             cause: format!("it was lost again after {MAX_REBUILDS} rebuilds"),
         })
+    }
+
+    /// Why a borrowed object cannot be read: its owner ended (the head
+    /// says how), or every copy is gone, and only the owner could rebuild it.
+    async fn borrowed_object_lost(&self, id: ObjectId, why: String) -> Error {
+        let request = GetObjectLocationsRequest {
+            object_id: id.to_vec(),
+        };
+        match self.head.clone().get_object_locations(request).await {
+            Ok(reply) if !reply.get_ref().owner_ended.is_empty() => Error::OwnerDied {
+                object: id,
+                owner: format!("the worker with owner tag {}", id.owner_tag()),
+                reason: reply.into_inner().owner_ended,
+            },
+            _ => Error::ObjectLost {
+                object: id,
+                cause: format!(
+                    "every copy is gone ({why}), and only its owner could rebuild it: this \
+                     process borrowed it"
+                ),
+            },
+        }
     }
 
     /// Records that the program cancelled the call making `id`.
@@ -649,7 +726,15 @@ impl Core {
         lineage: bool,
     ) {
         let ready = args.iter().all(|arg| match &arg.0 {
-            ArgKind::Value(_) => true,
+            // Objects inside a value are lent from the store only.
+            ArgKind::Value(_, contained) => contained.iter().all(|inner| {
+                matches!(
+                    self.objects.peek(inner.id),
+                    Some(
+                        ObjectState::Stored { .. } | ObjectState::Borrowed | ObjectState::Failed(_)
+                    )
+                )
+            }),
             ArgKind::Ref(handle) => !matches!(
                 self.objects.peek(handle.id),
                 Some(ObjectState::Pending) | None
@@ -690,22 +775,84 @@ impl Core {
         let core = self.clone();
         self.runtime.spawn(async move {
             for arg in &args {
-                if let ArgKind::Ref(handle) = &arg.0 {
-                    core.objects.wait_ready(handle.id).await;
+                match &arg.0 {
+                    ArgKind::Ref(handle) => {
+                        core.objects.wait_ready(handle.id).await;
+                    }
+                    ArgKind::Value(_, contained) => {
+                        for inner in contained {
+                            if let Err(err) = core.lend(inner).await {
+                                if !core.fail_if_cancelled(task.returns, || task_label(&task.spec))
+                                {
+                                    core.fail_returns(task.returns, err);
+                                }
+                                return;
+                            }
+                        }
+                    }
                 }
             }
             core.resolve_and_submit(task, args, lineage);
         });
     }
 
+    /// Readies an object passed inside an argument for a borrower: waits
+    /// for its value, stores it in this node's store when it is inline here
+    /// (borrowers read it from there) and marks it lent, so that its last
+    /// reference here tells the head instead of freeing it.
+    pub(crate) async fn lend(self: &Arc<Self>, handle: &RefHandle) -> Result<()> {
+        let id = handle.id;
+        match self.objects.wait_ready(id).await {
+            Some(ObjectState::Inline(_)) => {
+                let _one_at_a_time = self.promoting.lock().await;
+                if let Some(ObjectState::Inline(bytes)) = self.objects.peek(id) {
+                    object_io::write(&self.raylet, id, &bytes).await?;
+                    self.objects.set(
+                        id,
+                        ObjectState::Stored {
+                            address: self.raylet_address.clone(),
+                        },
+                    );
+                }
+            }
+            Some(ObjectState::Stored { .. } | ObjectState::Borrowed) => {}
+            Some(ObjectState::Failed(err)) => return Err(err),
+            Some(ObjectState::Pending) | None => {
+                return Err(Error::ObjectLost {
+                    object: id,
+                    cause: "it was freed before the call holding it was sent".into(),
+                });
+            }
+        }
+        self.objects.mark_lent(id);
+        Ok(())
+    }
+
     fn resolve_args(&self, task: &mut PendingTask, args: Vec<TaskArg>) -> Result<()> {
         for arg in args {
             let kind = match arg.0 {
-                ArgKind::Value(bytes) => task_arg::Kind::Value(bytes),
+                ArgKind::Value(bytes, contained) => {
+                    for inner in contained {
+                        match self.objects.peek(inner.id) {
+                            Some(ObjectState::Stored { .. }) => self.objects.mark_lent(inner.id),
+                            Some(ObjectState::Borrowed) => {}
+                            Some(ObjectState::Failed(err)) => return Err(err),
+                            _ => {
+                                return Err(Error::ObjectLost {
+                                    object: inner.id,
+                                    cause: "it was freed before the call holding it was sent"
+                                        .into(),
+                                });
+                            }
+                        }
+                        task.deps.push(inner);
+                    }
+                    task_arg::Kind::Value(bytes)
+                }
                 ArgKind::Ref(handle) => {
                     let kind = match self.objects.peek(handle.id) {
                         Some(ObjectState::Inline(bytes)) => task_arg::Kind::Value(bytes),
-                        Some(ObjectState::Stored { .. }) => {
+                        Some(ObjectState::Stored { .. } | ObjectState::Borrowed) => {
                             task_arg::Kind::ObjectId(handle.id.to_vec())
                         }
                         Some(ObjectState::Failed(err)) => return Err(err),
@@ -984,6 +1131,8 @@ impl Core {
             rebuilding: Mutex::default(),
             cancels: Mutex::default(),
             cancel_count: AtomicUsize::new(0),
+            borrows: BorrowUpdates::default(),
+            promoting: tokio::sync::Mutex::default(),
             blocked: parts
                 .worker
                 .map(|worker| crate::blocked::BlockedReporter::start(parts.raylet, worker)),
@@ -1215,7 +1364,9 @@ impl Context {
     pub async fn get_async<T: DeserializeOwned>(&self, object: &ObjectRef<T>) -> Result<T> {
         let id = object.id();
         let bytes = self.core.get_bytes(id, Mapping::Populated).await?;
-        codec::decode(&bytes, &format!("object {id}"))
+        crate::ref_wire::decode_for(&self.core, || {
+            codec::decode(&bytes, &format!("object {id}"))
+        })
     }
 
     /// Waits until `object` has a value, without fetching it; the object's
@@ -1469,6 +1620,26 @@ impl Context {
                 })
             })
             .collect())
+    }
+
+    /// Who holds `object`, as the head knows: the nodes with a copy, the
+    /// processes other than its owner holding a reference (borrowers, by
+    /// owner tag; 0 is the driver), whether its owner released it, and how
+    /// its owner ended if it did.
+    pub fn object_holders(&self, object: ObjectId) -> Result<ObjectHolders> {
+        let request = GetObjectLocationsRequest {
+            object_id: object.to_vec(),
+        };
+        let reply = self
+            .block_on(self.core.head.clone().get_object_locations(request))
+            .map_err(|s| Error::cluster(format!("cannot look up object {object}"), &s))?
+            .into_inner();
+        Ok(ObjectHolders {
+            nodes: reply.locations.into_iter().map(|l| l.address).collect(),
+            borrowers: reply.borrowers,
+            owner_released: reply.owner_released,
+            owner_ended: (!reply.owner_ended.is_empty()).then_some(reply.owner_ended),
+        })
     }
 
     /// Bytes held in the object stores of all live nodes (as of their latest

@@ -57,6 +57,17 @@ pub enum Error {
         /// Why it cannot be rebuilt.
         cause: String,
     },
+    /// A borrowed object (one passed inside a value) is gone because the
+    /// process that owns it ended: an object's fate follows its owner's.
+    #[error("object {object} is lost: its owner, {owner}, ended ({reason})")]
+    OwnerDied {
+        /// The object.
+        object: ObjectId,
+        /// Which process owned it.
+        owner: String,
+        /// How it ended.
+        reason: String,
+    },
     /// The node running the task died, and the task ran out of retries.
     #[error("node {node} died while running {function}: {reason}")]
     NodeDied {

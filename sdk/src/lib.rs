@@ -38,6 +38,7 @@
 mod actor_client;
 mod batch;
 mod blocked;
+mod borrows;
 mod cancel;
 mod clients;
 mod cluster;
@@ -55,6 +56,7 @@ mod options;
 pub mod packages;
 mod placement_group;
 mod progress;
+mod ref_wire;
 mod registry;
 mod returns;
 mod submitter;
@@ -66,7 +68,9 @@ pub use actor_client::ActorHandle;
 pub use cancel::is_cancelled;
 pub use config::{ADDRESS_ENV, Config, TOKEN_ENV};
 pub use connection::ConnectionFile;
-pub use context::{Context, JOB_MEMORY_TIMEOUT, JobMemory, NodeView, PendingDemand, init};
+pub use context::{
+    Context, JOB_MEMORY_TIMEOUT, JobMemory, NodeView, ObjectHolders, PendingDemand, init,
+};
 pub use error::{Error, KillReason, Result};
 pub use object_io::{INLINE_MAX, ObjectBytes};
 pub use object_ref::{IntoArg, ObjectRef, TaskArg};
@@ -114,7 +118,10 @@ pub fn run_blocking<T>(body: impl FnOnce() -> T) -> T {
 pub mod __private {
     pub use futures;
     pub use inventory;
+    pub use serde;
     pub use tokio::sync::RwLock;
+
+    pub use crate::actor_client::check_actor_class;
 
     pub use crate::registry::{
         ActorClass, ActorInstance, Args, BoxFuture, RemoteFunction, check_arity, decode,

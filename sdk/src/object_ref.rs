@@ -9,7 +9,6 @@ use bytes::Bytes;
 use photon_proto::ObjectId;
 use serde::Serialize;
 
-use crate::codec;
 use crate::context::Core;
 use crate::error::Result;
 
@@ -66,7 +65,9 @@ impl<T> std::fmt::Debug for ObjectRef<T> {
 pub struct TaskArg(pub(crate) ArgKind);
 
 pub(crate) enum ArgKind {
-    Value(Bytes),
+    /// Encoded, with the object references inside it (held, and lent,
+    /// until the call is done).
+    Value(Bytes, Vec<Arc<RefHandle>>),
     Ref(Arc<RefHandle>),
 }
 
@@ -79,7 +80,8 @@ pub trait IntoArg<T> {
 
 impl<T: Serialize> IntoArg<T> for T {
     fn into_arg(self) -> Result<TaskArg> {
-        Ok(TaskArg(ArgKind::Value(Bytes::from(codec::encode(&self)?))))
+        let (bytes, contained) = crate::ref_wire::encode_argument(&self)?;
+        Ok(TaskArg(ArgKind::Value(Bytes::from(bytes), contained)))
     }
 }
 

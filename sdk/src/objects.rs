@@ -21,6 +21,9 @@ pub(crate) enum ObjectState {
     Inline(Bytes),
     /// Large: in the store of the node whose raylet is at `address`.
     Stored { address: String },
+    /// Another process owns it; this one read a reference to it from inside
+    /// a value (it is in the object store: lent objects always are).
+    Borrowed,
     /// Its task failed for good.
     Failed(Error),
 }
@@ -33,11 +36,27 @@ struct Entry {
     ready: Arc<Notify>,
     /// Made by an actor call (which cannot be force-cancelled).
     actor_call: bool,
+    /// Passed inside a value to another process, which may still hold it.
+    lent: bool,
 }
 
 /// What the caller must clean up after the last reference went.
 pub(crate) struct Freed {
     pub(crate) state: ObjectState,
+    pub(crate) lent: bool,
+}
+
+impl Entry {
+    fn new(state: ObjectState, actor_call: bool) -> Self {
+        Self {
+            state,
+            progress: None,
+            refs: 0,
+            ready: Arc::new(Notify::new()),
+            actor_call,
+            lent: false,
+        }
+    }
 }
 
 /// The table.
@@ -56,14 +75,26 @@ impl ObjectTable {
     pub(crate) fn add_ref(&self, id: ObjectId, initial: ObjectState, actor_call: bool) {
         self.lock()
             .entry(id)
-            .or_insert_with(|| Entry {
-                state: initial,
-                progress: None,
-                refs: 0,
-                ready: Arc::new(Notify::new()),
-                actor_call,
-            })
+            .or_insert_with(|| Entry::new(initial, actor_call))
             .refs += 1;
+    }
+
+    /// Counts one more reference to an object another process owns; true
+    /// when it is this process's first.
+    pub(crate) fn add_borrowed(&self, id: ObjectId) -> bool {
+        let mut entries = self.lock();
+        let entry = entries
+            .entry(id)
+            .or_insert_with(|| Entry::new(ObjectState::Borrowed, false));
+        entry.refs += 1;
+        entry.refs == 1
+    }
+
+    /// Notes that the object was passed inside a value to another process.
+    pub(crate) fn mark_lent(&self, id: ObjectId) {
+        if let Some(entry) = self.lock().get_mut(&id) {
+            entry.lent = true;
+        }
     }
 
     /// True when an actor call makes `id`.
@@ -81,7 +112,10 @@ impl ObjectTable {
         }
         let entry = entries.remove(&id).expect("present above");
         entry.ready.notify_waiters();
-        Some(Freed { state: entry.state })
+        Some(Freed {
+            state: entry.state,
+            lent: entry.lent,
+        })
     }
 
     /// Records a value (or failure). Returns false when nobody references the

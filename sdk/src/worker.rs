@@ -241,6 +241,28 @@ impl Executor {
         failure
     }
 
+    /// Waits until the head counts the references this worker borrowed (or
+    /// dropped) so far: the caller lets go of what it passed once it has
+    /// the reply.
+    async fn count_borrows(&self) -> std::result::Result<(), TaskFailure> {
+        let Some(context) = crate::worker_context::made() else {
+            return Ok(());
+        };
+        if context.core.borrows.idle() {
+            return Ok(());
+        }
+        context
+            .core
+            .borrows
+            .flush(&context.core)
+            .await
+            .map_err(|err| {
+                let mut failure = self.failure(err.to_string());
+                failure.system = true;
+                failure
+            })
+    }
+
     /// Argument bytes: inline, or mapped from this node's store (pulled first if remote).
     async fn fetch_args(&self, args: &[ProtoArg]) -> std::result::Result<Args, TaskFailure> {
         let mut fetched = Vec::with_capacity(args.len());
@@ -297,6 +319,10 @@ impl Executor {
             }
         };
         self.calls.finished(&spec.task_id);
+        let outcome = match (outcome, self.count_borrows().await) {
+            (Ok(_), Err(failure)) => Err(failure),
+            (outcome, _) => outcome,
+        };
         let (result, more_returns) = match outcome {
             Ok(bytes) => self.store_results(&spec, bytes).await,
             Err(failure) => (task_reply::Result::Failure(failure), Vec::new()),

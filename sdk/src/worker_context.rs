@@ -57,6 +57,11 @@ pub(crate) fn get() -> Result<Context> {
     })
 }
 
+/// This worker's context if something made it already.
+pub(crate) fn made() -> Option<Context> {
+    CONTEXT.lock().unwrap_or_else(|p| p.into_inner()).clone()
+}
+
 pub(crate) fn var(name: &str) -> Result<String> {
     std::env::var(name).map_err(|_| {
         Error::Config(format!(

@@ -207,6 +207,28 @@ pub(crate) fn expand_actor(attr: TokenStream2, item: TokenStream2) -> syn::Resul
             #handle_items
         }
 
+        // A handle travels inside values (an argument's struct) as the actor's id.
+        impl ::photon::__private::serde::Serialize for #handle {
+            fn serialize<S: ::photon::__private::serde::Serializer>(
+                &self,
+                serializer: S,
+            ) -> ::std::result::Result<S::Ok, S::Error> {
+                ::photon::__private::serde::Serialize::serialize(&self.inner, serializer)
+            }
+        }
+
+        impl<'de> ::photon::__private::serde::Deserialize<'de> for #handle {
+            fn deserialize<D: ::photon::__private::serde::Deserializer<'de>>(
+                deserializer: D,
+            ) -> ::std::result::Result<Self, D::Error> {
+                let inner = <::photon::ActorHandle as ::photon::__private::serde::Deserialize>
+                    ::deserialize(deserializer)?;
+                ::photon::__private::check_actor_class(&inner, #handle::CLASS)
+                    .map_err(<D::Error as ::photon::__private::serde::de::Error>::custom)?;
+                ::std::result::Result::Ok(Self { inner })
+            }
+        }
+
         const _: () = {
             // The worker-side actor: the user's value behind a lock, so `&self` methods can run
             // together and `&mut self` ones alone.

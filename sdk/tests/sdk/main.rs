@@ -4,6 +4,7 @@
 //! so `main` routes first (no libtest harness; libtest-mimic lists and runs
 //! the tests, which nextest understands).
 
+mod borrows;
 mod cancel;
 mod cluster;
 mod functions;
@@ -572,6 +573,26 @@ fn main() {
         Trial::test(
             "cluster::removing_a_group_ends_what_runs_in_it_and_frees_its_resources",
             placement::removing_a_group_ends_what_runs_in_it_and_frees_its_resources,
+        ),
+        Trial::test(
+            "cluster::a_group_ends_with_its_job",
+            placement::a_group_ends_with_its_job,
+        ),
+        Trial::test(
+            "embedded::an_object_inside_a_struct_lives_until_its_last_borrower_drops_it",
+            borrows::an_object_inside_a_struct_lives_until_its_last_borrower_drops_it,
+        ),
+        Trial::test(
+            "embedded::small_and_pending_objects_inside_values_are_lent",
+            borrows::small_and_pending_objects_inside_values_are_lent,
+        ),
+        Trial::test(
+            "embedded::actor_handles_travel_inside_values",
+            borrows::actor_handles_travel_inside_values,
+        ),
+        Trial::test(
+            "embedded::a_borrower_whose_owner_ended_reads_owner_died",
+            borrows::a_borrower_whose_owner_ended_reads_owner_died,
         ),
     ];
     libtest_mimic::run(&args, tests).exit();

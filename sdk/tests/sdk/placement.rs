@@ -275,3 +275,37 @@ pub fn removing_a_group_ends_what_runs_in_it_and_frees_its_resources() -> Result
     )?;
     Ok(())
 }
+
+/// A group lasts as long as its job: when the driver that made it ends, the
+/// head removes it and its node gets the resources back.
+pub fn a_group_ends_with_its_job() -> Result<(), Failed> {
+    let cluster = LoopbackCluster::start();
+    let node = cluster.raylet(serde_json::json!({"GPU": 1}));
+    let watcher = cluster.driver(&node);
+    let ctx = cluster.driver(&node);
+    let group = ctx.placement_group(
+        "of-a-job",
+        vec![Bundle::new().cpus(0.5).gpus(1.0)],
+        PlacementStrategy::StrictPack,
+    )?;
+    created(&group)?;
+    check(
+        wait_until(Duration::from_secs(10), || {
+            free_gpus(&watcher, &node.address) == 0.0
+        }),
+        "the group holds the GPU",
+    )?;
+    // Its driver ends: the job with it.
+    drop(group);
+    drop(ctx);
+    check(
+        wait_until(Duration::from_secs(30), || {
+            free_gpus(&watcher, &node.address) == 1.0
+        }),
+        format!(
+            "the GPU is free once the job ended: {}",
+            free_gpus(&watcher, &node.address)
+        ),
+    )?;
+    Ok(())
+}

@@ -321,6 +321,25 @@ impl std::fmt::Debug for ActorHandle {
     }
 }
 
+// Handles in process travel by name only in the SDK; the mock just has to compile
+// the generated impls.
+impl serde::Serialize for ActorHandle {
+    fn serialize<S: serde::Serializer>(
+        &self,
+        serializer: S,
+    ) -> std::result::Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.class)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for ActorHandle {
+    fn deserialize<D: serde::Deserializer<'de>>(_: D) -> std::result::Result<Self, D::Error> {
+        Err(serde::de::Error::custom(
+            "the mock cannot decode actor handles",
+        ))
+    }
+}
+
 impl ActorHandle {
     pub fn call<T>(&self, method: &'static str, args: Vec<Result<TaskArg>>) -> ObjectRef<T> {
         self.call_with(method, MethodOptions::new(), args)
@@ -358,9 +377,19 @@ pub mod __private {
     use serde::de::DeserializeOwned;
 
     pub use inventory;
+    pub use serde;
     pub use tokio::sync::RwLock;
 
     pub struct ArgData(pub Vec<u8>);
+
+    /// As the SDK's: a decoded handle must be of the expected class.
+    pub fn check_actor_class(handle: &super::ActorHandle, class: &str) -> Result<(), String> {
+        if handle.class == class {
+            Ok(())
+        } else {
+            Err(format!("a {} is not a {class}", handle.class))
+        }
+    }
 
     /// As the SDK's: runs a synchronous body (here simply in place).
     pub fn run_blocking<T>(body: impl FnOnce() -> T) -> T {
