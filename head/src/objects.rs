@@ -73,11 +73,12 @@ impl ObjectDirectory {
     /// Forgets every copy of the objects of job `job` (`owner_tag` 0), or of
     /// its owner `owner_tag` (the job or owner ended and its objects were
     /// freed everywhere).
-    pub fn drop_owned(&self, job: JobId, owner_tag: u32) {
+    pub fn drop_owned(&self, job: JobId, owner_tag: u32, keep: &HashSet<ObjectId>) {
+        let gone = |id: &ObjectId| id.owned_by(job, owner_tag) && !keep.contains(id);
         let mut maps = self.lock();
-        maps.holders.retain(|id, _| !id.owned_by(job, owner_tag));
+        maps.holders.retain(|id, _| !gone(id));
         for objects in maps.held_by.values_mut() {
-            objects.retain(|id| !id.owned_by(job, owner_tag));
+            objects.retain(|id| !gone(id));
         }
     }
 

@@ -4,10 +4,10 @@
 //! reports it, or its node dies) everything it owned is found by prefix and
 //! ended with it, as a driver's job is.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 
-use photon_proto::{JobId, NodeId};
+use photon_proto::{JobId, NodeId, ObjectId};
 use tracing::info;
 
 use crate::service::HeadState;
@@ -86,27 +86,30 @@ impl HeadState {
             return; // the driver (its job's end covers it), or already ended
         }
         info!(%job, owner_tag = tag, %reason, "an owner ended: ending what it owned");
-        self.owner_gone(job, tag, reason).await;
+        let adopted = self.owner_gone(job, tag, reason).await;
         let why = format!("its owner ended: {reason}");
-        self.end_owned_everywhere(job, tag, &why).await;
+        self.end_owned_everywhere(job, tag, &why, &adopted).await;
     }
 
     /// What owner `tag` of `job` borrowed is returned (objects nobody else
     /// holds are freed), and how it ended is kept for its own objects'
-    /// borrowers.
-    async fn owner_gone(&self, job: JobId, tag: u32, how: &str) {
-        let free = self.borrows.owner_ended(job, tag, how);
-        self.free_everywhere(&free).await;
+    /// borrowers; returns its objects that outlive it (it had released
+    /// them, and borrowers hold them).
+    async fn owner_gone(&self, job: JobId, tag: u32, how: &str) -> HashSet<ObjectId> {
+        let ended = self.borrows.owner_ended(job, tag, how);
+        self.free_everywhere(&ended.free).await;
+        ended.adopted
     }
 
     /// The owners that ran on a dead node end with it.
     pub(crate) async fn owners_lost(&self, node: NodeId, reason: &str) {
         for (job, tag) in self.owners.take_node(node) {
             info!(%job, owner_tag = tag, %node, "an owner's node died: ending what it owned");
-            self.owner_gone(job, tag, &format!("its node {node} died: {reason}"))
+            let adopted = self
+                .owner_gone(job, tag, &format!("its node {node} died: {reason}"))
                 .await;
             let why = format!("its owner's node {node} died: {reason}");
-            self.end_owned_everywhere(job, tag, &why).await;
+            self.end_owned_everywhere(job, tag, &why, &adopted).await;
         }
     }
 }

@@ -525,6 +525,11 @@ impl Head for HeadService {
             borrowers: sharing.borrowers,
             owner_released: sharing.owner_released,
             owner_ended: sharing.owner_ended.unwrap_or_default(),
+            holding_objects: sharing
+                .holding_objects
+                .iter()
+                .map(ObjectId::to_vec)
+                .collect(),
         }))
     }
 

@@ -8,6 +8,7 @@
 //! them by pid and start time) and reads the exit code of those that ended
 //! while it was down.
 
+use std::collections::HashSet;
 use std::io::{Read, Seek, SeekFrom};
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
@@ -19,7 +20,7 @@ use nix::unistd::Pid;
 use photon_proto::v1::{
     FreeJobObjectsRequest, JobRecord, JobState, KillJobWorkersRequest, NodeState,
 };
-use photon_proto::{ActorId, JobId, process_started};
+use photon_proto::{ActorId, JobId, ObjectId, process_started};
 use tokio::process::Command;
 use tonic::Status;
 use tracing::{info, warn};
@@ -329,13 +330,21 @@ impl HeadState {
         self.owners.forget_job(job);
         self.borrows.forget_job(job);
         self.remove_groups_of_job(job, why).await;
-        self.end_owned_everywhere(job, 0, why).await;
+        self.end_owned_everywhere(job, 0, why, &HashSet::new())
+            .await;
     }
 
     /// [`end_job_everywhere`](Self::end_job_everywhere) for what the owner
     /// `owner_tag` of `job` owned (0: the whole job): its non-detached
-    /// actors, the workers leased to it, its objects and lineage.
-    pub(crate) async fn end_owned_everywhere(&self, job: JobId, owner_tag: u32, why: &str) {
+    /// actors, the workers leased to it, its objects (but those in `keep`:
+    /// released by it and still borrowed) and lineage.
+    pub(crate) async fn end_owned_everywhere(
+        &self,
+        job: JobId,
+        owner_tag: u32,
+        why: &str,
+        keep: &HashSet<ObjectId>,
+    ) {
         let actors = self.actors.live_where(|spec| {
             !spec.detached
                 && ActorId::from_slice(&spec.actor_id).is_ok_and(|a| {
@@ -378,12 +387,13 @@ impl HeadState {
             let request = FreeJobObjectsRequest {
                 job_id: job.to_vec(),
                 owner_tag,
+                keep: keep.iter().map(ObjectId::to_vec).collect(),
             };
             if let Err(status) = raylet.free_job_objects(request).await {
                 warn!(job = %job, %address, error = status.message(), "cannot free the job's objects");
             }
         }
-        self.objects.drop_owned(job, owner_tag);
+        self.objects.drop_owned(job, owner_tag, keep);
         let dropped = self.lineage.remove_owned(job, owner_tag);
         if !dropped.is_empty() {
             let persistence = self.persistence.clone();

@@ -243,6 +243,7 @@ impl TransferService {
         &self,
         job: JobId,
         owner_tag: u32,
+        keep: std::collections::HashSet<ObjectId>,
     ) -> Result<(u64, u64), Status> {
         let clients = self.clients().clone();
         // Off the async runtime: spilled objects' files are deleted.
@@ -252,7 +253,7 @@ impl TransferService {
             for id in store
                 .ids()
                 .into_iter()
-                .filter(|id| id.owned_by(job, owner_tag))
+                .filter(|id| id.owned_by(job, owner_tag) && !keep.contains(id))
             {
                 if let Ok(size) = store.discard(id) {
                     objects += 1;

@@ -17,7 +17,7 @@ use photon_proto::v1::{
     StopActorRequest, WatchOwnerReply, WatchOwnerRequest, WorkerBlockedReply, WorkerBlockedRequest,
     WorkerExitReply, WorkerExitRequest, WorkerLeaseReply, WorkerLeaseRequest,
 };
-use photon_proto::{ActorId, JobId, NodeId, WorkerId};
+use photon_proto::{ActorId, JobId, NodeId, ObjectId, WorkerId};
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::actors::ActorHost;
@@ -165,9 +165,14 @@ impl Raylet for RayletService {
     ) -> Result<Response<FreeJobObjectsReply>, Status> {
         let request = request.into_inner();
         let job = JobId::from_slice(&request.job_id)?;
+        let keep = request
+            .keep
+            .iter()
+            .map(|id| ObjectId::from_slice(id))
+            .collect::<Result<std::collections::HashSet<_>, _>>()?;
         let (objects, bytes) = self
             .transfers
-            .free_owned_objects(job, request.owner_tag)
+            .free_owned_objects(job, request.owner_tag, keep)
             .await?;
         Ok(Response::new(FreeJobObjectsReply { objects, bytes }))
     }

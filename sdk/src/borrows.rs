@@ -1,6 +1,8 @@
 //! This process's changes to the head's count of references held outside
 //! their owner (`head/src/borrows.rs`): a borrower's first reference and its
-//! last one dropping, and an owner's last reference to an object it lent.
+//! last one dropping, an owner's last reference to an object it lent, and
+//! the references a call's return objects hold (taken by the worker that
+//! returned them, ended by the caller that frees the return).
 //! They are sent in the order they happened, in the background, batched;
 //! a worker waits for them before it replies to a call, so the caller, which
 //! holds what it passed until the reply, never lets an object go before the
@@ -27,14 +29,31 @@ pub(crate) struct BorrowUpdates {
 }
 
 impl BorrowUpdates {
-    /// Queues a change and sends it in the background.
+    /// Queues a change by this process and sends it in the background.
     pub(crate) fn note(&self, core: &Arc<Core>, id: ObjectId, change: BorrowChange) {
+        self.queue(core, id, change, Vec::new());
+    }
+
+    /// Queues a change to the references that return object `holder`
+    /// holds, and sends it in the background.
+    pub(crate) fn note_held_by(
+        &self,
+        core: &Arc<Core>,
+        id: ObjectId,
+        change: BorrowChange,
+        holder: ObjectId,
+    ) {
+        self.queue(core, id, change, holder.to_vec());
+    }
+
+    fn queue(&self, core: &Arc<Core>, id: ObjectId, change: BorrowChange, holder_object: Vec<u8>) {
         self.unsent
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .push(BorrowUpdate {
                 object_id: id.to_vec(),
                 change: change as i32,
+                holder_object,
             });
         let core = core.clone();
         core.runtime.clone().spawn(async move {

@@ -93,6 +93,9 @@ pub struct ObjectHolders {
     pub owner_released: bool,
     /// How its owner ended, if it did.
     pub owner_ended: Option<String>,
+    /// Return values (of calls whose owners still hold them) that contain
+    /// a reference to it.
+    pub holding_objects: Vec<ObjectId>,
 }
 
 /// Lease requests of one resource shape waiting on a node.
@@ -204,6 +207,10 @@ impl Core {
         let Some(freed) = self.objects.release(id) else {
             return;
         };
+        for inner in &freed.contains {
+            self.borrows
+                .note_held_by(self, *inner, BorrowChange::Return, id);
+        }
         if let ObjectState::Borrowed = freed.state {
             self.borrows.note(self, id, BorrowChange::Return);
             return;
@@ -222,14 +229,14 @@ impl Core {
     /// again, or a borrowed one, which the head counts from now until this
     /// process's last reference to it drops.
     pub(crate) fn ref_from_value(self: &Arc<Self>, id: ObjectId) -> Arc<RefHandle> {
-        if id.job_id() == self.job_id() && id.owner_tag() == self.owner_tag() {
-            // Held by the call that passed it, so normally still here.
-            let gone = Error::ObjectLost {
-                object: id,
-                cause: "this process, its owner, freed it before reading the value holding it"
-                    .into(),
-            };
-            return self.counted_ref(id, ObjectState::Failed(gone), false);
+        let mine = id.job_id() == self.job_id() && id.owner_tag() == self.owner_tag();
+        // An own object this process released meanwhile (a return value
+        // holding it kept it) is borrowed back, like another's.
+        if mine && self.objects.add_ref_if_present(id) {
+            return Arc::new(RefHandle {
+                id,
+                core: Arc::downgrade(self),
+            });
         }
         if self.objects.add_borrowed(id) {
             self.borrows.note(self, id, BorrowChange::Borrow);
@@ -424,10 +431,11 @@ impl Core {
     /// Fills a call's returns from its successful reply (return 0 in
     /// `result`, the others in `more_returns`). A stored value nobody
     /// references any more is deleted.
-    pub(crate) fn set_results(self: &Arc<Self>, returns: Returns, reply: TaskReply) {
+    pub(crate) fn set_results(self: &Arc<Self>, returns: Returns, mut reply: TaskReply) {
         if returns.count() == 1 && reply.more_returns.is_empty() {
             // The common case, without the general path's allocation.
             let id = returns.primary();
+            let contained = std::mem::take(&mut reply.contained);
             let (state, stored) = match reply.result {
                 Some(task_reply::Result::Value(bytes)) => (ObjectState::Inline(bytes), false),
                 Some(task_reply::Result::Stored(stored)) => (
@@ -441,8 +449,18 @@ impl Core {
             if !self.objects.set(id, state) && stored {
                 drop(self.delete_copies(id));
             }
+            self.hold_contained(id, &contained);
             return;
         }
+        let mut contained: Vec<Vec<Vec<u8>>> =
+            std::iter::once(std::mem::take(&mut reply.contained))
+                .chain(
+                    reply
+                        .more_returns
+                        .iter_mut()
+                        .map(|r| std::mem::take(&mut r.contained)),
+                )
+                .collect();
         let first = match reply.result {
             Some(task_reply::Result::Value(bytes)) => return_object::Result::Value(bytes),
             Some(task_reply::Result::Stored(stored)) => return_object::Result::Stored(stored),
@@ -453,6 +471,9 @@ impl Core {
             .collect();
         if results.len() != returns.count() as usize || results.iter().any(Option::is_none) {
             self.discard(returns.ids().zip(results.iter()));
+            for (id, contained) in returns.ids().zip(&contained) {
+                self.hold_contained(id, contained);
+            }
             let error = Error::Cluster(format!(
                 "a worker replied with {} of the {} returns of task {}; do the driver and the \
                  workers run the same build?",
@@ -463,7 +484,12 @@ impl Core {
             self.fail_returns(returns, error);
             return;
         }
-        for (id, result) in returns.ids().zip(results.into_iter().flatten()) {
+        for ((id, result), contained) in returns
+            .ids()
+            .zip(results.into_iter().flatten())
+            .zip(contained.iter_mut())
+        {
+            let contained = std::mem::take(contained);
             let (state, stored) = match result {
                 return_object::Result::Value(bytes) => (ObjectState::Inline(bytes), false),
                 return_object::Result::Stored(stored) => (
@@ -476,6 +502,31 @@ impl Core {
             if !self.objects.set(id, state) && stored {
                 drop(self.delete_copies(id));
             }
+            self.hold_contained(id, &contained);
+        }
+    }
+
+    /// Records that return `id` holds the objects referenced inside its
+    /// value (the worker that made it told the head so); when nobody
+    /// references `id` any more, that hold ends at once.
+    fn hold_contained(self: &Arc<Self>, id: ObjectId, contained: &[Vec<u8>]) {
+        if contained.is_empty() {
+            return;
+        }
+        let inner: Vec<ObjectId> = contained
+            .iter()
+            .filter_map(|c| ObjectId::from_slice(c).ok())
+            .collect();
+        if !self.objects.hold_contained(id, &inner) {
+            self.end_holds(id, &inner);
+        }
+    }
+
+    /// Return `id` no longer holds `inner`.
+    fn end_holds(self: &Arc<Self>, id: ObjectId, inner: &[ObjectId]) {
+        for inner in inner {
+            self.borrows
+                .note_held_by(self, *inner, BorrowChange::Return, id);
         }
     }
 
@@ -493,6 +544,11 @@ impl Core {
             .chain(reply.more_returns.iter().map(|r| r.result.clone()))
             .collect();
         self.discard(returns.ids().zip(results.iter()));
+        let contained = std::iter::once(&reply.contained)
+            .chain(reply.more_returns.iter().map(|r| &r.contained));
+        for (id, contained) in returns.ids().zip(contained) {
+            self.hold_contained(id, contained);
+        }
     }
 
     fn discard<'a>(
@@ -1639,6 +1695,11 @@ impl Context {
             borrowers: reply.borrowers,
             owner_released: reply.owner_released,
             owner_ended: (!reply.owner_ended.is_empty()).then_some(reply.owner_ended),
+            holding_objects: reply
+                .holding_objects
+                .iter()
+                .filter_map(|id| ObjectId::from_slice(id).ok())
+                .collect(),
         })
     }
 

@@ -38,12 +38,16 @@ struct Entry {
     actor_call: bool,
     /// Passed inside a value to another process, which may still hold it.
     lent: bool,
+    /// Objects referenced inside its value (a return value), which it holds
+    /// at the head until it goes.
+    contains: Vec<ObjectId>,
 }
 
 /// What the caller must clean up after the last reference went.
 pub(crate) struct Freed {
     pub(crate) state: ObjectState,
     pub(crate) lent: bool,
+    pub(crate) contains: Vec<ObjectId>,
 }
 
 impl Entry {
@@ -55,6 +59,7 @@ impl Entry {
             ready: Arc::new(Notify::new()),
             actor_call,
             lent: false,
+            contains: Vec::new(),
         }
     }
 }
@@ -90,6 +95,32 @@ impl ObjectTable {
         entry.refs == 1
     }
 
+    /// Notes that the object's value references `contained` (held at the
+    /// head in its name); false when it is not referenced any more.
+    pub(crate) fn hold_contained(&self, id: ObjectId, contained: &[ObjectId]) -> bool {
+        let mut entries = self.lock();
+        let Some(entry) = entries.get_mut(&id) else {
+            return false;
+        };
+        for inner in contained {
+            if !entry.contains.contains(inner) {
+                entry.contains.push(*inner);
+            }
+        }
+        true
+    }
+
+    /// Counts one more reference if the object is referenced here already.
+    pub(crate) fn add_ref_if_present(&self, id: ObjectId) -> bool {
+        match self.lock().get_mut(&id) {
+            Some(entry) => {
+                entry.refs += 1;
+                true
+            }
+            None => false,
+        }
+    }
+
     /// Notes that the object was passed inside a value to another process.
     pub(crate) fn mark_lent(&self, id: ObjectId) {
         if let Some(entry) = self.lock().get_mut(&id) {
@@ -115,6 +146,7 @@ impl ObjectTable {
         Some(Freed {
             state: entry.state,
             lent: entry.lent,
+            contains: entry.contains,
         })
     }
 

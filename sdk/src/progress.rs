@@ -99,7 +99,7 @@ impl Reporter {
         let _ = self.replies.send(Ok(TaskReply {
             task_id: self.task_id.clone(),
             result: Some(task_reply::Result::Progress(progress)),
-            more_returns: Vec::new(),
+            ..TaskReply::default()
         }));
     }
 }

@@ -1,12 +1,15 @@
 //! References inside values (Ray's borrowed references): an `ObjectRef` or
-//! an actor handle inside a remote call's argument (any serde type) travels
-//! as its id.
+//! an actor handle inside a remote call's argument or return value (any
+//! serde type) travels as its id.
 //!
 //! - Encoding an argument collects the object references it contains; the
 //!   caller holds them until the call is done, after storing each in the
 //!   object store if it was inline (a borrower reads it from there), and
 //!   marks them lent: when its own last reference drops it tells the head
 //!   instead of freeing the object (`borrows.rs`).
+//! - A return value's references are readied the same way by the worker,
+//!   which tells the head that the return object holds each (before its
+//!   reply); the caller ends that hold when it frees the return object.
 //! - Decoding attaches each reference to the process that reads it: its own
 //!   object again, or a borrowed reference that the head counts from its
 //!   first decoding (sent before the call's reply) until the process drops
@@ -14,8 +17,8 @@
 //! - An actor handle needs no count: actors end with their owner, their job
 //!   or a kill, not with their last handle.
 //!
-//! An object reference inside a `put` value or a return value is refused
-//! with an error that says so.
+//! An object reference inside a `put` value is refused with an error that
+//! says so.
 
 use std::cell::RefCell;
 use std::sync::Arc;
@@ -54,6 +57,53 @@ pub(crate) fn refuse<E: std::fmt::Display, Custom>(
 /// Why a reference refused, since the last call (for the codec's errors).
 pub(crate) fn take_refusal() -> Option<String> {
     REFUSAL.with(|r| r.borrow_mut().take())
+}
+
+/// The object references inside a running call's return values, by return
+/// index, as its generated code encodes them (one encoding per return, in
+/// order).
+#[derive(Default)]
+pub(crate) struct ReturnedRefs {
+    encoded: u32,
+    pub(crate) refs: Vec<(u32, Arc<RefHandle>)>,
+}
+
+pub(crate) type ReturnedRefsCell = Arc<std::sync::Mutex<ReturnedRefs>>;
+
+tokio::task_local! {
+    /// The running call's.
+    static RETURNED: ReturnedRefsCell;
+}
+
+/// Runs a call, collecting the references its return values contain.
+pub(crate) async fn collecting_returns<F: std::future::Future>(
+    returned: ReturnedRefsCell,
+    call: F,
+) -> F::Output {
+    RETURNED.scope(returned, call).await
+}
+
+/// Encodes one of a running call's return values (for generated code),
+/// noting the references inside it; outside a call, as any value.
+pub(crate) fn encode_return<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>> {
+    let Ok(returned) = RETURNED.try_with(Arc::clone) else {
+        return codec::encode(value);
+    };
+    let (bytes, contained) = encode_argument(value)?;
+    let mut returned = returned.lock().unwrap_or_else(|p| p.into_inner());
+    let index = returned.encoded;
+    returned.encoded += 1;
+    returned
+        .refs
+        .extend(contained.into_iter().map(|handle| (index, handle)));
+    Ok(bytes)
+}
+
+/// A return value encoded otherwise (a record batch) takes its index.
+pub(crate) fn skip_return() {
+    let _ = RETURNED.try_with(|returned| {
+        returned.lock().unwrap_or_else(|p| p.into_inner()).encoded += 1;
+    });
 }
 
 /// Encodes a call's argument and the object references inside it.
@@ -101,8 +151,8 @@ impl<T> Serialize for ObjectRef<T> {
         });
         if !noted {
             let why = format!(
-                "object reference {} can travel inside a remote call's arguments only, not \
-                 inside a put value or a return value: pass it to the task or actor that needs it",
+                "object reference {} can travel inside a remote call's arguments and return \
+                 values only, not inside a put value: pass it to the task or actor that needs it",
                 self.id()
             );
             return Err(refuse(why, S::Error::custom));

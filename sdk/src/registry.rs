@@ -69,7 +69,7 @@ pub fn decode<T: serde::de::DeserializeOwned>(data: &[u8], what: &str) -> Result
 
 /// Serializes a result (for generated code).
 pub fn encode<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, String> {
-    crate::codec::encode(value).map_err(|e| e.to_string())
+    crate::ref_wire::encode_return(value).map_err(|e| e.to_string())
 }
 
 /// Reads a record batch argument zero-copy (for generated code).
@@ -79,6 +79,7 @@ pub fn decode_batch(data: &ObjectBytes, what: &str) -> Result<arrow::array::Reco
 
 /// Encodes a record batch result as Arrow IPC (for generated code).
 pub fn encode_batch(batch: &arrow::array::RecordBatch) -> Result<Vec<u8>, String> {
+    crate::ref_wire::skip_return();
     crate::batch::encode_batch(batch).map_err(|e| e.to_string())
 }
 

@@ -308,10 +308,12 @@ impl Executor {
         cancel: CancellationToken,
     ) -> TaskReply {
         let progress = TaskProgress::for_call(spec.task_id.clone(), replies);
+        let returned = crate::ref_wire::ReturnedRefsCell::default();
         let outcome = if cancel.is_cancelled() {
             Err(self.cancelled("before it started"))
         } else {
-            let run = progress.scope(crate::cancel::scope(cancel.clone(), self.run(&spec)));
+            let run = crate::ref_wire::collecting_returns(returned.clone(), self.run(&spec));
+            let run = progress.scope(crate::cancel::scope(cancel.clone(), run));
             tokio::select! {
                 biased;
                 outcome = run => outcome,
@@ -319,19 +321,106 @@ impl Executor {
             }
         };
         self.calls.finished(&spec.task_id);
+        // Held until the reply is built: the head learns that the return
+        // objects hold them before this worker lets go.
+        let returned = std::mem::take(&mut returned.lock().unwrap_or_else(|p| p.into_inner()).refs);
+        let outcome = match outcome {
+            Ok(bytes) if !returned.is_empty() => {
+                self.lend_returned(&spec, &returned).await.map(|()| bytes)
+            }
+            outcome => outcome,
+        };
         let outcome = match (outcome, self.count_borrows().await) {
             (Ok(_), Err(failure)) => Err(failure),
             (outcome, _) => outcome,
         };
-        let (result, more_returns) = match outcome {
+        let succeeded = outcome.is_ok();
+        let (result, mut more_returns) = match outcome {
             Ok(bytes) => self.store_results(&spec, bytes).await,
             Err(failure) => (task_reply::Result::Failure(failure), Vec::new()),
         };
+        let mut contained = Vec::new();
+        let stored = matches!(
+            result,
+            task_reply::Result::Value(_) | task_reply::Result::Stored(_)
+        );
+        if succeeded && !stored {
+            // The caller hears only of the failure: the holds end here.
+            self.end_returned_holds(&spec, &returned);
+        }
+        if succeeded && stored {
+            for (index, handle) in &returned {
+                match index {
+                    0 => contained.push(handle.id.to_vec()),
+                    i => {
+                        if let Some(more) = more_returns.get_mut(*i as usize - 1) {
+                            more.contained.push(handle.id.to_vec());
+                        }
+                    }
+                }
+            }
+        }
         TaskReply {
             task_id: spec.task_id,
             result: Some(result),
             more_returns,
+            contained,
         }
+    }
+
+    /// The return objects of a call that failed after all hold nothing.
+    fn end_returned_holds(
+        &self,
+        spec: &TaskSpec,
+        returned: &[(u32, Arc<crate::object_ref::RefHandle>)],
+    ) {
+        let (Ok(task), Some(context)) = (
+            photon_proto::TaskId::from_slice(&spec.task_id),
+            crate::worker_context::made(),
+        ) else {
+            return;
+        };
+        for (index, handle) in returned {
+            context.core.borrows.note_held_by(
+                &context.core,
+                handle.id,
+                photon_proto::v1::BorrowChange::Return,
+                ObjectId::for_return(task, *index),
+            );
+        }
+    }
+
+    /// Readies the objects referenced inside a call's return values for the
+    /// caller, as for arguments (stored, marked lent), and has the head
+    /// count each return object as holding them.
+    async fn lend_returned(
+        &self,
+        spec: &TaskSpec,
+        returned: &[(u32, Arc<crate::object_ref::RefHandle>)],
+    ) -> std::result::Result<(), TaskFailure> {
+        let system = |message: String| {
+            let mut failure = self.failure(message);
+            failure.system = true;
+            failure
+        };
+        let task = photon_proto::TaskId::from_slice(&spec.task_id)
+            .map_err(|e| system(format!("bad task id: {e}")))?;
+        let context = crate::worker_context::get().map_err(|e| system(e.to_string()))?;
+        for (index, handle) in returned {
+            context.core.lend(handle).await.map_err(|e| {
+                system(format!(
+                    "cannot pass on object {} returned inside the result: {e}",
+                    handle.id
+                ))
+            })?;
+            context.core.borrows.note_held_by(
+                &context.core,
+                handle.id,
+                photon_proto::v1::BorrowChange::Borrow,
+                ObjectId::for_return(task, *index),
+            );
+        }
+        Ok(())
     }
 
     /// Stores each return of a call: the reply's result (return 0) and the
@@ -388,6 +477,7 @@ impl Executor {
         let more = results
             .map(|result| ReturnObject {
                 result: Some(result),
+                contained: Vec::new(),
             })
             .collect();
         (as_reply(first), more)

@@ -1,8 +1,8 @@
-//! References inside values: an object passed inside a struct lives while
-//! any process holds a reference to it and is freed after the last one
-//! drops (the head's and the stores' counts are checked, not only values);
-//! an actor handle travels inside a value; a borrower whose owner ended
-//! reads `OwnerDied`.
+//! References inside values: an object passed inside a struct (an argument
+//! or a return value) lives while any process or return value holds a
+//! reference to it and is freed after the last one drops (the head's and
+//! the stores' counts are checked, not only values); an actor handle travels
+//! inside a value; a borrower whose owner ended reads `OwnerDied`.
 
 use std::time::Duration;
 
@@ -66,6 +66,19 @@ pub fn sum_inside(shared: Shared) -> Result<String, String> {
     Ok(format!("{}={}", shared.label, sum_of(&ctx, &shared)?))
 }
 
+/// Puts `len` bytes of 4 and returns them inside a value.
+#[photon::remote]
+pub fn make_shared(len: u64) -> Result<Shared, String> {
+    let ctx = Context::current().map_err(|e| e.to_string())?;
+    let data = ctx
+        .put(&vec![4u8; len as usize])
+        .map_err(|e| e.to_string())?;
+    Ok(Shared {
+        label: "made".into(),
+        data,
+    })
+}
+
 /// A counter reached through a handle inside a value.
 #[derive(Serialize, Deserialize)]
 pub struct Team {
@@ -79,21 +92,27 @@ pub fn bump(team: Team, by: u64) -> Result<u64, String> {
     ctx.get(&team.counter.incr(by)).map_err(|e| e.to_string())
 }
 
-/// Makes an object of its own and lends it, inside a value, to a keeper.
-pub struct Lender;
+/// Makes objects of its own and lends them, inside values, to keepers.
+pub struct Lender {
+    kept: Vec<ObjectRef<Vec<u8>>>,
+}
 
 #[photon::actor]
 impl Lender {
     pub fn new() -> Self {
-        Lender
+        Lender { kept: Vec::new() }
     }
 
-    /// Puts `len` bytes of 2 and has `keeper` keep them; the keeper's sum.
-    pub fn lend(&self, keeper: KeeperHandle, len: u64) -> Result<u64, String> {
+    /// Puts `len` bytes of 2 and has `keeper` keep them, keeping its own
+    /// reference too if `keep`; the keeper's sum.
+    pub fn lend(&mut self, keeper: KeeperHandle, len: u64, keep: bool) -> Result<u64, String> {
         let ctx = Context::current().map_err(|e| e.to_string())?;
         let data = ctx
             .put(&vec![2u8; len as usize])
             .map_err(|e| e.to_string())?;
+        if keep {
+            self.kept.push(data.clone());
+        }
         let shared = Shared {
             label: "lent".into(),
             data,
@@ -181,6 +200,68 @@ pub fn an_object_inside_a_struct_lives_until_its_last_borrower_drops_it() -> Res
     Ok(())
 }
 
+/// An object a task put and returned inside a value lives while the return
+/// value holds it, then while the driver holds the reference it read from
+/// it, then while a task it lent it to runs; then it is freed.
+pub fn an_object_returned_inside_a_value_lives_until_nothing_holds_it() -> Result<(), Failed> {
+    let ctx = embedded();
+    let baseline = objects_in_stores(&ctx);
+    let len = 2_000_000u64;
+    let outer = make_shared::remote(&ctx, len);
+    let shared = ctx.get(&outer)?;
+    let id = shared.data.id();
+    check(
+        ctx.get(&shared.data)? == vec![4u8; len as usize],
+        "the driver reads the returned object",
+    )?;
+    // The worker that made it let go after its reply.
+    let held = wait_until(Duration::from_secs(10), || {
+        ctx.object_holders(id).is_ok_and(|h| {
+            h.holding_objects == vec![outer.id()] && h.borrowers == vec![0] && h.owner_released
+        })
+    });
+    check(
+        held,
+        format!(
+            "held by the return value and the driver: {:?}",
+            ctx.object_holders(id)?
+        ),
+    )?;
+    drop(outer);
+    let driver_only = wait_until(Duration::from_secs(10), || {
+        ctx.object_holders(id)
+            .is_ok_and(|h| h.holding_objects.is_empty() && h.borrowers == vec![0])
+    });
+    check(
+        driver_only,
+        format!("held by the driver alone: {:?}", ctx.object_holders(id)?),
+    )?;
+    check(
+        ctx.get(&sum_inside::remote(&ctx, shared))? == format!("made={}", 4 * len),
+        "lent on to a task",
+    )?;
+    let freed = wait_until(Duration::from_secs(10), || {
+        ctx.object_holders(id).is_ok_and(|h| {
+            h.nodes.is_empty() && h.borrowers.is_empty() && h.holding_objects.is_empty()
+        })
+    });
+    check(
+        freed,
+        format!("freed once nothing holds it: {:?}", ctx.object_holders(id)?),
+    )?;
+    let back = wait_until(Duration::from_secs(10), || {
+        objects_in_stores(&ctx) == baseline
+    });
+    check(
+        back,
+        format!(
+            "stores hold {} objects, {baseline} before",
+            objects_in_stores(&ctx)
+        ),
+    )?;
+    Ok(())
+}
+
 /// Small and unfinished objects inside a value reach a task too: the driver
 /// stores a small one before lending it, and waits for an unfinished one;
 /// a reference not lent (the driver's own) is freed as before.
@@ -217,7 +298,7 @@ pub fn small_and_pending_objects_inside_values_are_lent() -> Result<(), Failed> 
         })
     });
     check(freed, "both freed once nobody holds them")?;
-    // A reference inside a put value or a return value is refused, saying so.
+    // A reference inside a put value is refused, saying so.
     let inner = ctx.put(&vec![1u8; 10])?;
     let refused = ctx
         .put(&Shared {
@@ -228,7 +309,7 @@ pub fn small_and_pending_objects_inside_values_are_lent() -> Result<(), Failed> 
         .map(|e| e.to_string())
         .unwrap_or_default();
     check(
-        refused.contains("inside a remote call's arguments only"),
+        refused.contains("not inside a put value"),
         format!("a reference inside a put value: {refused}"),
     )?;
     Ok(())
@@ -261,16 +342,23 @@ pub fn actor_handles_travel_inside_values() -> Result<(), Failed> {
     Ok(())
 }
 
-/// When the worker that owns a lent object ends, the object goes with it,
-/// and its borrower's read fails with `OwnerDied`, naming the owner.
+/// When the worker that owns a lent object ends while it still holds the
+/// object, the object goes with it, and its borrower's read fails with
+/// `OwnerDied`, naming the owner; an object it had released outlives it
+/// while borrowed.
 pub fn a_borrower_whose_owner_ended_reads_owner_died() -> Result<(), Failed> {
     let ctx = embedded();
     let keeper = KeeperHandle::new_with(&ctx, KeeperHandle::options().num_cpus(0.0))?;
+    let survivor = KeeperHandle::new_with(&ctx, KeeperHandle::options().num_cpus(0.0))?;
     let lender = LenderHandle::new_with(&ctx, LenderHandle::options().num_cpus(0.0))?;
     let len = 1_500_000u64;
     check(
-        ctx.get(&lender.lend(keeper.clone(), len))? == 2 * len,
+        ctx.get(&lender.lend(keeper.clone(), len, true))? == 2 * len,
         "the keeper read the lent object",
+    )?;
+    check(
+        ctx.get(&lender.lend(survivor.clone(), len, false))? == 2 * len,
+        "the other keeper read the released one",
     )?;
     check(ctx.get(&keeper.read())? == 2 * len, "and keeps it")?;
     ctx.kill(lender.handle())?;
@@ -285,6 +373,10 @@ pub fn a_borrower_whose_owner_ended_reads_owner_died() -> Result<(), Failed> {
     check(
         failed && last.contains("its owner, the worker with owner tag") && last.contains("ended"),
         format!("the borrower's read after its owner ended: {last}"),
+    )?;
+    check(
+        ctx.get(&survivor.read())? == 2 * len,
+        "the object the owner had released outlived it",
     )?;
     Ok(())
 }

@@ -583,6 +583,10 @@ fn main() {
             borrows::an_object_inside_a_struct_lives_until_its_last_borrower_drops_it,
         ),
         Trial::test(
+            "embedded::an_object_returned_inside_a_value_lives_until_nothing_holds_it",
+            borrows::an_object_returned_inside_a_value_lives_until_nothing_holds_it,
+        ),
+        Trial::test(
             "embedded::small_and_pending_objects_inside_values_are_lent",
             borrows::small_and_pending_objects_inside_values_are_lent,
         ),
