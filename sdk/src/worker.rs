@@ -245,22 +245,17 @@ impl Executor {
     /// dropped) so far: the caller lets go of what it passed once it has
     /// the reply.
     async fn count_borrows(&self) -> std::result::Result<(), TaskFailure> {
-        let Some(context) = crate::worker_context::made() else {
+        let Some(core) = crate::worker_context::made() else {
             return Ok(());
         };
-        if context.core.borrows.idle() {
+        if core.borrows.idle() {
             return Ok(());
         }
-        context
-            .core
-            .borrows
-            .flush(&context.core)
-            .await
-            .map_err(|err| {
-                let mut failure = self.failure(err.to_string());
-                failure.system = true;
-                failure
-            })
+        core.borrows.flush(core).await.map_err(|err| {
+            let mut failure = self.failure(err.to_string());
+            failure.system = true;
+            failure
+        })
     }
 
     /// Argument bytes: inline, or mapped from this node's store (pulled first if remote).
@@ -374,15 +369,15 @@ impl Executor {
         spec: &TaskSpec,
         returned: &[(u32, Arc<crate::object_ref::RefHandle>)],
     ) {
-        let (Ok(task), Some(context)) = (
+        let (Ok(task), Some(core)) = (
             photon_proto::TaskId::from_slice(&spec.task_id),
             crate::worker_context::made(),
         ) else {
             return;
         };
         for (index, handle) in returned {
-            context.core.borrows.note_held_by(
-                &context.core,
+            core.borrows.note_held_by(
+                core,
                 handle.id,
                 photon_proto::v1::BorrowChange::Return,
                 ObjectId::for_return(task, *index),

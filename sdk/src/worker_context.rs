@@ -26,6 +26,8 @@ use crate::packages::WORKING_DIR_PACKAGE_ENV;
 static RUNTIME: OnceLock<tokio::runtime::Handle> = OnceLock::new();
 /// The context, made on first use.
 static CONTEXT: Mutex<Option<Context>> = Mutex::new(None);
+/// Its core once made, for checks on every call that must not lock.
+static MADE: OnceLock<std::sync::Arc<Core>> = OnceLock::new();
 
 /// Records the worker's runtime (once, when it starts serving).
 pub(crate) fn set_runtime(runtime: tokio::runtime::Handle) {
@@ -52,14 +54,15 @@ pub(crate) fn get() -> Result<Context> {
         let parts = runtime.block_on(parts())?;
         let _entered = runtime.enter();
         let made = Context::for_worker(Core::start(parts));
+        let _ = MADE.set(made.core.clone());
         *context = Some(made.clone());
         Ok(made)
     })
 }
 
-/// This worker's context if something made it already.
-pub(crate) fn made() -> Option<Context> {
-    CONTEXT.lock().unwrap_or_else(|p| p.into_inner()).clone()
+/// This worker's core if something made its context already.
+pub(crate) fn made() -> Option<&'static std::sync::Arc<Core>> {
+    MADE.get()
 }
 
 pub(crate) fn var(name: &str) -> Result<String> {
