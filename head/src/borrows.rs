@@ -16,7 +16,7 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 
-use photon_proto::v1::{BorrowChange, BorrowUpdate, DeleteObjectRequest, NodeState};
+use photon_proto::v1::{BorrowChange, BorrowUpdate, DeleteObjectRequest};
 use photon_proto::{JobId, ObjectId};
 use tonic::Status;
 use tracing::warn;
@@ -239,19 +239,7 @@ impl Borrows {
 impl HeadState {
     /// Deletes every copy of `objects` on the live nodes holding one.
     pub(crate) async fn free_everywhere(&self, objects: &[ObjectId]) {
-        let alive: HashMap<photon_proto::NodeId, String> = self
-            .nodes
-            .snapshot()
-            .into_iter()
-            .filter(|r| r.state == NodeState::Alive as i32)
-            .filter_map(|r| {
-                let info = r.info?;
-                Some((
-                    photon_proto::NodeId::from_slice(&info.node_id).ok()?,
-                    info.address,
-                ))
-            })
-            .collect();
+        let alive = self.nodes.alive_addresses();
         for object in objects {
             for node in self.objects.holders(*object) {
                 let Some(address) = alive.get(&node) else {

@@ -184,6 +184,15 @@ impl NodeTable {
             .and_then(|e| e.record.info.as_ref().map(|info| info.address.clone()))
     }
 
+    /// The raylet address of every live node.
+    pub fn alive_addresses(&self) -> HashMap<NodeId, String> {
+        self.lock()
+            .iter()
+            .filter(|(_, e)| e.record.state == NodeState::Alive as i32)
+            .filter_map(|(id, e)| Some((*id, e.record.info.as_ref()?.address.clone())))
+            .collect()
+    }
+
     /// Every record, with heartbeat ages filled in, sorted by registration time.
     pub fn snapshot(&self) -> Vec<NodeRecord> {
         let mut records: Vec<NodeRecord> = self

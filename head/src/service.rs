@@ -13,8 +13,8 @@ use photon_proto::v1::{
 use photon_proto::v1::{
     GetClusterStatusRequest, GetClusterStatusResponse, GetObjectLocationsReply,
     GetObjectLocationsRequest, Heartbeat, HeartbeatReply, KvGetRequest, KvGetResponse,
-    KvPutRequest, KvPutResponse, NodeState, ObjectLocation, ObjectLocationUpdate,
-    ObjectLocationUpdateReply, RegisterNodeRequest, RegisterNodeResponse,
+    KvPutRequest, KvPutResponse, ObjectLocation, ObjectLocationUpdate, ObjectLocationUpdateReply,
+    RegisterNodeRequest, RegisterNodeResponse,
 };
 use photon_proto::v1::{
     GetPlacementGroupRequest, ListPlacementGroupsReply, ListPlacementGroupsRequest,
@@ -496,17 +496,7 @@ impl Head for HeadService {
         request: Request<GetObjectLocationsRequest>,
     ) -> Result<Response<GetObjectLocationsReply>, Status> {
         let object = ObjectId::from_slice(&request.into_inner().object_id)?;
-        let alive: std::collections::HashMap<NodeId, String> = self
-            .state
-            .nodes
-            .snapshot()
-            .into_iter()
-            .filter(|r| r.state == NodeState::Alive as i32)
-            .filter_map(|r| {
-                let info = r.info?;
-                Some((NodeId::from_slice(&info.node_id).ok()?, info.address))
-            })
-            .collect();
+        let alive = self.state.nodes.alive_addresses();
         let locations = self
             .state
             .objects

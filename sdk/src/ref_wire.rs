@@ -21,7 +21,7 @@
 //! says so.
 
 use std::cell::RefCell;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 
 use photon_proto::{ActorId, ObjectId};
 use serde::de::Error as _;
@@ -37,8 +37,10 @@ use crate::object_ref::{ObjectRef, RefHandle};
 thread_local! {
     /// While an argument is encoded: the object references it contains.
     static CONTAINED: RefCell<Option<Vec<Arc<RefHandle>>>> = const { RefCell::new(None) };
-    /// While `Context::get` decodes a value: the process's core it belongs to.
-    static DECODER: RefCell<Option<Arc<Core>>> = const { RefCell::new(None) };
+    /// The core of the process whose `Context::get` decoded a value on this
+    /// thread last (kept, not reset: every get sets it, and comparing is
+    /// cheaper than a reference count on every get).
+    static DECODER: RefCell<Weak<Core>> = const { RefCell::new(Weak::new()) };
     /// Why a reference refused to be encoded or decoded (the codec reports
     /// it: postcard keeps no custom message).
     static REFUSAL: RefCell<Option<String>> = const { RefCell::new(None) };
@@ -63,47 +65,48 @@ pub(crate) fn take_refusal() -> Option<String> {
 /// index, as its generated code encodes them (one encoding per return, in
 /// order).
 #[derive(Default)]
-pub(crate) struct ReturnedRefs {
+struct ReturnedRefs {
     encoded: u32,
-    pub(crate) refs: Vec<(u32, Arc<RefHandle>)>,
+    refs: Vec<(u32, Arc<RefHandle>)>,
 }
-
-pub(crate) type ReturnedRefsCell = Arc<std::sync::Mutex<ReturnedRefs>>;
 
 tokio::task_local! {
     /// The running call's.
-    static RETURNED: ReturnedRefsCell;
+    static RETURNED: RefCell<ReturnedRefs>;
 }
 
-/// Runs a call, collecting the references its return values contain.
+/// Runs a call; its output and the references its return values contain,
+/// by return index.
 pub(crate) async fn collecting_returns<F: std::future::Future>(
-    returned: ReturnedRefsCell,
     call: F,
-) -> F::Output {
-    RETURNED.scope(returned, call).await
+) -> (F::Output, Vec<(u32, Arc<RefHandle>)>) {
+    let mut call = std::pin::pin!(RETURNED.scope(RefCell::default(), call));
+    let output = call.as_mut().await;
+    let returned = call.take_value().map(|r| r.into_inner().refs);
+    (output, returned.unwrap_or_default())
 }
 
 /// Encodes one of a running call's return values (for generated code),
 /// noting the references inside it; outside a call, as any value.
 pub(crate) fn encode_return<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>> {
-    let Ok(returned) = RETURNED.try_with(Arc::clone) else {
+    if RETURNED.try_with(|_| ()).is_err() {
         return codec::encode(value);
-    };
+    }
     let (bytes, contained) = encode_argument(value)?;
-    let mut returned = returned.lock().unwrap_or_else(|p| p.into_inner());
-    let index = returned.encoded;
-    returned.encoded += 1;
-    returned
-        .refs
-        .extend(contained.into_iter().map(|handle| (index, handle)));
+    RETURNED.with(|returned| {
+        let mut returned = returned.borrow_mut();
+        let index = returned.encoded;
+        returned.encoded += 1;
+        returned
+            .refs
+            .extend(contained.into_iter().map(|handle| (index, handle)));
+    });
     Ok(bytes)
 }
 
 /// A return value encoded otherwise (a record batch) takes its index.
 pub(crate) fn skip_return() {
-    let _ = RETURNED.try_with(|returned| {
-        returned.lock().unwrap_or_else(|p| p.into_inner()).encoded += 1;
-    });
+    let _ = RETURNED.try_with(|returned| returned.borrow_mut().encoded += 1);
 }
 
 /// Encodes a call's argument and the object references inside it.
@@ -118,16 +121,20 @@ pub(crate) fn encode_argument<T: Serialize + ?Sized>(
 
 /// Runs `decode` with references inside the value attached to `core`.
 pub(crate) fn decode_for<T>(core: &Arc<Core>, decode: impl FnOnce() -> T) -> T {
-    let outer = DECODER.with(|d| d.replace(Some(core.clone())));
-    let decoded = decode();
-    DECODER.with(|d| *d.borrow_mut() = outer);
-    decoded
+    DECODER.with(|d| {
+        let mut decoder = d.borrow_mut();
+        if !std::ptr::eq(decoder.as_ptr(), Arc::as_ptr(core)) {
+            *decoder = Arc::downgrade(core);
+        }
+    });
+    decode()
 }
 
-/// The process's core a decoded reference belongs to: the one `get` named,
-/// else (an argument decoded in a worker) the worker's own.
+/// The process's core a decoded reference belongs to: the one `get` last
+/// named on this thread, else (an argument decoded in a worker) the
+/// worker's own.
 fn decoder() -> Result<Arc<Core>> {
-    if let Some(core) = DECODER.with(|d| d.borrow().clone()) {
+    if let Some(core) = DECODER.with(|d| d.borrow().upgrade()) {
         return Ok(core);
     }
     if crate::worker::is_worker() {

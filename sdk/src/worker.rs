@@ -303,22 +303,20 @@ impl Executor {
         cancel: CancellationToken,
     ) -> TaskReply {
         let progress = TaskProgress::for_call(spec.task_id.clone(), replies);
-        let returned = crate::ref_wire::ReturnedRefsCell::default();
-        let outcome = if cancel.is_cancelled() {
-            Err(self.cancelled("before it started"))
+        // `returned` is held until the reply is built: the head learns that
+        // the return objects hold them before this worker lets go.
+        let (outcome, returned) = if cancel.is_cancelled() {
+            (Err(self.cancelled("before it started")), Vec::new())
         } else {
-            let run = crate::ref_wire::collecting_returns(returned.clone(), self.run(&spec));
+            let run = crate::ref_wire::collecting_returns(self.run(&spec));
             let run = progress.scope(crate::cancel::scope(cancel.clone(), run));
             tokio::select! {
                 biased;
-                outcome = run => outcome,
-                () = cancel.cancelled() => Err(self.cancelled("while it ran")),
+                ran = run => ran,
+                () = cancel.cancelled() => (Err(self.cancelled("while it ran")), Vec::new()),
             }
         };
         self.calls.finished(&spec.task_id);
-        // Held until the reply is built: the head learns that the return
-        // objects hold them before this worker lets go.
-        let returned = std::mem::take(&mut returned.lock().unwrap_or_else(|p| p.into_inner()).refs);
         let outcome = match outcome {
             Ok(bytes) if !returned.is_empty() => {
                 self.lend_returned(&spec, &returned).await.map(|()| bytes)

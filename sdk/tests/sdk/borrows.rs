@@ -127,6 +127,21 @@ fn objects_in_stores(ctx: &Context) -> u64 {
         .unwrap_or(u64::MAX)
 }
 
+/// Waits until the stores hold `baseline` objects again (their heartbeats
+/// report every 500 ms).
+fn stores_back_to(ctx: &Context, baseline: u64) -> Result<(), Failed> {
+    let back = wait_until(Duration::from_secs(10), || {
+        objects_in_stores(ctx) == baseline
+    });
+    check(
+        back,
+        format!(
+            "stores hold {} objects, {baseline} before",
+            objects_in_stores(ctx)
+        ),
+    )
+}
+
 /// A 2 MB object inside a struct given to 3 actors outlives the driver's
 /// reference, is read by each, and leaves the store only after the last
 /// actor drops it; the head counts its borrowers all along.
@@ -187,17 +202,7 @@ pub fn an_object_inside_a_struct_lives_until_its_last_borrower_drops_it() -> Res
             ctx.object_holders(id)?
         ),
     )?;
-    let back = wait_until(Duration::from_secs(10), || {
-        objects_in_stores(&ctx) == baseline
-    });
-    check(
-        back,
-        format!(
-            "stores hold {} objects, {baseline} before",
-            objects_in_stores(&ctx)
-        ),
-    )?;
-    Ok(())
+    stores_back_to(&ctx, baseline)
 }
 
 /// An object a task put and returned inside a value lives while the return
@@ -249,17 +254,7 @@ pub fn an_object_returned_inside_a_value_lives_until_nothing_holds_it() -> Resul
         freed,
         format!("freed once nothing holds it: {:?}", ctx.object_holders(id)?),
     )?;
-    let back = wait_until(Duration::from_secs(10), || {
-        objects_in_stores(&ctx) == baseline
-    });
-    check(
-        back,
-        format!(
-            "stores hold {} objects, {baseline} before",
-            objects_in_stores(&ctx)
-        ),
-    )?;
-    Ok(())
+    stores_back_to(&ctx, baseline)
 }
 
 /// Small and unfinished objects inside a value reach a task too: the driver
