@@ -141,6 +141,11 @@ impl Borrows {
         let mut free = Vec::new();
         for (object, holder, change) in parsed {
             match change {
+                // A process that ended (its late updates still arriving)
+                // holds nothing.
+                BorrowChange::Borrow
+                    if holder == Holder::Process(sender)
+                        && inner.ended_owners.contains_key(&(job, sender)) => {}
                 BorrowChange::Borrow => {
                     // An object whose owner ended is gone already, unless
                     // it outlived its owner.

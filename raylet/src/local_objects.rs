@@ -9,7 +9,7 @@
 //! ends (exit, crash, SIGKILL) [`LocalClients::release_dead`] drops its pins
 //! and aborts what it left half written, so nothing stays pinned for good.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 
 use photon_object_store::{ObjectStore, ObjectView};
@@ -107,10 +107,11 @@ impl LocalClients {
     /// Forgets every pin and writer of the objects of job `job` (or of its
     /// owner `owner_tag`, when not 0): they ended, and their objects are
     /// being freed whoever holds them.
-    fn forget_owned(&self, job: JobId, owner_tag: u32) {
+    fn forget_owned(&self, job: JobId, owner_tag: u32, keep: &HashSet<ObjectId>) {
+        let gone = |id: &ObjectId| id.owned_by(job, owner_tag) && !keep.contains(id);
         let mut held = self.lock();
-        held.pins.retain(|id, _| !id.owned_by(job, owner_tag));
-        held.writers.retain(|id, _| !id.owned_by(job, owner_tag));
+        held.pins.retain(|id, _| !gone(id));
+        held.writers.retain(|id, _| !gone(id));
     }
 }
 
@@ -248,7 +249,7 @@ impl TransferService {
         let clients = self.clients().clone();
         // Off the async runtime: spilled objects' files are deleted.
         let (objects, bytes) = blocking(self.store(), move |store| {
-            clients.forget_owned(job, owner_tag);
+            clients.forget_owned(job, owner_tag, &keep);
             let (mut objects, mut bytes) = (0, 0);
             for id in store
                 .ids()

@@ -556,8 +556,17 @@ async fn drive(
 /// Waits until every reference argument of `call` has a value (or failed).
 async fn arguments_ready(core: &Arc<Core>, call: &Call) {
     for arg in &call.args {
-        if let ArgKind::Ref(handle) = &arg.0 {
-            core.objects.wait_ready(handle.id).await;
+        match &arg.0 {
+            ArgKind::Ref(handle) => {
+                core.objects.wait_ready(handle.id).await;
+            }
+            // Waited for here, where replies are still read: an earlier
+            // call to this actor may make them.
+            ArgKind::Value(_, contained) => {
+                for inner in contained {
+                    core.objects.wait_ready(inner.id).await;
+                }
+            }
         }
     }
 }
@@ -663,6 +672,9 @@ fn complete(
     }
     let error = match reply.result {
         Some(task_reply::Result::Value(_) | task_reply::Result::Stored(_)) => {
+            // Arguments let go first: an owner that lent one tells the head
+            // before its caller sees the result.
+            drop(call.deps);
             core.set_results(call.returns, reply);
             return;
         }

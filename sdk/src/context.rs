@@ -207,9 +207,9 @@ impl Core {
         let Some(freed) = self.objects.release(id) else {
             return;
         };
-        for inner in &freed.contains {
-            self.borrows
-                .note_held_by(self, *inner, BorrowChange::Return, id);
+        // A lent return value keeps what it holds until the head frees it.
+        if !freed.lent {
+            self.end_holds(id, &freed.contains);
         }
         if let ObjectState::Borrowed = freed.state {
             self.borrows.note(self, id, BorrowChange::Return);
@@ -330,7 +330,10 @@ impl Core {
         match self.head.clone().get_object_locations(request).await {
             Ok(reply) if !reply.get_ref().owner_ended.is_empty() => Error::OwnerDied {
                 object: id,
-                owner: format!("the worker with owner tag {}", id.owner_tag()),
+                owner: match id.owner_tag() {
+                    0 => "its job's driver".to_string(),
+                    tag => format!("the worker with owner tag {tag}"),
+                },
                 reason: reply.into_inner().owner_ended,
             },
             _ => Error::ObjectLost {

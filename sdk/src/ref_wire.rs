@@ -137,6 +137,9 @@ fn decoder() -> Result<Arc<Core>> {
     if let Some(core) = DECODER.with(|d| d.borrow().upgrade()) {
         return Ok(core);
     }
+    if let Some(core) = crate::worker_context::made() {
+        return Ok(core.clone());
+    }
     if crate::worker::is_worker() {
         return Ok(crate::worker_context::get()?.core.clone());
     }

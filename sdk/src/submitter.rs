@@ -507,7 +507,7 @@ impl Loop {
             }
             return;
         }
-        let Some((task, sent)) = lease.in_flight.remove(&reply.task_id) else {
+        let Some((mut task, sent)) = lease.in_flight.remove(&reply.task_id) else {
             return;
         };
         if core.fail_if_cancelled(task.returns, || task_label(&task.spec)) {
@@ -535,6 +535,9 @@ impl Loop {
         let function = task_label(&task.spec);
         match reply.result {
             Some(task_reply::Result::Value(_) | task_reply::Result::Stored(_)) => {
+                // Arguments let go first: an owner that lent one tells the
+                // head before its caller sees the result.
+                task.deps.clear();
                 core.set_results(task.returns, reply);
             }
             Some(task_reply::Result::Failure(failure)) => {

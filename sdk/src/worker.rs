@@ -337,7 +337,8 @@ impl Executor {
             result,
             task_reply::Result::Value(_) | task_reply::Result::Stored(_)
         );
-        if succeeded && !stored {
+        let replied = succeeded && stored;
+        if !replied && !returned.is_empty() {
             // The caller hears only of the failure: the holds end here.
             self.end_returned_holds(&spec, &returned);
         }

@@ -36,7 +36,10 @@ pub(crate) fn set_runtime(runtime: tokio::runtime::Handle) {
 
 /// This worker's context, made on first use.
 pub(crate) fn get() -> Result<Context> {
-    if let Some(context) = CONTEXT.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
+    // Not waiting here: a thread making the context holds the lock.
+    if let Ok(context) = CONTEXT.try_lock()
+        && let Some(context) = context.as_ref()
+    {
         return Ok(context.clone());
     }
     let runtime = RUNTIME.get().ok_or_else(|| {

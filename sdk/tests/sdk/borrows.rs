@@ -20,9 +20,16 @@ pub struct Shared {
     pub data: ObjectRef<Vec<u8>>,
 }
 
+/// A reference to a value that holds a reference.
+#[derive(Serialize, Deserialize)]
+pub struct Outer {
+    pub inner: ObjectRef<Shared>,
+}
+
 /// Keeps what it is given.
 pub struct Keeper {
     kept: Option<Shared>,
+    outer: Option<Outer>,
 }
 
 fn sum_of(ctx: &Context, shared: &Shared) -> Result<u64, String> {
@@ -33,7 +40,10 @@ fn sum_of(ctx: &Context, shared: &Shared) -> Result<u64, String> {
 #[photon::actor]
 impl Keeper {
     pub fn new() -> Self {
-        Keeper { kept: None }
+        Keeper {
+            kept: None,
+            outer: None,
+        }
     }
 
     /// Keeps `shared`; the sum of the bytes it refers to.
@@ -49,6 +59,24 @@ impl Keeper {
         let ctx = Context::current().map_err(|e| e.to_string())?;
         let shared = self.kept.as_ref().ok_or("nothing kept")?;
         sum_of(&ctx, shared)
+    }
+
+    /// `len` bytes of 9.
+    pub fn bytes(&self, len: u64) -> Vec<u8> {
+        vec![9u8; len as usize]
+    }
+
+    /// Keeps a reference to a value that itself holds a reference.
+    pub fn keep_outer(&mut self, outer: Outer) {
+        self.outer = Some(outer);
+    }
+
+    /// Reads the kept value, then the object it refers to; their sum.
+    pub fn read_outer(&self) -> Result<u64, String> {
+        let ctx = Context::current().map_err(|e| e.to_string())?;
+        let outer = self.outer.as_ref().ok_or("nothing kept")?;
+        let shared = ctx.get(&outer.inner).map_err(|e| e.to_string())?;
+        sum_of(&ctx, &shared)
     }
 
     /// Drops what it kept; how many objects this worker references then.
@@ -255,6 +283,47 @@ pub fn an_object_returned_inside_a_value_lives_until_nothing_holds_it() -> Resul
         format!("freed once nothing holds it: {:?}", ctx.object_holders(id)?),
     )?;
     stores_back_to(&ctx, baseline)
+}
+
+/// A value holding a return value that holds a reference keeps both alive
+/// after the driver drops its own; and a reference to an earlier call's
+/// result on the same actor, inside a value, does not hold up that actor.
+pub fn references_to_references_and_to_the_same_actors_results() -> Result<(), Failed> {
+    let ctx = embedded();
+    let keeper = KeeperHandle::new_with(&ctx, KeeperHandle::options().num_cpus(0.0))?;
+    let len = 1_000_000u64;
+    let made = make_shared::remote(&ctx, len);
+    ctx.get(&keeper.keep_outer(Outer {
+        inner: made.clone(),
+    }))?;
+    let inner_id = ctx.get(&made)?.data.id();
+    drop(made);
+    // Held by the return value the keeper holds, not by the driver.
+    let held = wait_until(Duration::from_secs(10), || {
+        ctx.object_holders(inner_id)
+            .is_ok_and(|h| h.borrowers.is_empty() && h.holding_objects.len() == 1)
+    });
+    check(
+        held,
+        format!(
+            "the inner object is held by the kept value: {:?}",
+            ctx.object_holders(inner_id)?
+        ),
+    )?;
+    check(
+        ctx.get(&keeper.read_outer())? == 4 * len,
+        "the keeper reads through both references",
+    )?;
+    let pending = keeper.bytes(1_000u64);
+    let sum = keeper.keep(Shared {
+        label: "same actor".into(),
+        data: pending,
+    });
+    check(
+        ctx.get_timeout(&sum, Duration::from_secs(30))? == 9_000,
+        "a reference to the same actor's earlier result",
+    )?;
+    Ok(())
 }
 
 /// Small and unfinished objects inside a value reach a task too: the driver

@@ -587,6 +587,10 @@ fn main() {
             borrows::an_object_returned_inside_a_value_lives_until_nothing_holds_it,
         ),
         Trial::test(
+            "embedded::references_to_references_and_to_the_same_actors_results",
+            borrows::references_to_references_and_to_the_same_actors_results,
+        ),
+        Trial::test(
             "embedded::small_and_pending_objects_inside_values_are_lent",
             borrows::small_and_pending_objects_inside_values_are_lent,
         ),
