@@ -333,16 +333,16 @@ impl Executor {
             Err(failure) => (task_reply::Result::Failure(failure), Vec::new()),
         };
         let mut contained = Vec::new();
-        let stored = matches!(
-            result,
-            task_reply::Result::Value(_) | task_reply::Result::Stored(_)
-        );
-        let replied = succeeded && stored;
+        let replied = succeeded
+            && matches!(
+                result,
+                task_reply::Result::Value(_) | task_reply::Result::Stored(_)
+            );
         if !replied && !returned.is_empty() {
             // The caller hears only of the failure: the holds end here.
             self.end_returned_holds(&spec, &returned);
         }
-        if succeeded && stored {
+        if replied {
             for (index, handle) in &returned {
                 match index {
                     0 => contained.push(handle.id.to_vec()),
