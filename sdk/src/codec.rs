@@ -26,8 +26,8 @@ pub fn encode_into<T: Serialize + ?Sized>(value: &T, buffer: &mut [u8]) -> Resul
         .map_err(|e| cannot_serialize::<T>(e))
 }
 
-/// Deserializes a `T`; `what` names the value in the error.
-pub fn decode<T: DeserializeOwned>(bytes: &[u8], what: &str) -> Result<T> {
+/// Deserializes a `T`; `what` names the value in the error (formatted only then).
+pub fn decode<T: DeserializeOwned>(bytes: &[u8], what: impl std::fmt::Display) -> Result<T> {
     crate::ref_wire::take_refusal();
     postcard::from_bytes(bytes).map_err(|e| {
         // postcard keeps no message of a type's own: a reference inside the

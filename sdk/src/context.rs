@@ -1424,7 +1424,7 @@ impl Context {
         let id = object.id();
         let bytes = self.core.get_bytes(id, Mapping::Populated).await?;
         crate::ref_wire::decode_for(&self.core, || {
-            codec::decode(&bytes, &format!("object {id}"))
+            codec::decode(&bytes, format_args!("object {id}"))
         })
     }
 

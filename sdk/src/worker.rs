@@ -225,6 +225,10 @@ fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
         .unwrap_or_else(|| "a panic with a non-string payload".into())
 }
 
+// The RPCs of the rare paths (reading a stored argument, storing a large
+// result, lending, flushing borrows) are boxed where they are awaited:
+// inline, their futures would make every call's future several kilobytes,
+// copied each time it is wrapped or moved.
 impl Executor {
     fn failure(&self, message: String) -> TaskFailure {
         TaskFailure {
@@ -251,7 +255,7 @@ impl Executor {
         if core.borrows.idle() {
             return Ok(());
         }
-        core.borrows.flush(core).await.map_err(|err| {
+        Box::pin(core.borrows.flush(core)).await.map_err(|err| {
             let mut failure = self.failure(err.to_string());
             failure.system = true;
             failure
@@ -273,7 +277,7 @@ impl Executor {
                         f
                     })?;
                     // Lazily: a record batch argument may be read column by column.
-                    match object_io::read(&self.raylet, id, Mapping::Lazy).await {
+                    match Box::pin(object_io::read(&self.raylet, id, Mapping::Lazy)).await {
                         Ok(bytes) => fetched.push(bytes),
                         Err(ReadError::Lost(why)) => {
                             let mut f = self.failure(format!("argument {id} is lost: {why}"));
@@ -318,9 +322,9 @@ impl Executor {
         };
         self.calls.finished(&spec.task_id);
         let outcome = match outcome {
-            Ok(bytes) if !returned.is_empty() => {
-                self.lend_returned(&spec, &returned).await.map(|()| bytes)
-            }
+            Ok(bytes) if !returned.is_empty() => Box::pin(self.lend_returned(&spec, &returned))
+                .await
+                .map(|()| bytes),
             outcome => outcome,
         };
         let outcome = match (outcome, self.count_borrows().await) {
@@ -458,8 +462,11 @@ impl Executor {
                     // The owner hears only of the failure: free what was stored.
                     for (index, result) in (0u32..).zip(&results) {
                         if let return_object::Result::Stored(_) = result {
-                            object_io::delete(&self.raylet, ObjectId::for_return(task, index))
-                                .await;
+                            Box::pin(object_io::delete(
+                                &self.raylet,
+                                ObjectId::for_return(task, index),
+                            ))
+                            .await;
                         }
                     }
                     return (task_reply::Result::Failure(failure), Vec::new());
@@ -518,7 +525,7 @@ impl Executor {
         if bytes.len() <= INLINE_MAX {
             return Ok(return_object::Result::Value(bytes));
         }
-        match object_io::write(&self.raylet, id, &bytes).await {
+        match Box::pin(object_io::write(&self.raylet, id, &bytes)).await {
             Ok(()) => Ok(return_object::Result::Stored(StoredObject {
                 node_id: self.node_id.to_vec(),
                 node_address: self.raylet_address.clone(),
