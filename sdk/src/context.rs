@@ -1041,6 +1041,16 @@ pub struct Context {
 
 /// Connects to a cluster, or starts an embedded one (see [`Config`]).
 pub fn init(config: Config) -> Result<Context> {
+    if crate::worker::is_worker() {
+        // Going on would start a cluster whose workers run this `main`
+        // again, each starting another: processes without end.
+        return Err(Error::Config(
+            "this process was started by a raylet as a Photon worker, but its main called \
+             photon::init before photon::worker_entry: put #[photon::main] on main (or call \
+             photon::worker_entry() first thing in it)"
+                .into(),
+        ));
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(crate::runtime_threads())
         .thread_name("photon-driver")

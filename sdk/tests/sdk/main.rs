@@ -436,13 +436,54 @@ fn running_calls_report_progress() -> Result<(), Failed> {
     Ok(())
 }
 
+/// Set for a child that calls `photon::init` in a worker process without
+/// going through `worker_entry` (a `main` without `#[photon::main]`).
+const INIT_IN_WORKER_ENV: &str = "PHOTON_TEST_INIT_IN_WORKER";
+
+/// A worker process whose `main` calls `init` is refused at once, with the
+/// fix named, instead of starting a cluster whose workers do the same.
+fn init_in_a_worker_process_is_refused() -> Result<(), Failed> {
+    let started = std::time::Instant::now();
+    let output = std::process::Command::new(std::env::current_exe()?)
+        .env(INIT_IN_WORKER_ENV, "1")
+        .env("PHOTON_WORKER", "1")
+        .output()?;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    check(
+        output.status.code() == Some(3),
+        format!("exit {:?}: {stderr}", output.status),
+    )?;
+    check(
+        stderr.contains("started by a raylet as a Photon worker")
+            && stderr.contains("#[photon::main]"),
+        format!("stderr: {stderr}"),
+    )?;
+    check(
+        started.elapsed() < Duration::from_secs(10),
+        format!("took {:?}", started.elapsed()),
+    )
+}
+
 fn main() {
+    if std::env::var_os(INIT_IN_WORKER_ENV).is_some() {
+        match photon::init(Config::default()) {
+            Ok(_) => std::process::exit(0),
+            Err(err) => {
+                eprintln!("{err}");
+                std::process::exit(3);
+            }
+        }
+    }
     photon::worker_entry();
     photon::testing::raylet_entry();
     owners::driver_entry();
     let args = Arguments::from_args();
     let tests = vec![
         Trial::test("embedded::tasks_fan_out_and_in", tasks_fan_out_and_in),
+        Trial::test(
+            "init_in_a_worker_process_is_refused",
+            init_in_a_worker_process_is_refused,
+        ),
         Trial::test(
             "embedded::running_calls_report_progress",
             running_calls_report_progress,
