@@ -239,6 +239,13 @@ impl Executor {
         }
     }
 
+    /// A failure of the system around the call, not of its code: worth a retry elsewhere.
+    fn system_failure(&self, message: String) -> TaskFailure {
+        let mut failure = self.failure(message);
+        failure.system = true;
+        failure
+    }
+
     fn cancelled(&self, when: &str) -> TaskFailure {
         let mut failure = self.failure(format!("cancelled by its owner {when}"));
         failure.cancelled = true;
@@ -255,11 +262,9 @@ impl Executor {
         if core.borrows.idle() {
             return Ok(());
         }
-        Box::pin(core.borrows.flush(core)).await.map_err(|err| {
-            let mut failure = self.failure(err.to_string());
-            failure.system = true;
-            failure
-        })
+        Box::pin(core.borrows.flush(core))
+            .await
+            .map_err(|err| self.system_failure(err.to_string()))
     }
 
     /// Argument bytes: inline, or mapped from this node's store (pulled first if remote).
@@ -271,24 +276,21 @@ impl Executor {
                     fetched.push(ObjectBytes::Inline(bytes.clone()))
                 }
                 Some(task_arg::Kind::ObjectId(id)) => {
-                    let id = ObjectId::from_slice(id).map_err(|e| {
-                        let mut f = self.failure(format!("bad argument id: {e}"));
-                        f.system = true;
-                        f
-                    })?;
+                    let id = ObjectId::from_slice(id)
+                        .map_err(|e| self.system_failure(format!("bad argument id: {e}")))?;
                     // Lazily: a record batch argument may be read column by column.
                     match Box::pin(object_io::read(&self.raylet, id, Mapping::Lazy)).await {
                         Ok(bytes) => fetched.push(bytes),
                         Err(ReadError::Lost(why)) => {
-                            let mut f = self.failure(format!("argument {id} is lost: {why}"));
-                            f.system = true;
+                            let mut f =
+                                self.system_failure(format!("argument {id} is lost: {why}"));
                             f.lost_object = id.to_vec();
                             return Err(f);
                         }
                         Err(ReadError::Other(err)) => {
-                            let mut f = self.failure(format!("cannot read argument {id}: {err}"));
-                            f.system = true;
-                            return Err(f);
+                            return Err(
+                                self.system_failure(format!("cannot read argument {id}: {err}"))
+                            );
                         }
                     }
                 }
@@ -396,17 +398,13 @@ impl Executor {
         spec: &TaskSpec,
         returned: &[(u32, Arc<crate::object_ref::RefHandle>)],
     ) -> std::result::Result<(), TaskFailure> {
-        let system = |message: String| {
-            let mut failure = self.failure(message);
-            failure.system = true;
-            failure
-        };
         let task = photon_proto::TaskId::from_slice(&spec.task_id)
-            .map_err(|e| system(format!("bad task id: {e}")))?;
-        let context = crate::worker_context::get().map_err(|e| system(e.to_string()))?;
+            .map_err(|e| self.system_failure(format!("bad task id: {e}")))?;
+        let context =
+            crate::worker_context::get().map_err(|e| self.system_failure(e.to_string()))?;
         for (index, handle) in returned {
             context.core.lend(handle).await.map_err(|e| {
-                system(format!(
+                self.system_failure(format!(
                     "cannot pass on object {} returned inside the result: {e}",
                     handle.id
                 ))
@@ -488,12 +486,10 @@ impl Executor {
         let args = self.fetch_args(&spec.args).await?;
         let future = if spec.method.is_empty() {
             let Some(function) = registry::function(&spec.function) else {
-                let mut f = self.failure(format!(
+                return Err(self.system_failure(format!(
                     "this program has no remote function {} (is the worker the driver's build?)",
                     spec.function
-                ));
-                f.system = true;
-                return Err(f);
+                )));
             };
             (function.invoke)(args)
         } else {
@@ -531,11 +527,7 @@ impl Executor {
                 node_address: self.raylet_address.clone(),
                 size: bytes.len() as u64,
             })),
-            Err(err) => {
-                let mut f = self.failure(format!("cannot store result {id}: {err}"));
-                f.system = true;
-                Err(f)
-            }
+            Err(err) => Err(self.system_failure(format!("cannot store result {id}: {err}"))),
         }
     }
 }
