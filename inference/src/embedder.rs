@@ -234,7 +234,10 @@ impl SentenceEmbedder {
                 }))
             }
             EngineKind::Candle => Engine::Candle(CandleBert::load(&model, &Device::Cpu)?),
-            EngineKind::Fast => Engine::Fast(FastBert::load(&model)?),
+            EngineKind::Fast => Engine::Fast(FastBert::load(
+                &model,
+                options.precision.unwrap_or(Precision::Fp32),
+            )?),
         };
         let pool = match engine {
             Engine::Candle(_) | Engine::Gpu(_) => Some(
@@ -285,15 +288,16 @@ impl SentenceEmbedder {
         let (device, precision, gpu_memory_bytes) = match &self.engine {
             Engine::Gpu(gpu) => (
                 format!("gpu:{} ({})", gpu.device().visible_id, gpu.device().name),
-                gpu.precision().name(),
+                gpu.precision().name().to_string(),
                 gpu.device_bytes(),
             ),
-            _ => ("cpu".to_string(), Precision::Fp32.name(), 0),
+            Engine::Fast(bert) => ("cpu".to_string(), bert.precision_name(), 0),
+            Engine::Candle(_) => ("cpu".to_string(), Precision::Fp32.name().to_string(), 0),
         };
         EngineInfo {
             engine: self.backend_name().to_string(),
             device,
-            precision: precision.to_string(),
+            precision,
             threads: self.threads,
             gpu_memory_bytes,
         }
@@ -653,15 +657,27 @@ fn choose_engine(options: &EmbedderOptions) -> Result<EngineKind> {
             }
         },
     };
-    match options.precision {
-        Some(p) if kind != EngineKind::Gpu && p != Precision::Fp32 => {
-            Err(InferenceError::Gpu(format!(
-                "precision {} needs the GPU engine (--device gpu); on {host} this model runs \
-                 on the CPU, which computes in fp32 only (--precision fp32)",
-                p.name()
-            )))
-        }
-        _ => Ok(kind),
+    let Some(precision) = options.precision else {
+        return Ok(kind);
+    };
+    match (kind, precision) {
+        (_, Precision::Fp32) => Ok(kind),
+        (EngineKind::Gpu, p) => gpu::check_precision(p)
+            .map(|()| kind)
+            .map_err(InferenceError::Gpu),
+        (EngineKind::Fast, Precision::Int8) => crate::int8::kernel()
+            .map(|_| kind)
+            .map_err(InferenceError::Precision),
+        (EngineKind::Candle, p) => Err(InferenceError::Precision(format!(
+            "the candle backend computes in fp32 only, not {}; leave the backend at auto \
+             for int8 on the CPU",
+            p.name()
+        ))),
+        (EngineKind::Fast, p) => Err(InferenceError::Precision(format!(
+            "{} needs the GPU engine (--device gpu); on {host} this model runs on the CPU, \
+             which computes in fp32 or int8 (--precision fp32|int8)",
+            p.name()
+        ))),
     }
 }
 

@@ -64,6 +64,9 @@ pub enum InferenceError {
     /// kernel that failed to compile or launch.
     #[error("GPU engine: {0}")]
     Gpu(String),
+    /// The precision asked for cannot run on this engine or CPU.
+    #[error("precision: {0}")]
+    Precision(String),
     /// An error from candle (tensor shapes, devices, CUDA).
     #[error("candle: {0}")]
     Candle(#[from] candle_core::Error),

@@ -21,36 +21,70 @@ use candle_core::{DType, Device, Tensor};
 use candle_transformers::models::bert::{HiddenAct, PositionEmbeddingType};
 
 use crate::error::{InferenceError, Result};
+use crate::int8::{Int8Weight, QuantizedRows};
 use crate::kernels;
 use crate::model_dir::{ModelDir, Pooling};
+use crate::precision::Precision;
 
 /// A dense layer, its weight stored transposed (`[in, out]`, see
 /// [`kernels::linear`]).
 struct Linear {
-    weight: Vec<f32>,
+    weight: Weight,
     bias: Vec<f32>,
     inputs: usize,
     outputs: usize,
 }
 
+/// A dense layer's weight in its product precision.
+enum Weight {
+    Fp32(Vec<f32>),
+    Int8(Int8Weight),
+}
+
 impl Linear {
     /// `out = x · W` without the bias, which the next fused pass adds.
-    fn product(&self, out: &mut Vec<f32>, x: &[f32], rows: usize) {
-        resize(out, rows * self.outputs);
-        kernels::linear(
-            out,
-            x,
-            &self.weight,
-            None,
-            (rows, self.inputs, self.outputs),
-        );
+    fn product(&self, out: &mut Vec<f32>, x: &[f32], rows: usize, scratch: &mut QuantizedRows) {
+        self.compute(out, x, rows, None, scratch);
     }
 
     /// `out = x · W + b`.
-    fn forward(&self, out: &mut Vec<f32>, x: &[f32], rows: usize) {
+    fn forward(&self, out: &mut Vec<f32>, x: &[f32], rows: usize, scratch: &mut QuantizedRows) {
+        self.compute(out, x, rows, Some(&self.bias), scratch);
+    }
+
+    fn compute(
+        &self,
+        out: &mut Vec<f32>,
+        x: &[f32],
+        rows: usize,
+        bias: Option<&[f32]>,
+        scratch: &mut QuantizedRows,
+    ) {
         resize(out, rows * self.outputs);
-        let shape = (rows, self.inputs, self.outputs);
-        kernels::linear(out, x, &self.weight, Some(&self.bias), shape);
+        match &self.weight {
+            Weight::Fp32(w) => kernels::linear(out, x, w, bias, (rows, self.inputs, self.outputs)),
+            Weight::Int8(w) => {
+                scratch.quantize(x, rows, self.inputs);
+                w.product(out, scratch, bias);
+            }
+        }
+    }
+
+    /// The fp32 weight, before any conversion.
+    fn fp32(&self) -> &[f32] {
+        match &self.weight {
+            Weight::Fp32(w) => w,
+            Weight::Int8(_) => unreachable!("layers are converted once, after loading"),
+        }
+    }
+
+    /// Converts the weight to `precision` (fp32 or int8; [`FastBert::load`]
+    /// refuses the others).
+    fn convert(&mut self, precision: Precision) {
+        if precision == Precision::Int8 {
+            let int8 = Int8Weight::quantize(self.fp32(), self.inputs, self.outputs);
+            self.weight = Weight::Int8(int8);
+        }
     }
 }
 
@@ -77,6 +111,8 @@ pub struct Workspace {
     projected: Vec<f32>,
     intermediate: Vec<f32>,
     scores: Vec<f32>,
+    /// A product's input quantized per token (int8 only).
+    quantized: QuantizedRows,
 }
 
 /// The BERT encoder and pooling, weights held as plain `f32` rows.
@@ -91,12 +127,26 @@ pub struct FastBert {
     token_type_embedding: Vec<f32>,
     embedding_norm: LayerNorm,
     layers: Vec<Layer>,
+    precision: Precision,
 }
 
 impl FastBert {
     /// Loads the weights named as in candle-transformers' `BertModel` (with an
-    /// optional `bert.` prefix).
-    pub fn load(model: &ModelDir) -> Result<Self> {
+    /// optional `bert.` prefix), the dense layers' converted to `precision`:
+    /// fp32, or int8 where [`crate::int8::kernel`] says this CPU can.
+    pub fn load(model: &ModelDir, precision: Precision) -> Result<Self> {
+        match precision {
+            Precision::Fp32 => {}
+            Precision::Int8 => {
+                crate::int8::kernel().map_err(InferenceError::Precision)?;
+            }
+            other => {
+                return Err(InferenceError::Precision(format!(
+                    "the fast CPU engine computes in fp32 or int8, not {}",
+                    other.name()
+                )));
+            }
+        }
         let config = &model.config;
         if config.position_embedding_type != PositionEmbeddingType::Absolute {
             return Err(InferenceError::Config {
@@ -109,10 +159,10 @@ impl FastBert {
         let (h, i) = (config.hidden_size, config.intermediate_size);
         let linear = |name: &str, inputs: usize, outputs: usize| -> Result<Linear> {
             Ok(Linear {
-                weight: transpose(
+                weight: Weight::Fp32(transpose(
                     &weights.get(&format!("{name}.weight"), &[outputs, inputs])?,
                     outputs,
-                ),
+                )),
                 bias: weights.get(&format!("{name}.bias"), &[outputs])?,
                 inputs,
                 outputs,
@@ -132,9 +182,9 @@ impl FastBert {
                 linear(&format!("{p}.attention.self.key"), h, h)?,
                 linear(&format!("{p}.attention.self.value"), h, h)?,
             );
-            layers.push(Layer {
+            let mut layer = Layer {
                 qkv: Linear {
-                    weight: side_by_side(&[q.weight, k.weight, v.weight], h),
+                    weight: Weight::Fp32(side_by_side(&[q.fp32(), k.fp32(), v.fp32()], h)),
                     bias: [q.bias, k.bias, v.bias].concat(),
                     inputs: h,
                     outputs: 3 * h,
@@ -144,7 +194,16 @@ impl FastBert {
                 intermediate: linear(&format!("{p}.intermediate.dense"), h, i)?,
                 output: linear(&format!("{p}.output.dense"), i, h)?,
                 output_norm: norm(&format!("{p}.output.LayerNorm"))?,
-            });
+            };
+            for linear in [
+                &mut layer.qkv,
+                &mut layer.attention_out,
+                &mut layer.intermediate,
+                &mut layer.output,
+            ] {
+                linear.convert(precision);
+            }
+            layers.push(layer);
         }
         let type_vocab = config.type_vocab_size;
         let token_types =
@@ -169,7 +228,20 @@ impl FastBert {
             token_type_embedding: token_types[..h].to_vec(),
             embedding_norm: norm("embeddings.LayerNorm")?,
             layers,
+            precision,
         })
+    }
+
+    /// The products' precision and, for int8, the kernel that runs them:
+    /// `fp32`, or e.g. `int8 (avx2 vpmaddwd)`.
+    pub fn precision_name(&self) -> String {
+        match self.precision {
+            Precision::Int8 => {
+                let kernel = crate::int8::kernel().expect("checked at load");
+                format!("int8 ({kernel})")
+            }
+            other => other.name().to_string(),
+        }
     }
 
     /// Width of the sentence vectors.
@@ -200,28 +272,32 @@ impl FastBert {
 
         self.embed(&mut ws.hidden, tokens, lengths);
         for layer in &self.layers {
-            layer.qkv.forward(&mut ws.qkv, &ws.hidden, total);
+            let scratch = &mut ws.quantized;
+            layer.qkv.forward(&mut ws.qkv, &ws.hidden, total, scratch);
             self.attention(&mut ws.context, &mut ws.scores, &ws.qkv, lengths);
+            let scratch = &mut ws.quantized;
             layer
                 .attention_out
-                .product(&mut ws.projected, &ws.context, total);
+                .product(&mut ws.projected, &ws.context, total, scratch);
             self.add_and_norm(
                 &mut ws.projected,
                 &mut ws.hidden,
                 layer.attention_out.bias.as_slice(),
                 &layer.attention_norm,
             );
+            let scratch = &mut ws.quantized;
             layer
                 .intermediate
-                .product(&mut ws.intermediate, &ws.hidden, total);
+                .product(&mut ws.intermediate, &ws.hidden, total, scratch);
             kernels::bias_activation_in_place(
                 &mut ws.intermediate,
                 &layer.intermediate.bias,
                 self.activation,
             );
+            let scratch = &mut ws.quantized;
             layer
                 .output
-                .product(&mut ws.projected, &ws.intermediate, total);
+                .product(&mut ws.projected, &ws.intermediate, total, scratch);
             self.add_and_norm(
                 &mut ws.projected,
                 &mut ws.hidden,
@@ -407,7 +483,7 @@ fn transpose(w: &[f32], rows: usize) -> Vec<f32> {
 }
 
 /// Row-major `k × n` matrices joined side by side into one `k × (parts·n)`.
-fn side_by_side(parts: &[Vec<f32>], n: usize) -> Vec<f32> {
+fn side_by_side(parts: &[&[f32]], n: usize) -> Vec<f32> {
     let mut out = Vec::with_capacity(parts.len() * parts[0].len());
     for r in 0..parts[0].len() / n {
         for part in parts {

@@ -28,14 +28,17 @@ pub mod embedder;
 pub mod error;
 pub mod fast_bert;
 pub mod gpu;
+pub mod int8;
 pub mod kernels;
 pub mod model_cache;
 pub mod model_dir;
+pub mod precision;
+pub mod sample_text;
 pub mod tiny_model;
 
 pub use embedder::{
     Backend, DeviceChoice, EmbedStats, EmbedderOptions, Embeddings, EngineInfo, SentenceEmbedder,
 };
 pub use error::InferenceError;
-pub use gpu::Precision;
 pub use model_dir::{ModelDir, Pooling};
+pub use precision::Precision;

@@ -4,8 +4,11 @@
 
 use std::path::{Path, PathBuf};
 
+use photon_inference::sample_text::sample_sentences;
 use photon_inference::tiny_model::{TINY_HIDDEN, TINY_MAX_SEQ_LENGTH, write_tiny_bert};
-use photon_inference::{Backend, EmbedderOptions, InferenceError, SentenceEmbedder, model_cache};
+use photon_inference::{
+    Backend, EmbedderOptions, InferenceError, Precision, SentenceEmbedder, model_cache,
+};
 
 fn texts() -> Vec<String> {
     let mut texts: Vec<String> = [
@@ -255,5 +258,125 @@ fn real_minilm_matches_sentence_transformers() {
             ours.stats.truncated, 1,
             "the long text is cut at 256 tokens"
         );
+    }
+}
+
+fn with_precision(dir: &Path, precision: Precision, backend: Backend) -> SentenceEmbedder {
+    let options = EmbedderOptions {
+        backend,
+        threads: 2,
+        precision: Some(precision),
+        ..EmbedderOptions::default()
+    };
+    SentenceEmbedder::load(dir, options).expect("model loads")
+}
+
+#[test]
+fn int8_names_its_kernel_and_stays_close_to_fp32_on_the_tiny_model() {
+    let dir = tempfile::tempdir().unwrap();
+    write_tiny_bert(dir.path(), 5).unwrap();
+    let texts = texts();
+    let fp32 = with_precision(dir.path(), Precision::Fp32, Backend::FastCpu);
+    let int8 = with_precision(dir.path(), Precision::Int8, Backend::FastCpu);
+    let kernel = photon_inference::int8::kernel().expect("CI runs on x86-64 with AVX2");
+    assert_eq!(int8.engine_info().precision, format!("int8 ({kernel})"));
+    assert_eq!(fp32.engine_info().precision, "fp32");
+    let (exact, quantized) = (fp32.embed(&texts).unwrap(), int8.embed(&texts).unwrap());
+    let mut differs = 0;
+    for i in 0..texts.len() {
+        let cos = cosine(exact.row(i), quantized.row(i));
+        assert!(cos >= 0.99, "text {i} {:?}: cosine {cos}", texts[i]);
+        differs += usize::from(exact.row(i) != quantized.row(i));
+    }
+    assert_eq!(differs, texts.len(), "int8 computed every vector itself");
+    assert_eq!(quantized.stats.tokens, exact.stats.tokens);
+}
+
+#[test]
+fn int8_and_cpu_bf16_are_refused_where_they_cannot_run() {
+    let dir = tempfile::tempdir().unwrap();
+    write_tiny_bert(dir.path(), 5).unwrap();
+    let load = |precision, backend| {
+        let options = EmbedderOptions {
+            backend,
+            device: photon_inference::DeviceChoice::Cpu,
+            precision: Some(precision),
+            ..EmbedderOptions::default()
+        };
+        SentenceEmbedder::load(dir.path(), options)
+            .err()
+            .expect("refused")
+            .to_string()
+    };
+    let candle = load(Precision::Int8, Backend::Candle);
+    assert!(
+        candle.contains("the candle backend computes in fp32 only, not int8"),
+        "{candle}"
+    );
+    let fp16 = load(Precision::Fp16, Backend::Auto);
+    assert!(fp16.contains("fp16 needs the GPU engine"), "{fp16}");
+    assert!(fp16.contains("--precision fp32|int8"), "{fp16}");
+}
+
+/// The floors on the real model: per-sentence cosine to the fp32
+/// engine on 2,000 sentences and to sentence-transformers' vectors, and
+/// retrieval kept (top-10 neighbours of 200 queries).
+#[test]
+fn real_minilm_int8_keeps_cosine_and_neighbours() {
+    let Some(dir) = real_model() else {
+        eprintln!("SKIPPED: all-MiniLM-L6-v2 not cached; set PHOTON_FETCH_MODEL=1 to fetch it");
+        return;
+    };
+    let texts = sample_sentences(2_200, 27);
+    let (corpus, queries) = texts.split_at(2_000);
+    let fp32 = with_precision(&dir, Precision::Fp32, Backend::Auto);
+    let int8 = with_precision(&dir, Precision::Int8, Backend::Auto);
+    let (exact, quantized) = (fp32.embed(&texts).unwrap(), int8.embed(&texts).unwrap());
+    let cosines: Vec<f64> = (0..texts.len())
+        .map(|i| cosine(exact.row(i), quantized.row(i)))
+        .collect();
+    let (worst, at) = cosines
+        .iter()
+        .enumerate()
+        .map(|(i, c)| (*c, i))
+        .fold((f64::MAX, 0), |a, b| if b.0 < a.0 { b } else { a });
+    let mean = cosines.iter().sum::<f64>() / cosines.len() as f64;
+    eprintln!("int8 vs fp32 cosine: min {worst:.5}, mean {mean:.5}");
+    assert!(
+        worst >= 0.99,
+        "sentence {at} {:?}: cosine {worst}",
+        texts[at]
+    );
+
+    let top10 = |vectors: &photon_inference::Embeddings, query: usize| -> Vec<usize> {
+        let mut scored: Vec<(f64, usize)> = (0..corpus.len())
+            .map(|c| (cosine(vectors.row(corpus.len() + query), vectors.row(c)), c))
+            .collect();
+        scored.sort_by(|a, b| b.0.total_cmp(&a.0));
+        scored.iter().take(10).map(|(_, c)| *c).collect()
+    };
+    let overlap: f64 = (0..queries.len())
+        .map(|q| {
+            let (a, b) = (top10(&exact, q), top10(&quantized, q));
+            a.iter().filter(|c| b.contains(c)).count() as f64 / 10.0
+        })
+        .sum::<f64>()
+        / queries.len() as f64;
+    eprintln!(
+        "int8 top-10 overlap with fp32 over {} queries: {overlap:.3}",
+        queries.len()
+    );
+    assert!(overlap >= 0.9, "top-10 overlap {overlap}");
+
+    let fixture = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/all-minilm-l6-v2-reference.json"
+    );
+    let reference: Reference =
+        serde_json::from_str(&std::fs::read_to_string(fixture).unwrap()).unwrap();
+    let ours = int8.embed(&reference.sentences).unwrap();
+    for (i, expected) in reference.embeddings.iter().enumerate() {
+        let cos = cosine(ours.row(i), expected);
+        assert!(cos >= 0.99, "fixture sentence {i}: cosine {cos}");
     }
 }

@@ -144,10 +144,7 @@ fn a_gpu_precision_on_the_cpu_is_an_error_not_a_silent_fp32_run() {
             .unwrap()
             .to_string();
         assert!(
-            err.contains(&format!(
-                "precision {} needs the GPU engine",
-                precision.name()
-            )),
+            err.contains(&format!("{} needs the GPU engine", precision.name())),
             "{err}"
         );
     }

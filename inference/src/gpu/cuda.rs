@@ -185,6 +185,7 @@ impl Gpu for CudaGpu {
             Precision::Fp32 => blas_sys::cudaDataType::CUDA_R_32F,
             Precision::Fp16 => blas_sys::cudaDataType::CUDA_R_16F,
             Precision::Bf16 => blas_sys::cudaDataType::CUDA_R_16BF,
+            Precision::Int8 => unreachable!("{}", super::INT8_ON_GPU),
         };
         let (alpha, beta) = (1.0f32, 0.0f32);
         // SAFETY: the addresses are live device buffers of the engine, sized

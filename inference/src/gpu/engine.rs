@@ -105,6 +105,7 @@ impl GpuBert {
         max_tokens: usize,
         max_rows: usize,
     ) -> Result<Self> {
+        super::check_precision(precision).map_err(InferenceError::Gpu)?;
         let head_dim = check_shape(model)?;
         let cache = crate::model_cache::cache_dir().join("gpu-kernels");
         let gpu = CudaGpu::open(precision, head_dim, Some(&cache)).map_err(InferenceError::Gpu)?;
@@ -120,6 +121,7 @@ impl GpuBert {
         max_tokens: usize,
         max_rows: usize,
     ) -> Result<Self> {
+        super::check_precision(precision).map_err(InferenceError::Gpu)?;
         check_shape(model)?;
         let config = &model.config;
         let (h, i) = (config.hidden_size, config.intermediate_size);
@@ -506,5 +508,6 @@ fn to_precision(values: &[f32], precision: Precision) -> Vec<u8> {
             .iter()
             .flat_map(|&v| half::bf16::from_f32(v).to_le_bytes())
             .collect(),
+        Precision::Int8 => unreachable!("{}", super::INT8_ON_GPU),
     }
 }

@@ -28,49 +28,16 @@ pub struct GpuDevice {
     pub compute_capability: (i32, i32),
 }
 
-/// The precision of a model's products' inputs. On the GPU, accumulation,
-/// the residual stream, layer norms, softmax and GELU are fp32 in every mode;
-/// the CPU engines compute fp32 only.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Precision {
-    /// fp32 throughout (on the GPU without TF32): the CPU's, and the GPU's
-    /// for checking the others.
-    Fp32,
-    /// fp16 products with fp32 accumulation: the GPU's default.
-    Fp16,
-    /// bf16 products with fp32 accumulation.
-    Bf16,
-}
+pub use crate::precision::Precision;
 
 impl Precision {
-    /// Reads `fp32`, `fp16` or `bf16`.
-    pub fn parse(name: &str) -> Result<Self, String> {
-        match name {
-            "fp32" => Ok(Self::Fp32),
-            "fp16" => Ok(Self::Fp16),
-            "bf16" => Ok(Self::Bf16),
-            other => Err(format!(
-                "unknown precision {other:?}: expected fp32, fp16 or bf16"
-            )),
-        }
-    }
-
-    /// Its name: `fp32`, `fp16` or `bf16`.
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::Fp32 => "fp32",
-            Self::Fp16 => "fp16",
-            Self::Bf16 => "bf16",
-        }
-    }
-
     /// `PRECISION` in `kernels.cu`.
     pub fn code(self) -> u32 {
         match self {
             Self::Fp32 => 0,
             Self::Fp16 => 1,
             Self::Bf16 => 2,
+            Self::Int8 => unreachable!("{INT8_ON_GPU}"),
         }
     }
 
@@ -78,7 +45,19 @@ impl Precision {
         match self {
             Self::Fp32 => 4,
             Self::Fp16 | Self::Bf16 => 2,
+            Self::Int8 => unreachable!("{INT8_ON_GPU}"),
         }
+    }
+}
+
+/// Why int8 never reaches the GPU engine's code: both of its loaders refuse it.
+pub(crate) const INT8_ON_GPU: &str = "int8 runs on the CPU engine only (--device cpu); the GPU engine's precisions are fp16, bf16 and fp32";
+
+/// The GPU engine's check of a requested precision.
+pub(crate) fn check_precision(precision: Precision) -> Result<(), String> {
+    match precision {
+        Precision::Int8 => Err(INT8_ON_GPU.to_string()),
+        _ => Ok(()),
     }
 }
 
