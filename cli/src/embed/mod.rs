@@ -82,8 +82,9 @@ pub struct EmbedArgs {
     /// CPU. A GPU asked for where none is visible is an error naming the node.
     #[arg(long, value_enum, default_value_t = DeviceArg::Auto)]
     device: DeviceArg,
-    /// The products' precision: fp16 (the GPU's default), bf16, or fp32 (the
-    /// CPU's, and on the GPU for checking).
+    /// The products' precision. GPU: fp16 (its default), bf16, or fp32 (for
+    /// checking). CPU: fp32 (its default) or int8 (weights per channel,
+    /// activations per token; the summary names the kernel that ran).
     #[arg(long, value_parser = photon_inference::Precision::parse)]
     precision: Option<photon_inference::Precision>,
     /// Print the summary as one JSON object on stdout.

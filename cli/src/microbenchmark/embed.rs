@@ -7,7 +7,9 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::Result;
-use photon_inference::{Backend, EmbedderOptions, Embeddings, SentenceEmbedder, model_cache};
+use photon_inference::{
+    Backend, EmbedderOptions, Embeddings, Precision, SentenceEmbedder, model_cache,
+};
 
 use super::Report;
 use crate::embed::corpus::sample_sentences;
@@ -37,6 +39,10 @@ pub fn run(report: &mut Report, bench: &EmbedBench) -> Result<()> {
         sort_by_length: sort,
         ..EmbedderOptions::default()
     };
+    let with_precision = |precision| EmbedderOptions {
+        precision: Some(precision),
+        ..options(Backend::FastCpu, cores, true)
+    };
     let loading = Instant::now();
     let fast = SentenceEmbedder::load(&dir, options(Backend::FastCpu, cores, true))?;
     report.figure("embed_model_load_ms", ms(loading), "ms");
@@ -54,6 +60,13 @@ pub fn run(report: &mut Report, bench: &EmbedBench) -> Result<()> {
         "rows/s",
     );
     report.figure("embed_padded_share", full.stats.padded_share(), "ratio");
+    precisions(
+        report,
+        &dir,
+        &texts,
+        (&full, rate),
+        with_precision(Precision::Int8),
+    )?;
     let one = SentenceEmbedder::load(&dir, options(Backend::FastCpu, 1, true))?;
     let (_, rate_1t) = timed(&one, &texts)?;
     report.figure("embed_in_process_rows_per_s_1t", rate_1t, "rows/s");
@@ -103,6 +116,37 @@ pub fn run(report: &mut Report, bench: &EmbedBench) -> Result<()> {
     Ok(())
 }
 
+/// The other CPU precisions on the same corpus: rows/s, the ratio to fp32
+/// measured just before, and the cosine of each vector to fp32's (min and
+/// mean). A precision this CPU cannot run is reported and skipped.
+fn precisions(
+    report: &mut Report,
+    dir: &std::path::Path,
+    texts: &[String],
+    (fp32, fp32_rate): (&Embeddings, f64),
+    options: EmbedderOptions,
+) -> Result<()> {
+    let name = options.precision.map_or("fp32", Precision::name);
+    let embedder = match SentenceEmbedder::load(dir, options) {
+        Ok(embedder) => embedder,
+        Err(e) => {
+            eprintln!("SKIPPED: {name}: {e}");
+            return Ok(());
+        }
+    };
+    eprintln!("{name}: {}", embedder.engine_info());
+    let cores = embedder.threads();
+    let (vectors, rate) = timed(&embedder, texts)?;
+    report.figure(&format!("embed_{name}_rows_per_s_{cores}t"), rate, "rows/s");
+    report.figure(&format!("embed_{name}_vs_fp32"), rate / fp32_rate, "x");
+    let cosines = cosines(&vectors, fp32);
+    let mean = cosines.iter().sum::<f64>() / cosines.len().max(1) as f64;
+    let min = cosines.iter().copied().fold(1.0, f64::min);
+    report.figure(&format!("embed_{name}_min_cosine_vs_fp32"), min, "cosine");
+    report.figure(&format!("embed_{name}_mean_cosine_vs_fp32"), mean, "cosine");
+    Ok(())
+}
+
 fn timed(embedder: &SentenceEmbedder, texts: &[String]) -> Result<(Embeddings, f64)> {
     let started = Instant::now();
     let vectors = embedder.embed(texts)?;
@@ -118,6 +162,11 @@ fn ms(since: Instant) -> f64 {
 
 /// The lowest cosine similarity between matching rows of two runs.
 fn min_cosine(a: &Embeddings, b: &Embeddings) -> f64 {
+    cosines(a, b).into_iter().fold(1.0, f64::min)
+}
+
+/// The cosine similarity of each pair of matching rows of two runs.
+fn cosines(a: &Embeddings, b: &Embeddings) -> Vec<f64> {
     (0..a.len())
         .map(|i| {
             let (x, y) = (a.row(i), b.row(i));
@@ -125,5 +174,5 @@ fn min_cosine(a: &Embeddings, b: &Embeddings) -> f64 {
             let norm = |v: &[f32]| v.iter().map(|p| (*p as f64).powi(2)).sum::<f64>().sqrt();
             dot / (norm(x) * norm(y))
         })
-        .fold(1.0, f64::min)
+        .collect()
 }
