@@ -510,22 +510,19 @@ mod speed {
             let weight = Int8Weight::quantize(&w, k, n);
             let mut rows = QuantizedRows::default();
             let mut out = vec![0.0; m * n];
-            let reps = 40;
-            let t = std::time::Instant::now();
-            for _ in 0..reps {
-                crate::kernels::linear(&mut out, &x, &w, None, (m, k, n));
-            }
-            let fp32 = t.elapsed().as_secs_f64() / reps as f64;
-            let t = std::time::Instant::now();
-            for _ in 0..reps {
-                rows.quantize(&x, m, k);
-            }
-            let quant = t.elapsed().as_secs_f64() / reps as f64;
-            let t = std::time::Instant::now();
-            for _ in 0..reps {
-                weight.product(&mut out, &rows, None);
-            }
-            let int8 = t.elapsed().as_secs_f64() / reps as f64;
+            // Best of 15 rounds of 4: the least disturbed by other work.
+            let best = |f: &mut dyn FnMut()| {
+                (0..15)
+                    .map(|_| {
+                        let t = std::time::Instant::now();
+                        (0..4).for_each(|_| f());
+                        t.elapsed().as_secs_f64() / 4.0
+                    })
+                    .fold(f64::MAX, f64::min)
+            };
+            let fp32 = best(&mut || crate::kernels::linear(&mut out, &x, &w, None, (m, k, n)));
+            let quant = best(&mut || rows.quantize(&x, m, k));
+            let int8 = best(&mut || weight.product(&mut out, &rows, None));
             let macs = (m * k * n) as f64;
             println!(
                 "k={k} n={n}: fp32 {:.1} GMAC/s, int8 {:.1} GMAC/s (+quantize {:.1}%), ratio {:.2}",
