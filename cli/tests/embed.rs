@@ -277,7 +277,7 @@ fn a_gpu_asked_for_where_none_is_visible_fails_and_writes_nothing() {
         // A GPU precision on the CPU is refused, not run in fp32.
         (
             &["--device", "cpu", "--precision", "fp16", "--in-process"][..],
-            "precision fp16 needs the GPU engine",
+            "fp16 needs the GPU engine",
         ),
     ] {
         let run = embed(&corpus, &out, &model, extra);
@@ -465,6 +465,29 @@ fn progress_lines(stderr: &str) -> Vec<ProgressLine> {
             }
         })
         .collect()
+}
+
+/// `--precision int8` reaches the actors on the embedded cluster, and the
+/// summary names the kernel they ran.
+#[test]
+fn int8_reaches_the_actors_and_the_summary_names_its_kernel() {
+    let (dir, model, corpus, out) = tiny_model_and_corpus(3, 300);
+    let run = embed_command(&corpus, &out, &model)
+        .args(["--precision", "int8", "--json"])
+        .env("PHOTON_HOME", dir.path().join("home"))
+        .output()
+        .unwrap();
+    let stderr = text(&run.stderr);
+    assert!(run.status.success(), "{stderr}");
+    let summary: serde_json::Value = serde_json::from_slice(&run.stdout).unwrap();
+    let kernel = photon_inference::int8::kernel().expect("CI runs on x86-64 with AVX2");
+    assert_eq!(
+        summary["precision"],
+        format!("int8 ({kernel})"),
+        "{summary}"
+    );
+    assert_eq!(summary["engine"], "fast-cpu", "{summary}");
+    assert_eq!(summary["rows"], 300);
 }
 
 #[test]

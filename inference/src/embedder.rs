@@ -673,12 +673,42 @@ fn choose_engine(options: &EmbedderOptions) -> Result<EngineKind> {
              for int8 on the CPU",
             p.name()
         ))),
+        (EngineKind::Fast, Precision::Bf16) => {
+            Err(InferenceError::Precision(cpu_bf16_message(&host)))
+        }
         (EngineKind::Fast, p) => Err(InferenceError::Precision(format!(
             "{} needs the GPU engine (--device gpu); on {host} this model runs on the CPU, \
              which computes in fp32 or int8 (--precision fp32|int8)",
             p.name()
         ))),
     }
+}
+
+/// Why bf16 does not run on the CPU engine, naming what this CPU has: bf16
+/// is only worth running where the CPU multiplies bf16 itself.
+fn cpu_bf16_message(host: &str) -> String {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let flags: Vec<&str> = cpuinfo
+        .lines()
+        .find(|line| line.starts_with("flags"))
+        .map(|line| line.split_whitespace().collect())
+        .unwrap_or_default();
+    let units: Vec<&str> = ["avx512_bf16", "amx_bf16"]
+        .into_iter()
+        .filter(|unit| flags.contains(unit))
+        .collect();
+    let why = if units.is_empty() {
+        format!("it needs AVX512_BF16 or AMX-BF16, which the CPU of {host} lacks")
+    } else {
+        format!(
+            "{host} has {}, but the CPU engine has no bf16 kernel yet",
+            units.join(" and ")
+        )
+    };
+    format!(
+        "bf16 does not run on the CPU engine: {why}; use --precision int8 (or fp32) on the \
+         CPU, or --device gpu"
+    )
 }
 
 fn no_gpu_message(host: &str, why: &str) -> String {

@@ -313,6 +313,13 @@ fn int8_and_cpu_bf16_are_refused_where_they_cannot_run() {
         candle.contains("the candle backend computes in fp32 only, not int8"),
         "{candle}"
     );
+    let bf16 = load(Precision::Bf16, Backend::Auto);
+    assert!(
+        bf16.contains("bf16 does not run on the CPU engine")
+            && (bf16.contains("needs AVX512_BF16 or AMX-BF16") || bf16.contains("no bf16 kernel")),
+        "{bf16}"
+    );
+    assert!(bf16.contains("--precision int8"), "{bf16}");
     let fp16 = load(Precision::Fp16, Backend::Auto);
     assert!(fp16.contains("fp16 needs the GPU engine"), "{fp16}");
     assert!(fp16.contains("--precision fp32|int8"), "{fp16}");
