@@ -496,6 +496,9 @@ mod tests {
 mod speed {
     use super::*;
 
+    /// Not a test: the products' speed, int8 against fp32 on the model's
+    /// shapes (`cargo test --release -p photon-inference --lib int8_vs --
+    /// --ignored --nocapture`).
     #[test]
     #[ignore]
     fn int8_vs_fp32_products() {
@@ -504,25 +507,32 @@ mod speed {
             let x: Vec<f32> = (0..m * k)
                 .map(|i| ((i * 7919) % 1000) as f32 / 500.0 - 1.0)
                 .collect();
-            let w: Vec<f32> = (0..k * n)
-                .map(|i| ((i * 104729) % 1000) as f32 / 500.0 - 1.0)
+            // Eight different weights in turn, as a model's layers come: a
+            // weight is not in cache when its product starts.
+            let ws: Vec<Vec<f32>> = (0..8)
+                .map(|c| {
+                    (0..k * n)
+                        .map(|i| (((i + c) * 104729) % 1000) as f32 / 500.0 - 1.0)
+                        .collect()
+                })
                 .collect();
-            let weight = Int8Weight::quantize(&w, k, n);
+            let weights: Vec<Int8Weight> =
+                ws.iter().map(|w| Int8Weight::quantize(w, k, n)).collect();
             let mut rows = QuantizedRows::default();
             let mut out = vec![0.0; m * n];
-            // Best of 15 rounds of 4: the least disturbed by other work.
-            let best = |f: &mut dyn FnMut()| {
+            // Best of 15 rounds of 8: the least disturbed by other work.
+            let best = |f: &mut dyn FnMut(usize)| {
                 (0..15)
                     .map(|_| {
                         let t = std::time::Instant::now();
-                        (0..4).for_each(|_| f());
-                        t.elapsed().as_secs_f64() / 4.0
+                        (0..8).for_each(&mut *f);
+                        t.elapsed().as_secs_f64() / 8.0
                     })
                     .fold(f64::MAX, f64::min)
             };
-            let fp32 = best(&mut || crate::kernels::linear(&mut out, &x, &w, None, (m, k, n)));
-            let quant = best(&mut || rows.quantize(&x, m, k));
-            let int8 = best(&mut || weight.product(&mut out, &rows, None));
+            let fp32 = best(&mut |c| crate::kernels::linear(&mut out, &x, &ws[c], None, (m, k, n)));
+            let quant = best(&mut |_| rows.quantize(&x, m, k));
+            let int8 = best(&mut |c| weights[c].product(&mut out, &rows, None));
             let macs = (m * k * n) as f64;
             println!(
                 "k={k} n={n}: fp32 {:.1} GMAC/s, int8 {:.1} GMAC/s (+quantize {:.1}%), ratio {:.2}",

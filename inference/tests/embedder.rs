@@ -283,9 +283,9 @@ fn int8_names_its_kernel_and_stays_close_to_fp32_on_the_tiny_model() {
     assert_eq!(fp32.engine_info().precision, "fp32");
     let (exact, quantized) = (fp32.embed(&texts).unwrap(), int8.embed(&texts).unwrap());
     let mut differs = 0;
-    for i in 0..texts.len() {
+    for (i, text) in texts.iter().enumerate() {
         let cos = cosine(exact.row(i), quantized.row(i));
-        assert!(cos >= 0.99, "text {i} {:?}: cosine {cos}", texts[i]);
+        assert!(cos >= 0.99, "text {i} {text:?}: cosine {cos}");
         differs += usize::from(exact.row(i) != quantized.row(i));
     }
     assert_eq!(differs, texts.len(), "int8 computed every vector itself");
