@@ -34,6 +34,7 @@ pub mod model_cache;
 pub mod model_dir;
 pub mod precision;
 pub mod sample_text;
+mod split_mix;
 pub mod tiny_model;
 
 pub use embedder::{

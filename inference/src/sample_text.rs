@@ -2,6 +2,8 @@
 //! benchmarks can run without downloading a data set (`photon
 //! sample-corpus` writes it as Parquet).
 
+use crate::split_mix::SplitMix64;
+
 /// Fewest words in a sentence.
 pub const MIN_WORDS: usize = 5;
 /// Most words in a sentence.
@@ -57,33 +59,6 @@ const PREPOSITIONS: &[&str] = &[
 ];
 
 const CONJUNCTIONS: &[&str] = &["and", "but", "so", "while", "because", "although", "yet"];
-
-/// splitmix64: tiny, fast and good enough to make varied sentences; avoids
-/// pulling `rand` in for a sample corpus.
-struct SplitMix64(u64);
-
-impl SplitMix64 {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in `0..n` (the modulo bias is negligible for small `n`).
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-
-    fn chance(&mut self, percent: usize) -> bool {
-        self.below(100) < percent
-    }
-
-    fn pick<'a>(&mut self, words: &[&'a str]) -> &'a str {
-        words[self.below(words.len())]
-    }
-}
 
 /// `rows` deterministic English-like sentences of 5 to 60 words (uniformly),
 /// each capitalised and ending in a period. The same `(rows, seed)` always

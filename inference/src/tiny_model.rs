@@ -11,6 +11,8 @@ use tokenizers::pre_tokenizers::bert::BertPreTokenizer;
 use tokenizers::processors::bert::BertProcessing;
 use tokenizers::{AddedToken, Tokenizer};
 
+use crate::split_mix::SplitMix64;
+
 /// Hidden size of the tiny model.
 pub const TINY_HIDDEN: usize = 32;
 /// Maximum sequence length written to its `sentence_bert_config.json`.
@@ -76,7 +78,7 @@ pub fn write_tiny_bert_with_layers(dir: &Path, seed: u64, layers: usize) -> BoxR
 "pooling_mode_mean_sqrt_len_tokens": false}"#,
     )?;
 
-    let mut rng = SplitMix(seed);
+    let mut rng = SplitMix64(seed);
     let mut tensors = HashMap::new();
     let mut add = |name: String, shape: &[usize], scale: f32, offset: f32| {
         let n: usize = shape.iter().product();
@@ -154,21 +156,6 @@ fn write_tokenizer(dir: &Path, vocab: &[String]) -> BoxResult {
         .save(dir.join("tokenizer.json"), true)
         .map_err(|e| format!("saving tokenizer: {e}"))?;
     Ok(())
-}
-
-/// splitmix64: deterministic weights without a `rand` dependency.
-struct SplitMix(u64);
-
-impl SplitMix {
-    /// Uniform in [-1, 1).
-    fn symmetric(&mut self) -> f32 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^= z >> 31;
-        ((z >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-    }
 }
 
 /// Errors of this test-support module, boxed.
