@@ -119,16 +119,6 @@ impl Int8Weight {
         }
     }
 
-    /// Inputs per row.
-    pub fn inputs(&self) -> usize {
-        self.inputs
-    }
-
-    /// Bytes the packed weight and its scales take.
-    pub fn bytes(&self) -> usize {
-        self.packed.len() * 2 + (self.scales.len() + self.column_sums.len()) * 4
-    }
-
     /// `out[m × outputs] = x · W (+ bias)` in f32, `x` quantized by
     /// [`QuantizedRows::quantize`].
     pub fn product(&self, out: &mut [f32], x: &QuantizedRows, bias: Option<&[f32]>) {
