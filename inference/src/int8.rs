@@ -158,14 +158,13 @@ impl QuantizedRows {
         assert!(x.len() >= rows * cols);
         let width = cols.next_multiple_of(2);
         let padded = rows.next_multiple_of(ROWS);
-        self.values.clear();
+        // No clearing: the padding may hold anything. Padded rows are computed
+        // but never stored, and an odd last column meets zero weights.
         self.values.resize(padded * width, 0);
-        self.scales.clear();
         self.scales.resize(padded, 0.0);
+        self.zero_points.resize(padded, 0);
         self.rows = rows;
         self.cols = cols;
-        self.zero_points.clear();
-        self.zero_points.resize(padded, 0);
         let x = &x[..rows * cols];
         kernel().expect("the int8 path is chosen only where its kernel runs");
         #[cfg(target_arch = "x86_64")]
@@ -404,18 +403,20 @@ mod tests {
     /// naively, for shapes with partial tiles, odd inputs and partial panels.
     #[test]
     fn product_matches_naive_quantized_product() {
+        // One buffer for every shape, largest first, as the engine reuses it:
+        // what earlier shapes left in the padding must not matter.
+        let mut rows = QuantizedRows::default();
         for &(m, k, n) in &[
-            (1, 1, 1),
-            (7, 5, 17),
-            (13, 64, 48),
             (40, 383, 33),
+            (7, 5, 17),
+            (1, 1, 1),
+            (13, 64, 48),
             (6, 384, 1152),
         ] {
             let x = pseudo_random(m * k, 1 + m as u32);
             let w = pseudo_random(k * n, 7 + n as u32);
             let bias = pseudo_random(n, 3);
             let weight = Int8Weight::quantize(&w, k, n);
-            let mut rows = QuantizedRows::default();
             rows.quantize(&x, m, k);
             let mut out = vec![f32::NAN; m * n];
             weight.product(&mut out, &rows, Some(&bias));

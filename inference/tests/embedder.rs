@@ -356,8 +356,10 @@ fn real_minilm_int8_keeps_cosine_and_neighbours() {
     );
 
     let top10 = |vectors: &photon_inference::Embeddings, query: usize| -> Vec<usize> {
-        let mut scored: Vec<(f64, usize)> = (0..corpus.len())
-            .map(|c| (cosine(vectors.row(corpus.len() + query), vectors.row(c)), c))
+        // The vectors are L2-normalised: a dot product is their cosine.
+        let q = vectors.row(corpus.len() + query);
+        let mut scored: Vec<(f32, usize)> = (0..corpus.len())
+            .map(|c| (q.iter().zip(vectors.row(c)).map(|(a, b)| a * b).sum(), c))
             .collect();
         scored.sort_by(|a, b| b.0.total_cmp(&a.0));
         scored.iter().take(10).map(|(_, c)| *c).collect()
