@@ -272,32 +272,33 @@ impl FastBert {
 
         self.embed(&mut ws.hidden, tokens, lengths);
         for layer in &self.layers {
-            let scratch = &mut ws.quantized;
-            layer.qkv.forward(&mut ws.qkv, &ws.hidden, total, scratch);
+            layer
+                .qkv
+                .forward(&mut ws.qkv, &ws.hidden, total, &mut ws.quantized);
             self.attention(&mut ws.context, &mut ws.scores, &ws.qkv, lengths);
-            let scratch = &mut ws.quantized;
             layer
                 .attention_out
-                .product(&mut ws.projected, &ws.context, total, scratch);
+                .product(&mut ws.projected, &ws.context, total, &mut ws.quantized);
             self.add_and_norm(
                 &mut ws.projected,
                 &mut ws.hidden,
                 layer.attention_out.bias.as_slice(),
                 &layer.attention_norm,
             );
-            let scratch = &mut ws.quantized;
             layer
                 .intermediate
-                .product(&mut ws.intermediate, &ws.hidden, total, scratch);
+                .product(&mut ws.intermediate, &ws.hidden, total, &mut ws.quantized);
             kernels::bias_activation_in_place(
                 &mut ws.intermediate,
                 &layer.intermediate.bias,
                 self.activation,
             );
-            let scratch = &mut ws.quantized;
-            layer
-                .output
-                .product(&mut ws.projected, &ws.intermediate, total, scratch);
+            layer.output.product(
+                &mut ws.projected,
+                &ws.intermediate,
+                total,
+                &mut ws.quantized,
+            );
             self.add_and_norm(
                 &mut ws.projected,
                 &mut ws.hidden,
